@@ -1,0 +1,1 @@
+"""Connectors to the outside: Kafka helpers, notification sinks, promotion targets."""

@@ -1,0 +1,3 @@
+"""driftloop: keep production LLMs good over time."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,267 @@
+"""One typed settings tree for driftloop.
+
+Sources, highest priority first: keyword arguments, ``DRIFTLOOP_*`` environment variables
+(nested with ``__``, e.g. ``DRIFTLOOP_INGEST__BATCH_SIZE=2000``), the YAML file, defaults.
+Every section forbids unknown keys so a typo is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from driftloop.scheduler_config import SchedulerSettings
+from monitor.alerts.config import AlertSettings
+from monitor.config import MonitorSettings
+
+ENV_PREFIX = "DRIFTLOOP_"
+CONFIG_ENV = "DRIFTLOOP_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DatabaseSettings(_Section):
+    """Where interactions, results and the registry live."""
+
+    url: str = "sqlite:///driftloop-data/driftloop.db"
+    pool_size: int = Field(5, gt=0)
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _known_dialect(cls, v: str) -> str:
+        if not re.match(r"^(postgresql(\+psycopg)?|sqlite)://", v):
+            raise ValueError("must start with postgresql+psycopg:// or sqlite:// (other databases are not supported)")
+        if v.startswith("postgresql://"):
+            v = "postgresql+psycopg://" + v[len("postgresql://") :]
+        return v
+
+
+class KafkaSettings(_Section):
+    """Broker, topics and kafka-python client options."""
+
+    bootstrap_servers: list[str] = Field(default_factory=lambda: ["127.0.0.1:9092"], min_length=1)
+    topics: list[str] = Field(default_factory=lambda: ["driftloop.logs"], min_length=1)
+    group_id: str = Field("driftloop-ingest", min_length=1)
+    dlq_topic: str = Field("driftloop.dlq", min_length=1)
+    create_topics: bool = True
+    topic_partitions: int = Field(3, gt=0)
+    replication_factor: int = Field(1, gt=0)
+    # Passed through to KafkaConsumer; the defaults keep group joins fast (see README).
+    consumer: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+            "max_poll_interval_ms": 10000,
+            "max_partition_fetch_bytes": 8 * 1024 * 1024,
+            "fetch_max_bytes": 64 * 1024 * 1024,
+        }
+    )
+    producer: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("bootstrap_servers", "topics", mode="before")
+    @classmethod
+    def _split_csv(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _dlq_not_input(self) -> KafkaSettings:
+        if self.dlq_topic in self.topics:
+            raise ValueError("dlq_topic must not be one of the input topics (rejects would loop)")
+        return self
+
+
+class IngestSettings(_Section):
+    """Batching and input limits of the ingestion pipeline."""
+
+    batch_size: int = Field(5000, gt=0, le=200_000)
+    batch_max_ms: int = Field(500, gt=0)
+    max_poll_records: int = Field(10_000, gt=0)
+    max_message_bytes: int = Field(1024 * 1024, gt=0)
+    max_field_chars: int = Field(200_000, gt=0)
+    # Timestamps outside [min_timestamp, now + max_future_skew_s] are rejected as absurd.
+    min_timestamp: str = "2000-01-01T00:00:00Z"
+    max_future_skew_s: int = Field(86_400, ge=0)
+    db_retry_initial_s: float = Field(0.2, gt=0)
+    db_retry_max_s: float = Field(10.0, gt=0)
+    # How many decoded batches may wait for the database writer thread.
+    max_pending_batches: int = Field(2, gt=0)
+    store_raw_reject_bytes: int = Field(65_536, ge=0)
+
+
+class PiiRule(_Section):
+    """A custom redaction rule: a regular expression and its replacement."""
+
+    name: str = Field(min_length=1)
+    pattern: str = Field(min_length=1)
+    replacement: str | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"invalid regular expression: {e}") from None
+        return v
+
+
+BuiltinPii = Literal["email", "phone", "credit_card", "ip_address"]
+
+
+class PiiSettings(_Section):
+    """PII redaction applied to every stored text field."""
+
+    enabled: bool = True
+    builtin: list[BuiltinPii] = Field(default_factory=lambda: ["email", "phone", "credit_card", "ip_address"])
+    custom: list[PiiRule] = Field(default_factory=list)
+    replacement: str = "[{name}]"
+    user_id_salt: str = "driftloop-default-salt-change-me"
+
+
+class ApiSettings(_Section):
+    """HTTP API and metrics endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8600, gt=0, lt=65536)
+    enabled: bool = True
+
+
+class Settings(BaseSettings):
+    """The whole configuration of a driftloop daemon."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    pii: PiiSettings = Field(default_factory=PiiSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    data_dir: str = "driftloop-data"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML values arrive as init kwargs (see load_settings); env must beat them,
+        # so env goes first and init second.
+        return (env_settings, init_settings)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists ``path: message`` lines."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "extra_forbidden": "unknown field (check the spelling; see README for the settings reference)",
+    "missing": "required field is missing",
+    "too_short": "must have at least {min_length} item(s)",
+    "literal_error": "must be one of {expected}",
+}
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    """Turn a pydantic error into ``dotted.path: message`` lines."""
+    out: list[str] = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        tmpl = _MESSAGES.get(e["type"])
+        ctx = e.get("ctx") or {}
+        if tmpl:
+            try:
+                msg = tmpl.format(**ctx)
+            except (KeyError, IndexError):
+                msg = e["msg"]
+        else:
+            msg = e["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+        if e["type"] not in ("extra_forbidden", "missing") and "input" in e:
+            shown = repr(e["input"])
+            if len(shown) <= 60:
+                msg += f" (got {shown})"
+        out.append(f"{path}: {msg}")
+    return out
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config file into a dict, raising ConfigError with a clear message."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError([f"file not found: {p}"], str(p))
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError([f"<yaml>: {where}{problem}"], str(p)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"<file>: not UTF-8 text ({e.reason} at byte {e.start})"], str(p)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"<root>: must be a mapping of sections, got {type(data).__name__}"], str(p))
+    return data
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``path`` (or ``$DRIFTLOOP_CONFIG``), env and overrides.
+
+    Raises ConfigError listing every problem with its dotted path.
+    """
+    path = path or os.environ.get(CONFIG_ENV)
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    try:
+        settings = Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e), str(path or "settings")) from None
+    problems = cross_check(settings)
+    if problems:
+        raise ConfigError(problems, str(path or "settings"))
+    return settings
+
+
+def cross_check(settings: Settings) -> list[str]:
+    """Checks that span sections (e.g. alert rules naming channels that exist)."""
+    problems: list[str] = []
+    try:
+        from monitor.alerts.config import cross_check_alerts
+    except ImportError:  # pragma: no cover - filled in by the alerting module
+        return problems
+    problems.extend(cross_check_alerts(settings))
+    return problems

@@ -1,0 +1,1 @@
+"""Alembic migrations for driftloop (run with ``driftloop db upgrade``)."""

@@ -1,0 +1,1 @@
+"""Monitoring: windows, features, drift detection, quality signals and alert policies."""

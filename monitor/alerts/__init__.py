@@ -1,0 +1,1 @@
+"""Alert policies: a safe condition grammar, hysteresis, cooldown, deduplication and channels."""

@@ -1,0 +1,1 @@
+"""Continuous improvement: dataset building, LoRA fine-tuning, evaluation gate (extra: driftloop[retrain])."""
