@@ -51,8 +51,10 @@ def get_settings(config: Path | None, **overrides: Any) -> Settings:
 def check_config(file: Annotated[Path, typer.Argument(help="YAML settings/policy file to validate.")]) -> None:
     """Validate a settings file; print every problem with its path; exit 2 on error."""
     s = get_settings(file)
-    typer.echo(f"{file}: OK (database {s.database.url.split('://', 1)[0]}, "
-               f"{len(s.kafka.topics)} input topic(s), DLQ {s.kafka.dlq_topic})")
+    typer.echo(
+        f"{file}: OK (database {s.database.url.split('://', 1)[0]}, "
+        f"{len(s.kafka.topics)} input topic(s), DLQ {s.kafka.dlq_topic})"
+    )
 
 
 @db_app.command("upgrade")
@@ -66,7 +68,9 @@ def db_upgrade(config: ConfigOpt = None, revision: str = typer.Option("head", he
 
 
 @db_app.command("downgrade")
-def db_downgrade(config: ConfigOpt = None, revision: str = typer.Option(..., help="Target revision, e.g. base.")) -> None:
+def db_downgrade(
+    config: ConfigOpt = None, revision: str = typer.Option(..., help="Target revision, e.g. base.")
+) -> None:
     """Revert migrations down to REVISION (use 'base' to drop everything driftloop created)."""
     from driftloop.store.db import downgrade
 

@@ -33,7 +33,7 @@ def create_engine_from_url(url: str, *, pool_size: int = 5, echo: bool = False) 
         engine = create_engine(url, echo=echo)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, echo=echo, pool_size=pool_size, pool_pre_ping=True)
+    return create_engine(url, echo=echo, pool_size=pool_size, pool_pre_ping=True, connect_args={"connect_timeout": 5})
 
 
 def alembic_config(url: str) -> Config:

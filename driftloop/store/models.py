@@ -94,7 +94,9 @@ rejected_messages = Table(
     Column("raw_sha256", String(64), nullable=False),
     Column("dlq_topic", String(255), nullable=True),
     Column("rejected_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("source_topic", "source_partition", "source_offset", "raw_sha256", name="uq_rejected_messages_source"),
+    UniqueConstraint(
+        "source_topic", "source_partition", "source_offset", "raw_sha256", name="uq_rejected_messages_source"
+    ),
     Index("ix_rejected_messages_rejected_at", "rejected_at"),
     Index("ix_rejected_messages_reason", "reason"),
 )

@@ -1,0 +1,1 @@
+"""Kafka → database ingestion: decode/validate, redact, batch, write, commit."""

@@ -1,0 +1,101 @@
+"""CLI commands: ``ingest``, ``replay``, ``produce-sample``, ``demo``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from driftloop.cli import ConfigOpt, get_settings, setup_logging
+from driftloop.ingest.produce import iter_jsonl, produce
+
+log = logging.getLogger("driftloop.cli")
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT set ``stop`` (graceful); a second one exits at once (still safe: writes are atomic)."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            sys.stderr.write("second signal: exiting now\n")
+            raise SystemExit(128 + signum)
+        sys.stderr.write(f"received {signal.Signals(signum).name}; finishing the current batch...\n")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ingestion commands to the root CLI."""
+
+    @app.command("ingest")
+    def ingest(
+        config: ConfigOpt = None,
+        migrate: Annotated[bool, typer.Option(help="Apply database migrations first.")] = True,
+        stop_when_idle: Annotated[
+            float | None, typer.Option(help="Exit after this many idle seconds with zero lag (for batch runs).")
+        ] = None,
+        progress: Annotated[float, typer.Option(help="Seconds between progress lines (0: none).")] = 10.0,
+        log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
+    ) -> None:
+        """Consume the configured Kafka topics into the database until SIGTERM/SIGINT."""
+        setup_logging(log_level)
+        s = get_settings(config)
+        if migrate:
+            from driftloop.store.db import migrate as do_migrate
+
+            do_migrate(s.database.url)
+        from driftloop.ingest.service import IngestService
+
+        stop = threading.Event()
+        install_signal_handlers(stop)
+        stats = IngestService(s).run(stop, stop_when_idle_s=stop_when_idle, progress_every_s=progress or None)
+        typer.echo(stats.summary())
+
+    @app.command("replay")
+    def replay(
+        file: Annotated[Path, typer.Argument(help="JSONL file (optionally .gz), one record per line.")],
+        config: ConfigOpt = None,
+        topic: Annotated[str | None, typer.Option(help="Target topic (default: the first input topic).")] = None,
+        bootstrap: Annotated[str | None, typer.Option(help="Broker (default: kafka.bootstrap_servers).")] = None,
+    ) -> None:
+        """Send the lines of a JSONL file to a topic as-is (backfills, tests, demos)."""
+        s = get_settings(config)
+        if not file.exists():
+            typer.echo(f"error: {file} does not exist", err=True)
+            raise typer.Exit(2)
+        t = topic or s.kafka.topics[0]
+        n = produce(bootstrap or s.kafka.bootstrap_servers, t, iter_jsonl(file))
+        typer.echo(f"sent {n} records from {file} to {t}")
+
+    @app.command("produce-sample")
+    def produce_sample(
+        count: Annotated[int, typer.Option("--count", "-n", min=1, help="Records to send.")] = 1000,
+        config: ConfigOpt = None,
+        topic: Annotated[str | None, typer.Option(help="Target topic (default: the first input topic).")] = None,
+        bootstrap: Annotated[str | None, typer.Option(help="Broker (default: kafka.bootstrap_servers).")] = None,
+        seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+        bad: Annotated[bool, typer.Option(help="Also send one message of each bad-input class.")] = False,
+        out: Annotated[Path | None, typer.Option(help="Write the JSONL to this file instead of sending.")] = None,
+    ) -> None:
+        """Generate synthetic v1 log records (with some PII and feedback) and send them."""
+        from driftloop.ingest.sample import BAD_MESSAGES, sample_records
+
+        values = [json.dumps(r).encode() for r in sample_records(count, seed=seed)]
+        if bad:
+            values.extend(BAD_MESSAGES.values())
+        if out:
+            out.write_bytes(b"\n".join(values) + b"\n")
+            typer.echo(f"wrote {len(values)} records to {out}")
+            return
+        s = get_settings(config)
+        t = topic or s.kafka.topics[0]
+        n = produce(bootstrap or s.kafka.bootstrap_servers, t, values)
+        typer.echo(f"sent {n} records to {t}")

@@ -1,0 +1,360 @@
+"""Decode and validate one Kafka message into a row, or raise InvalidMessage with a reason.
+
+The v1 log record schema is documented in the README. Decoding never raises anything but
+InvalidMessage: arbitrary bytes either become a row or a reject with a machine-readable reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import msgspec
+
+from driftloop.ingest.redact import Redactor
+
+# Reasons (stable strings: they go into DLQ headers, rejected_messages.reason and metrics labels).
+OVERSIZE = "oversize"
+INVALID_UTF8 = "invalid_utf8"
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+NUL_BYTE = "nul_byte"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+BAD_TIMESTAMP = "bad_timestamp"
+FIELD_TOO_LONG = "field_too_long"
+UNKNOWN_TYPE = "unknown_type"
+INTERNAL_ERROR = "internal_error"
+
+
+class InvalidMessage(Exception):
+    """A message that can never be stored; it goes to the dead-letter topic with ``reason``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+Int32 = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+Finite = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
+NonNeg = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+ShortStr = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
+    role: Annotated[str, msgspec.Meta(max_length=64)]
+    content: str | None = None
+
+
+class InlineFeedback(msgspec.Struct, forbid_unknown_fields=True):
+    score: Finite | None = None
+    comment: str | None = None
+    correction: str | None = None
+    feedback_id: Id | None = None
+
+
+class LogRecordV1(msgspec.Struct):
+    request_id: Id
+    timestamp: str | int | float | None = None
+    model_id: ShortStr | None = None
+    model_version: ShortStr | None = None
+    prompt: str | list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = None
+    response: str | None = None
+    latency_ms: NonNeg | None = None
+    tokens_in: Int32 | None = None
+    tokens_out: Int32 | None = None
+    finish_reason: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    user_id: str | None = None
+    session_id: ShortStr | None = None
+    feedback: InlineFeedback | Finite | None = None
+    reference: str | None = None
+    metadata: dict[str, Any] | None = None
+    type: str | None = None
+    schema_version: int | None = None
+
+
+class FeedbackEventV1(msgspec.Struct, forbid_unknown_fields=False):
+    type: str
+    request_id: Id
+    score: Finite | None = None
+    comment: str | None = None
+    correction: str | None = None
+    timestamp: str | int | float | None = None
+    feedback_id: Id | None = None
+    metadata: dict[str, Any] | None = None
+
+
+Row = dict[str, Any]
+#: ``(kind, row, inline feedback rows)``; kind is ``interaction`` or ``feedback``.
+Decoded = tuple[str, Row, list[Row]]
+
+INTERACTION_FIELDS = frozenset(LogRecordV1.__struct_fields__)
+FEEDBACK_FIELDS = frozenset(FeedbackEventV1.__struct_fields__)
+
+
+@dataclass(slots=True)
+class Source:
+    """Where a message came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecodePolicy:
+    """Limits applied while decoding (from IngestSettings)."""
+
+    max_message_bytes: int = 1024 * 1024
+    max_field_chars: int = 200_000
+    min_timestamp: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    max_future_skew: timedelta = timedelta(days=1)
+    default_model_id: str = "unknown"
+
+
+_NUL_OR_SURROGATE = re.compile(rb"\\u0000")
+_decoder = msgspec.json.Decoder()
+_json_encoder = msgspec.json.Encoder()
+
+
+def _has_nul(obj: Any) -> bool:
+    if isinstance(obj, str):
+        return "\x00" in obj
+    if isinstance(obj, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return any(_has_nul(v) for v in obj)
+    return False
+
+
+def parse_timestamp(value: str | int | float | None, source: Source, policy: DecodePolicy, now: datetime) -> datetime:
+    """RFC 3339 string or epoch milliseconds; None means the broker timestamp."""
+    if value is None:
+        if source.timestamp_ms is None or source.timestamp_ms < 0:
+            return now
+        value = source.timestamp_ms
+    if isinstance(value, bool):
+        raise InvalidMessage(BAD_TIMESTAMP, "timestamp must be an RFC 3339 string or epoch milliseconds, got a boolean")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or abs(value) > 1e15:
+            raise InvalidMessage(BAD_TIMESTAMP, f"timestamp {value!r} is not a plausible epoch-milliseconds value")
+        ts = datetime.fromtimestamp(value / 1000.0, tz=UTC)
+    else:
+        if len(value) > 64:
+            raise InvalidMessage(BAD_TIMESTAMP, "timestamp string longer than 64 characters")
+        try:
+            ts = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidMessage(BAD_TIMESTAMP, f"timestamp {value[:40]!r} is not RFC 3339") from None
+        if ts.tzinfo is None:
+            raise InvalidMessage(BAD_TIMESTAMP, f"timestamp {value!r} has no UTC offset (use Z or +hh:mm)")
+        ts = ts.astimezone(UTC)
+    if ts < policy.min_timestamp or ts > now + policy.max_future_skew:
+        raise InvalidMessage(
+            BAD_TIMESTAMP,
+            f"timestamp {ts.isoformat()} is outside the accepted range "
+            f"[{policy.min_timestamp.date()}, now + {policy.max_future_skew}]",
+        )
+    return ts
+
+
+def _check_len(name: str, value: str | None, policy: DecodePolicy) -> None:
+    if value is not None and len(value) > policy.max_field_chars:
+        raise InvalidMessage(
+            FIELD_TOO_LONG, f"field {name!r} has {len(value)} characters (max {policy.max_field_chars})"
+        )
+
+
+def _render_messages(msgs: list[ChatMessage]) -> str:
+    return "\n".join(f"{m.role}: {m.content or ''}" for m in msgs)
+
+
+def _validation_reason(err: msgspec.ValidationError) -> str:
+    msg = str(err)
+    return MISSING_FIELD if msg.startswith("Object missing required field") else WRONG_TYPE
+
+
+def feedback_key(
+    request_id: str,
+    score: float | None,
+    comment: str | None,
+    correction: str | None,
+    ts: datetime | None,
+    feedback_id: str | None,
+) -> str:
+    """Idempotency key: the producer's id, else a hash of the content (a retried send is stored once)."""
+    if feedback_id:
+        return "id:" + hashlib.sha256(feedback_id.encode()).hexdigest()[:60]
+    h = hashlib.sha256()
+    for part in (request_id, repr(score), comment or "", correction or "", ts.isoformat() if ts else ""):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+@dataclass(slots=True)
+class Decoder:
+    """Step 1 of the chain: bytes -> (interaction row, [feedback rows]) or InvalidMessage."""
+
+    policy: DecodePolicy
+    redactor: Redactor
+
+    def decode(self, raw: bytes | None, source: Source, now: datetime | None = None) -> Decoded:
+        """Return ``(kind, row, feedback_rows)``; kind is ``interaction`` or ``feedback``.
+
+        For a feedback event, ``row`` is the feedback row and the list is empty.
+        """
+        try:
+            return self._decode(raw, source, now or datetime.now(UTC))
+        except InvalidMessage:
+            raise
+        except Exception as e:  # never let a bug in validation stop the stream
+            raise InvalidMessage(INTERNAL_ERROR, f"{type(e).__name__}: {e}") from e
+
+    def _decode(self, raw: bytes | None, source: Source, now: datetime) -> Decoded:
+        if raw is None:
+            raise InvalidMessage(INVALID_JSON, "message has no value (tombstone)")
+        if len(raw) > self.policy.max_message_bytes:
+            raise InvalidMessage(OVERSIZE, f"message is {len(raw)} bytes (max {self.policy.max_message_bytes})")
+        try:
+            obj = _decoder.decode(raw)
+        except UnicodeDecodeError as e:
+            raise InvalidMessage(INVALID_UTF8, f"not valid UTF-8: {e.reason} at byte {e.start}") from None
+        except msgspec.DecodeError as e:
+            raise InvalidMessage(INVALID_JSON, f"not valid JSON: {e}") from None
+        except msgspec.ValidationError as e:  # e.g. number out of range
+            raise InvalidMessage(INVALID_JSON, f"not representable JSON: {e}") from None
+        if not isinstance(obj, dict):
+            raise InvalidMessage(NOT_AN_OBJECT, f"top-level JSON value must be an object, got {type(obj).__name__}")
+        if _NUL_OR_SURROGATE.search(raw) and _has_nul(obj):
+            raise InvalidMessage(NUL_BYTE, "a string contains a NUL character (\\u0000), which PostgreSQL cannot store")
+        kind = obj.get("type")
+        if kind == "feedback":
+            return "feedback", self._feedback_event(obj, source, now), []
+        if kind not in (None, "interaction"):
+            raise InvalidMessage(UNKNOWN_TYPE, f"unknown record type {kind!r} (expected 'interaction' or 'feedback')")
+        return "interaction", *self._interaction(obj, source, now)
+
+    def _feedback_event(self, obj: dict[str, Any], source: Source, now: datetime) -> dict[str, Any]:
+        extras = obj.keys() - FEEDBACK_FIELDS
+        meta = {k: obj.pop(k) for k in extras}
+        try:
+            ev = msgspec.convert(obj, FeedbackEventV1)
+        except msgspec.ValidationError as e:
+            raise InvalidMessage(_validation_reason(e), f"feedback event: {e}") from None
+        if ev.score is None and ev.comment is None and ev.correction is None:
+            raise InvalidMessage(MISSING_FIELD, "feedback event needs at least one of score, comment, correction")
+        _check_len("comment", ev.comment, self.policy)
+        _check_len("correction", ev.correction, self.policy)
+        ts = parse_timestamp(ev.timestamp, source, self.policy, now)
+        if ev.metadata:
+            meta = {**ev.metadata, **meta}
+        r = self.redactor
+        return {
+            "event_key": feedback_key(ev.request_id, ev.score, ev.comment, ev.correction, ts, ev.feedback_id),
+            "request_id": ev.request_id,
+            "ts": ts,
+            "score": ev.score,
+            "comment": r.text(ev.comment),
+            "correction": r.text(ev.correction),
+            "source": "event",
+            "metadata": meta or None,
+            "ingested_at": now,
+        }
+
+    def _interaction(self, obj: dict[str, Any], source: Source, now: datetime) -> tuple[Row, list[Row]]:
+        extras = obj.keys() - INTERACTION_FIELDS
+        unknown = {k: obj.pop(k) for k in extras}
+        try:
+            rec = msgspec.convert(obj, LogRecordV1)
+        except msgspec.ValidationError as e:
+            raise InvalidMessage(_validation_reason(e), str(e)) from None
+        p = self.policy
+        ts = parse_timestamp(rec.timestamp, source, p, now)
+        messages = rec.messages
+        prompt = rec.prompt
+        if isinstance(prompt, list):
+            messages, prompt = prompt, None
+        if prompt is None and messages is None:
+            raise InvalidMessage(MISSING_FIELD, "record needs 'prompt' (string or messages list) or 'messages'")
+        for name, val in (
+            ("prompt", prompt),
+            ("response", rec.response),
+            ("reference", rec.reference),
+            ("user_id", rec.user_id),
+        ):
+            _check_len(name, val, p)
+        r = self.redactor
+        msg_json: list[dict[str, Any]] | None = None
+        if messages is not None:
+            msg_json = [{"role": m.role, "content": r.text(m.content)} for m in messages]
+            for m in messages:
+                _check_len("messages.content", m.content, p)
+            if prompt is None:
+                prompt = _render_messages(messages)
+        meta = rec.metadata
+        if unknown:
+            meta = {**(meta or {}), **unknown}
+        row = {
+            "request_id": rec.request_id,
+            "ts": ts,
+            "model_id": rec.model_id or p.default_model_id,
+            "model_version": rec.model_version,
+            "prompt": r.text(prompt),
+            "messages": msg_json,
+            "response": r.text(rec.response),
+            "latency_ms": rec.latency_ms,
+            "tokens_in": rec.tokens_in,
+            "tokens_out": rec.tokens_out,
+            "finish_reason": rec.finish_reason,
+            "user_hash": r.user_hash(rec.user_id),
+            "session_id": rec.session_id,
+            "reference": r.text(rec.reference),
+            "metadata": meta,
+            "source_topic": source.topic,
+            "source_partition": source.partition,
+            "source_offset": source.offset,
+            "ingested_at": now,
+        }
+        fb_rows: list[dict[str, Any]] = []
+        fb = rec.feedback
+        if fb is not None:
+            if not isinstance(fb, InlineFeedback):
+                fb = InlineFeedback(score=float(fb))
+            if fb.score is not None or fb.comment is not None or fb.correction is not None:
+                _check_len("feedback.comment", fb.comment, p)
+                _check_len("feedback.correction", fb.correction, p)
+                fb_rows.append(
+                    {
+                        "event_key": feedback_key(
+                            rec.request_id,
+                            fb.score,
+                            fb.comment,
+                            fb.correction,
+                            None,
+                            fb.feedback_id or f"inline:{rec.request_id}",
+                        ),
+                        "request_id": rec.request_id,
+                        "ts": ts,
+                        "score": fb.score,
+                        "comment": r.text(fb.comment),
+                        "correction": r.text(fb.correction),
+                        "source": "inline",
+                        "metadata": None,
+                        "ingested_at": now,
+                    }
+                )
+        return row, fb_rows
+
+
+def encode_json(obj: Any) -> str:
+    """Compact JSON text (for JSON columns written through COPY)."""
+    return _json_encoder.encode(obj).decode()
