@@ -357,6 +357,8 @@ class IngestService:
                 log.debug("Kafka offset commit skipped: %s", e)
 
     def _update_lag(self) -> None:
+        """Export lag per partition; detect positions beyond the log end (the broker lost data)."""
+        beyond: dict[Any, int] = {}
         for tp in list(self._assigned):
             hw = self.consumer.highwater(tp)
             if hw is None:
@@ -365,8 +367,17 @@ class IngestService:
                 pos = self.consumer.position(tp, timeout_ms=0)
             except Exception:
                 continue
-            if pos is not None:
-                m.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos, 0))
+            if pos is None:
+                continue
+            if pos > hw:
+                # Some brokers (Tansu) answer a fetch beyond the log end with an empty batch instead of
+                # OFFSET_OUT_OF_RANGE: waiting would silently skip the first (pos - hw) new records.
+                beyond[tp] = pos
+            m.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos, 0))
+        if beyond:
+            from kafka.errors import OffsetOutOfRangeError
+
+            self._offset_out_of_range(OffsetOutOfRangeError(beyond))
 
     def lag(self) -> int | None:
         """Total messages behind the high watermark over assigned partitions (None if unknown)."""
