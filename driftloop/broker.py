@@ -73,9 +73,20 @@ class LocalTansu:
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self.proc = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         logf.close()
         try:
@@ -109,8 +120,13 @@ class LocalTansu:
         self.stop()
 
 
-def ensure_topics(bootstrap: str | list[str], topics: Iterable[str], partitions: int = 3,
-                  replication_factor: int = 1, timeout_s: float = 30.0) -> None:
+def ensure_topics(
+    bootstrap: str | list[str],
+    topics: Iterable[str],
+    partitions: int = 3,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> None:
     """Create the topics that do not exist yet (Tansu auto-creates with 4 partitions: don't rely on it)."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError

@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         progress: Annotated[float, typer.Option(help="Seconds between progress lines (0: none).")] = 10.0,
         log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
+        stats_json: Annotated[Path | None, typer.Option(help="Write the final counters to this JSON file.")] = None,
     ) -> None:
         """Consume the configured Kafka topics into the database until SIGTERM/SIGINT."""
         setup_logging(log_level)
@@ -58,6 +59,8 @@ def register(app: typer.Typer) -> None:
         install_signal_handlers(stop)
         stats = IngestService(s).run(stop, stop_when_idle_s=stop_when_idle, progress_every_s=progress or None)
         typer.echo(stats.summary())
+        if stats_json:
+            stats_json.write_text(json.dumps(stats.as_dict(), indent=2))
 
     @app.command("replay")
     def replay(

@@ -80,6 +80,10 @@ class LogRecordV1(msgspec.Struct):
     schema_version: int | None = None
 
 
+class _StrictRecordV1(LogRecordV1, forbid_unknown_fields=True):
+    """Fast path: records with only known fields decode straight into a struct."""
+
+
 class FeedbackEventV1(msgspec.Struct, forbid_unknown_fields=False):
     type: str
     request_id: Id
@@ -122,6 +126,7 @@ class DecodePolicy:
 
 _NUL_OR_SURROGATE = re.compile(rb"\\u0000")
 _decoder = msgspec.json.Decoder()
+_fast_decoder = msgspec.json.Decoder(_StrictRecordV1)
 _json_encoder = msgspec.json.Encoder()
 
 
@@ -224,6 +229,13 @@ class Decoder:
             raise InvalidMessage(INVALID_JSON, "message has no value (tombstone)")
         if len(raw) > self.policy.max_message_bytes:
             raise InvalidMessage(OVERSIZE, f"message is {len(raw)} bytes (max {self.policy.max_message_bytes})")
+        if not _NUL_OR_SURROGATE.search(raw):
+            try:
+                fast = _fast_decoder.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                fast = None  # the general path below explains what is wrong, or keeps unknown fields
+            if fast is not None and fast.type in (None, "interaction"):
+                return "interaction", *self._build_interaction(fast, None, source, now)
         try:
             obj = _decoder.decode(raw)
         except UnicodeDecodeError as e:
@@ -277,6 +289,11 @@ class Decoder:
             rec = msgspec.convert(obj, LogRecordV1)
         except msgspec.ValidationError as e:
             raise InvalidMessage(_validation_reason(e), str(e)) from None
+        return self._build_interaction(rec, unknown, source, now)
+
+    def _build_interaction(
+        self, rec: LogRecordV1, unknown: dict[str, Any] | None, source: Source, now: datetime
+    ) -> tuple[Row, list[Row]]:
         p = self.policy
         ts = parse_timestamp(rec.timestamp, source, p, now)
         messages = rec.messages

@@ -3,13 +3,12 @@
 Built-in patterns run as one combined regular expression per text, after cheap ``in`` checks that
 skip texts which cannot contain a match (no ``@`` and no run of digits, say). Card numbers are only
 redacted when they pass the Luhn check, so order numbers and timestamps survive. User ids are
-stored as a salted HMAC-SHA256, never in clear.
+stored as a keyed BLAKE2b hash (salt from settings), never in clear.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,6 +32,11 @@ BUILTIN_PATTERNS = ("email", "phone", "credit_card", "ip_address")
 _CANDIDATE = re.compile(r"[0-9][0-9 ().:-]{5,}[0-9]", re.ASCII)
 _EMAIL = re.compile(EMAIL_PATTERN, re.ASCII)
 _IPV6 = re.compile(IPV6_PATTERN, re.ASCII)
+
+
+def _has_digit(s: str) -> bool:
+    # ten C-level substring scans beat one Python-regex scan of the text by ~5x
+    return any(d in s for d in "0123456789")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -76,7 +80,7 @@ class Redactor:
             (re.compile(pat), repl if repl is not None else self.replacement.format(name=name))
             for name, pat, repl in self.custom
         ]
-        self._salt = self.user_id_salt.encode()
+        self._salt = hashlib.blake2b(self.user_id_salt.encode()).digest()[:64]
 
     @classmethod
     def from_settings(cls, pii: object) -> Redactor:
@@ -123,14 +127,14 @@ class Redactor:
             s = _EMAIL.sub(self.replacement.format(name="email"), s)
         if self._ipv6 and s.count(":") >= 7:
             s = _IPV6.sub(self.replacement.format(name="ip_address"), s)
-        if self._combined is not None:
+        if self._combined is not None and _has_digit(s):
             s = self._digits(s)
         for pat, repl in self._custom:
             s = pat.sub(repl, s)
         return s
 
     def user_hash(self, user_id: str | None) -> str | None:
-        """Salted HMAC-SHA256 of a user id (hex, 64 chars); the clear id is never stored."""
+        """Keyed BLAKE2b-256 (a MAC, like HMAC) of a user id, hex; the clear id is never stored."""
         if user_id is None:
             return None
-        return hmac.new(self._salt, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+        return hashlib.blake2b(user_id.encode("utf-8", "surrogatepass"), key=self._salt, digest_size=32).hexdigest()

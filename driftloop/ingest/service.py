@@ -99,8 +99,15 @@ class IngestStats:
     batches: int = 0
     db_retries: int = 0
     offset_resets: int = 0
-    last_message_at: float = 0.0
+    first_message_at: float | None = None  # wall clock (time.time()) of the first consumed message
+    last_commit_at: float | None = None  # wall clock of the last batch commit
     started_at: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready counters."""
+        d = {k: v for k, v in self.__dict__.items() if k != "started_at"}
+        d["rejected_by_reason"] = dict(self.rejected_by_reason)
+        return d
 
     def summary(self) -> str:
         el = max(time.monotonic() - self.started_at, 1e-9)
@@ -328,6 +335,7 @@ class IngestService:
 
     def _account(self, batch: Batch, res: WriteResult) -> None:
         s = self.stats
+        s.last_commit_at = time.time()
         s.batches += 1
         s.stored += res.inserted
         s.duplicates += res.duplicates
@@ -454,6 +462,8 @@ class IngestService:
                         self._process(msg, batch)
                     n += len(msgs)
                 if n:
+                    if self.stats.first_message_at is None:
+                        self.stats.first_message_at = time.time()
                     self.stats.consumed += n
                     m.CONSUMED.inc(n)
                     self._state.add(n)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -23,6 +24,7 @@ from driftloop.ingest.decode import encode_json
 from driftloop.store.models import consumer_offsets, feedback, interactions, rejected_messages
 
 Row = dict[str, Any]
+_dumps = msgspec.json.Encoder().encode
 
 INTERACTION_COLS: tuple[str, ...] = (
     "request_id", "ts", "model_id", "model_version", "prompt", "messages", "response", "latency_ms",
@@ -95,7 +97,9 @@ class BatchWriter:
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
             if self.is_pg:
-                inserted = self._pg_copy_insert(conn, _INTERACTIONS, batch.interactions)
+                inserted = self._pg_copy_direct(conn, _INTERACTIONS, batch.interactions)
+                if inserted is None:  # a duplicate in the batch: take the deduplicating path
+                    inserted = self._pg_copy_insert(conn, _INTERACTIONS, batch.interactions)
                 fb = self._pg_copy_insert(conn, _FEEDBACK, batch.feedback)
             else:
                 inserted = self._insert_ignore(conn, interactions, batch.interactions, ["request_id"])
@@ -110,6 +114,36 @@ class BatchWriter:
         return WriteResult(inserted, len(batch.interactions) - inserted, fb, rj)
 
     # -- PostgreSQL -------------------------------------------------------------------------
+    def _pg_copy_direct(self, conn: Connection, spec: _CopySpec, rows: Sequence[Row]) -> int | None:
+        """Binary COPY straight into the table: ~2x cheaper for the server than the temp-table path.
+
+        Runs under a savepoint; if any row violates a unique key (a replayed or retried record) the
+        savepoint is rolled back and None is returned, and the caller uses ``_pg_copy_insert``.
+        """
+        if not rows:
+            return 0
+        import psycopg
+        from psycopg.types.json import set_json_dumps
+
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        cols = spec.cols
+        types = [("jsonb" if c in _JSON_COLS else t) for c, t in zip(cols, spec.types, strict=True)]
+        with raw.cursor() as cur:
+            set_json_dumps(_dumps, context=cur)
+            cur.execute("SAVEPOINT dl_copy_direct")
+            try:
+                with cur.copy(f"COPY {spec.table} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(types)
+                    write_row = cp.write_row
+                    for r in rows:
+                        write_row([r[c] for c in cols])
+            except psycopg.errors.UniqueViolation:
+                cur.execute("ROLLBACK TO SAVEPOINT dl_copy_direct")
+                return None
+            cur.execute("RELEASE SAVEPOINT dl_copy_direct")
+        return len(rows)
+
     def _pg_copy_insert(self, conn: Connection, spec: _CopySpec, rows: Sequence[Row]) -> int:
         """Binary COPY into a session temp table, then INSERT … ON CONFLICT DO NOTHING."""
         if not rows:
