@@ -98,6 +98,7 @@ def _register_optional() -> None:
         ("driftloop.ingest.cli", None),
         ("monitor.cli", None),
         ("driftloop.daemon_cli", None),
+        ("driftloop.demo", None),
     ]:
         try:
             m = importlib.import_module(mod)

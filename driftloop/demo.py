@@ -1,0 +1,115 @@
+"""``driftloop demo``: the whole ingestion path on embedded defaults, in one command.
+
+Starts a local Tansu broker, migrates an SQLite database, sends synthetic traffic (with PII,
+feedback arriving before and after its interaction, and one message of every bad-input class),
+ingests it and prints what landed where. Everything it starts is stopped again, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy import text
+
+from driftloop.cli import setup_logging
+
+
+def _say(msg: str) -> None:
+    typer.secho(msg, fg=typer.colors.CYAN, err=False)
+
+
+def run_demo(records: int = 5000, data_dir: Path = Path("driftloop-data/demo"), keep: bool = False) -> dict[str, int]:
+    """Run the demo; returns the counts it printed."""
+    from driftloop.broker import LocalTansu, ensure_topics
+    from driftloop.ingest.produce import produce
+    from driftloop.ingest.sample import BAD_MESSAGES, sample_records
+    from driftloop.ingest.service import IngestService
+    from driftloop.settings import load_settings
+    from driftloop.store.db import create_engine_from_url, migrate
+
+    if data_dir.exists() and not keep:
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db_url = f"sqlite:///{data_dir / 'driftloop.db'}"
+    t0 = time.monotonic()
+    _say("[1/5] starting a local Kafka-compatible broker (Tansu) ...")
+    with LocalTansu(log_path=str(data_dir / "tansu.log")) as broker:
+        settings = load_settings(
+            None,
+            database={"url": db_url},
+            kafka={"bootstrap_servers": [broker.bootstrap], "group_id": "driftloop-demo"},
+            data_dir=str(data_dir),
+        )
+        topic, dlq = settings.kafka.topics[0], settings.kafka.dlq_topic
+        ensure_topics(broker.bootstrap, [topic, dlq])
+        _say(f"      broker at {broker.bootstrap}; topics {topic!r} and DLQ {dlq!r}")
+        _say(f"[2/5] migrating the embedded database {db_url}")
+        migrate(db_url)
+        recs = list(sample_records(records, seed=7))
+        early = [
+            json.dumps({"type": "feedback", "request_id": r["request_id"], "score": 1.0}).encode() for r in recs[:20]
+        ]
+        late = [
+            json.dumps(
+                {"type": "feedback", "request_id": r["request_id"], "score": 0.0, "correction": "better"}
+            ).encode()
+            for r in recs[20:40]
+        ]
+        values = early + [json.dumps(r).encode() for r in recs] + list(BAD_MESSAGES.values()) + late
+        _say(f"[3/5] producing {len(values)} messages ({records} interactions, 40 late/early feedback events, "
+             f"{len(BAD_MESSAGES)} malformed)")  # fmt: skip
+        produce(broker.bootstrap, topic, values, progress=False)
+        _say("[4/5] ingesting (Kafka -> validate -> redact PII -> SQLite, offsets in the same transaction) ...")
+        stop = threading.Event()
+        stats = IngestService(settings).run(stop, stop_when_idle_s=2.0, progress_every_s=2.0)
+        _say("[5/5] what landed where:")
+        eng = create_engine_from_url(db_url)
+        with eng.connect() as c:
+            q = lambda sql: c.execute(text(sql)).scalar() or 0  # noqa: E731
+            counts = {
+                "interactions": int(q("select count(*) from interactions")),
+                "feedback": int(q("select count(*) from feedback")),
+                "feedback_joined": int(
+                    q("select count(*) from feedback f join interactions i on i.request_id = f.request_id")
+                ),
+                "rejected": int(q("select count(*) from rejected_messages")),
+                "redacted_emails": int(q("select count(*) from interactions where prompt like '%[email]%'")),
+            }
+            by_model = c.execute(text("select model_id, count(*) from interactions group by 1 order by 1")).all()
+            reasons = c.execute(text("select reason, count(*) from rejected_messages group by 1 order by 1")).all()
+        eng.dispose()
+    typer.echo("")
+    typer.echo(f"  interactions stored     {counts['interactions']:>7}   " + ", ".join(f"{m}={n}" for m, n in by_model))
+    typer.echo(
+        f"  feedback rows           {counts['feedback']:>7}   ({counts['feedback_joined']} joined to their interaction)"
+    )
+    typer.echo(f"  rejected -> DLQ         {counts['rejected']:>7}   " + ", ".join(f"{r}={n}" for r, n in reasons))
+    typer.echo(f"  prompts with [email]    {counts['redacted_emails']:>7}   (PII redacted before storage)")
+    typer.echo(f"  consumed                {stats.consumed:>7}   in {time.monotonic() - t0:.1f}s total")
+    typer.echo(f"\n  database: {db_url}   broker log: {data_dir / 'tansu.log'}")
+    return counts
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``driftloop demo``."""
+
+    @app.command("demo")
+    def demo(
+        records: Annotated[int, typer.Option(min=100, help="Interactions to generate.")] = 5000,
+        data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its database and logs.")] = Path(
+            "driftloop-data/demo"
+        ),
+        keep_data: Annotated[
+            bool, typer.Option(help="Keep the previous demo database instead of starting fresh.")
+        ] = False,
+        log_level: Annotated[str, typer.Option(help="Log level for the services.")] = "WARNING",
+    ) -> None:
+        """Run the pipeline end to end on embedded defaults (SQLite + a local Tansu broker)."""
+        setup_logging(log_level)
+        run_demo(records, data_dir, keep_data)
