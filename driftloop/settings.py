@@ -119,11 +119,14 @@ class PiiRule(_Section):
 BuiltinPii = Literal["email", "phone", "credit_card", "ip_address"]
 
 
+_ALL_PII: tuple[BuiltinPii, ...] = ("email", "phone", "credit_card", "ip_address")
+
+
 class PiiSettings(_Section):
     """PII redaction applied to every stored text field."""
 
     enabled: bool = True
-    builtin: list[BuiltinPii] = Field(default_factory=lambda: ["email", "phone", "credit_card", "ip_address"])
+    builtin: list[BuiltinPii] = Field(default_factory=lambda: list(_ALL_PII))
     custom: list[PiiRule] = Field(default_factory=list)
     replacement: str = "[{name}]"
     user_id_salt: str = "driftloop-default-salt-change-me"

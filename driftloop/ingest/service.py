@@ -84,6 +84,7 @@ class DlqItem:
     key: bytes | None
     headers: list[tuple[str, bytes]]
     future: Any = None
+    acked: bool = False
 
 
 @dataclass
@@ -323,7 +324,7 @@ class IngestService:
 
     def _await_dlq(self, batch: Batch) -> None:
         for item in batch.dlq_futures:
-            if getattr(item, "acked", False):
+            if item.acked:
                 continue
             try:
                 item.future.get(timeout=30)
@@ -331,7 +332,7 @@ class IngestService:
                 log.error("dead-letter send failed (%s); re-sending", e)
                 self._send_dlq(item)
                 raise
-            item.acked = True  # type: ignore[attr-defined]
+            item.acked = True
 
     def _account(self, batch: Batch, res: WriteResult) -> None:
         s = self.stats
@@ -565,7 +566,7 @@ class IngestService:
             log.warning("no partitions assigned and topics could not be ensured: %s", e)
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     """kafka-python ConsumerRebalanceListener forwarding to the service."""
 
     def __init__(self, svc: IngestService) -> None:
