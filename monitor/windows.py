@@ -1,0 +1,192 @@
+"""Tumbling windows over stored interactions, and the reference each window is compared with."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, func, select, text
+
+from driftloop.store.models import interactions
+from monitor.config import MonitorSettings
+from monitor.tables import monitor_windows
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of one model (and segment): either a block of ids or a time interval."""
+
+    model_id: str
+    segment: str
+    kind: str  # count | time
+    index: int
+    start: datetime
+    end: datetime
+    ids: tuple[int, ...] = ()  # count windows: the interaction ids, ascending
+
+    @property
+    def first_id(self) -> int | None:
+        return self.ids[0] if self.ids else None
+
+    @property
+    def last_id(self) -> int | None:
+        return self.ids[-1] if self.ids else None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a window was compared with (stored next to every result)."""
+
+    kind: str
+    ids: tuple[int, ...]
+    start: datetime | None
+    end: datetime | None
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+
+def _aware(ts: Any) -> datetime:
+    if isinstance(ts, str):
+        ts = datetime.fromisoformat(ts)
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts
+
+
+def segment_of(meta: Any, keys: list[str]) -> str:
+    """``k1=v1,k2=v2`` from an interaction's metadata ('' without segment keys)."""
+    if not keys:
+        return ""
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    return ",".join(f"{k}={meta.get(k, '')}" for k in keys)[:256]
+
+
+def _light_rows(conn: Connection, model_id: str, after_id: int, with_meta: bool) -> list[Any]:
+    cols = [interactions.c.id, interactions.c.ts]
+    if with_meta:
+        cols.append(interactions.c.metadata)
+    q = (
+        select(*cols)
+        .where(interactions.c.model_id == model_id, interactions.c.id > after_id)
+        .order_by(interactions.c.id)
+    )
+    return list(conn.execute(q).all())
+
+
+def models(conn: Connection) -> list[str]:
+    """Models that have traffic."""
+    return [r[0] for r in conn.execute(select(interactions.c.model_id).distinct()).all()]
+
+
+def _last_checked(conn: Connection, model_id: str, kind: str) -> dict[str, tuple[int, int | None]]:
+    q = (
+        select(monitor_windows.c.segment, func.max(monitor_windows.c.window_index), func.max(monitor_windows.c.last_id))
+        .where(monitor_windows.c.model_id == model_id, monitor_windows.c.window_kind == kind)
+        .group_by(monitor_windows.c.segment)
+    )
+    return {r[0]: (int(r[1]), r[2]) for r in conn.execute(q).all()}
+
+
+def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: datetime | None = None) -> list[Window]:
+    """Complete windows of ``model_id`` that have not been checked yet, oldest first."""
+    now = now or datetime.now(UTC)
+    w = s.window
+    done = _last_checked(conn, model_id, w.kind)
+    out: list[Window] = []
+    if w.kind == "count":
+        after = min((v[1] or 0 for v in done.values()), default=0) if done else 0
+        rows = _light_rows(conn, model_id, after, bool(s.segment_keys))
+        by_seg: dict[str, list[tuple[int, datetime]]] = defaultdict(list)
+        for r in rows:
+            seg = segment_of(r[2], s.segment_keys) if s.segment_keys else ""
+            last = done.get(seg, (-1, 0))[1] or 0
+            if r[0] > last:
+                by_seg[seg].append((int(r[0]), _aware(r[1])))
+        for seg, items in by_seg.items():
+            idx = done.get(seg, (-1, 0))[0] + 1
+            for k in range(0, len(items) - w.size + 1, w.size):
+                block = items[k : k + w.size]
+                ts = [t for _, t in block]
+                out.append(Window(model_id, seg, "count", idx, min(ts), max(ts), tuple(i for i, _ in block)))
+                idx += 1
+    else:
+        length = timedelta(minutes=w.minutes)
+        secs = length.total_seconds()
+        rows = _light_rows(conn, model_id, 0, bool(s.segment_keys))
+        horizon = now - timedelta(seconds=w.grace_s)
+        by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for r in rows:
+            ts = _aware(r[1])
+            idx = math.floor(ts.timestamp() / secs)
+            seg = segment_of(r[2], s.segment_keys) if s.segment_keys else ""
+            if idx <= done.get(seg, (-1, None))[0]:
+                continue
+            by_key[(seg, idx)].append(int(r[0]))
+        for (seg, idx), ids in sorted(by_key.items(), key=lambda kv: kv[0][1]):
+            start = datetime.fromtimestamp(idx * secs, tz=UTC)
+            end = start + length
+            if end > horizon:
+                continue
+            out.append(Window(model_id, seg, "time", idx, start, end, tuple(sorted(ids))))
+    out.sort(key=lambda x: (x.start, x.index))
+    return out[: s.max_windows_per_run]
+
+
+def reference_for(conn: Connection, s: MonitorSettings, win: Window) -> Reference:
+    """The reference records for ``win`` according to ``s.reference``."""
+    ref = s.reference
+    c = interactions.c
+    base = select(c.id, c.ts, c.metadata).where(c.model_id == win.model_id)
+    if ref.kind == "previous":
+        if win.kind == "count":
+            n = ref.windows * s.window.size
+            q = base.where(c.id < (win.first_id or 0)).order_by(c.id.desc())
+            rows = [r for r in conn.execute(q).all() if segment_of(r[2], s.segment_keys) == win.segment][:n]
+        else:
+            span = timedelta(minutes=s.window.minutes * ref.windows)
+            q = base.where(c.ts >= win.start - span, c.ts < win.start).order_by(c.id)
+            rows = [r for r in conn.execute(q).all() if segment_of(r[2], s.segment_keys) == win.segment]
+    elif ref.kind == "pinned":
+        q = base.where(c.ts >= ref.start, c.ts < ref.end).order_by(c.id)
+        rows = [r for r in conn.execute(q).all() if segment_of(r[2], s.segment_keys) == win.segment]
+    else:
+        q = base.where(c.model_version == ref.model_version).order_by(c.id)
+        rows = [r for r in conn.execute(q).all() if segment_of(r[2], s.segment_keys) == win.segment][: ref.records]
+    ids = tuple(sorted(int(r[0]) for r in rows))
+    ts = [_aware(r[1]) for r in rows]
+    return Reference(ref.kind, ids, min(ts) if ts else None, max(ts) if ts else None)
+
+
+_FRAME_SQL = """
+SELECT i.id, i.ts, i.model_version, i.prompt, i.response, i.latency_ms, i.tokens_in, i.tokens_out,
+       i.finish_reason, i.reference,
+       (SELECT f.score FROM feedback f WHERE f.request_id = i.request_id AND f.score IS NOT NULL
+        ORDER BY f.ts DESC, f.id DESC LIMIT 1) AS feedback_score
+FROM interactions i WHERE i.id IN ({ids})
+"""
+
+
+def load_frame(conn: Connection, ids: tuple[int, ...], chunk: int = 5000) -> pd.DataFrame:
+    """Interactions with their latest feedback score, for the given ids."""
+    parts = []
+    for k in range(0, len(ids), chunk):
+        part = ids[k : k + chunk]
+        sql = _FRAME_SQL.format(ids=",".join(str(int(i)) for i in part))
+        parts.append(pd.read_sql_query(text(sql), conn))
+    cols = ["id", "ts", "model_version", "prompt", "response", "latency_ms", "tokens_in", "tokens_out",
+            "finish_reason", "reference", "feedback_score"]  # fmt: skip
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(parts, ignore_index=True).sort_values("id").reset_index(drop=True)
