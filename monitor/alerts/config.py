@@ -2,19 +2,112 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from monitor.alerts.grammar import ConditionError, parse_condition
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class ChannelSettings(_Section):
+    """A notification channel: ``log``, ``webhook``, ``slack`` or ``grafana``."""
+
+    name: str = Field(min_length=1)
+    type: Literal["log", "webhook", "slack", "grafana"]
+    url: str | None = None
+    secret: str | None = Field(None, description="webhook: HMAC-SHA256 key for X-Driftloop-Signature")
+    token: str | None = Field(None, description="grafana: service account token")
+    dashboard_uid: str | None = None
+    timeout_s: float = Field(5.0, gt=0)
+    retries: int = Field(3, ge=0, le=10)
+    backoff_s: float = Field(0.5, ge=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> ChannelSettings:
+        if self.type != "log" and not self.url:
+            raise ValueError(f"a {self.type} channel needs url")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return self
+
+
+class RuleSettings(_Section):
+    """An alert rule: fire when ``condition`` held in ``windows`` of the last ``of`` windows."""
+
+    name: str = Field(min_length=1, max_length=128)
+    condition: str
+    windows: int = Field(1, gt=0, description="N: windows in which the condition must hold")
+    of: int = Field(1, gt=0, description="M: among the last M windows with data")
+    severity: Literal["info", "warning", "critical"] = "warning"
+    channels: list[str] = Field(default_factory=lambda: ["log"])
+    cooldown_minutes: float = Field(30.0, ge=0)
+    group_by: list[Literal["model", "segment"]] = Field(default_factory=lambda: ["model"])
+    description: str = ""
+
+    @field_validator("condition")
+    @classmethod
+    def _parses(cls, v: str) -> str:
+        try:
+            parse_condition(v)
+        except ConditionError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _n_of_m(self) -> RuleSettings:
+        if self.windows > self.of:
+            raise ValueError(f"windows ({self.windows}) cannot exceed of ({self.of}): N of the last M windows")
+        if "model" not in self.group_by:
+            raise ValueError("group_by must include 'model'")
+        return self
+
+
+def _default_channels() -> list[ChannelSettings]:
+    return [ChannelSettings(name="log", type="log")]
+
+
 class AlertSettings(_Section):
     """Alert rules and notification channels."""
 
     enabled: bool = True
+    channels: list[ChannelSettings] = Field(default_factory=_default_channels)
+    rules: list[RuleSettings] = Field(default_factory=list)
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_channels(cls, v: list[ChannelSettings]) -> list[ChannelSettings]:
+        names = [c.name for c in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate channel name(s): {dup}")
+        return v
 
 
-def cross_check_alerts(settings: object) -> list[str]:
-    """Cross-section checks (rules naming unknown channels or metrics); ``path: message`` lines."""
-    return []
+def cross_check_alerts(settings: Any) -> list[str]:
+    """Rules naming unknown metrics or channels, duplicate rule names; ``path: message`` lines."""
+    from monitor.metrics import KNOWN_METRICS, is_known_metric
+
+    a: AlertSettings = settings.alerts
+    problems: list[str] = []
+    channels = {c.name for c in a.channels}
+    seen: set[str] = set()
+    for i, r in enumerate(a.rules):
+        if r.name in seen:
+            problems.append(f"alerts.rules.{i}.name: duplicate rule name {r.name!r}")
+        seen.add(r.name)
+        for m in sorted(parse_condition(r.condition).metrics()):
+            if not is_known_metric(m):
+                close = [k for k in KNOWN_METRICS if k.split(".")[-1] == m.split(".")[-1] or k.startswith(m)]
+                hint = f" (did you mean {close[0]}?)" if close else " (see monitor/metrics.py or docs/alerts.md)"
+                problems.append(f"alerts.rules.{i}.condition: unknown metric {m!r}{hint}")
+        for j, ch in enumerate(r.channels):
+            if ch not in channels:
+                problems.append(
+                    f"alerts.rules.{i}.channels.{j}: unknown channel {ch!r}; configured: {sorted(channels)}"
+                )
+    return problems

@@ -1,0 +1,68 @@
+"""Interfaces and events of the alerting subsystem."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """Something happened to an alert; subclasses name what, in the past tense."""
+
+    alert_id: int
+    rule: str
+    model_id: str
+    segment: str
+    severity: str
+    condition: str
+    message: str
+    value: float | None
+    at: datetime
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def event(self) -> str:
+        return {"AlertFired": "fired", "AlertResolved": "resolved", "AlertReminded": "reminder"}.get(
+            type(self).__name__, "event"
+        )
+
+    def payload(self) -> dict[str, Any]:
+        """JSON body sent to webhooks."""
+        return {
+            "event": self.event,
+            "alert_id": self.alert_id,
+            "rule": self.rule,
+            "model_id": self.model_id,
+            "segment": self.segment,
+            "severity": self.severity,
+            "condition": self.condition,
+            "message": self.message,
+            "value": self.value,
+            "at": self.at.isoformat(),
+            **self.extra,
+        }
+
+
+class AlertFired(AlertEvent):
+    """A rule's condition became true (per its hysteresis)."""
+
+
+class AlertResolved(AlertEvent):
+    """A fired alert's condition cleared."""
+
+
+class AlertReminded(AlertEvent):
+    """An alert is still firing after its cooldown."""
+
+
+class AlertSink(ABC):
+    """A notification channel."""
+
+    name: str
+
+    @abstractmethod
+    def send(self, event: AlertEvent) -> None:
+        """Deliver ``event``; raise on failure (the caller records it and carries on)."""

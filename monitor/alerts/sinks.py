@@ -1,0 +1,144 @@
+"""Notification channels: structured log, generic webhook (HMAC-signed), Slack, Grafana annotations."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+import requests
+
+from monitor.alerts.abc import AlertEvent, AlertSink
+from monitor.alerts.config import ChannelSettings
+
+log = logging.getLogger("driftloop.alerts")
+
+SIGNATURE_HEADER = "X-Driftloop-Signature"
+TIMESTAMP_HEADER = "X-Driftloop-Timestamp"
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>`` of HMAC-SHA256(secret, timestamp + "." + body): verify it on the receiving side."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class LogAlertSink(AlertSink):
+    """One JSON line per event on the ``driftloop.alerts`` logger."""
+
+    def __init__(self, name: str = "log") -> None:
+        self.name = name
+
+    def send(self, event: AlertEvent) -> None:
+        level = logging.WARNING if event.event != "resolved" else logging.INFO
+        log.log(level, json.dumps({"alert": event.payload()}, default=str))
+
+
+class _HttpSink(AlertSink):
+    def __init__(self, cfg: ChannelSettings, session: requests.Session | None = None) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.session = session or requests.Session()
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> None:
+        """POST with retries and exponential backoff on connection errors and 5xx/429."""
+        assert self.cfg.url
+        delay = self.cfg.backoff_s
+        last: str = ""
+        for attempt in range(self.cfg.retries + 1):
+            try:
+                r = self.session.post(self.cfg.url, data=body, headers=headers, timeout=self.cfg.timeout_s)
+                if r.status_code < 300:
+                    return
+                last = f"HTTP {r.status_code}: {r.text[:200]}"
+                if r.status_code < 500 and r.status_code != 429:
+                    break  # a client error will not get better by retrying
+            except requests.RequestException as e:
+                last = f"{type(e).__name__}: {e}"
+            if attempt < self.cfg.retries:
+                time.sleep(delay)
+                delay *= 2
+        raise RuntimeError(f"{self.name}: delivery to {self.cfg.url} failed after {attempt + 1} attempt(s): {last}")
+
+
+class WebhookAlertSink(_HttpSink):
+    """POST the event as JSON; signed with HMAC-SHA256 when the channel has a secret."""
+
+    def send(self, event: AlertEvent) -> None:
+        body = json.dumps(event.payload(), default=str, sort_keys=True).encode()
+        ts = str(int(time.time()))
+        headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: ts, **self.cfg.headers}
+        if self.cfg.secret:
+            headers[SIGNATURE_HEADER] = sign(self.cfg.secret, ts, body)
+        self._post(body, headers)
+
+
+class SlackAlertSink(_HttpSink):
+    """Slack-compatible incoming webhook: ``text`` plus Block Kit ``blocks``."""
+
+    EMOJI = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":information_source:"}
+
+    def payload(self, event: AlertEvent) -> dict[str, Any]:
+        state = {"fired": "FIRING", "resolved": "RESOLVED", "reminder": "STILL FIRING"}.get(event.event, event.event)
+        icon = ":white_check_mark:" if event.event == "resolved" else self.EMOJI.get(event.severity, "")
+        title = f"{icon} [{state}] {event.rule} on {event.model_id}" + (f" / {event.segment}" if event.segment else "")
+        value = "n/a" if event.value is None else f"{event.value:.4g}"
+        return {
+            "text": f"{title}: {event.message}",
+            "blocks": [
+                {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": event.message[:2900]}},
+                {
+                    "type": "section",
+                    "fields": [
+                        {"type": "mrkdwn", "text": f"*Severity*\n{event.severity}"},
+                        {"type": "mrkdwn", "text": f"*Condition*\n`{event.condition}`"},
+                        {"type": "mrkdwn", "text": f"*Value*\n{value}"},
+                        {"type": "mrkdwn", "text": f"*Alert id*\n{event.alert_id}"},
+                    ],
+                },
+            ],
+        }
+
+    def send(self, event: AlertEvent) -> None:
+        self._post(json.dumps(self.payload(event)).encode(), {"Content-Type": "application/json", **self.cfg.headers})
+
+
+class GrafanaAnnotationSink(AlertSink):
+    """A Grafana annotation per event, through grafana-client."""
+
+    def __init__(self, cfg: ChannelSettings) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+
+    def send(self, event: AlertEvent) -> None:
+        from grafana_client import GrafanaApi
+
+        assert self.cfg.url
+        api = GrafanaApi.from_url(self.cfg.url, credential=self.cfg.token, timeout=self.cfg.timeout_s)
+        ms = int(event.at.timestamp() * 1000)
+        api.annotations.add_annotation(
+            dashboard_uid=self.cfg.dashboard_uid,
+            time_from=ms,
+            time_to=ms,
+            tags=["driftloop", "alert", event.event, event.severity, f"rule:{event.rule}", f"model:{event.model_id}"],
+            text=f"[{event.event}] {event.rule} on {event.model_id}: {event.message}",
+        )
+
+
+def build_sinks(channels: list[ChannelSettings]) -> dict[str, AlertSink]:
+    """Instantiate the configured channels by name."""
+    out: dict[str, AlertSink] = {}
+    for c in channels:
+        if c.type == "log":
+            out[c.name] = LogAlertSink(c.name)
+        elif c.type == "webhook":
+            out[c.name] = WebhookAlertSink(c)
+        elif c.type == "slack":
+            out[c.name] = SlackAlertSink(c)
+        else:
+            out[c.name] = GrafanaAnnotationSink(c)
+    return out
