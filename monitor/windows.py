@@ -128,8 +128,8 @@ def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: dateti
         horizon = now - timedelta(seconds=w.grace_s)
         by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
         for r in rows:
-            ts = _aware(r[1])
-            idx = math.floor(ts.timestamp() / secs)
+            rts = _aware(r[1])
+            idx = math.floor(rts.timestamp() / secs)
             seg = segment_of(r[2], s.segment_keys) if s.segment_keys else ""
             if idx <= done.get(seg, (-1, None))[0]:
                 continue

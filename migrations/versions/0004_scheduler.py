@@ -1,4 +1,4 @@
-"""scheduler job runs and leader tables
+"""scheduler: job_runs
 
 Revision ID: 0004_scheduler
 Revises: 0003_alerts
@@ -7,18 +7,34 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
 revision = "0004_scheduler"
 down_revision = "0003_alerts"
 branch_labels = None
 depends_on = None
 
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+TS = sa.DateTime(timezone=True)
+
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "job_runs",
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("job", sa.String(64), nullable=False),
+        sa.Column("instance", sa.String(128), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("started_at", TS, nullable=False),
+        sa.Column("finished_at", TS),
+        sa.Column("duration_s", sa.Float),
+        sa.Column("result", sa.Text),
+        sa.Column("error", sa.Text),
+        sa.PrimaryKeyConstraint("id", name="pk_job_runs"),
+    )
+    op.create_index("ix_job_runs_job_started", "job_runs", ["job", "started_at"])
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("job_runs")

@@ -36,6 +36,9 @@ class ChannelSettings(_Section):
         return self
 
 
+_MODEL_ONLY: tuple[Literal["model", "segment"], ...] = ("model",)
+
+
 class RuleSettings(_Section):
     """An alert rule: fire when ``condition`` held in ``windows`` of the last ``of`` windows."""
 
@@ -46,7 +49,7 @@ class RuleSettings(_Section):
     severity: Literal["info", "warning", "critical"] = "warning"
     channels: list[str] = Field(default_factory=lambda: ["log"])
     cooldown_minutes: float = Field(30.0, ge=0)
-    group_by: list[Literal["model", "segment"]] = Field(default_factory=lambda: ["model"])
+    group_by: list[Literal["model", "segment"]] = Field(default_factory=lambda: list(_MODEL_ONLY))
     description: str = ""
 
     @field_validator("condition")

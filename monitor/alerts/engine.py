@@ -142,8 +142,8 @@ def load_points(engine: Engine, *, since: datetime | None = None, until: datetim
             wins = kept
         metrics: dict[int, dict[str, float | None]] = defaultdict(dict)
         ids = [w.id for w in wins]
-        for k in range(0, len(ids), 1000):
-            chunk = ids[k : k + 1000]
+        for off in range(0, len(ids), 1000):
+            chunk = ids[off : off + 1000]
             for r in conn.execute(select(wm.c.window_id, wm.c.name, wm.c.value).where(wm.c.window_id.in_(chunk))):
                 metrics[r.window_id][r.name] = r.value
     pts = [
