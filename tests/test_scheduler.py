@@ -83,7 +83,7 @@ def test_retention_deletes_only_old_rows(pg_url: str) -> None:
 def _start_daemon(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "driftloop", "run", "--config", str(cfg), "--no-ingest", "--no-migrate"],
-        stdout=open(log, "ab"),  # noqa: SIM115
+        stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
