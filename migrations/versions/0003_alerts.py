@@ -17,6 +17,7 @@ depends_on = None
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 TS = sa.DateTime(timezone=True)
+OPEN_PREDICATE = "state IN ('fired', 'acknowledged')"
 
 
 def upgrade() -> None:
@@ -44,6 +45,15 @@ def upgrade() -> None:
     )
     op.create_index("ix_alerts_rule_group_state", "alerts", ["rule", "group_key", "state"])
     op.create_index("ix_alerts_fired_at", "alerts", ["fired_at"])
+    # Deduplication: at most one open (fired or acknowledged) alert per rule and group.
+    op.create_index(
+        "uq_alerts_open_rule_group",
+        "alerts",
+        ["rule", "group_key"],
+        unique=True,
+        postgresql_where=sa.text(OPEN_PREDICATE),
+        sqlite_where=sa.text(OPEN_PREDICATE),
+    )
     op.create_table(
         "alert_notifications",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
@@ -59,5 +69,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_alert_notifications_alert", table_name="alert_notifications")
     op.drop_table("alert_notifications")
+    op.drop_index("uq_alerts_open_rule_group", table_name="alerts")
+    op.drop_index("ix_alerts_fired_at", table_name="alerts")
+    op.drop_index("ix_alerts_rule_group_state", table_name="alerts")
     op.drop_table("alerts")

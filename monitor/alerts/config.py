@@ -20,7 +20,9 @@ class ChannelSettings(_Section):
     type: Literal["log", "webhook", "slack", "grafana"]
     url: str | None = None
     secret: str | None = Field(None, description="webhook: HMAC-SHA256 key for X-Driftloop-Signature")
+    secret_env: str | None = Field(None, description="webhook: read the secret from this environment variable")
     token: str | None = Field(None, description="grafana: service account token")
+    token_env: str | None = Field(None, description="grafana: read the token from this environment variable")
     dashboard_uid: str | None = None
     timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(3, ge=0, le=10)
@@ -33,6 +35,14 @@ class ChannelSettings(_Section):
             raise ValueError(f"a {self.type} channel needs url")
         if self.url and not self.url.startswith(("http://", "https://")):
             raise ValueError("url must start with http:// or https://")
+        if self.secret and self.secret_env:
+            raise ValueError("set secret or secret_env, not both")
+        if self.token and self.token_env:
+            raise ValueError("set token or token_env, not both")
+        if (self.secret or self.secret_env) and self.type != "webhook":
+            raise ValueError(f"secret applies to webhook channels only (this one is {self.type})")
+        if (self.token or self.token_env or self.dashboard_uid) and self.type != "grafana":
+            raise ValueError(f"token/dashboard_uid apply to grafana channels only (this one is {self.type})")
         return self
 
 
@@ -93,6 +103,8 @@ class AlertSettings(_Section):
 
 def cross_check_alerts(settings: Any) -> list[str]:
     """Rules naming unknown metrics or channels, duplicate rule names; ``path: message`` lines."""
+    import difflib
+
     from monitor.metrics import KNOWN_METRICS, is_known_metric
 
     a: AlertSettings = settings.alerts
@@ -105,8 +117,8 @@ def cross_check_alerts(settings: Any) -> list[str]:
         seen.add(r.name)
         for m in sorted(parse_condition(r.condition).metrics()):
             if not is_known_metric(m):
-                close = [k for k in KNOWN_METRICS if k.split(".")[-1] == m.split(".")[-1] or k.startswith(m)]
-                hint = f" (did you mean {close[0]}?)" if close else " (see monitor/metrics.py or docs/alerts.md)"
+                close = difflib.get_close_matches(m, list(KNOWN_METRICS), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else "; see docs/alerts.md for the metric names"
                 problems.append(f"alerts.rules.{i}.condition: unknown metric {m!r}{hint}")
         for j, ch in enumerate(r.channels):
             if ch not in channels:

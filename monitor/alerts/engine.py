@@ -1,30 +1,33 @@
 """Alert evaluation: hysteresis over recent windows, cooldown, deduplication, notification.
 
-The decision logic is pure (``decide`` over a list of per-window metric dicts) and is shared by
-the scheduled job and the backtest (``driftloop policies test``).
+The decision logic is pure (``evaluate``/``decide`` over a list of windows or plain per-window metric
+dicts) and is shared by the scheduled job and the backtest (``driftloop policies test``).
 
 Hysteresis: a rule fires when its condition held in at least N (``windows``) of the last M
-(``of``) windows *with data* — windows whose status is not ``ok`` and comparisons on missing
-metrics are unknown and skipped. A fired alert resolves when the condition held in none of the
-last M windows with data. In between, the state holds (no flapping).
+(``of``) windows *with data*. Windows whose status is not ``ok`` (``insufficient_data``, ``error``)
+and windows where the condition is unknown (a metric it names is missing) are skipped: they count
+neither as true nor as false, and the look-back goes past them. An open alert resolves when the
+condition held in none of the last M windows with data; in between the state holds (no flapping).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Engine, and_, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from driftloop.settings import Settings
 from monitor.alerts.abc import AlertEvent, AlertFired, AlertReminded, AlertResolved, AlertSink
 from monitor.alerts.config import RuleSettings
 from monitor.alerts.grammar import Node, parse_condition
 from monitor.alerts.sinks import build_sinks
-from monitor.alerts.tables import alert_notifications, alerts
+from monitor.alerts.tables import OPEN_STATES, alert_notifications, alerts
 
 log = logging.getLogger("driftloop.alerts")
 
@@ -33,7 +36,7 @@ Decision = Literal["firing", "clear", "hold", "no_data"]
 
 @dataclass(frozen=True)
 class WindowPoint:
-    """One checked window of one group, with its metrics."""
+    """One checked window of one (model, segment), with its metrics."""
 
     window_id: int
     model_id: str
@@ -43,35 +46,75 @@ class WindowPoint:
     metrics: dict[str, float | None]
 
 
-def decide(node: Node, points: list[WindowPoint], n: int, m: int) -> tuple[Decision, int, int]:
-    """Decision over the newest ``m`` windows with data: (decision, true count, known count)."""
+Window = WindowPoint | Mapping[str, float | None]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Result of evaluating a rule over a window history."""
+
+    decision: Decision
+    hits: int  # windows among the last ``known`` where the condition held
+    known: int  # windows with data looked at (<= M)
+    latest: Window | None = field(default=None, compare=False)  # newest window with a known result
+
+
+def _unpack(w: Window) -> tuple[str, Mapping[str, float | None]]:
+    if isinstance(w, WindowPoint):
+        return w.status, w.metrics
+    return "ok", w
+
+
+def evaluate(node: Node, history: Sequence[Window], n: int, m: int) -> Verdict:
+    """Apply N-of-M hysteresis to ``history`` (oldest first); plain dicts count as ``ok`` windows."""
     known: list[bool] = []
-    for p in reversed(points):
-        if p.status != "ok":
+    latest: Window | None = None
+    for w in reversed(history):
+        status, metrics = _unpack(w)
+        if status != "ok":
             continue
-        v = node.eval(p.metrics)
+        v = node.eval(metrics)
         if v is None:
             continue
+        if latest is None:
+            latest = w
         known.append(v)
         if len(known) == m:
             break
     if not known:
-        return "no_data", 0, 0
+        return Verdict("no_data", 0, 0, None)
     hits = sum(known)
     if hits >= n:
-        return "firing", hits, len(known)
+        return Verdict("firing", hits, len(known), latest)
     if hits == 0:
-        return "clear", 0, len(known)
-    return "hold", hits, len(known)
+        return Verdict("clear", 0, len(known), latest)
+    return Verdict("hold", hits, len(known), latest)
 
 
-def describe(rule: RuleSettings, node: Node, latest: WindowPoint, hits: int, known: int) -> tuple[str, float | None]:
-    """Human message and the value of the condition's first metric in the newest window."""
+def decide(node: Node, points: Sequence[Window], n: int, m: int) -> tuple[Decision, int, int]:
+    """``(decision, hits, known)`` of :func:`evaluate`."""
+    v = evaluate(node, points, n, m)
+    return v.decision, v.hits, v.known
+
+
+def describe(rule: RuleSettings, node: Node, verdict: Verdict) -> tuple[str, float | None]:
+    """Human message and the value of the condition's first metric in the newest window with data."""
     names = sorted(node.metrics())
-    vals = ", ".join(f"{k}={latest.metrics.get(k):.4g}" if latest.metrics.get(k) is not None else f"{k}=n/a"
-                     for k in names)  # fmt: skip
-    msg = f"`{rule.condition}` held in {hits} of the last {known} window(s); latest window: {vals}"
-    return msg, latest.metrics.get(names[0]) if names else None
+    metrics = _unpack(verdict.latest)[1] if verdict.latest is not None else {}
+    shown = []
+    for k in names:
+        v = metrics.get(k)
+        shown.append(f"{k}={v:.4g}" if v is not None else f"{k}=n/a")
+    msg = f"`{rule.condition}` held in {verdict.hits} of the last {verdict.known} window(s) with data; " + (
+        f"latest: {', '.join(shown)}"
+    )
+    return msg, metrics.get(names[0]) if names else None
+
+
+def group_key(rule: RuleSettings, model_id: str, segment: str) -> tuple[str, str, str]:
+    """(model, segment or "", printable key) of the group a window belongs to under ``rule``."""
+    seg = segment if "segment" in rule.group_by else ""
+    return model_id, seg, f"{model_id}/{seg}" if seg else model_id
 
 
 @dataclass
@@ -83,38 +126,35 @@ class Transition:
     event: str  # fired | resolved
     at: datetime
     message: str
+    value: float | None = None
 
 
-def backtest(rules: list[RuleSettings], points: list[WindowPoint]) -> list[Transition]:
-    """Replay windows in time order through ``rules``; return when each would fire and resolve."""
+def backtest(rules: Sequence[RuleSettings], points: Sequence[WindowPoint]) -> list[Transition]:
+    """Replay windows in time order through ``rules``; return when each would have fired and resolved."""
     out: list[Transition] = []
     ordered = sorted(points, key=lambda p: (p.window_end, p.window_id))
     for rule in rules:
         node = parse_condition(rule.condition)
-        history: dict[tuple[str, str], list[WindowPoint]] = defaultdict(list)
-        firing: dict[tuple[str, str], bool] = defaultdict(bool)
+        history: dict[str, list[WindowPoint]] = defaultdict(list)
+        firing: dict[str, bool] = defaultdict(bool)
         for p in ordered:
-            key = _group(rule, p.model_id, p.segment)
+            key = group_key(rule, p.model_id, p.segment)[2]
             history[key].append(p)
-            d, hits, known = decide(node, history[key], rule.windows, rule.of)
-            if d == "firing" and not firing[key]:
-                msg, _ = describe(rule, node, p, hits, known)
-                out.append(Transition(rule.name, "/".join(key).rstrip("/"), "fired", p.window_end, msg))
+            v = evaluate(node, history[key], rule.windows, rule.of)
+            if v.decision == "firing" and not firing[key]:
+                msg, value = describe(rule, node, v)
+                out.append(Transition(rule.name, key, "fired", p.window_end, msg, value))
                 firing[key] = True
-            elif d == "clear" and firing[key]:
-                out.append(Transition(rule.name, "/".join(key).rstrip("/"), "resolved", p.window_end,
-                                      f"held in none of the last {known} window(s)"))  # fmt: skip
+            elif v.decision == "clear" and firing[key]:
+                msg = f"`{rule.condition}` held in none of the last {v.known} window(s) with data"
+                out.append(Transition(rule.name, key, "resolved", p.window_end, msg))
                 firing[key] = False
-    return sorted(out, key=lambda t: t.at)
-
-
-def _group(rule: RuleSettings, model_id: str, segment: str) -> tuple[str, str]:
-    return (model_id, segment if "segment" in rule.group_by else "")
+    return sorted(out, key=lambda t: (t.at, t.rule, t.group))
 
 
 def load_points(engine: Engine, *, since: datetime | None = None, until: datetime | None = None,
                 model_id: str | None = None, per_group: int | None = None) -> list[WindowPoint]:  # fmt: skip
-    """Checked windows with their metrics, oldest first."""
+    """Checked windows with their metrics, oldest first (``per_group``: only the newest per model+segment)."""
     from monitor.tables import monitor_windows as mw
     from monitor.tables import window_metrics as wm
 
@@ -147,7 +187,8 @@ def load_points(engine: Engine, *, since: datetime | None = None, until: datetim
             for r in conn.execute(select(wm.c.window_id, wm.c.name, wm.c.value).where(wm.c.window_id.in_(chunk))):
                 metrics[r.window_id][r.name] = r.value
     pts = [
-        WindowPoint(w.id, w.model_id, w.segment, _aware(w.window_end), w.status, metrics.get(w.id, {})) for w in wins
+        WindowPoint(w.id, w.model_id, w.segment or "", _aware(w.window_end), w.status, metrics.get(w.id, {}))
+        for w in wins
     ]
     return sorted(pts, key=lambda p: (p.window_end, p.window_id))
 
@@ -157,90 +198,115 @@ def _aware(ts: datetime) -> datetime:
 
 
 class AlertEvaluationJob:
-    """Scheduled job: evaluate every rule for every group; fire, remind, resolve, notify."""
+    """Scheduled job: evaluate every rule for every group; fire, remind, resolve, notify.
 
-    def __init__(self, settings: Settings, engine: Engine, sinks: dict[str, AlertSink] | None = None) -> None:
+    State changes are committed first; channels are called outside any transaction (a slow webhook
+    never holds the database) and every delivery attempt is recorded in ``alert_notifications``.
+    """
+
+    def __init__(self, settings: Settings, engine: Engine, sinks: Mapping[str, AlertSink] | None = None) -> None:
         self.settings = settings
         self.engine = engine
-        self.sinks = sinks if sinks is not None else build_sinks(settings.alerts.channels)
+        self.sinks = dict(sinks) if sinks is not None else build_sinks(settings.alerts.channels)
 
     def run_once(self, now: datetime | None = None) -> list[AlertEvent]:
+        """Evaluate all rules over the newest windows; return the events (notified or not)."""
         a = self.settings.alerts
         if not a.enabled or not a.rules:
             return []
         now = now or datetime.now(UTC)
+        # Enough history for N of M even when a few windows lack data or are skipped.
         depth = max(r.of for r in a.rules) * 3 + 5
         points = load_points(self.engine, per_group=depth)
         events: list[AlertEvent] = []
         for rule in a.rules:
-            node = parse_condition(rule.condition)
-            groups: dict[tuple[str, str], list[WindowPoint]] = defaultdict(list)
+            try:
+                node = parse_condition(rule.condition)
+            except ValueError:  # validated at load time; guard anyway
+                log.exception("rule %s has an invalid condition; skipped", rule.name)
+                continue
+            groups: dict[tuple[str, str, str], list[WindowPoint]] = defaultdict(list)
             for p in points:
-                groups[_group(rule, p.model_id, p.segment)].append(p)
+                groups[group_key(rule, p.model_id, p.segment)].append(p)
             for key, hist in groups.items():
                 try:
                     ev = self._evaluate(rule, node, key, hist, now)
-                except Exception:
-                    log.exception("evaluating rule %s for %s failed", rule.name, key)
+                except Exception:  # one rule/group failing never stops the others
+                    log.exception("evaluating rule %s for %s failed", rule.name, key[2])
                     continue
                 if ev is not None:
                     events.append(ev)
         return events
 
-    def _evaluate(self, rule: RuleSettings, node: Node, key: tuple[str, str], hist: list[WindowPoint],
+    def _evaluate(self, rule: RuleSettings, node: Node, key: tuple[str, str, str], hist: list[WindowPoint],
                   now: datetime) -> AlertEvent | None:  # fmt: skip
-        decision, hits, known = decide(node, hist, rule.windows, rule.of)
-        gk = "/".join(key)
-        latest = hist[-1]
+        v = evaluate(node, hist, rule.windows, rule.of)
+        try:
+            ev, notify = self._transition(rule, node, key, v, now)
+        except IntegrityError:  # another evaluator opened the same alert a moment ago: deduplicated
+            log.info("alert %s for %s is already open; not fired twice", rule.name, key[2])
+            return None
+        if ev is not None and notify:
+            self._notify(rule, ev)
+        return ev
+
+    def _transition(self, rule: RuleSettings, node: Node, key: tuple[str, str, str], v: Verdict,
+                    now: datetime) -> tuple[AlertEvent | None, bool]:  # fmt: skip
+        """Apply the verdict to the stored alert in one transaction; return the event and whether to notify."""
+        model_id, segment, gk = key
         cooldown = timedelta(minutes=rule.cooldown_minutes)
+        ev: AlertEvent | None = None
+        notify = False
         with self.engine.begin() as conn:
             open_row = conn.execute(
                 select(alerts).where(alerts.c.rule == rule.name, alerts.c.group_key == gk,
-                                     alerts.c.state.in_(("fired", "acknowledged"))).order_by(alerts.c.id.desc())
+                                     alerts.c.state.in_(OPEN_STATES)).order_by(alerts.c.id.desc())
             ).mappings().first()  # fmt: skip
-            if decision == "firing":
-                msg, value = describe(rule, node, latest, hits, known)
+            if v.decision == "firing":
+                msg, value = describe(rule, node, v)
+                wid = v.latest.window_id if isinstance(v.latest, WindowPoint) else None
+                extra = {"window_end": v.latest.window_end.isoformat()} if isinstance(v.latest, WindowPoint) else {}
                 if open_row is None:
                     last_note = conn.execute(
-                        select(alerts.c.last_notified_at).where(alerts.c.rule == rule.name, alerts.c.group_key == gk)
-                        .order_by(alerts.c.id.desc())
+                        select(alerts.c.last_notified_at).where(
+                            alerts.c.rule == rule.name, alerts.c.group_key == gk, alerts.c.last_notified_at.is_not(None)
+                        ).order_by(alerts.c.last_notified_at.desc())
                     ).scalar()  # fmt: skip
                     aid = conn.execute(
                         insert(alerts).returning(alerts.c.id),
-                        {"rule": rule.name, "group_key": gk, "model_id": key[0], "segment": key[1],
-                         "severity": rule.severity, "state": "fired", "condition": rule.condition, "message": msg,
-                         "value": value, "window_id": latest.window_id, "fired_at": now, "last_evaluated_at": now,
-                         "notify_count": 0},
+                        {"rule": rule.name, "group_key": gk, "model_id": model_id, "segment": segment,
+                         "severity": rule.severity, "state": "fired", "condition": rule.condition,
+                         "message": msg, "value": value, "window_id": wid, "fired_at": now,
+                         "last_evaluated_at": now, "notify_count": 0},
                     ).scalar_one()  # fmt: skip
-                    ev: AlertEvent = AlertFired(aid, rule.name, key[0], key[1], rule.severity, rule.condition, msg,
-                                                value, now)  # fmt: skip
-                    if last_note is not None and now - _aware(last_note) < cooldown:
-                        log.info("alert %s fired again within its cooldown; not notifying", rule.name)
-                        return ev
-                    self._notify(conn, rule, ev)
-                    return ev
-                conn.execute(update(alerts).where(alerts.c.id == open_row["id"]).values(
-                    last_evaluated_at=now, value=value, message=msg, window_id=latest.window_id))  # fmt: skip
-                last = open_row["last_notified_at"]
-                if open_row["state"] == "fired" and (last is None or now - _aware(last) >= cooldown) and cooldown:
-                    ev = AlertReminded(open_row["id"], rule.name, key[0], key[1], rule.severity, rule.condition, msg,
-                                       value, now)  # fmt: skip
-                    self._notify(conn, rule, ev)
-                    return ev
-                return None
-            if open_row is not None:
+                    ev = AlertFired(aid, rule.name, model_id, segment, rule.severity, rule.condition, msg, value,
+                                    now, extra)  # fmt: skip
+                    notify = last_note is None or now - _aware(last_note) >= cooldown
+                    if not notify:
+                        log.info("alert %s for %s fired again within its cooldown; not notified", rule.name, gk)
+                else:
+                    conn.execute(update(alerts).where(alerts.c.id == open_row["id"]).values(
+                        last_evaluated_at=now, value=value, message=msg, window_id=wid))  # fmt: skip
+                    since = open_row["last_notified_at"] or open_row["fired_at"]
+                    if open_row["state"] == "fired" and cooldown and now - _aware(since) >= cooldown:
+                        ev = AlertReminded(open_row["id"], rule.name, model_id, segment, rule.severity,
+                                           rule.condition, msg, value, now, extra)  # fmt: skip
+                        notify = True
+            elif open_row is not None:
                 conn.execute(update(alerts).where(alerts.c.id == open_row["id"]).values(last_evaluated_at=now))
-                if decision == "clear":
-                    msg = f"`{rule.condition}` held in none of the last {known} window(s)"
+                if v.decision == "clear":
+                    msg = f"`{rule.condition}` held in none of the last {v.known} window(s) with data"
                     conn.execute(update(alerts).where(alerts.c.id == open_row["id"]).values(
                         state="resolved", resolved_at=now, message=msg))  # fmt: skip
-                    ev = AlertResolved(open_row["id"], rule.name, key[0], key[1], rule.severity, rule.condition, msg,
-                                       None, now)  # fmt: skip
-                    self._notify(conn, rule, ev)
-                    return ev
-        return None
+                    ev = AlertResolved(open_row["id"], rule.name, model_id, segment, rule.severity, rule.condition,
+                                       msg, None, now)  # fmt: skip
+                    # Tell about the resolution only those who were told about the firing.
+                    notify = open_row["notify_count"] > 0
+        return ev, notify
 
-    def _notify(self, conn: Any, rule: RuleSettings, ev: AlertEvent) -> None:
+    def _notify(self, rule: RuleSettings, ev: AlertEvent) -> None:
+        """Send ``ev`` to each channel of ``rule``; record every outcome. Never raises for a channel."""
+        results: list[dict[str, Any]] = []
         for name in rule.channels:
             sink = self.sinks.get(name)
             ok, err = True, None
@@ -250,19 +316,30 @@ class AlertEvaluationJob:
                 try:
                     sink.send(ev)
                 except Exception as e:  # one failing channel never blocks the others
-                    ok, err = False, str(e)[:2000]
+                    ok, err = False, f"{type(e).__name__}: {e}"[:2000]
                     log.error("alert channel %s failed for %s: %s", name, rule.name, err)
-            conn.execute(insert(alert_notifications), {"alert_id": ev.alert_id, "channel": name, "event": ev.event,
-                                                       "ok": ok, "error": err, "at": ev.at})  # fmt: skip
-        conn.execute(update(alerts).where(alerts.c.id == ev.alert_id).values(
-            notify_count=alerts.c.notify_count + 1, last_notified_at=ev.at))  # fmt: skip
+            results.append({"alert_id": ev.alert_id, "channel": name, "event": ev.event, "ok": ok, "error": err,
+                            "at": datetime.now(UTC)})  # fmt: skip
+        with self.engine.begin() as conn:
+            if results:
+                conn.execute(insert(alert_notifications), results)
+            conn.execute(update(alerts).where(alerts.c.id == ev.alert_id).values(
+                notify_count=alerts.c.notify_count + 1, last_notified_at=ev.at))  # fmt: skip
 
 
-def acknowledge(engine: Engine, alert_id: int, by: str) -> bool:
-    """Mark an open alert acknowledged (it still resolves when its condition clears)."""
+AckOutcome = Literal["acknowledged", "not found", "is already acknowledged", "is resolved"]
+
+
+def acknowledge(engine: Engine, alert_id: int, by: str, now: datetime | None = None) -> AckOutcome:
+    """Mark a fired alert acknowledged: no more reminders, but it still resolves when its condition clears."""
     with engine.begin() as conn:
         res = conn.execute(
             update(alerts).where(alerts.c.id == alert_id, alerts.c.state == "fired")
-            .values(state="acknowledged", acknowledged_at=datetime.now(UTC), acknowledged_by=by[:128])
+            .values(state="acknowledged", acknowledged_at=now or datetime.now(UTC), acknowledged_by=by[:128])
         )  # fmt: skip
-        return bool(res.rowcount)
+        if res.rowcount:
+            return "acknowledged"
+        state = conn.execute(select(alerts.c.state).where(alerts.c.id == alert_id)).scalar()
+    if state is None:
+        return "not found"
+    return "is already acknowledged" if state == "acknowledged" else "is resolved"

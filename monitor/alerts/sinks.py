@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -20,10 +21,28 @@ SIGNATURE_HEADER = "X-Driftloop-Signature"
 TIMESTAMP_HEADER = "X-Driftloop-Timestamp"
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """``sha256=<hex>`` of HMAC-SHA256(secret, timestamp + "." + body): verify it on the receiving side."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
+def sign(secret: str, body: bytes) -> str:
+    """``sha256=<hex>`` of HMAC-SHA256(secret, raw body).
+
+    Receivers recompute it over the exact bytes received and compare in constant time. The body also
+    carries ``sent_at`` (equal to the ``X-Driftloop-Timestamp`` header), so the signature covers the
+    timestamp and a receiver can reject replays older than a few minutes.
+    """
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, signature: str) -> bool:
+    """True if ``signature`` (the header value) is the HMAC of ``body`` under ``secret``."""
+    return hmac.compare_digest(sign(secret, body), signature.strip())
+
+
+def _resolve(value: str | None, env: str | None, what: str, channel: str) -> str | None:
+    if env:
+        v = os.environ.get(env)
+        if not v:
+            raise RuntimeError(f"channel {channel!r}: environment variable {env} ({what}) is not set")
+        return v
+    return value
 
 
 class LogAlertSink(AlertSink):
@@ -48,6 +67,7 @@ class _HttpSink(AlertSink):
         assert self.cfg.url
         delay = self.cfg.backoff_s
         last: str = ""
+        attempt = 0
         for attempt in range(self.cfg.retries + 1):
             try:
                 r = self.session.post(self.cfg.url, data=body, headers=headers, timeout=self.cfg.timeout_s)
@@ -60,7 +80,7 @@ class _HttpSink(AlertSink):
                 last = f"{type(e).__name__}: {e}"
             if attempt < self.cfg.retries:
                 time.sleep(delay)
-                delay *= 2
+                delay = min(delay * 2, 60.0)
         raise RuntimeError(f"{self.name}: delivery to {self.cfg.url} failed after {attempt + 1} attempt(s): {last}")
 
 
@@ -68,11 +88,12 @@ class WebhookAlertSink(_HttpSink):
     """POST the event as JSON; signed with HMAC-SHA256 when the channel has a secret."""
 
     def send(self, event: AlertEvent) -> None:
-        body = json.dumps(event.payload(), default=str, sort_keys=True).encode()
+        secret = _resolve(self.cfg.secret, self.cfg.secret_env, "webhook secret", self.name)
         ts = str(int(time.time()))
-        headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: ts, **self.cfg.headers}
-        if self.cfg.secret:
-            headers[SIGNATURE_HEADER] = sign(self.cfg.secret, ts, body)
+        body = json.dumps({**event.payload(), "sent_at": int(ts)}, default=str, sort_keys=True).encode()
+        headers = {**self.cfg.headers, "Content-Type": "application/json", TIMESTAMP_HEADER: ts}
+        if secret:
+            headers[SIGNATURE_HEADER] = sign(secret, body)
         self._post(body, headers)
 
 
@@ -104,7 +125,7 @@ class SlackAlertSink(_HttpSink):
         }
 
     def send(self, event: AlertEvent) -> None:
-        self._post(json.dumps(self.payload(event)).encode(), {"Content-Type": "application/json", **self.cfg.headers})
+        self._post(json.dumps(self.payload(event)).encode(), {**self.cfg.headers, "Content-Type": "application/json"})
 
 
 class GrafanaAnnotationSink(AlertSink):
@@ -118,7 +139,8 @@ class GrafanaAnnotationSink(AlertSink):
         from grafana_client import GrafanaApi
 
         assert self.cfg.url
-        api = GrafanaApi.from_url(self.cfg.url, credential=self.cfg.token, timeout=self.cfg.timeout_s)
+        token = _resolve(self.cfg.token, self.cfg.token_env, "Grafana token", self.name)
+        api = GrafanaApi.from_url(self.cfg.url, credential=token, timeout=self.cfg.timeout_s)
         ms = int(event.at.timestamp() * 1000)
         api.annotations.add_annotation(
             dashboard_uid=self.cfg.dashboard_uid,

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    text,
+)
 
 from driftloop.store.models import BigId, metadata
+
+OPEN_STATES = ("fired", "acknowledged")
+# At most one open alert per rule and group: enforced by a partial unique index (PostgreSQL and SQLite).
+OPEN_PREDICATE = "state IN ('fired', 'acknowledged')"
 
 alerts = Table(
     "alerts",
@@ -29,6 +46,14 @@ alerts = Table(
     Column("last_notified_at", DateTime(timezone=True), nullable=True),
     Index("ix_alerts_rule_group_state", "rule", "group_key", "state"),
     Index("ix_alerts_fired_at", "fired_at"),
+    Index(
+        "uq_alerts_open_rule_group",
+        "rule",
+        "group_key",
+        unique=True,
+        postgresql_where=text(OPEN_PREDICATE),
+        sqlite_where=text(OPEN_PREDICATE),
+    ),
 )
 
 alert_notifications = Table(
