@@ -1,0 +1,118 @@
+"""Helpers for the alert tests: stored windows with metrics, real local HTTP servers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from sqlalchemy import Engine, insert
+
+from monitor.tables import monitor_windows, window_metrics
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def ensure_monitor_tables(engine: Engine) -> None:
+    """Create monitor_windows/window_metrics only if the monitoring migration did not (yet)."""
+    from driftloop.store.models import metadata
+
+    metadata.create_all(engine, tables=[monitor_windows, window_metrics], checkfirst=True)
+
+
+def add_window(engine: Engine, i: int, metrics: dict[str, float | None], *, status: str = "ok", model: str = "m",
+               segment: str = "") -> int:  # fmt: skip
+    """Store window ``i`` (5-minute windows from T0) of ``model``/``segment`` with ``metrics``; return its id."""
+    end = T0 + timedelta(minutes=5 * i)
+    with engine.begin() as c:
+        wid = c.execute(insert(monitor_windows).returning(monitor_windows.c.id), {
+            "model_id": model, "segment": segment, "window_kind": "time", "window_index": i,
+            "window_start": end - timedelta(minutes=5), "window_end": end, "n_records": 300, "ref_kind": "previous",
+            "ref_n": 900, "status": status, "created_at": end}).scalar_one()  # fmt: skip
+        if metrics:
+            c.execute(insert(window_metrics), [
+                {"window_id": wid, "model_id": model, "segment": segment, "window_end": end, "name": k, "value": v}
+                for k, v in metrics.items()])  # fmt: skip
+    return int(wid)
+
+
+class Recorder:
+    """An in-memory sink."""
+
+    def __init__(self, name: str = "rec") -> None:
+        self.name = name
+        self.events: list[Any] = []
+
+    def send(self, event: Any) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[str]:
+        return [type(e).__name__ for e in self.events]
+
+
+class Broken:
+    """A sink that always fails."""
+
+    name = "broken"
+
+    def send(self, event: Any) -> None:
+        raise RuntimeError("channel down")
+
+
+class HttpServer:
+    """A real HTTP server on 127.0.0.1:0 recording POSTs.
+
+    The first ``fail_first`` requests get HTTP 500. With ``secret`` set it verifies
+    ``X-Driftloop-Signature`` over the raw body like a real receiver, answering 401 on mismatch.
+    """
+
+    def __init__(self, fail_first: int = 0, secret: str | None = None, status: int = 200) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.verified: list[bool] = []
+        self.fail_first = fail_first
+        self.secret = secret
+        self.status = status
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.requests.append((self.path, dict(self.headers), body))
+                if outer.secret is not None:
+                    expected = "sha256=" + hmac.new(outer.secret.encode(), body, hashlib.sha256).hexdigest()
+                    ok = hmac.compare_digest(self.headers.get("X-Driftloop-Signature", ""), expected)
+                    outer.verified.append(ok)
+                    if not ok:
+                        self._reply(401, {"error": "bad signature"})
+                        return
+                if len(outer.requests) <= outer.fail_first:
+                    self._reply(500, {"error": "boom"})
+                    return
+                self._reply(outer.status, {"id": 1, "message": "Annotation added"})
+
+            def _reply(self, code: int, obj: dict[str, Any]) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def json(self, i: int = -1) -> Any:
+        return json.loads(self.requests[i][2])
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
