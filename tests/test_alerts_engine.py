@@ -1,0 +1,264 @@
+"""Alert evaluation: N-of-M hysteresis (pure), backtests, and the stored lifecycle on real databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, insert, inspect, select
+from sqlalchemy.exc import IntegrityError
+
+from driftloop.settings import Settings, load_settings
+from driftloop.store.db import downgrade, migrate
+from monitor.alerts.engine import AlertEvaluationJob, WindowPoint, acknowledge, backtest, decide, evaluate
+from monitor.alerts.grammar import parse_condition
+from monitor.alerts.tables import alert_notifications, alerts
+from tests.alerts_helpers import T0, Broken, HttpServer, Recorder, add_window, ensure_monitor_tables
+
+# -- pure hysteresis -------------------------------------------------------------------------------
+
+
+def _points(values: list[float | None], status: str = "ok") -> list[WindowPoint]:
+    return [
+        WindowPoint(i, "m", "", T0 + timedelta(minutes=5 * i), status, {} if v is None else {"drift.score": v})
+        for i, v in enumerate(values)
+    ]
+
+
+NODE = parse_condition("drift.score > 0.3")
+
+
+@pytest.mark.parametrize(
+    ("values", "n", "m", "expected"),
+    [
+        ([0.1, 0.5], 2, 3, ("hold", 1, 2)),  # 1 of 2: not yet
+        ([0.5, 0.1, 0.5], 2, 3, ("firing", 2, 3)),
+        ([0.5, 0.5, None, None], 2, 3, ("firing", 2, 2)),  # windows without the metric are skipped
+        ([0.5, 0.1, 0.1], 2, 3, ("hold", 1, 3)),  # no flapping between fire and clear
+        ([0.5, 0.1, 0.1, 0.1], 2, 3, ("clear", 0, 3)),
+        ([0.9, 0.1, 0.1, 0.1], 1, 1, ("clear", 0, 1)),
+        ([0.9, 0.9, 0.9, 0.1], 3, 3, ("hold", 2, 3)),  # only the last M count
+        ([], 1, 1, ("no_data", 0, 0)),
+        ([None, None], 1, 1, ("no_data", 0, 0)),
+    ],
+)
+def test_n_of_m(values: list[float | None], n: int, m: int, expected: tuple[str, int, int]) -> None:
+    assert decide(NODE, _points(values), n, m) == expected
+
+
+def test_insufficient_data_windows_are_neither_true_nor_false() -> None:
+    pts = _points([0.9, 0.9])
+    pts += [WindowPoint(9, "m", "", T0 + timedelta(hours=1), "insufficient_data", {"drift.score": 0.0})]
+    assert decide(NODE, pts, 2, 2) == ("firing", 2, 2)  # the unusable newest window is looked past
+    only_bad = _points([0.9, 0.9], status="insufficient_data")
+    assert decide(NODE, only_bad, 1, 1)[0] == "no_data"
+    errors = _points([0.9], status="error")
+    assert decide(NODE, errors, 1, 1)[0] == "no_data"
+
+
+def test_evaluate_accepts_plain_metric_dicts_and_reports_latest_window() -> None:
+    hist: list[Any] = [{"drift.score": 0.9}, {"drift.score": 0.8}, {}, {"latency.p95_ms": 1.0}]
+    v = evaluate(NODE, hist, 2, 2)
+    assert (v.decision, v.hits, v.known) == ("firing", 2, 2)
+    assert v.latest == {"drift.score": 0.8}  # newest window where the condition was known
+
+
+def test_backtest_reports_fire_and_resolve_times_per_group() -> None:
+    s = load_settings(None, alerts={"rules": [
+        {"name": "drift", "condition": "drift.score > 0.3", "windows": 2, "of": 3}]})  # fmt: skip
+    a = _points([0.1, 0.1, 0.5, 0.6, 0.2, 0.1, 0.1, 0.1])
+    b = [WindowPoint(100 + p.window_id, "other", "", p.window_end, p.status, {"drift.score": 0.9}) for p in a[:3]]
+    tr = backtest(s.alerts.rules, a + b)
+    got = [(t.group, t.event, t.at) for t in tr]
+    assert got == [
+        ("other", "fired", a[1].window_end),
+        ("m", "fired", a[3].window_end),
+        ("m", "resolved", a[6].window_end),
+    ]
+    assert tr[1].value == pytest.approx(0.6)
+
+
+# -- lifecycle on PostgreSQL ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    eng = create_engine(pg_url)
+    ensure_monitor_tables(eng)
+    yield eng
+    eng.dispose()
+
+
+def _settings(url: str, rules: list[dict[str, Any]], channels: list[dict[str, Any]] | None = None) -> Settings:
+    chans = channels or [{"name": "rec", "type": "log"}, {"name": "broken", "type": "log"}]
+    return load_settings(None, database={"url": url}, alerts={"channels": chans, "rules": rules})
+
+
+QUALITY = {"name": "quality", "condition": "quality.feedback_positive_rate < 0.3", "windows": 2, "of": 3,
+           "channels": ["rec", "broken"], "cooldown_minutes": 30, "severity": "critical"}  # fmt: skip
+
+
+def _rows(eng: Engine, table: Any = alerts) -> list[Any]:
+    with eng.connect() as c:
+        return list(c.execute(select(table).order_by(table.c.id)).mappings())
+
+
+def test_fire_dedup_cooldown_reminder_ack_resolve(pg_url: str, pg_engine: Engine) -> None:
+    eng = pg_engine
+    rec = Recorder()
+    job = AlertEvaluationJob(_settings(pg_url, [QUALITY]), eng, sinks={"rec": rec, "broken": Broken()})  # type: ignore[dict-item]
+    t = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    add_window(eng, 0, {"quality.feedback_positive_rate": 0.5})
+    add_window(eng, 1, {"quality.feedback_positive_rate": 0.1})
+    assert job.run_once(t) == []  # 1 of 2: hysteresis holds
+    add_window(eng, 2, {"quality.feedback_positive_rate": 0.05})
+    assert [type(e).__name__ for e in job.run_once(t)] == ["AlertFired"]
+    assert job.run_once(t + timedelta(minutes=5)) == []  # still firing: deduplicated, within cooldown
+    assert [type(e).__name__ for e in job.run_once(t + timedelta(minutes=31))] == ["AlertReminded"]
+    assert job.run_once(t + timedelta(minutes=40)) == []  # the reminder restarted the cooldown
+    rows = _rows(eng)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["state"], row["severity"], row["group_key"], row["notify_count"]) == ("fired", "critical", "m", 2)
+    assert row["value"] == pytest.approx(0.05)
+    assert "held in 2 of the last 3 window(s)" in row["message"]
+    notes = _rows(eng, alert_notifications)
+    assert [(n["channel"], n["event"], n["ok"]) for n in notes] == [
+        ("rec", "fired", True), ("broken", "fired", False), ("rec", "reminder", True), ("broken", "reminder", False)]
+    assert all("channel down" in n["error"] for n in notes if not n["ok"])
+
+    assert acknowledge(eng, row["id"], "alice", now=t + timedelta(minutes=41)) == "acknowledged"
+    assert acknowledge(eng, row["id"], "bob") == "is already acknowledged"
+    assert acknowledge(eng, 999_999, "bob") == "not found"
+    assert job.run_once(t + timedelta(hours=5)) == []  # acknowledged: no more reminders
+
+    add_window(eng, 3, {"quality.feedback_positive_rate": 0.6})
+    add_window(eng, 4, {"quality.feedback_positive_rate": 0.6})
+    assert job.run_once(t + timedelta(hours=6)) == []  # 1 of the last 3 still true: holds
+    add_window(eng, 5, {"quality.feedback_positive_rate": 0.6})
+    assert [type(e).__name__ for e in job.run_once(t + timedelta(hours=7))] == ["AlertResolved"]
+    row = _rows(eng)[0]
+    assert (row["state"], row["acknowledged_by"]) == ("resolved", "alice")
+    assert row["resolved_at"] == t + timedelta(hours=7)
+    assert acknowledge(eng, row["id"], "bob") == "is resolved"
+    assert rec.kinds() == ["AlertFired", "AlertReminded", "AlertResolved"]
+    assert job.run_once(t + timedelta(hours=8)) == []
+
+
+def test_refire_within_cooldown_is_stored_but_not_notified(pg_url: str, pg_engine: Engine) -> None:
+    eng = pg_engine
+    rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["rec"], "cooldown_minutes": 60}
+    rec = Recorder()
+    job = AlertEvaluationJob(_settings(pg_url, [rule]), eng, sinks={"rec": rec})
+    t = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    for i, (v, minute) in enumerate([(0.9, 0), (0.1, 10), (0.9, 20), (0.1, 30), (0.9, 90)]):
+        add_window(eng, i, {"drift.score": v})
+        job.run_once(t + timedelta(minutes=minute))
+    # stored: fired, resolved, fired (quiet), resolved (quiet), fired (cooldown over: notified)
+    assert [r["state"] for r in _rows(eng)] == ["resolved", "resolved", "fired"]
+    assert [r["notify_count"] for r in _rows(eng)] == [2, 0, 1]
+    assert rec.kinds() == ["AlertFired", "AlertResolved", "AlertFired"]
+
+
+def test_insufficient_data_and_missing_metrics_neither_fire_nor_resolve(pg_url: str, pg_engine: Engine) -> None:
+    eng = pg_engine
+    rec = Recorder()
+    rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["rec"]}
+    job = AlertEvaluationJob(_settings(pg_url, [rule]), eng, sinks={"rec": rec})
+    add_window(eng, 0, {"drift.score": 0.9}, status="insufficient_data")
+    assert job.run_once() == []
+    add_window(eng, 1, {"drift.score": 0.9})
+    assert [type(e).__name__ for e in job.run_once()] == ["AlertFired"]
+    add_window(eng, 2, {"drift.score": 0.0}, status="insufficient_data")
+    add_window(eng, 3, {"latency.p95_ms": 10.0})  # the metric is missing: unknown
+    add_window(eng, 4, {"drift.score": None})  # stored as NULL: unknown
+    assert job.run_once() == []  # none of these clears it
+    assert _rows(eng)[0]["state"] == "fired"
+    add_window(eng, 5, {"drift.score": 0.1})
+    assert [type(e).__name__ for e in job.run_once()] == ["AlertResolved"]
+
+
+def test_grouping_per_model_and_per_segment(pg_url: str, pg_engine: Engine) -> None:
+    eng = pg_engine
+    per_model = {"name": "m", "condition": "latency.p95_ms > 2000", "channels": ["rec"]}
+    per_seg = {"name": "s", "condition": "latency.p95_ms > 2000", "channels": ["rec"], "group_by": ["model", "segment"]}
+    job = AlertEvaluationJob(_settings(pg_url, [per_model, per_seg]), eng, sinks={"rec": Recorder()})
+    add_window(eng, 0, {"latency.p95_ms": 2500.0}, model="a", segment="eu")
+    add_window(eng, 0, {"latency.p95_ms": 2600.0}, model="a", segment="us")
+    add_window(eng, 0, {"latency.p95_ms": 100.0}, model="b", segment="eu")
+    job.run_once()
+    got = sorted((r["rule"], r["group_key"], r["model_id"], r["segment"]) for r in _rows(eng))
+    assert got == [("m", "a", "a", ""), ("s", "a/eu", "a", "eu"), ("s", "a/us", "a", "us")]
+
+
+def test_one_open_alert_per_rule_and_group_is_enforced_by_the_database(pg_engine: Engine) -> None:
+    row = {"rule": "r", "group_key": "m", "model_id": "m", "segment": "", "severity": "warning", "state": "fired",
+           "condition": "drift.score > 1", "message": "x", "fired_at": T0, "last_evaluated_at": T0,
+           "notify_count": 0}  # fmt: skip
+    with pg_engine.begin() as c:
+        c.execute(insert(alerts), [row, {**row, "state": "resolved"}, {**row, "state": "resolved"}])
+    with pytest.raises(IntegrityError), pg_engine.begin() as c:
+        c.execute(insert(alerts), {**row, "state": "acknowledged"})
+    with pg_engine.begin() as c:  # another group is fine
+        c.execute(insert(alerts), {**row, "group_key": "m/eu"})
+
+
+def test_webhook_channel_end_to_end_records_delivery(pg_url: str, pg_engine: Engine) -> None:
+    srv = HttpServer(fail_first=1, secret="k")
+    try:
+        chans = [{"name": "ops", "type": "webhook", "url": srv.url + "/hook", "secret": "k", "backoff_s": 0.01},
+                 {"name": "dead", "type": "webhook", "url": "http://127.0.0.1:9/nothing", "retries": 1,
+                  "backoff_s": 0.01, "timeout_s": 2}]  # fmt: skip
+        rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["dead", "ops"], "severity": "info"}
+        job = AlertEvaluationJob(_settings(pg_url, [rule], chans), pg_engine)
+        add_window(pg_engine, 0, {"drift.score": 0.42})
+        assert [type(e).__name__ for e in job.run_once()] == ["AlertFired"]
+    finally:
+        srv.close()
+    assert all(srv.verified) and len(srv.requests) == 2  # 500 then 200, both correctly signed
+    body = srv.json()
+    assert (body["event"], body["rule"], body["model_id"], body["severity"]) == ("fired", "drift", "m", "info")
+    assert body["value"] == pytest.approx(0.42)
+    notes = {n["channel"]: n for n in _rows(pg_engine, alert_notifications)}
+    assert notes["ops"]["ok"] is True
+    assert notes["dead"]["ok"] is False and "failed after 2 attempt(s)" in notes["dead"]["error"]
+
+
+# -- SQLite and migrations -------------------------------------------------------------------------
+
+
+def test_lifecycle_on_sqlite(sqlite_url: str) -> None:
+    eng = create_engine(sqlite_url)
+    rec = Recorder()
+    rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["rec"], "windows": 1, "of": 2}
+    job = AlertEvaluationJob(_settings(sqlite_url, [rule]), eng, sinks={"rec": rec})
+    add_window(eng, 0, {"drift.score": 0.9})
+    job.run_once()
+    job.run_once()
+    assert acknowledge(eng, _rows(eng)[0]["id"], "ops") == "acknowledged"
+    add_window(eng, 1, {"drift.score": 0.1})
+    add_window(eng, 2, {"drift.score": 0.1})
+    job.run_once()
+    assert rec.kinds() == ["AlertFired", "AlertResolved"]
+    assert [r["state"] for r in _rows(eng)] == ["resolved"]
+    eng.dispose()
+
+
+@pytest.mark.parametrize("kind", ["pg", "sqlite"])
+def test_migration_0003_up_and_down(kind: str, empty_pg_url: str, tmp_path: Any) -> None:
+    url = empty_pg_url if kind == "pg" else f"sqlite:///{tmp_path}/m.db"
+    migrate(url, "0003_alerts")
+    eng = create_engine(url)
+    names = set(inspect(eng).get_table_names())
+    assert {"alerts", "alert_notifications"} <= names
+    idx = {i["name"]: i for i in inspect(eng).get_indexes("alerts")}
+    assert idx["uq_alerts_open_rule_group"]["unique"]
+    downgrade(url, "0002_monitor")
+    eng.dispose()
+    eng = create_engine(url)
+    assert not {"alerts", "alert_notifications"} & set(inspect(eng).get_table_names())
+    migrate(url)
+    downgrade(url, "base")
+    eng.dispose()
