@@ -1,4 +1,11 @@
-"""``driftloop run``: ingestion, leader election and the scheduler in one process."""
+"""``driftloop run``: ingestion, leader election and the scheduler in one process.
+
+Threads: ``driftloop-ingest`` (``IngestService.run``, when enabled) and ``driftloop-leader``
+(:class:`~driftloop.leader.LeaderElection`, when the scheduler is enabled); the elected instance
+starts an APScheduler ``BackgroundScheduler``. ``run(stop)`` blocks until ``stop`` is set (the CLI
+sets it on SIGTERM/SIGINT) or ingestion fails, then shuts down in order: scheduler (running jobs
+finish), ingestion (the batch in flight is committed or abandoned whole), the lock.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import logging
 import threading
 from typing import Any
 
-from driftloop.jobs import default_instance, set_context
+from driftloop.jobs import clear_context, default_instance, set_context
 from driftloop.leader import LeaderElection, lock_for
 from driftloop.scheduler import make_scheduler, register_jobs
 from driftloop.settings import Settings
@@ -16,7 +23,7 @@ log = logging.getLogger("driftloop.daemon")
 
 
 class Daemon:
-    """One daemon instance; ``run(stop)`` blocks until ``stop`` is set, then shuts down in order."""
+    """One daemon instance. ``run(stop)`` returns 0 after a clean shutdown, 1 when a component failed."""
 
     def __init__(self, settings: Settings, *, ingest: bool | None = None, instance: str | None = None) -> None:
         self.settings = settings
@@ -24,37 +31,58 @@ class Daemon:
         self.engine = create_engine_from_url(settings.database.url, pool_size=settings.database.pool_size)
         self.ingest = settings.scheduler.ingest if ingest is None else ingest
         self.scheduler: Any = None
+        self.election: LeaderElection | None = None
+        self.failed = False
+        self._stop = threading.Event()
         self._sched_lock = threading.Lock()
-        set_context(settings, self.engine, self.instance)
+
+    def is_leader(self) -> bool:
+        return self.election is not None and self.election.is_leader and self.scheduler is not None
 
     def _start_scheduler(self) -> None:
         with self._sched_lock:
             if self.scheduler is not None:
                 return
-            sched = make_scheduler(self.engine, self.settings.scheduler)
+            sched = make_scheduler(self.engine, self.settings)
             sched.start(paused=True)
-            ids = register_jobs(sched, self.settings.scheduler)
-            sched.resume()
+            try:
+                done = register_jobs(sched, self.settings)
+                sched.resume()
+            except Exception:
+                sched.shutdown(wait=False)
+                raise
             self.scheduler = sched
-            log.info("scheduler started with jobs %s", ids)
+            log.info("scheduler started: %s", "; ".join(f"{k} {v}" for k, v in done.items()) or "no jobs enabled")
 
     def _stop_scheduler(self) -> None:
+        # Holding the lock throughout: the election thread's step-down (which then releases the
+        # leader lock) waits until a graceful shutdown in the main thread has finished its jobs.
         with self._sched_lock:
-            if self.scheduler is None:
+            sched = self.scheduler
+            if sched is None:
                 return
+            # On shutdown let running jobs finish; after a lost election stop at once (no new runs
+            # start, and the fence in run_job refuses runs already handed to the executor).
+            graceful = self._stop.is_set()
             try:
-                self.scheduler.shutdown(wait=True)
+                sched.shutdown(wait=graceful)
             except Exception:
                 log.exception("scheduler shutdown")
             self.scheduler = None
-            log.info("scheduler stopped")
+            log.info("scheduler stopped%s", "" if graceful else " (leadership lost)")
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event) -> int:
+        self._stop = stop
+        set_context(self.settings, self.engine, self.instance, is_leader=self.is_leader)
         threads: list[threading.Thread] = []
         ingest_stop = threading.Event()
         if self.ingest:
-            from driftloop.ingest.service import IngestService
-
+            try:
+                from driftloop.ingest.service import IngestService
+            except ImportError as e:
+                log.error("ingestion is enabled but unavailable (%s); run with --no-ingest or "
+                          "scheduler.ingest: false", e)  # fmt: skip
+                return 1
             svc = IngestService(self.settings, self.engine, instance=self.instance)
 
             def ingest_main() -> None:
@@ -62,23 +90,33 @@ class Daemon:
                     svc.run(ingest_stop, progress_every_s=60)
                 except Exception:
                     log.exception("ingestion stopped with an error; the daemon shuts down")
+                    self.failed = True
                     stop.set()
 
             threads.append(threading.Thread(target=ingest_main, name="driftloop-ingest", daemon=True))
-        if self.settings.scheduler.enabled:
-            s = self.settings.scheduler
-            election = LeaderElection(lock_for(self.settings.database.url, s.leader_lock_id), self.instance,
-                                      self._start_scheduler, self._stop_scheduler, s.leader_retry_s, s.leader_check_s)  # fmt: skip
-            threads.append(threading.Thread(target=election.run, args=(stop,), name="driftloop-leader", daemon=True))
+        s = self.settings.scheduler
+        if s.enabled:
+            lock = lock_for(self.settings.database.url, s.leader_lock_id, instance=self.instance,
+                            check_s=s.leader_check_s, timeout_s=s.leader_timeout_s)  # fmt: skip
+            delay = s.takeover_delay_s if self.settings.database.url.startswith("postgresql") else 0.0
+            self.election = LeaderElection(lock, self.instance, self._start_scheduler, self._stop_scheduler,
+                                           retry_s=s.leader_retry_s, check_s=s.leader_check_s,
+                                           timeout_s=s.leader_timeout_s, takeover_delay_s=delay)  # fmt: skip
+            threads.append(threading.Thread(target=self.election.run, args=(stop,), name="driftloop-leader",
+                                            daemon=True))  # fmt: skip
         for t in threads:
             t.start()
-        log.info("driftloop daemon %s running (ingest=%s, scheduler=%s)", self.instance, self.ingest,
-                 self.settings.scheduler.enabled)  # fmt: skip
+        log.info("driftloop daemon %s running (ingest=%s, scheduler=%s)", self.instance, self.ingest, s.enabled)
         stop.wait()
-        log.info("shutting down")
+        log.info("shutting down: scheduler, then ingestion, then the leader lock")
+        self._stop_scheduler()
         ingest_stop.set()
         for t in threads:
-            t.join(timeout=30)
-        self._stop_scheduler()
+            t.join(timeout=60)
+            if t.is_alive():
+                log.error("thread %s did not stop within 60s", t.name)
+                self.failed = True
+        clear_context()
         self.engine.dispose()
         log.info("stopped")
+        return 1 if self.failed else 0

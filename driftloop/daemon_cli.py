@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import typer
 
 from driftloop.cli import ConfigOpt, get_settings, setup_logging
 
-jobs_app = typer.Typer(help="Scheduled jobs: list them, run one now.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Scheduled jobs: list them with their recent runs, run one now.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -18,11 +19,14 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         config: ConfigOpt = None,
-        ingest: Annotated[bool, typer.Option(help="Also consume Kafka in this process.")] = True,
+        ingest: Annotated[bool, typer.Option(help="Also consume Kafka in this process (scheduler.ingest).")] = True,
         migrate: Annotated[bool, typer.Option(help="Apply database migrations first.")] = True,
         log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
     ) -> None:
-        """Run the daemon: ingestion + leader election + scheduled jobs, until SIGTERM/SIGINT."""
+        """Run the daemon: ingestion + leader election + scheduled jobs, until SIGTERM/SIGINT.
+
+        Several daemons may share one database: all ingest, exactly one (the leader) runs the jobs.
+        """
         setup_logging(log_level)
         s = get_settings(config)
         if migrate:
@@ -34,48 +38,86 @@ def register(app: typer.Typer) -> None:
 
         stop = threading.Event()
         install_signal_handlers(stop)
-        Daemon(s, ingest=ingest and s.scheduler.ingest).run(stop)
+        rc = Daemon(s, ingest=ingest and s.scheduler.ingest).run(stop)
+        if rc:
+            raise typer.Exit(rc)
 
     app.add_typer(jobs_app, name="jobs")
 
 
-@jobs_app.command("list")
-def jobs_list(config: ConfigOpt = None, limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
-    """The jobs, their intervals and their most recent runs."""
-    from sqlalchemy import select
+def current_leader(engine: Any, key: int) -> str | None:
+    """The instance holding the leader lock (PostgreSQL only; from ``pg_stat_activity``)."""
+    from sqlalchemy import text
 
-    from driftloop.jobs import job_runs
-    from driftloop.scheduler import JOB_SPECS
+    from driftloop.leader import _key_parts
+
+    if engine.dialect.name != "postgresql":
+        return None
+    hi, lo = _key_parts(key)
+    with engine.connect() as c:
+        row = c.execute(text(
+            "SELECT a.application_name, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1 AND l.granted"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+            {"hi": hi, "lo": lo}).first()  # fmt: skip
+    if row is None:
+        return None
+    name = (row[0] or "").removeprefix("driftloop-leader ").strip() or "?"
+    return f"{name} (from {row[1] or 'local socket'})"
+
+
+@jobs_app.command("list")
+def jobs_list(
+    config: ConfigOpt = None, limit: Annotated[int, typer.Option(min=1, help="Recent runs shown.")] = 20
+) -> None:
+    """The jobs, their intervals and next runs, the current leader and the most recent runs."""
+    from sqlalchemy import inspect, select, text
+
+    from driftloop.jobs import JOBS, job_runs
+    from driftloop.scheduler import JOBSTORE_TABLE
     from driftloop.store.db import create_engine_from_url
 
     s = get_settings(config)
-    for job_id, (ref, attr) in JOB_SPECS.items():
-        typer.echo(f"{job_id:<18} every {getattr(s.scheduler, attr):>6.0f}s  {ref}")
     eng = create_engine_from_url(s.database.url)
+    nxt: dict[str, float] = {}
+    if inspect(eng).has_table(JOBSTORE_TABLE):
+        with eng.connect() as c:
+            nxt = {r[0]: r[1] for r in c.execute(text(f"SELECT id, next_run_time FROM {JOBSTORE_TABLE}"))}
+    for name, spec in JOBS.items():
+        iv = spec.interval_s(s)
+        when = "disabled" if not iv else f"every {iv:g}s"
+        nr = nxt.get(name)
+        nr_s = f"next {datetime.fromtimestamp(nr, UTC):%Y-%m-%d %H:%M:%S}Z" if nr else "not scheduled yet"
+        typer.echo(f"{name:<18} {when:<14} {nr_s if iv else '':<30} {spec.description}")
+    leader = current_leader(eng, s.scheduler.leader_lock_id)
+    if eng.dialect.name == "postgresql":
+        typer.echo(f"\nleader: {leader or 'none (no driftloop run holds the lock)'}")
     with eng.connect() as c:
         rows = c.execute(select(job_runs).order_by(job_runs.c.id.desc()).limit(limit)).mappings().all()
-    if rows:
-        typer.echo("\nrecent runs:")
+    typer.echo("\nrecent runs:" if rows else "\nno runs recorded yet")
     for r in rows:
         dur = f"{r['duration_s']:.2f}s" if r["duration_s"] is not None else "-"
+        last_err = (r["error"] or "").strip().splitlines()[-1:] or [""]
         typer.echo(f"  {r['started_at']:%Y-%m-%d %H:%M:%S} {r['job']:<18} {r['status']:<10} {dur:>8} "
-                   f"{r['instance']}  {(r['result'] or (r['error'] or '').splitlines()[-1:] or [''])!s:.80}")  # fmt: skip
+                   f"{r['instance']}  {(r['result'] or last_err[0])[:100]}")  # fmt: skip
+    eng.dispose()
 
 
 @jobs_app.command("run")
-def jobs_run(name: Annotated[str, typer.Argument(help="window_check, alert_evaluation or retention.")],
+def jobs_run(name: Annotated[str, typer.Argument(help="drift_check, quality_check, policy_evaluation or retention.")],
              config: ConfigOpt = None) -> None:  # fmt: skip
-    """Run one job now in this process (recorded in job_runs like a scheduled run)."""
-    from driftloop.jobs import JOBS, run_job, set_context
+    """Run one job now in this process (recorded in job_runs like a scheduled run); exit 1 if it failed."""
+    from driftloop.jobs import JOBS, JobContext, default_instance, run_job
     from driftloop.store.db import create_engine_from_url
 
     setup_logging("INFO")
     if name not in JOBS:
-        typer.echo(f"error: unknown job {name!r}; known: {', '.join(JOBS)}", err=True)
+        typer.echo(f"error: unknown job {name!r}; known jobs: {', '.join(JOBS)}", err=True)
         raise typer.Exit(2)
     s = get_settings(config)
-    set_context(s, create_engine_from_url(s.database.url))
-    status = run_job(name, JOBS[name])
+    eng = create_engine_from_url(s.database.url)
+    status = run_job(name, JOBS[name].unit, JobContext(s, eng, default_instance() + " (cli)"))
+    eng.dispose()
     typer.echo(f"{name}: {status}")
     if status == "failed":
         raise typer.Exit(1)

@@ -1,10 +1,14 @@
-"""Scheduled jobs. Each is a small ``run_once()`` unit; APScheduler stores them by textual reference.
+"""Scheduled jobs. Each is a small ``run_once(ctx)`` unit; APScheduler stores them by textual reference.
 
-Job functions take no arguments (APScheduler persists only the reference ``driftloop.jobs:<name>``)
-and find their settings and engine in a process-wide context that ``driftloop run`` sets with
-``set_context``; outside the daemon the context is built from ``$DRIFTLOOP_CONFIG``. Every run is
-recorded in ``job_runs``; a failing job logs its traceback, records the error and returns — it
-never takes the daemon or the other jobs down.
+Design: APScheduler persists only a reference such as ``"driftloop.jobs:drift_check"``, so the job
+functions take no arguments. They find their settings and engine in a process-wide
+:class:`JobContext`: ``driftloop run`` installs it with :func:`set_context` before the scheduler
+starts; anywhere else (a REPL, ``driftloop jobs run``) the first job builds it from
+``$DRIFTLOOP_CONFIG``. The ``*_once`` functions take the context explicitly and are what tests call.
+
+Every run goes through :func:`run_job`, which records a ``job_runs`` row (running -> succeeded |
+failed | skipped). A job that raises logs its traceback, records the error and returns: it never
+takes the daemon or the other jobs down. A run still going after its interval logs a warning.
 """
 
 from __future__ import annotations
@@ -20,7 +24,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Engine, Float, String, Table, Text, delete, insert, select, update
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+    update,
+)
 
 from driftloop.settings import Settings, load_settings
 from driftloop.store.db import create_engine_from_url
@@ -40,14 +58,26 @@ job_runs = Table(
     Column("duration_s", Float),
     Column("result", Text),
     Column("error", Text),
+    CheckConstraint("status IN ('running', 'succeeded', 'failed', 'skipped')", name="ck_job_runs_status"),
+    Index("ix_job_runs_job_started", "job", "started_at"),
+    Index("ix_job_runs_started", "started_at"),
 )
+
+STATUSES = ("running", "succeeded", "failed", "skipped")
 
 
 @dataclass
 class JobContext:
+    """What a job needs: settings, an engine, who runs it and (in the daemon) a leadership fence."""
+
     settings: Settings
     engine: Engine
     instance: str
+    is_leader: Callable[[], bool] | None = None
+
+
+class JobSkipped(Exception):
+    """Raised by a job that has nothing it may do now; recorded as ``skipped``, not ``failed``."""
 
 
 _ctx: JobContext | None = None
@@ -55,18 +85,28 @@ _ctx_lock = threading.Lock()
 
 
 def default_instance() -> str:
+    """``host:pid``: unique among running daemons, readable in logs and ``job_runs``."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def set_context(settings: Settings, engine: Engine, instance: str | None = None) -> JobContext:
+def set_context(settings: Settings, engine: Engine, instance: str | None = None,
+                is_leader: Callable[[], bool] | None = None) -> JobContext:  # fmt: skip
     """Install the settings/engine the job functions use (done by ``driftloop run``)."""
     global _ctx
     with _ctx_lock:
-        _ctx = JobContext(settings, engine, instance or default_instance())
+        _ctx = JobContext(settings, engine, instance or default_instance(), is_leader)
         return _ctx
 
 
+def clear_context() -> None:
+    """Forget the installed context (tests; daemon shutdown)."""
+    global _ctx
+    with _ctx_lock:
+        _ctx = None
+
+
 def get_context() -> JobContext:
+    """The installed context, else one built from ``$DRIFTLOOP_CONFIG`` (or the defaults)."""
     global _ctx
     with _ctx_lock:
         if _ctx is None:
@@ -75,11 +115,17 @@ def get_context() -> JobContext:
         return _ctx
 
 
-def run_job(name: str, fn: Callable[[JobContext], Any], interval_s: float | None = None) -> str:
-    """Run ``fn`` once, recording a ``job_runs`` row; returns the final status."""
-    ctx = get_context()
+def run_job(name: str, fn: Callable[[JobContext], Any], ctx: JobContext | None = None,
+            interval_s: float | None = None) -> str:  # fmt: skip
+    """Run ``fn(ctx)`` once, record it in ``job_runs`` and return the final status. Never raises."""
+    ctx = ctx or get_context()
+    if ctx.is_leader is not None and not ctx.is_leader():
+        # Fence: a scheduler that is being stopped after a lost election must not start new work.
+        log.warning("job %s not started: instance %s is no longer the leader", name, ctx.instance)
+        return "skipped"
     started = datetime.now(UTC)
     t0 = time.perf_counter()
+    rid = None
     try:
         with ctx.engine.begin() as c:
             rid = c.execute(insert(job_runs).returning(job_runs.c.id),
@@ -87,20 +133,30 @@ def run_job(name: str, fn: Callable[[JobContext], Any], interval_s: float | None
                              "started_at": started}).scalar_one()  # fmt: skip
     except Exception:
         log.exception("job %s: cannot record its run (database down?); running it anyway", name)
-        rid = None
+    overrun = None
+    if interval_s:
+        overrun = threading.Timer(interval_s, lambda: log.warning(
+            "job %s is still running after %.0fs, longer than its interval; later runs are coalesced",
+            name, interval_s))  # fmt: skip
+        overrun.daemon = True
+        overrun.start()
     status, result, error = "succeeded", None, None
     try:
         out = fn(ctx)
         result = None if out is None else str(out)[:2000]
-    except _Skipped as e:
+        log.info("job %s succeeded in %.2fs: %s", name, time.perf_counter() - t0, result or "-")
+    except JobSkipped as e:
         status, result = "skipped", str(e)
         log.info("job %s skipped: %s", name, e)
     except Exception as e:
         status, error = "failed", "".join(traceback.format_exception(e))[-8000:]
         log.error("job %s failed: %s\n%s", name, e, error)
+    finally:
+        if overrun is not None:
+            overrun.cancel()
     dur = time.perf_counter() - t0
     if interval_s and dur > interval_s:
-        log.warning("job %s took %.1fs, longer than its %.0fs interval (runs are coalesced)", name, dur, interval_s)
+        log.warning("job %s took %.1fs, longer than its %.1fs interval", name, dur, interval_s)
     if rid is not None:
         try:
             with ctx.engine.begin() as c:
@@ -111,32 +167,41 @@ def run_job(name: str, fn: Callable[[JobContext], Any], interval_s: float | None
     return status
 
 
-class _Skipped(Exception):
-    """The job had nothing it could do (e.g. an optional component is missing)."""
-
-
-# -- the jobs -------------------------------------------------------------------------------------
-def _window_check(ctx: JobContext) -> str:
+# -- the units ------------------------------------------------------------------------------------
+def drift_check_once(ctx: JobContext, now: datetime | None = None) -> str:
+    """Check every due window: drift and quality metrics in one pass (each window is read once)."""
     from monitor.check import DriftCheckJob
 
-    res = DriftCheckJob(ctx.settings, ctx.engine).run_once()
+    res = DriftCheckJob(ctx.settings, ctx.engine).run_once(now=now)
     drifted = sum(1 for r in res if r.outcome is not None and r.outcome.drifted)
-    return f"{len(res)} window(s) checked, {drifted} drifted"
+    errors = sum(1 for r in res if r.status == "error")
+    return f"{len(res)} window(s) checked, {drifted} drifted, {errors} error(s)"
 
 
-def _alert_evaluation(ctx: JobContext) -> str:
+def quality_check_once(ctx: JobContext, now: datetime | None = None) -> str:
+    """Quality signals. Thin wrapper: the monitor computes them in the drift pass, which is idempotent.
+
+    Scheduling it (``quality_check_s > 0``) only shortens the delay before a new window's quality
+    metrics exist; it never checks a window twice.
+    """
+    return drift_check_once(ctx, now)
+
+
+def policy_evaluation_once(ctx: JobContext, now: datetime | None = None) -> str:
+    """Evaluate the alert policies over the newest windows; fire, resolve and notify."""
     from monitor.alerts.engine import AlertEvaluationJob
 
-    ev = AlertEvaluationJob(ctx.settings, ctx.engine).run_once()
+    ev = AlertEvaluationJob(ctx.settings, ctx.engine).run_once(now=now)
     return f"{len(ev)} alert event(s)" + (": " + ", ".join(f"{e.event} {e.rule}" for e in ev) if ev else "")
 
 
-def _retention(ctx: JobContext) -> str:
+def retention_once(ctx: JobContext, now: datetime | None = None) -> str:
+    """Delete rows older than the configured retention, ``batch_size`` rows per transaction."""
     from driftloop.store.models import feedback, interactions, rejected_messages
-    from monitor.tables import monitor_windows
+    from monitor.tables import drift_results, monitor_windows, window_metrics
 
     r = ctx.settings.scheduler.retention
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     plan = [
         (interactions, interactions.c.ts, r.interactions_days),
         (feedback, feedback.c.ts, r.interactions_days),
@@ -152,42 +217,74 @@ def _retention(ctx: JobContext) -> str:
         total = 0
         while True:  # bounded batches keep transactions and locks short
             with ctx.engine.begin() as c:
-                ids = [row[0] for row in c.execute(select(table.c.id).where(col < cutoff).limit(r.batch_size))]
+                q = select(table.c.id).where(col < cutoff).order_by(table.c.id).limit(r.batch_size)
+                if table is job_runs:
+                    q = q.where(job_runs.c.status != "running")
+                ids = [row[0] for row in c.execute(q)]
                 if not ids:
                     break
-                if table is monitor_windows:
-                    from monitor.tables import drift_results, window_metrics
-
+                if table is monitor_windows:  # SQLite does not enforce ON DELETE CASCADE by default
                     c.execute(delete(drift_results).where(drift_results.c.window_id.in_(ids)))
                     c.execute(delete(window_metrics).where(window_metrics.c.window_id.in_(ids)))
                 c.execute(delete(table).where(table.c.id.in_(ids)))
                 total += len(ids)
+            if len(ids) < r.batch_size:
+                break
         done.append(f"{table.name}={total}")
-    return "deleted " + ", ".join(done)
+    return "deleted " + (", ".join(done) if done else "nothing (retention disabled)")
 
 
-JOBS: dict[str, Callable[[JobContext], Any]] = {
-    "window_check": _window_check,
-    "alert_evaluation": _alert_evaluation,
-    "retention": _retention,
+@dataclass(frozen=True)
+class JobSpec:
+    """One scheduled job: its unit, the setting holding its interval, and its stored reference."""
+
+    name: str
+    unit: Callable[..., Any]
+    interval_setting: str
+    description: str
+
+    @property
+    def ref(self) -> str:
+        return f"driftloop.jobs:{self.name}"
+
+    def interval_s(self, settings: Settings) -> float:
+        return float(getattr(settings.scheduler, self.interval_setting))
+
+
+JOBS: dict[str, JobSpec] = {
+    s.name: s
+    for s in (
+        JobSpec("drift_check", drift_check_once, "drift_check_s", "drift + quality check of due windows"),
+        JobSpec("quality_check", quality_check_once, "quality_check_s", "quality signals (same idempotent pass)"),
+        JobSpec("policy_evaluation", policy_evaluation_once, "policy_evaluation_s", "alert policies"),
+        JobSpec("retention", retention_once, "retention_s", "delete rows past their retention"),
+    )
 }
 
 
-def _interval(name: str) -> float:
-    s = get_context().settings.scheduler
-    return float(getattr(s, f"{name}_s"))
+def run_named(name: str, ctx: JobContext | None = None) -> str:
+    """Run the job called ``name`` once (what the scheduler and ``driftloop jobs run`` do)."""
+    spec = JOBS[name]
+    ctx = ctx or get_context()
+    return run_job(name, spec.unit, ctx, spec.interval_s(ctx.settings) or None)
 
 
-def window_check() -> None:
-    """Drift + quality check of every due window (one pass reads each window once)."""
-    run_job("window_check", _window_check, _interval("window_check"))
+# -- what APScheduler calls (by textual reference) ------------------------------------------------
+def drift_check() -> None:
+    """Scheduled: drift + quality check of every due window."""
+    run_named("drift_check")
 
 
-def alert_evaluation() -> None:
-    """Evaluate alert rules over the newest windows; notify."""
-    run_job("alert_evaluation", _alert_evaluation, _interval("alert_evaluation"))
+def quality_check() -> None:
+    """Scheduled: quality signals (see :func:`quality_check_once`)."""
+    run_named("quality_check")
+
+
+def policy_evaluation() -> None:
+    """Scheduled: evaluate the alert policies."""
+    run_named("policy_evaluation")
 
 
 def retention() -> None:
-    """Delete rows older than the configured retention, in bounded batches."""
-    run_job("retention", _retention, _interval("retention"))
+    """Scheduled: delete rows past their retention."""
+    run_named("retention")

@@ -1,43 +1,73 @@
-"""APScheduler 3.11 wiring: a BackgroundScheduler whose job store is a table in driftloop's database."""
+"""APScheduler 3.11 wiring: a BackgroundScheduler whose job store is a table in driftloop's database.
+
+Jobs are stored by textual reference (``driftloop.jobs:drift_check``) in ``apscheduler_jobs`` with
+``coalesce=True``, ``max_instances=1`` and ``misfire_grace_time=misfire_grace_s``. Only the elected
+leader runs a scheduler on that store (see :mod:`driftloop.leader`).
+"""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 
-from driftloop.scheduler_config import SchedulerSettings
+from driftloop.jobs import JOBS
+from driftloop.settings import Settings
 
 log = logging.getLogger("driftloop.scheduler")
 
-# job id -> (textual reference, settings attribute holding the interval in seconds)
-JOB_SPECS: dict[str, tuple[str, str]] = {
-    "window_check": ("driftloop.jobs:window_check", "window_check_s"),
-    "alert_evaluation": ("driftloop.jobs:alert_evaluation", "alert_evaluation_s"),
-    "retention": ("driftloop.jobs:retention", "retention_s"),
-}
+JOBSTORE_TABLE = "apscheduler_jobs"
 
 
-def make_scheduler(engine: Engine, settings: SchedulerSettings) -> Any:
+def make_scheduler(engine: Engine, settings: Settings) -> Any:
     """A (not yet started) scheduler with a SQLAlchemy job store in ``engine``'s database."""
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
 
     return BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename="apscheduler_jobs")},
-        executors={"default": ThreadPoolExecutor(max_workers=len(JOB_SPECS))},
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": settings.misfire_grace_s},
+        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOBSTORE_TABLE)},
+        executors={"default": ThreadPoolExecutor(max_workers=len(JOBS))},
+        job_defaults=job_options(settings),
         timezone="UTC",
     )
 
 
-def register_jobs(scheduler: Any, settings: SchedulerSettings) -> list[str]:
-    """Add (or update in place) every job under a stable id: restarts never duplicate them."""
-    ids = []
-    for job_id, (ref, attr) in JOB_SPECS.items():
-        scheduler.add_job(ref, "interval", seconds=float(getattr(settings, attr)), id=job_id, name=job_id,
-                          replace_existing=True)  # fmt: skip
-        ids.append(job_id)
-    return ids
+def job_options(settings: Settings) -> dict[str, Any]:
+    return {"coalesce": True, "max_instances": 1, "misfire_grace_time": settings.scheduler.misfire_grace_s}
+
+
+def register_jobs(scheduler: Any, settings: Settings) -> dict[str, str]:
+    """Make the job store match the settings; returns ``{job id: what happened}``.
+
+    A stored job whose reference, interval and options are unchanged is kept as is, so its next
+    run time survives restarts (a daemon restarted every 30 min still runs an hourly job). A
+    changed one is replaced, a disabled one (interval 0) or an unknown one is removed. Ids are
+    the job names: registering twice never duplicates a job.
+    """
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    opts = job_options(settings)
+    done: dict[str, str] = {}
+    stored = {j.id: j for j in scheduler.get_jobs()}
+    for name, spec in JOBS.items():
+        interval = spec.interval_s(settings)
+        job = stored.pop(name, None)
+        if not interval:
+            if job is not None:
+                scheduler.remove_job(name)
+                done[name] = "removed (disabled)"
+            continue
+        if (job is not None and job.func_ref == spec.ref and isinstance(job.trigger, IntervalTrigger)
+                and job.trigger.interval == timedelta(seconds=interval)
+                and all(getattr(job, k) == v for k, v in opts.items())):  # fmt: skip
+            done[name] = f"kept (every {interval:g}s, next run {job.next_run_time:%H:%M:%S})"
+            continue
+        scheduler.add_job(spec.ref, "interval", seconds=interval, id=name, name=name, replace_existing=True, **opts)
+        done[name] = ("replaced" if job is not None else "added") + f" (every {interval:g}s)"
+    for stale in stored:  # e.g. a job renamed by an upgrade
+        scheduler.remove_job(stale)
+        done[stale] = "removed (not a driftloop job)"
+    return done

@@ -1,4 +1,4 @@
-"""scheduler: job_runs
+"""scheduler: job_runs (one row per job run; APScheduler creates its own apscheduler_jobs table)
 
 Revision ID: 0004_scheduler
 Revises: 0003_alerts
@@ -32,9 +32,15 @@ def upgrade() -> None:
         sa.Column("result", sa.Text),
         sa.Column("error", sa.Text),
         sa.PrimaryKeyConstraint("id", name="pk_job_runs"),
+        sa.CheckConstraint("status IN ('running', 'succeeded', 'failed', 'skipped')", name="ck_job_runs_status"),
     )
     op.create_index("ix_job_runs_job_started", "job_runs", ["job", "started_at"])
+    op.create_index("ix_job_runs_started", "job_runs", ["started_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_job_runs_started", table_name="job_runs")
+    op.drop_index("ix_job_runs_job_started", table_name="job_runs")
     op.drop_table("job_runs")
+    # The job store belongs to APScheduler (created on first start); base means nothing of ours is left.
+    op.execute("DROP TABLE IF EXISTS apscheduler_jobs")
