@@ -126,7 +126,11 @@ def test_fire_dedup_cooldown_reminder_ack_resolve(pg_url: str, pg_engine: Engine
     assert "held in 2 of the last 3 window(s)" in row["message"]
     notes = _rows(eng, alert_notifications)
     assert [(n["channel"], n["event"], n["ok"]) for n in notes] == [
-        ("rec", "fired", True), ("broken", "fired", False), ("rec", "reminder", True), ("broken", "reminder", False)]
+        ("rec", "fired", True),
+        ("broken", "fired", False),
+        ("rec", "reminder", True),
+        ("broken", "reminder", False),
+    ]
     assert all("channel down" in n["error"] for n in notes if not n["ok"])
 
     assert acknowledge(eng, row["id"], "alice", now=t + timedelta(minutes=41)) == "acknowledged"

@@ -60,7 +60,7 @@ def test_ast_shape_and_metrics() -> None:
 @pytest.mark.parametrize(
     ("cond", "fragment", "column"),
     [
-        ("__import__('os').system('id')", "unexpected character \"'\"", 12),
+        ("__import__('os').system('id')", 'unexpected character "\'"', 12),
         ("__import__('os')", "unexpected character", 12),
         ("drift.score >", "expected a number but the condition ended", 14),
         ("drift.score > 0.3 drift.drifted == 1", "missing 'and'/'or'", 19),
@@ -146,7 +146,7 @@ def test_check_config_reports_syntax_with_path_column_and_caret(tmp_path: Path) 
     assert res.exit_code == 2
     out = res.output
     assert "alerts.rules.1.condition: expected a number, got '>' at column 14" in out
-    assert "alerts.rules.2.condition: unexpected character \"'\" at column 12" in out
+    assert 'alerts.rules.2.condition: unexpected character "\'" at column 12' in out
     assert "alerts.rules.3: windows (3) cannot exceed of (2)" in out
     assert "alerts.rules.4.severity: must be one of 'info', 'warning' or 'critical'" in out
     assert "alerts.rules.0" not in out

@@ -74,7 +74,7 @@ def alerts_list(
     finally:
         eng.dispose()
     if not rows:
-        typer.echo(f"no {state} alerts" + (f" for model {model!r}" if model else ""))
+        typer.echo(f"no {'' if state == 'all' else state + ' '}alerts" + (f" for model {model!r}" if model else ""))
         return
     typer.echo(f"{'ID':<6} {'STATE':<12} {'SEVERITY':<8} {'RULE':<24} {'GROUP':<24} {'FIRED':<20} "
                f"{'RESOLVED':<20} MESSAGE")  # fmt: skip
@@ -145,8 +145,7 @@ def policies_test(
     resolved = sum(t.event == "resolved" for t in transitions)
     still = fired - resolved
     typer.echo(
-        f"{fired} firing(s), {resolved} resolution(s), {still} still firing at the end; "
-        "nothing was notified or stored"
+        f"{fired} firing(s), {resolved} resolution(s), {still} still firing at the end; nothing was notified or stored"
     )
 
 
