@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from driftloop.settings import Settings, load_settings
 from driftloop.store.db import downgrade, migrate
-from monitor.alerts.engine import AlertEvaluationJob, WindowPoint, acknowledge, backtest, decide, evaluate
+from monitor.alerts.engine import AlertEvaluationJob, WindowPoint, acknowledge, alert_state, backtest, decide, evaluate
 from monitor.alerts.grammar import parse_condition
 from monitor.alerts.tables import alert_notifications, alerts
 from tests.alerts_helpers import T0, Broken, HttpServer, Recorder, add_window, ensure_monitor_tables
@@ -133,9 +133,10 @@ def test_fire_dedup_cooldown_reminder_ack_resolve(pg_url: str, pg_engine: Engine
     ]
     assert all("channel down" in n["error"] for n in notes if not n["ok"])
 
-    assert acknowledge(eng, row["id"], "alice", now=t + timedelta(minutes=41)) == "acknowledged"
-    assert acknowledge(eng, row["id"], "bob") == "is already acknowledged"
-    assert acknowledge(eng, 999_999, "bob") == "not found"
+    assert acknowledge(eng, row["id"], "alice", now=t + timedelta(minutes=41))
+    assert not acknowledge(eng, row["id"], "bob")  # only fired alerts can be acknowledged
+    assert alert_state(eng, row["id"]) == "acknowledged"
+    assert not acknowledge(eng, 999_999, "bob") and alert_state(eng, 999_999) is None
     assert job.run_once(t + timedelta(hours=5)) == []  # acknowledged: no more reminders
 
     add_window(eng, 3, {"quality.feedback_positive_rate": 0.6})
@@ -146,7 +147,7 @@ def test_fire_dedup_cooldown_reminder_ack_resolve(pg_url: str, pg_engine: Engine
     row = _rows(eng)[0]
     assert (row["state"], row["acknowledged_by"]) == ("resolved", "alice")
     assert row["resolved_at"] == t + timedelta(hours=7)
-    assert acknowledge(eng, row["id"], "bob") == "is resolved"
+    assert not acknowledge(eng, row["id"], "bob")
     assert rec.kinds() == ["AlertFired", "AlertReminded", "AlertResolved"]
     assert job.run_once(t + timedelta(hours=8)) == []
 
@@ -241,7 +242,7 @@ def test_lifecycle_on_sqlite(sqlite_url: str) -> None:
     add_window(eng, 0, {"drift.score": 0.9})
     job.run_once()
     job.run_once()
-    assert acknowledge(eng, _rows(eng)[0]["id"], "ops") == "acknowledged"
+    assert acknowledge(eng, _rows(eng)[0]["id"], "ops")
     add_window(eng, 1, {"drift.score": 0.1})
     add_window(eng, 2, {"drift.score": 0.1})
     job.run_once()

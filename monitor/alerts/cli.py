@@ -93,15 +93,17 @@ def alerts_ack(
     by: Annotated[str, typer.Option("--by", help="Who acknowledges (stored with the alert).")] = "cli",
 ) -> None:
     """Acknowledge a fired alert: no more reminders; it still resolves when its condition clears."""
-    from monitor.alerts.engine import acknowledge
+    from monitor.alerts.engine import acknowledge, alert_state
 
     eng = _engine(config)
     try:
-        outcome = acknowledge(eng, alert_id, by)
+        done = acknowledge(eng, alert_id, by)
+        state = None if done else alert_state(eng, alert_id)
     finally:
         eng.dispose()
-    if outcome != "acknowledged":
-        typer.echo(f"error: alert {alert_id} {outcome}", err=True)
+    if not done:
+        why = "not found" if state is None else f"is already {state}; only fired alerts can be acknowledged"
+        typer.echo(f"error: alert {alert_id} {why}", err=True)
         raise typer.Exit(1)
     typer.echo(f"alert {alert_id} acknowledged by {by}")
 

@@ -327,19 +327,20 @@ class AlertEvaluationJob:
                 notify_count=alerts.c.notify_count + 1, last_notified_at=ev.at))  # fmt: skip
 
 
-AckOutcome = Literal["acknowledged", "not found", "is already acknowledged", "is resolved"]
+def acknowledge(engine: Engine, alert_id: int, by: str, now: datetime | None = None) -> bool:
+    """Mark a fired alert acknowledged: no more reminders, but it still resolves when its condition clears.
 
-
-def acknowledge(engine: Engine, alert_id: int, by: str, now: datetime | None = None) -> AckOutcome:
-    """Mark a fired alert acknowledged: no more reminders, but it still resolves when its condition clears."""
+    False when there is no *fired* alert with that id (see :func:`alert_state` for why).
+    """
     with engine.begin() as conn:
         res = conn.execute(
             update(alerts).where(alerts.c.id == alert_id, alerts.c.state == "fired")
             .values(state="acknowledged", acknowledged_at=now or datetime.now(UTC), acknowledged_by=by[:128])
         )  # fmt: skip
-        if res.rowcount:
-            return "acknowledged"
-        state = conn.execute(select(alerts.c.state).where(alerts.c.id == alert_id)).scalar()
-    if state is None:
-        return "not found"
-    return "is already acknowledged" if state == "acknowledged" else "is resolved"
+        return bool(res.rowcount)
+
+
+def alert_state(engine: Engine, alert_id: int) -> str | None:
+    """The stored state of an alert, None if there is no such alert."""
+    with engine.connect() as conn:
+        return conn.execute(select(alerts.c.state).where(alerts.c.id == alert_id)).scalar()
