@@ -34,6 +34,7 @@ def setup_logging(level: str = "INFO") -> None:
         stream=sys.stderr,
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def get_settings(config: Path | None, **overrides: Any) -> Settings:

@@ -11,8 +11,6 @@ import typer
 from driftloop.cli import ConfigOpt, get_settings, setup_logging
 
 monitor_app = typer.Typer(help="Drift and quality checks.", no_args_is_help=True)
-alerts_app = typer.Typer(help="Stored alerts.", no_args_is_help=True)
-policies_app = typer.Typer(help="Alert policies: backtest rules against stored history.", no_args_is_help=True)
 
 
 def _engine(config: Path | None):  # type: ignore[no-untyped-def]
@@ -58,80 +56,9 @@ def check(
     typer.echo(res.summary())
 
 
-@alerts_app.command("list")
-def alerts_list(
-    config: ConfigOpt = None,
-    state: Annotated[
-        str, typer.Option(help="open (fired or acknowledged), fired, acknowledged, resolved, all.")
-    ] = "open",
-    limit: Annotated[int, typer.Option(min=1)] = 50,
-) -> None:
-    """List alerts, newest first."""
-    from sqlalchemy import select
-
-    from monitor.alerts.tables import alerts
-
-    _, eng = _engine(config)
-    q = select(alerts).order_by(alerts.c.id.desc()).limit(limit)
-    if state == "open":
-        q = q.where(alerts.c.state.in_(("fired", "acknowledged")))
-    elif state != "all":
-        q = q.where(alerts.c.state == state)
-    with eng.connect() as c:
-        rows = list(c.execute(q).mappings())
-    if not rows:
-        typer.echo(f"no {state} alerts")
-        return
-    for r in rows:
-        typer.echo(f"#{r['id']:<5} {r['state']:<12} {r['severity']:<8} {r['rule']:<24} {r['group_key']:<24} "
-                   f"fired {r['fired_at']:%Y-%m-%d %H:%M:%S}  {r['message']}")  # fmt: skip
-
-
-@alerts_app.command("ack")
-def alerts_ack(
-    alert_id: Annotated[int, typer.Argument(help="Alert id (see alerts list).")],
-    config: ConfigOpt = None,
-    by: Annotated[str, typer.Option(help="Who acknowledges.")] = "cli",
-) -> None:
-    """Acknowledge a fired alert (it still resolves by itself when its condition clears)."""
-    from monitor.alerts.engine import acknowledge
-
-    _, eng = _engine(config)
-    if not acknowledge(eng, alert_id, by):
-        typer.echo(f"error: no fired alert with id {alert_id}", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"alert {alert_id} acknowledged by {by}")
-
-
-@policies_app.command("test")
-def policies_test(
-    file: Annotated[Path, typer.Argument(help="Settings/policy YAML whose alerts.rules are replayed.")],
-    config: ConfigOpt = None,
-    since: Annotated[str | None, typer.Option("--from", help="Start of the history (ISO 8601).")] = None,
-    until: Annotated[str | None, typer.Option("--to", help="End of the history (ISO 8601).")] = None,
-    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
-) -> None:
-    """Backtest: replay stored window metrics through the rules in FILE; print when they would fire/resolve."""
-    from monitor.alerts.engine import backtest, load_points
-
-    policy = get_settings(file)
-    _, eng = _engine(config or file)
-    points = load_points(eng, since=_when(since), until=_when(until), model_id=model)
-    if not policy.alerts.rules:
-        typer.echo(f"{file} has no alerts.rules", err=True)
-        raise typer.Exit(2)
-    trans = backtest(policy.alerts.rules, points)
-    typer.echo(f"replayed {len(points)} window(s) through {len(policy.alerts.rules)} rule(s)")
-    for t in trans:
-        typer.echo(f"{t.at:%Y-%m-%d %H:%M:%S}  {t.event.upper():<9} {t.rule:<24} {t.group:<20} {t.message}")
-    fired = sum(t.event == "fired" for t in trans)
-    typer.echo(
-        f"{fired} firing(s), {sum(t.event == 'resolved' for t in trans)} resolution(s); nothing was notified or stored"
-    )
-
-
 def register(app: typer.Typer) -> None:
     """Add the monitoring commands to the root CLI."""
     app.add_typer(monitor_app, name="monitor")
-    app.add_typer(alerts_app, name="alerts")
-    app.add_typer(policies_app, name="policies")
+    from monitor.alerts.cli import register as register_alerts
+
+    register_alerts(app)
