@@ -136,7 +136,7 @@ def run_job(name: str, fn: Callable[[JobContext], Any], ctx: JobContext | None =
     overrun = None
     if interval_s:
         overrun = threading.Timer(interval_s, lambda: log.warning(
-            "job %s is still running after %.0fs, longer than its interval; later runs are coalesced",
+            "job %s is still running after %.1fs, longer than its interval; later runs are coalesced",
             name, interval_s))  # fmt: skip
         overrun.daemon = True
         overrun.start()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 
 class _Section(BaseModel):
@@ -40,13 +40,12 @@ class SchedulerSettings(_Section):
                                     description="a lock check that takes longer counts as a lost lock")  # fmt: skip
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
-    @model_validator(mode="after")
-    def _some_interval_sane(self) -> SchedulerSettings:
-        for name in ("drift_check_s", "quality_check_s", "policy_evaluation_s", "retention_s"):
-            v = getattr(self, name)
-            if 0 < v < 0.1:
-                raise ValueError(f"{name}={v} is too short: use at least 0.1 seconds, or 0 to disable the job")
-        return self
+    @field_validator("drift_check_s", "quality_check_s", "policy_evaluation_s", "retention_s")
+    @classmethod
+    def _interval_sane(cls, v: float) -> float:
+        if 0 < v < 0.1:
+            raise ValueError(f"{v}s is too short: use at least 0.1 seconds, or 0 to disable the job")
+        return v
 
     @property
     def takeover_delay_s(self) -> float:
