@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert
 
+from monitor.alerts.abc import AlertEvent, AlertSink
 from monitor.tables import monitor_windows, window_metrics
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -40,26 +41,26 @@ def add_window(engine: Engine, i: int, metrics: dict[str, float | None], *, stat
     return int(wid)
 
 
-class Recorder:
+class Recorder(AlertSink):
     """An in-memory sink."""
 
     def __init__(self, name: str = "rec") -> None:
         self.name = name
-        self.events: list[Any] = []
+        self.events: list[AlertEvent] = []
 
-    def send(self, event: Any) -> None:
+    def send(self, event: AlertEvent) -> None:
         self.events.append(event)
 
     def kinds(self) -> list[str]:
         return [type(e).__name__ for e in self.events]
 
 
-class Broken:
+class Broken(AlertSink):
     """A sink that always fails."""
 
     name = "broken"
 
-    def send(self, event: Any) -> None:
+    def send(self, event: AlertEvent) -> None:
         raise RuntimeError("channel down")
 
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from monitor.alerts.abc import AlertFired, AlertResolved
+from monitor.alerts.abc import AlertEvent, AlertFired, AlertResolved
 from monitor.alerts.config import ChannelSettings
 from monitor.alerts.sinks import (
     GrafanaAnnotationSink,
@@ -25,9 +25,9 @@ from tests.alerts_helpers import HttpServer
 AT = datetime(2026, 1, 1, 12, 30, tzinfo=UTC)
 
 
-def _event(cls: type = AlertFired, segment: str = "") -> AlertFired:
+def _event(cls: type[AlertEvent] = AlertFired, segment: str = "") -> AlertEvent:
     return cls(7, "quality", "chat", segment, "critical", "quality.feedback_positive_rate < 0.3",
-               "held in 2 of 3 windows", 0.12, AT)  # type: ignore[no-any-return]  # fmt: skip
+               "held in 2 of 3 windows", 0.12, AT)  # fmt: skip
 
 
 @pytest.fixture
@@ -159,7 +159,7 @@ def test_log_sink_writes_one_json_line(caplog: pytest.LogCaptureFixture) -> None
 
 
 def test_build_sinks_by_type() -> None:
-    chans = [ChannelSettings(name=n, type=t, url=None if t == "log" else "http://127.0.0.1:1")  # type: ignore[arg-type]
+    chans = [ChannelSettings(name=n, type=t, url=None if t == "log" else "http://127.0.0.1:1")
              for n, t in [("a", "log"), ("b", "webhook"), ("c", "slack"), ("d", "grafana")]]  # fmt: skip
     kinds = {k: type(v).__name__ for k, v in build_sinks(chans).items()}
     assert kinds == {"a": "LogAlertSink", "b": "WebhookAlertSink", "c": "SlackAlertSink", "d": "GrafanaAnnotationSink"}

@@ -108,7 +108,7 @@ def _rows(eng: Engine, table: Any = alerts) -> list[Any]:
 def test_fire_dedup_cooldown_reminder_ack_resolve(pg_url: str, pg_engine: Engine) -> None:
     eng = pg_engine
     rec = Recorder()
-    job = AlertEvaluationJob(_settings(pg_url, [QUALITY]), eng, sinks={"rec": rec, "broken": Broken()})  # type: ignore[dict-item]
+    job = AlertEvaluationJob(_settings(pg_url, [QUALITY]), eng, sinks={"rec": rec, "broken": Broken()})
     t = datetime(2026, 1, 1, 12, tzinfo=UTC)
     add_window(eng, 0, {"quality.feedback_positive_rate": 0.5})
     add_window(eng, 1, {"quality.feedback_positive_rate": 0.1})
