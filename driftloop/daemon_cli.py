@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -45,27 +45,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(jobs_app, name="jobs")
 
 
-def current_leader(engine: Any, key: int) -> str | None:
-    """The instance holding the leader lock (PostgreSQL only; from ``pg_stat_activity``)."""
-    from sqlalchemy import text
-
-    from driftloop.leader import _key_parts
-
-    if engine.dialect.name != "postgresql":
-        return None
-    hi, lo = _key_parts(key)
-    with engine.connect() as c:
-        row = c.execute(text(
-            "SELECT a.application_name, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1 AND l.granted"
-            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
-            {"hi": hi, "lo": lo}).first()  # fmt: skip
-    if row is None:
-        return None
-    name = (row[0] or "").removeprefix("driftloop-leader ").strip() or "?"
-    return f"{name} (from {row[1] or 'local socket'})"
-
-
 @jobs_app.command("list")
 def jobs_list(
     config: ConfigOpt = None, limit: Annotated[int, typer.Option(min=1, help="Recent runs shown.")] = 20
@@ -89,6 +68,8 @@ def jobs_list(
         nr = nxt.get(name)
         nr_s = f"next {datetime.fromtimestamp(nr, UTC):%Y-%m-%d %H:%M:%S}Z" if nr else "not scheduled yet"
         typer.echo(f"{name:<18} {when:<14} {nr_s if iv else '':<30} {spec.description}")
+    from driftloop.leader import current_leader
+
     leader = current_leader(eng, s.scheduler.leader_lock_id)
     if eng.dialect.name == "postgresql":
         typer.echo(f"\nleader: {leader or 'none (no driftloop run holds the lock)'}")

@@ -233,3 +233,22 @@ class LeaderElection:
         finally:
             self.lock.release()
             log.info("instance %s released the %s", self.instance, self.lock.describe())
+
+
+def current_leader(engine: Any, key: int) -> str | None:
+    """The instance holding the leader lock (PostgreSQL only; from ``pg_stat_activity``)."""
+    from sqlalchemy import text
+
+    if engine.dialect.name != "postgresql":
+        return None
+    hi, lo = _key_parts(key)
+    with engine.connect() as c:
+        row = c.execute(text(
+            "SELECT a.application_name, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1 AND l.granted"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+            {"hi": hi, "lo": lo}).first()  # fmt: skip
+    if row is None:
+        return None
+    name = (row[0] or "").removeprefix("driftloop-leader ").strip() or "?"
+    return f"{name} (from {row[1] or 'local socket'})"
