@@ -12,7 +12,16 @@ from sqlalchemy.exc import IntegrityError
 
 from driftloop.settings import Settings, load_settings
 from driftloop.store.db import downgrade, migrate
-from monitor.alerts.engine import AlertEvaluationJob, WindowPoint, acknowledge, alert_state, backtest, decide, evaluate
+from monitor.alerts.engine import (
+    AlertEvaluationJob,
+    WindowPoint,
+    acknowledge,
+    alert_state,
+    backtest,
+    decide,
+    evaluate,
+    load_points,
+)
 from monitor.alerts.grammar import parse_condition
 from monitor.alerts.tables import alert_notifications, alerts
 from tests.alerts_helpers import T0, Broken, HttpServer, Recorder, add_window, ensure_monitor_tables
@@ -165,6 +174,51 @@ def test_refire_within_cooldown_is_stored_but_not_notified(pg_url: str, pg_engin
     assert [r["state"] for r in _rows(eng)] == ["resolved", "resolved", "fired"]
     assert [r["notify_count"] for r in _rows(eng)] == [2, 0, 1]
     assert rec.kinds() == ["AlertFired", "AlertResolved", "AlertFired"]
+
+
+def test_quiet_refire_is_announced_as_fired_once_the_cooldown_is_over(pg_url: str, pg_engine: Engine) -> None:
+    eng = pg_engine
+    rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["rec"], "cooldown_minutes": 60}
+    rec = Recorder()
+    job = AlertEvaluationJob(_settings(pg_url, [rule]), eng, sinks={"rec": rec})
+    t = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    steps = [(0.9, 0), (0.1, 10), (0.9, 20), (0.9, 50), (0.9, 70), (0.9, 100), (0.9, 130)]
+    kinds = []
+    for i, (v, minute) in enumerate(steps):
+        add_window(eng, i, {"drift.score": v})
+        before = len(rec.events)
+        job.run_once(t + timedelta(minutes=minute))
+        kinds.append([type(e).__name__ for e in rec.events[before:]])
+    # notified at 0 (fired) and 10 (resolved); the re-fire at 20 is within 60 min of the last notice:
+    # stored, kept quiet, and announced as *fired* (not "still firing") at 70; then a reminder at 130.
+    assert kinds == [["AlertFired"], ["AlertResolved"], [], [], ["AlertFired"], [], ["AlertReminded"]]
+    rows = _rows(eng)
+    assert [r["state"] for r in rows] == ["resolved", "fired"]
+    assert rec.events[2].alert_id == rec.events[3].alert_id == rows[1]["id"]
+    assert (rows[1]["notify_count"], rows[1]["fired_at"]) == (2, t + timedelta(minutes=20))
+
+
+@pytest.mark.parametrize("kind", ["pg", "sqlite"])
+def test_load_points_keeps_the_newest_windows_of_each_group(kind: str, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("pg_url" if kind == "pg" else "sqlite_url")
+    eng = create_engine(url)
+    ensure_monitor_tables(eng)
+    groups = [("a", ""), ("a", "eu"), ("b", "")]
+    order = [(g, i) for i in (3, 0, 5, 1, 4, 2) for g in groups]  # stored out of time order
+    for (model, seg), i in order:
+        add_window(eng, i, {"drift.score": float(i), "volume.records": 10.0 * i}, model=model, segment=seg)
+    pts = load_points(eng, per_group=2)
+    got = sorted((p.model_id, p.segment, p.metrics["drift.score"]) for p in pts)
+    assert got == sorted((m, s, float(i)) for (m, s) in groups for i in (4, 5))
+    assert [p.window_end for p in pts] == sorted(p.window_end for p in pts)  # oldest first
+    assert all(p.metrics["volume.records"] == 10 * p.metrics["drift.score"] for p in pts)  # type: ignore[operator]
+    assert all(p.window_end.tzinfo is not None for p in pts)
+    few = load_points(eng, per_group=3, model_id="a", until=T0 + timedelta(minutes=5 * 3))
+    assert sorted((p.segment, p.metrics["drift.score"]) for p in few) == [
+        (s, float(i)) for s in ("", "eu") for i in (1, 2, 3)
+    ]
+    assert len(load_points(eng)) == len(order)
+    eng.dispose()
 
 
 def test_insufficient_data_and_missing_metrics_neither_fire_nor_resolve(pg_url: str, pg_engine: Engine) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from driftloop.settings import Settings
@@ -154,11 +154,15 @@ def backtest(rules: Sequence[RuleSettings], points: Sequence[WindowPoint]) -> li
 
 def load_points(engine: Engine, *, since: datetime | None = None, until: datetime | None = None,
                 model_id: str | None = None, per_group: int | None = None) -> list[WindowPoint]:  # fmt: skip
-    """Checked windows with their metrics, oldest first (``per_group``: only the newest per model+segment)."""
+    """Checked windows with their metrics, oldest first.
+
+    ``per_group`` keeps only the newest that many windows of each (model, segment); the cut is made in
+    SQL (``row_number() over (partition by ...)``, PostgreSQL and SQLite >= 3.25), so the cost of a
+    scheduled evaluation does not grow with the stored history.
+    """
     from monitor.tables import monitor_windows as mw
     from monitor.tables import window_metrics as wm
 
-    q = select(mw.c.id, mw.c.model_id, mw.c.segment, mw.c.window_end, mw.c.status)
     conds = []
     if since is not None:
         conds.append(mw.c.window_end >= since)
@@ -166,20 +170,24 @@ def load_points(engine: Engine, *, since: datetime | None = None, until: datetim
         conds.append(mw.c.window_end <= until)
     if model_id is not None:
         conds.append(mw.c.model_id == model_id)
-    if conds:
-        q = q.where(and_(*conds))
-    q = q.order_by(mw.c.window_end.desc(), mw.c.id.desc())
+    cols = [mw.c.id, mw.c.model_id, mw.c.segment, mw.c.window_end, mw.c.status]
+    if per_group is None:
+        q = select(*cols)
+        if conds:
+            q = q.where(and_(*conds))
+    else:
+        rank = func.row_number().over(
+            partition_by=(mw.c.model_id, mw.c.segment), order_by=(mw.c.window_end.desc(), mw.c.id.desc())
+        )
+        inner = select(*cols, rank.label("rank"))
+        if conds:
+            inner = inner.where(and_(*conds))
+        sub = inner.subquery()
+        q = select(sub.c.id, sub.c.model_id, sub.c.segment, sub.c.window_end, sub.c.status).where(
+            sub.c.rank <= per_group
+        )
     with engine.connect() as conn:
         wins = list(conn.execute(q).all())
-        if per_group is not None:
-            count: dict[tuple[str, str], int] = defaultdict(int)
-            kept = []
-            for w in wins:
-                k = (w.model_id, w.segment)
-                if count[k] < per_group:
-                    kept.append(w)
-                    count[k] += 1
-            wins = kept
         metrics: dict[int, dict[str, float | None]] = defaultdict(dict)
         ids = [w.id for w in wins]
         for off in range(0, len(ids), 1000):
@@ -267,11 +275,7 @@ class AlertEvaluationJob:
                 wid = v.latest.window_id if isinstance(v.latest, WindowPoint) else None
                 extra = {"window_end": v.latest.window_end.isoformat()} if isinstance(v.latest, WindowPoint) else {}
                 if open_row is None:
-                    last_note = conn.execute(
-                        select(alerts.c.last_notified_at).where(
-                            alerts.c.rule == rule.name, alerts.c.group_key == gk, alerts.c.last_notified_at.is_not(None)
-                        ).order_by(alerts.c.last_notified_at.desc())
-                    ).scalar()  # fmt: skip
+                    last_note = self._last_notified(conn, rule.name, gk)
                     aid = conn.execute(
                         insert(alerts).returning(alerts.c.id),
                         {"rule": rule.name, "group_key": gk, "model_id": model_id, "segment": segment,
@@ -287,8 +291,18 @@ class AlertEvaluationJob:
                 else:
                     conn.execute(update(alerts).where(alerts.c.id == open_row["id"]).values(
                         last_evaluated_at=now, value=value, message=msg, window_id=wid))  # fmt: skip
-                    since = open_row["last_notified_at"] or open_row["fired_at"]
-                    if open_row["state"] == "fired" and cooldown and now - _aware(since) >= cooldown:
+                    if open_row["state"] != "fired":
+                        pass  # acknowledged: no reminders
+                    elif open_row["notify_count"] == 0:
+                        # It fired within the cooldown of an earlier notification and was kept quiet; once
+                        # that cooldown is over, tell the channels it fired (not "still firing": the last
+                        # thing they heard may have been a resolution).
+                        last_note = self._last_notified(conn, rule.name, gk)
+                        if last_note is None or now - _aware(last_note) >= cooldown:
+                            ev = AlertFired(open_row["id"], rule.name, model_id, segment, rule.severity,
+                                            rule.condition, msg, value, now, extra)  # fmt: skip
+                            notify = True
+                    elif cooldown and now - _aware(open_row["last_notified_at"] or open_row["fired_at"]) >= cooldown:
                         ev = AlertReminded(open_row["id"], rule.name, model_id, segment, rule.severity,
                                            rule.condition, msg, value, now, extra)  # fmt: skip
                         notify = True
@@ -303,6 +317,13 @@ class AlertEvaluationJob:
                     # Tell about the resolution only those who were told about the firing.
                     notify = open_row["notify_count"] > 0
         return ev, notify
+
+    @staticmethod
+    def _last_notified(conn: Connection, rule: str, group: str) -> datetime | None:
+        """When any alert of this rule and group was last notified (the cooldown runs from there)."""
+        return conn.execute(
+            select(func.max(alerts.c.last_notified_at)).where(alerts.c.rule == rule, alerts.c.group_key == group)
+        ).scalar()
 
     def _notify(self, rule: RuleSettings, ev: AlertEvent) -> None:
         """Send ``ev`` to each channel of ``rule``; record every outcome. Never raises for a channel."""
