@@ -137,3 +137,17 @@ def test_policies_test_rejects_bad_input(cli: typer.Typer, pg_url: str, tmp_path
     bad.write_text(yaml.safe_dump({"alerts": {"rules": [{"name": "d", "condition": "drift.sc > 1"}]}}))
     res = run.invoke(cli, ["policies", "test", str(bad)])
     assert res.exit_code == 2 and "alerts.rules.0.condition: unknown metric 'drift.sc'" in res.output
+
+
+def test_commands_name_missing_tables_and_unreachable_databases(cli: typer.Typer, tmp_path: Path) -> None:
+    run = CliRunner()
+    bare = _config(tmp_path, f"sqlite:///{tmp_path}/bare.db", [{"name": "d", "condition": "drift.score > 0.3"}])
+    res = run.invoke(cli, ["alerts", "list", "--config", str(bare)])
+    assert res.exit_code == 2 and "has no table(s) alerts; run `driftloop db upgrade`" in res.output
+    res = run.invoke(cli, ["alerts", "ack", "1", "--config", str(bare)])
+    assert res.exit_code == 2 and "has no table(s) alerts" in res.output
+    res = run.invoke(cli, ["policies", "test", str(bare)])
+    assert res.exit_code == 2 and "has no table(s) monitor_windows, window_metrics" in res.output
+    down = _config(tmp_path, "postgresql://u:hunter2@127.0.0.1:1/x")
+    res = run.invoke(cli, ["alerts", "list", "--config", str(down)])
+    assert res.exit_code == 2 and "cannot reach the database" in res.output and "hunter2" not in res.output

@@ -11,8 +11,20 @@ from typing import Annotated, Any
 
 import typer
 
-# Module level on purpose: with postponed annotations typer resolves ConfigOpt in these globals.
-from driftloop.cli import ConfigOpt, get_settings
+# Same option as driftloop.cli.ConfigOpt, defined here because driftloop.cli imports this module while it
+# builds the root app (importing it back at module level would be circular).
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML settings file (default: $DRIFTLOOP_CONFIG, else built-in defaults)."),
+]
+
+
+def get_settings(config: Path | None) -> Any:
+    """``driftloop.cli.get_settings``: load settings or exit 2 listing the problems."""
+    from driftloop.cli import get_settings as load
+
+    return load(config)
+
 
 alerts_app = typer.Typer(help="Stored alerts: list and acknowledge.", no_args_is_help=True)
 policies_app = typer.Typer(help="Alert policies: backtest rules against stored window metrics.", no_args_is_help=True)
@@ -20,11 +32,31 @@ policies_app = typer.Typer(help="Alert policies: backtest rules against stored w
 STATES = ("open", "fired", "acknowledged", "resolved", "all")
 
 
-def _engine(config: Path | None) -> Any:
+def _engine(config: Path | None, *tables: str) -> Any:
+    """Engine of the configured database; exits 2 with a clear message if it is unreachable or lacks ``tables``."""
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
     from driftloop.store.db import create_engine_from_url
 
     s = get_settings(config)
-    return create_engine_from_url(s.database.url)
+    shown = make_url(s.database.url).render_as_string(hide_password=True)
+    eng = create_engine_from_url(s.database.url)
+    try:
+        insp = inspect(eng)
+        missing = [t for t in tables if not insp.has_table(t)]
+    except SQLAlchemyError as e:
+        eng.dispose()
+        cause = getattr(e, "orig", None) or e
+        typer.echo(f"error: cannot reach the database {shown}: {type(cause).__name__}: {cause}", err=True)
+        raise typer.Exit(2) from None
+    if missing:
+        eng.dispose()
+        typer.echo(f"error: the database {shown} has no table(s) {', '.join(missing)}; run `driftloop db upgrade`",
+                   err=True)  # fmt: skip
+        raise typer.Exit(2)
+    return eng
 
 
 def parse_time(v: str | None, option: str) -> datetime | None:
@@ -60,7 +92,7 @@ def alerts_list(
 
     if state not in STATES:
         raise typer.BadParameter(f"must be one of {', '.join(STATES)} (got {state!r})", param_hint="--state")
-    eng = _engine(config)
+    eng = _engine(config, "alerts")
     q = select(alerts).order_by(alerts.c.id.desc()).limit(limit)
     if state == "open":
         q = q.where(alerts.c.state.in_(("fired", "acknowledged")))
@@ -95,7 +127,7 @@ def alerts_ack(
     """Acknowledge a fired alert: no more reminders; it still resolves when its condition clears."""
     from monitor.alerts.engine import acknowledge, alert_state
 
-    eng = _engine(config)
+    eng = _engine(config, "alerts")
     try:
         done = acknowledge(eng, alert_id, by)
         state = None if done else alert_state(eng, alert_id)
@@ -130,7 +162,7 @@ def policies_test(
     if not policy.alerts.rules:
         typer.echo(f"error: {file} has no alerts.rules to test", err=True)
         raise typer.Exit(2)
-    eng = _engine(config or file)
+    eng = _engine(config or file, "monitor_windows", "window_metrics")
     try:
         points = load_points(eng, since=t_from, until=t_to, model_id=model)
     finally:
