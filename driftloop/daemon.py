@@ -65,11 +65,7 @@ class Daemon:
             # start, and the fence in run_job refuses runs already handed to the executor).
             graceful = self._stop.is_set()
             try:
-                # Pause, then wait out a _process_jobs pass in flight (it holds the job store lock), so
-                # no job is handed to an executor that is shutting down.
-                sched.pause()
-                with getattr(sched, "_jobstores_lock", threading.Lock()):
-                    pass
+                sched.pause()  # no new processing passes; one in flight is absorbed by the executor
                 sched.shutdown(wait=graceful)
             except Exception:
                 log.exception("scheduler shutdown")

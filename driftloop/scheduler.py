@@ -21,15 +21,41 @@ log = logging.getLogger("driftloop.scheduler")
 JOBSTORE_TABLE = "apscheduler_jobs"
 
 
+def _executor(max_workers: int) -> Any:
+    """A thread pool that ignores jobs handed to it while it shuts down.
+
+    APScheduler 3.11's ``shutdown`` races its own scheduler thread: a processing pass that passed
+    its state check before the shutdown may submit a due job after the pool closed, which logs
+    ``RuntimeError: cannot schedule new futures after shutdown`` with a traceback. Here that run is
+    dropped with an info line instead (it is the next leader's, or the next start's, to run).
+    """
+    from apscheduler.executors.pool import ThreadPoolExecutor
+
+    class DrainingThreadPoolExecutor(ThreadPoolExecutor):
+        _stopping = False
+
+        def shutdown(self, wait: bool = True) -> None:
+            with self._lock:  # submit_job holds it: a submission in flight completes first
+                self._stopping = True
+            super().shutdown(wait)
+
+        def _do_submit_job(self, job: Any, run_times: Any) -> None:
+            if self._stopping:
+                log.info("job %s not started: the scheduler is shutting down", job.id)
+                return
+            super()._do_submit_job(job, run_times)
+
+    return DrainingThreadPoolExecutor(max_workers=max_workers)
+
+
 def make_scheduler(engine: Engine, settings: Settings) -> Any:
     """A (not yet started) scheduler with a SQLAlchemy job store in ``engine``'s database."""
-    from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
 
     return BackgroundScheduler(
         jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOBSTORE_TABLE)},
-        executors={"default": ThreadPoolExecutor(max_workers=len(JOBS))},
+        executors={"default": _executor(len(JOBS))},
         job_defaults=job_options(settings),
         timezone="UTC",
     )
