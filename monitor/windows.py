@@ -73,16 +73,16 @@ def segment_of(meta: Any, keys: list[str]) -> str:
     return ",".join(f"{k}={meta.get(k, '')}" for k in keys)[:256]
 
 
-def _light_rows(conn: Connection, model_id: str, after_id: int, with_meta: bool) -> list[Any]:
-    cols = [interactions.c.id, interactions.c.ts]
+def _light_rows(conn: Connection, model_id: str, since: datetime | None, with_meta: bool) -> list[Any]:
+    """(id, ts[, metadata]) of a model's records at or after ``since``, in event-time order."""
+    c = interactions.c
+    cols = [c.id, c.ts]
     if with_meta:
-        cols.append(interactions.c.metadata)
-    q = (
-        select(*cols)
-        .where(interactions.c.model_id == model_id, interactions.c.id > after_id)
-        .order_by(interactions.c.id)
-    )
-    return list(conn.execute(q).all())
+        cols.append(c.metadata)
+    q = select(*cols).where(c.model_id == model_id)
+    if since is not None:
+        q = q.where(c.ts >= since)
+    return list(conn.execute(q.order_by(c.ts, c.id)).all())
 
 
 def models(conn: Connection) -> list[str]:
@@ -90,13 +90,19 @@ def models(conn: Connection) -> list[str]:
     return [r[0] for r in conn.execute(select(interactions.c.model_id).distinct()).all()]
 
 
-def _last_checked(conn: Connection, model_id: str, kind: str) -> dict[str, tuple[int, int | None]]:
-    q = (
-        select(monitor_windows.c.segment, func.max(monitor_windows.c.window_index), func.max(monitor_windows.c.last_id))
-        .where(monitor_windows.c.model_id == model_id, monitor_windows.c.window_kind == kind)
-        .group_by(monitor_windows.c.segment)
+def _last_checked(conn: Connection, model_id: str, kind: str) -> dict[str, tuple[int, datetime, int | None]]:
+    """Per segment: (index, end, last id) of the newest checked window."""
+    mw = monitor_windows.c
+    newest = (
+        select(mw.segment, func.max(mw.window_index).label("idx"))
+        .where(mw.model_id == model_id, mw.window_kind == kind)
+        .group_by(mw.segment)
+        .subquery()
     )
-    return {r[0]: (int(r[1]), r[2]) for r in conn.execute(q).all()}
+    q = select(mw.segment, mw.window_index, mw.window_end, mw.last_id).join(
+        newest, (newest.c.segment == mw.segment) & (newest.c.idx == mw.window_index)
+    ).where(mw.model_id == model_id, mw.window_kind == kind)
+    return {r[0]: (int(r[1]), _aware(r[2]), r[3]) for r in conn.execute(q).all()}
 
 
 def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: datetime | None = None) -> list[Window]:
@@ -106,16 +112,21 @@ def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: dateti
     done = _last_checked(conn, model_id, w.kind)
     out: list[Window] = []
     if w.kind == "count":
-        after = min((v[1] or 0 for v in done.values()), default=0) if done else 0
-        rows = _light_rows(conn, model_id, after, bool(s.segment_keys))
+        # Count windows follow event time (ts, then id), not arrival order: records of one
+        # stream arrive interleaved across partitions. A record older than the newest checked
+        # window of its segment arrived too late and is not re-windowed.
+        since = min((v[1] for v in done.values()), default=None) if done else None
+        rows = _light_rows(conn, model_id, since, bool(s.segment_keys))
         by_seg: dict[str, list[tuple[int, datetime]]] = defaultdict(list)
         for r in rows:
             seg = segment_of(r[2], s.segment_keys) if s.segment_keys else ""
-            last = done.get(seg, (-1, 0))[1] or 0
-            if r[0] > last:
-                by_seg[seg].append((int(r[0]), _aware(r[1])))
+            rts = _aware(r[1])
+            prev = done.get(seg)
+            if prev is not None and (rts, int(r[0])) <= (prev[1], prev[2] or 0):
+                continue
+            by_seg[seg].append((int(r[0]), rts))
         for seg, items in by_seg.items():
-            idx = done.get(seg, (-1, 0))[0] + 1
+            idx = done[seg][0] + 1 if seg in done else 0
             for k in range(0, len(items) - w.size + 1, w.size):
                 block = items[k : k + w.size]
                 ts = [t for _, t in block]
@@ -124,14 +135,14 @@ def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: dateti
     else:
         length = timedelta(minutes=w.minutes)
         secs = length.total_seconds()
-        rows = _light_rows(conn, model_id, 0, bool(s.segment_keys))
+        rows = _light_rows(conn, model_id, None, bool(s.segment_keys))
         horizon = now - timedelta(seconds=w.grace_s)
         by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
         for r in rows:
             rts = _aware(r[1])
             idx = math.floor(rts.timestamp() / secs)
             seg = segment_of(r[2], s.segment_keys) if s.segment_keys else ""
-            if idx <= done.get(seg, (-1, None))[0]:
+            if seg in done and idx <= done[seg][0]:
                 continue
             by_key[(seg, idx)].append(int(r[0]))
         for (seg, idx), ids in sorted(by_key.items(), key=lambda kv: kv[0][1]):
@@ -152,7 +163,10 @@ def reference_for(conn: Connection, s: MonitorSettings, win: Window) -> Referenc
     if ref.kind == "previous":
         if win.kind == "count":
             n = ref.windows * s.window.size
-            q = base.where(c.id < (win.first_id or 0)).order_by(c.id.desc())
+            first = (win.start, win.first_id or 0)
+            q = base.where((c.ts < first[0]) | ((c.ts == first[0]) & (c.id < first[1]))).order_by(
+                c.ts.desc(), c.id.desc()
+            )
             rows = [r for r in conn.execute(q).all() if segment_of(r[2], s.segment_keys) == win.segment][:n]
         else:
             span = timedelta(minutes=s.window.minutes * ref.windows)
