@@ -13,6 +13,7 @@ takes the daemon or the other jobs down. A run still going after its interval lo
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -78,6 +79,26 @@ class JobContext:
 
 class JobSkipped(Exception):
     """Raised by a job that has nothing it may do now; recorded as ``skipped``, not ``failed``."""
+
+
+def optional_import(module: str, *names: str) -> list[Any]:
+    """``getattr(import_module(module), name)`` for each name; raise :class:`JobSkipped` if ``module`` is absent.
+
+    The monitor and alert packages are imported lazily, inside the jobs: a deployment (or a
+    development tree) without one of them still runs the other jobs, and the missing one is
+    recorded as ``skipped`` with the reason. An import error *inside* an existing module (a broken
+    dependency) is a real failure and propagates.
+    """
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):
+            raise JobSkipped(f"module {module} is not available ({e})") from None
+        raise
+    missing = [n for n in names if not hasattr(mod, n)]
+    if missing:
+        raise JobSkipped(f"{module} has no {', '.join(missing)} (an older version of it?)")
+    return [getattr(mod, n) for n in names]
 
 
 _ctx: JobContext | None = None
@@ -170,8 +191,7 @@ def run_job(name: str, fn: Callable[[JobContext], Any], ctx: JobContext | None =
 # -- the units ------------------------------------------------------------------------------------
 def drift_check_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Check every due window: drift and quality metrics in one pass (each window is read once)."""
-    from monitor.check import DriftCheckJob
-
+    (DriftCheckJob,) = optional_import("monitor.check", "DriftCheckJob")
     res = DriftCheckJob(ctx.settings, ctx.engine).run_once(now=now)
     drifted = sum(1 for r in res if r.outcome is not None and r.outcome.drifted)
     errors = sum(1 for r in res if r.status == "error")
@@ -189,8 +209,7 @@ def quality_check_once(ctx: JobContext, now: datetime | None = None) -> str:
 
 def policy_evaluation_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Evaluate the alert policies over the newest windows; fire, resolve and notify."""
-    from monitor.alerts.engine import AlertEvaluationJob
-
+    (AlertEvaluationJob,) = optional_import("monitor.alerts.engine", "AlertEvaluationJob")
     ev = AlertEvaluationJob(ctx.settings, ctx.engine).run_once(now=now)
     return f"{len(ev)} alert event(s)" + (": " + ", ".join(f"{e.event} {e.rule}" for e in ev) if ev else "")
 
@@ -198,18 +217,24 @@ def policy_evaluation_once(ctx: JobContext, now: datetime | None = None) -> str:
 def retention_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Delete rows older than the configured retention, ``batch_size`` rows per transaction."""
     from driftloop.store.models import feedback, interactions, rejected_messages
-    from monitor.tables import drift_results, monitor_windows, window_metrics
 
     r = ctx.settings.scheduler.retention
     now = now or datetime.now(UTC)
+    done: list[str] = []
+    note = ""
+    try:  # the monitor's tables are optional: without the monitor package its rows cannot exist
+        drift_results, monitor_windows, window_metrics = optional_import(
+            "monitor.tables", "drift_results", "monitor_windows", "window_metrics")  # fmt: skip
+    except JobSkipped as e:
+        drift_results = monitor_windows = window_metrics = None
+        note = f" (monitor tables not touched: {e})"
     plan = [
         (interactions, interactions.c.ts, r.interactions_days),
         (feedback, feedback.c.ts, r.interactions_days),
         (rejected_messages, rejected_messages.c.rejected_at, r.rejected_days),
-        (monitor_windows, monitor_windows.c.window_end, r.monitor_days),
+        *([(monitor_windows, monitor_windows.c.window_end, r.monitor_days)] if monitor_windows is not None else []),
         (job_runs, job_runs.c.started_at, r.job_runs_days),
     ]
-    done = []
     for table, col, days in plan:
         if not days:
             continue
@@ -223,7 +248,8 @@ def retention_once(ctx: JobContext, now: datetime | None = None) -> str:
                 ids = [row[0] for row in c.execute(q)]
                 if not ids:
                     break
-                if table is monitor_windows:  # SQLite does not enforce ON DELETE CASCADE by default
+                if monitor_windows is not None and table is monitor_windows:  # SQLite does not cascade
+                    assert drift_results is not None and window_metrics is not None
                     c.execute(delete(drift_results).where(drift_results.c.window_id.in_(ids)))
                     c.execute(delete(window_metrics).where(window_metrics.c.window_id.in_(ids)))
                 c.execute(delete(table).where(table.c.id.in_(ids)))
@@ -231,7 +257,7 @@ def retention_once(ctx: JobContext, now: datetime | None = None) -> str:
             if len(ids) < r.batch_size:
                 break
         done.append(f"{table.name}={total}")
-    return "deleted " + (", ".join(done) if done else "nothing (retention disabled)")
+    return "deleted " + (", ".join(done) if done else "nothing (retention disabled)") + note
 
 
 @dataclass(frozen=True)
