@@ -136,15 +136,30 @@ def test_grafana_annotation_through_grafana_client(server: HttpServer) -> None:
     assert p["text"].startswith("[fired] quality on chat: ")
 
 
-def test_grafana_error_is_raised_for_the_engine_to_record() -> None:
+def test_grafana_4xx_fails_at_once_with_a_clear_error() -> None:
     srv = HttpServer(status=401)
     try:
-        cfg = ChannelSettings(name="grafana", type="grafana", url=srv.url, token="bad")
-        with pytest.raises(Exception) as e:
+        cfg = ChannelSettings(name="grafana", type="grafana", url=srv.url, token="bad", retries=3, backoff_s=0.01)
+        with pytest.raises(RuntimeError, match=r"grafana: annotation at .* failed after 1 attempt\(s\): GrafanaUnauth"):
             GrafanaAnnotationSink(cfg).send(_event())
     finally:
         srv.close()
-    assert "401" in str(e.value) or "Unauthorized" in type(e.value).__name__
+    assert len(srv.requests) == 1  # a bad token is not retried
+
+
+def test_grafana_retries_after_500s_and_connection_errors() -> None:
+    srv = HttpServer(fail_first=2)
+    try:
+        cfg = ChannelSettings(name="grafana", type="grafana", url=srv.url, token="t", retries=2, backoff_s=0.01)
+        GrafanaAnnotationSink(cfg).send(_event(segment="eu"))
+    finally:
+        srv.close()
+    assert len(srv.requests) == 3 and {r[0] for r in srv.requests} == {"/api/annotations"}
+    assert srv.requests[0][2] == srv.requests[2][2]  # the same annotation each time
+    assert "segment:eu" in srv.json()["tags"]
+    gone = ChannelSettings(name="grafana", type="grafana", url=srv.url, retries=1, backoff_s=0.01, timeout_s=2)
+    with pytest.raises(RuntimeError, match=r"failed after 2 attempt\(s\)"):
+        GrafanaAnnotationSink(gone).send(_event())  # nothing listens there any more
 
 
 def test_log_sink_writes_one_json_line(caplog: pytest.LogCaptureFixture) -> None:

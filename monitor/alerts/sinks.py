@@ -129,7 +129,11 @@ class SlackAlertSink(_HttpSink):
 
 
 class GrafanaAnnotationSink(AlertSink):
-    """A Grafana annotation per event, through grafana-client."""
+    """A Grafana annotation per event, through grafana-client.
+
+    Retries like the HTTP channels: connection errors, timeouts, 5xx and 429, with exponential backoff;
+    other 4xx (bad token, unknown dashboard) fail at once.
+    """
 
     def __init__(self, cfg: ChannelSettings) -> None:
         self.name = cfg.name
@@ -137,18 +141,38 @@ class GrafanaAnnotationSink(AlertSink):
 
     def send(self, event: AlertEvent) -> None:
         from grafana_client import GrafanaApi
+        from grafana_client.client import GrafanaClientError, GrafanaException
 
         assert self.cfg.url
         token = _resolve(self.cfg.token, self.cfg.token_env, "Grafana token", self.name)
         api = GrafanaApi.from_url(self.cfg.url, credential=token, timeout=self.cfg.timeout_s)
         ms = int(event.at.timestamp() * 1000)
-        api.annotations.add_annotation(
-            dashboard_uid=self.cfg.dashboard_uid,
-            time_from=ms,
-            time_to=ms,
-            tags=["driftloop", "alert", event.event, event.severity, f"rule:{event.rule}", f"model:{event.model_id}"],
-            text=f"[{event.event}] {event.rule} on {event.model_id}: {event.message}",
-        )
+        tags = ["driftloop", "alert", event.event, event.severity, f"rule:{event.rule}", f"model:{event.model_id}"]
+        if event.segment:
+            tags.append(f"segment:{event.segment}")
+        delay = self.cfg.backoff_s
+        last = ""
+        attempt = 0
+        for attempt in range(self.cfg.retries + 1):
+            try:
+                api.annotations.add_annotation(
+                    dashboard_uid=self.cfg.dashboard_uid,
+                    time_from=ms,
+                    time_to=ms,
+                    tags=tags,
+                    text=f"[{event.event}] {event.rule} on {event.model_id}: {event.message}",
+                )
+                return
+            except GrafanaClientError as e:
+                last = f"{type(e).__name__}: {e}"
+                if getattr(e, "status_code", None) != 429:
+                    break  # a bad token or dashboard will not get better by retrying
+            except (GrafanaException, OSError) as e:  # 5xx, timeouts, connection errors (niquests: OSError)
+                last = f"{type(e).__name__}: {e}"
+            if attempt < self.cfg.retries:
+                time.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        raise RuntimeError(f"{self.name}: annotation at {self.cfg.url} failed after {attempt + 1} attempt(s): {last}")
 
 
 def build_sinks(channels: list[ChannelSettings]) -> dict[str, AlertSink]:
