@@ -95,7 +95,8 @@ class WindowChecker:
             ref = reference_for(conn, s, win)
             cur_df = load_frame(conn, win.ids)
             ref_df = load_frame(conn, ref.ids) if ref.n else pd.DataFrame()
-        feats = compute_features(cur_df, s.feedback_positive_threshold) if len(cur_df) else pd.DataFrame()
+        feats = (compute_features(cur_df, s.feedback_positive_threshold, s.language_sample, seed=win.index)
+                 if len(cur_df) else pd.DataFrame())  # fmt: skip
         metrics: dict[str, float | None] = window_metrics(feats, cur_df) if len(cur_df) else {"volume.records": 0.0}
         res = WindowResult(win, ref, "ok", metrics=metrics)
         if len(cur_df) < s.min_window_size:
@@ -104,7 +105,7 @@ class WindowChecker:
             res.status, res.error = "insufficient_data", f"reference has {ref.n} records < {s.min_window_size}"
         else:
             try:
-                ref_feats = compute_features(ref_df, s.feedback_positive_threshold)
+                ref_feats = compute_features(ref_df, s.feedback_positive_threshold, s.language_sample, seed=win.index)
                 res.outcome = self._drift(feats, ref_feats, win)
                 if report if report is not None else s.reports:
                     res.report_path = self._save_report(res)
@@ -231,20 +232,30 @@ class DriftCheckJob:
         return results
 
 
-def run_check(engine: Engine, settings: Settings, model_id: str, *, window_index: int | None = None,
-              persist: bool = True) -> WindowResult | None:  # fmt: skip
-    """Check one window of ``model_id`` now: the given index, else the newest complete unchecked one."""
+def run_check(engine: Engine, settings: Settings, model_id: str, window: int | None = None, *,
+              persist: bool = True, report: bool | None = None,
+              window_index: int | None = None) -> WindowResult | None:  # fmt: skip
+    """Check one window of ``model_id`` now: index ``window``, else the newest complete unchecked one.
+
+    Returns None when the model has no complete unchecked window. Raises ValueError when the
+    requested window was already checked or does not exist (yet).
+    """
     s = settings.monitor
+    window = window if window is not None else window_index
     with engine.connect() as conn:
         wins = due_windows(conn, s.model_copy(update={"max_windows_per_run": 10**9}), model_id)
-        if window_index is not None:
+        if window is not None:
             existing = conn.execute(
                 select(monitor_windows.c.id).where(monitor_windows.c.model_id == model_id,
-                                                   monitor_windows.c.window_index == window_index)
+                                                   monitor_windows.c.window_kind == s.window.kind,
+                                                   monitor_windows.c.window_index == window)
             ).first()  # fmt: skip
             if existing:
-                raise ValueError(f"window {window_index} of {model_id!r} was already checked (id {existing[0]})")
-            wins = [w for w in wins if w.index == window_index]
+                raise ValueError(f"window {window} of {model_id!r} was already checked (monitor_windows.id "
+                                 f"{existing[0]}); see its results or check another window")  # fmt: skip
+            wins = [w for w in wins if w.index == window]
+            if not wins:
+                raise ValueError(f"window {window} of {model_id!r} is not complete (or has no traffic) yet")
     if not wins:
         return None
-    return WindowChecker(settings, engine).check(wins[-1], persist=persist)
+    return WindowChecker(settings, engine).check(wins[-1], persist=persist, report=report)

@@ -111,6 +111,7 @@ class MonitorSettings(_Section):
     )
     feedback_positive_threshold: float = Field(0.5, description="a feedback score >= this is positive")
     text_sample: int = Field(2000, gt=10, description="rows per side for text drift (bounded cost)")
+    language_sample: int = Field(300, ge=0, description="prompts per window whose language is detected")
     reports: bool = True
     reports_dir: str = "driftloop-data/reports"
     max_windows_per_run: int = Field(50, gt=0)

@@ -1,20 +1,23 @@
-"""Per-record features and per-window quality metrics, computed from stored interactions.
+r"""Per-record features and per-window quality metrics, computed from stored interactions.
 
 Everything here is vectorised pandas or bounded work, so a 50k-row window stays cheap:
-token counts are whitespace tokens (``str.split``), language detection is a small stop-word
-detector (no model, no download), and reference scores (ROUGE-L, BLEU) run on a bounded sample.
+token counts are a cheap regex count (words and punctuation marks, ``\w+|[^\w\s]``; close to but
+not equal to a model's BPE tokens, whose counts come from ``tokens_in``/``tokens_out`` when logged),
+language detection is langdetect (seeded, offline) on the first 200 characters of a bounded sample
+of prompts, and reference scores (ROUGE-L, BLEU) run on a bounded sample.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 NUMERIC_FEATURES = (
-    "prompt_chars", "response_chars", "prompt_words", "response_words", "latency_ms", "tokens_in", "tokens_out",
+    "prompt_chars", "response_chars", "prompt_tokens", "response_tokens", "latency_ms", "tokens_in", "tokens_out",
     "feedback_score",
 )  # fmt: skip
 CATEGORICAL_FEATURES = ("finish_reason", "language", "is_refusal", "is_apology", "is_empty", "has_feedback")
@@ -28,73 +31,46 @@ REFUSAL_RE = re.compile(
 )
 APOLOGY_RE = re.compile(r"\b(?:sorry|apologi[sz]e|apologies|my\s+mistake)\b", re.IGNORECASE)
 
-_STOPWORDS: dict[str, frozenset[str]] = {
-    "en": frozenset(
-        [
-            "the",
-            "and",
-            "is",
-            "are",
-            "of",
-            "to",
-            "in",
-            "that",
-            "it",
-            "for",
-            "you",
-            "with",
-            "this",
-            "on",
-            "be",
-            "what",
-            "how",
-        ]
-    ),
-    "es": frozenset(
-        ["el", "la", "los", "las", "de", "que", "y", "en", "un", "una", "es", "por", "para", "con", "del", "como"]
-    ),
-    "fr": frozenset(
-        ["le", "la", "les", "des", "de", "et", "est", "un", "une", "que", "pour", "dans", "en", "du", "avec"]
-    ),
-    "de": frozenset(
-        ["der", "die", "das", "und", "ist", "nicht", "ein", "eine", "zu", "den", "mit", "von", "auf", "für"]
-    ),
-    "it": frozenset(
-        ["il", "la", "di", "che", "e", "un", "una", "per", "non", "sono", "con", "del", "della", "gli", "le"]
-    ),
-    "pt": frozenset(["o", "a", "os", "as", "de", "que", "e", "um", "uma", "do", "da", "em", "para", "com", "não"]),
-    "nl": frozenset(["de", "het", "een", "en", "van", "is", "dat", "niet", "op", "te", "met", "voor", "zijn"]),
-}
-_SCRIPTS = (
-    ("zh", re.compile(r"[\u4e00-\u9fff]")),
-    ("ja", re.compile(r"[\u3040-\u30ff]")),
-    ("ko", re.compile(r"[\uac00-\ud7af]")),
-    ("ru", re.compile(r"[\u0400-\u04ff]")),
-    ("ar", re.compile(r"[\u0600-\u06ff]")),
-)
-_WORD = re.compile(r"[^\W\d_]+")
+_TOKEN = r"\w+|[^\w\s]"  # words and single punctuation marks: a cheap stand-in for a BPE tokenizer
+_LETTER = re.compile(r"[^\W\d_]")
+_lang_lock = threading.Lock()
+_lang_ready = False
 
 
-def detect_language(text: str | None) -> str:
-    """A light offline language guess from the first 400 characters: ISO code or ``unknown``."""
-    if not text:
+def _langdetect() -> Any:
+    global _lang_ready
+    from langdetect import DetectorFactory, detect
+
+    with _lang_lock:
+        if not _lang_ready:
+            DetectorFactory.seed = 0  # langdetect is randomised; seeded it is deterministic
+            _lang_ready = True
+    return detect
+
+
+def detect_language(text: str | None, max_chars: int = 200) -> str:
+    """Language of the first ``max_chars`` characters (langdetect, seeded, offline): ISO code or ``unknown``."""
+    if not text or not _LETTER.search(text[:max_chars]):
         return "unknown"
-    head = text[:400]
-    for code, pat in _SCRIPTS:
-        if len(pat.findall(head)) >= 5:
-            return code
-    words = [w.lower() for w in _WORD.findall(head)]
-    if not words:
+    detect = _langdetect()
+    try:
+        return str(detect(text[:max_chars]))
+    except Exception:  # LangDetectException: no features in text
         return "unknown"
-    best, hits = "unknown", 0
-    for code, sw in _STOPWORDS.items():
-        n = sum(1 for w in words if w in sw)
-        if n > hits:
-            best, hits = code, n
-    return best if hits >= 2 else "unknown"
 
 
-def compute_features(df: pd.DataFrame, positive_threshold: float = 0.5) -> pd.DataFrame:
+def detect_languages(texts: pd.Series, sample: int, seed: int = 0, max_chars: int = 200) -> pd.Series:
+    """Languages of a bounded random sample of ``texts`` (others NaN, which drift tests skip)."""
+    out = pd.Series(np.nan, index=texts.index, dtype=object)
+    if sample <= 0 or texts.empty:
+        return out
+    idx = texts.sample(min(sample, len(texts)), random_state=seed).index if len(texts) > sample else texts.index
+    out.loc[idx] = [detect_language(t, max_chars) for t in texts.loc[idx]]
+    return out
+
+
+def compute_features(df: pd.DataFrame, positive_threshold: float = 0.5, language_sample: int = 300,
+                     seed: int = 0) -> pd.DataFrame:  # fmt: skip
     """Feature frame (one row per interaction) from a frame of stored interactions.
 
     Expects columns prompt, response, latency_ms, tokens_in, tokens_out, finish_reason and
@@ -105,12 +81,12 @@ def compute_features(df: pd.DataFrame, positive_threshold: float = 0.5) -> pd.Da
     out = pd.DataFrame(index=df.index)
     out["prompt_chars"] = prompt.str.len().astype(float)
     out["response_chars"] = response.str.len().astype(float)
-    out["prompt_words"] = prompt.map(lambda s: len(s.split())).astype(float)
-    out["response_words"] = response.map(lambda s: len(s.split())).astype(float)
+    out["prompt_tokens"] = prompt.str.count(_TOKEN).astype(float)
+    out["response_tokens"] = response.str.count(_TOKEN).astype(float)
     for c in ("latency_ms", "tokens_in", "tokens_out", "feedback_score"):
         out[c] = pd.to_numeric(df.get(c), errors="coerce").astype(float) if c in df else np.nan
     out["finish_reason"] = df["finish_reason"].fillna("none").astype(str) if "finish_reason" in df else "none"
-    out["language"] = prompt.map(detect_language)
+    out["language"] = detect_languages(prompt, language_sample, seed)
     out["is_refusal"] = response.map(lambda s: "yes" if REFUSAL_RE.search(s[:600]) else "no")
     out["is_apology"] = response.map(lambda s: "yes" if APOLOGY_RE.search(s[:600]) else "no")
     out["is_empty"] = np.where(response.str.strip().str.len() == 0, "yes", "no")
@@ -165,7 +141,7 @@ def window_metrics(feats: pd.DataFrame, raw: pd.DataFrame, reference_sample: int
         "latency.mean_ms": float(lat.mean()) if len(lat) else None,
         "length.prompt_chars_mean": _mean(feats["prompt_chars"]),
         "length.response_chars_mean": _mean(feats["response_chars"]),
-        "length.response_tokens_mean": _mean(feats["response_words"]),
+        "length.response_tokens_mean": _mean(feats["response_tokens"]),
     }
     m.update(reference_scores(raw, reference_sample))
     return m
