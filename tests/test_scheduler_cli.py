@@ -70,3 +70,32 @@ def test_run_on_sqlite_leads_alone_and_stops_on_sigterm(sqlite_url: str, tmp_pat
     text = log.read_text()
     assert "is now the LEADER" in text and "file lock" in text and "stopped" in text
     assert "Traceback" not in text
+
+
+def test_run_ingests_and_schedules_in_one_process(pg_url: str, kafka_bootstrap: str, topics: dict[str, str],
+                                                  tmp_path: Path) -> None:  # fmt: skip
+    """``driftloop run`` with ingestion: records land in the database while the leader runs jobs; SIGTERM stops both."""
+    from tests.ingest_helpers import produce_values, records, scalar, settings_for, write_config
+
+    cfg = write_config(tmp_path / "c.yaml", settings_for(pg_url, kafka_bootstrap, topics))
+    data = yaml.safe_load(cfg.read_text())
+    data["scheduler"] = {"drift_check_s": 0.5, "policy_evaluation_s": 0.5}
+    cfg.write_text(yaml.safe_dump(data))
+    log = tmp_path / "run.log"
+    with open(log, "ab") as out:
+        p = subprocess.Popen([sys.executable, "-m", "driftloop", "run", "--config", str(cfg)], stdout=out,
+                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        assert produce_values(kafka_bootstrap, topics["logs"], records(300, seed=3)) == 300
+        wait_for(lambda: scalar(pg_url, "select count(*) from interactions") == 300, 120, "300 ingested records")
+        wait_for(
+            lambda: scalar(pg_url, "select count(*) from job_runs where status = 'succeeded'") >= 2, 60, "job runs"
+        )
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(90) == 0, log.read_text()[-3000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    text = log.read_text()
+    assert "ingest=True, scheduler=True" in text and "is now the LEADER" in text and "driftloop.daemon: stopped" in text
+    assert scalar(pg_url, "select count(*) from job_runs where status = 'running'") == 0
