@@ -130,15 +130,37 @@ def _run_report(cur: pd.DataFrame, ref: pd.DataFrame, num: list[str], cat: list[
     return out, snap
 
 
+def _categorical_on_sample(col: str, cur: pd.Series, ref: pd.Series, s: MonitorSettings) -> FeatureDrift:
+    """Evidently's stattest for one categorical column, called directly on its non-missing values."""
+    from evidently.legacy.calculations.stattests.registry import get_stattest
+    from evidently.legacy.core import ColumnType
+
+    m = s.methods
+    test = get_stattest(ref, cur, ColumnType.Categorical, m.per_column.get(col) or m.cat_method)
+    res = test(ref, cur, ColumnType.Categorical, m.thresholds.get(col))
+    method = f"{test.display_name}"
+    stat, thr = float(res.drift_score), float(res.actual_threshold)
+    if _is_p_value(method):
+        return FeatureDrift(col, "categorical", method, stat, thr, p_value=stat)
+    return FeatureDrift(col, "categorical", method, stat, thr, drifted=stat >= thr)
+
+
 def tabular_and_text_drift(cur: pd.DataFrame, ref: pd.DataFrame, s: MonitorSettings,
                            seed: int = 0) -> tuple[list[FeatureDrift], list[Any]]:  # fmt: skip
     """Evidently drift tests on the numeric/categorical features and (sampled) text columns."""
     num = [c for c in NUMERIC_FEATURES if c in cur and _usable(cur[c], ref[c])]
     cat = [c for c in CATEGORICAL_FEATURES if c in cur]
+    # A column known only on a sample (language) must be tested on that sample alone: inside the
+    # Report its missing values would count as a category whose share differs between the sides.
+    sampled = [c for c in cat if cur[c].isna().any() or ref[c].isna().any()]
+    cat = [c for c in cat if c not in sampled]
     results, snaps = [], []
     r, snap = _run_report(cur, ref, num, cat, [], s)
     results.extend(r)
     snaps.append(snap)
+    for c in sampled:
+        if _usable(cur[c], ref[c]):
+            results.append(_categorical_on_sample(c, cur[c].dropna().astype(str), ref[c].dropna().astype(str), s))
     if s.text_drift:
         n = s.text_sample
         cs = cur.sample(min(n, len(cur)), random_state=seed) if len(cur) > n else cur
