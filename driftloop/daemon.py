@@ -47,11 +47,14 @@ class Daemon:
             sched.start(paused=True)
             try:
                 done = register_jobs(sched, self.settings)
+                # Set before resume(): a job overdue in the store (e.g. after a fail-over) runs at
+                # once, and its leadership fence (is_leader) must already see this scheduler.
+                self.scheduler = sched
                 sched.resume()
             except Exception:
+                self.scheduler = None
                 sched.shutdown(wait=False)
                 raise
-            self.scheduler = sched
             log.info("scheduler started: %s", "; ".join(f"{k} {v}" for k, v in done.items()) or "no jobs enabled")
 
     def _stop_scheduler(self) -> None:
