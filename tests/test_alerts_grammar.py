@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from driftloop.cli import app
 from driftloop.settings import ConfigError, load_settings
-from monitor.alerts.grammar import BoolOp, Compare, ConditionError, Not, parse_condition
+from monitor.alerts.grammar import BoolOp, Compare, ConditionError, Not, ordered_metrics, parse_condition
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,9 @@ def test_ast_shape_and_metrics() -> None:
     assert node.metrics() == {"drift.score", "quality.bleu", "latency.p95_ms"}
     # the printed form parses back to the same tree
     assert parse_condition(str(node)) == node
+    # first appearance order (the alert's `value` is the first metric's)
+    assert ordered_metrics(node) == ["drift.score", "quality.bleu", "latency.p95_ms"]
+    assert ordered_metrics(parse_condition("z.b > 1 or (a.c < 2 and not z.b > 3)")) == ["z.b", "a.c"]
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from driftloop.settings import Settings
 from monitor.alerts.abc import AlertEvent, AlertFired, AlertReminded, AlertResolved, AlertSink
 from monitor.alerts.config import RuleSettings
-from monitor.alerts.grammar import Node, parse_condition
+from monitor.alerts.grammar import Node, ordered_metrics, parse_condition
 from monitor.alerts.sinks import build_sinks
 from monitor.alerts.tables import OPEN_STATES, alert_notifications, alerts
 
@@ -99,7 +99,7 @@ def decide(node: Node, points: Sequence[Window], n: int, m: int) -> tuple[Decisi
 
 def describe(rule: RuleSettings, node: Node, verdict: Verdict) -> tuple[str, float | None]:
     """Human message and the value of the condition's first metric in the newest window with data."""
-    names = sorted(node.metrics())
+    names = ordered_metrics(node)
     metrics = _unpack(verdict.latest)[1] if verdict.latest is not None else {}
     shown = []
     for k in names:

@@ -209,6 +209,16 @@ class _Parser:
         return Compare(right[1], _FLIP[op[1]], float(left[1]))
 
 
+def ordered_metrics(node: Node) -> list[str]:
+    """The metrics of ``node`` in the order they first appear in the condition."""
+    if isinstance(node, Compare):
+        return [node.metric]
+    out: list[str] = []
+    for a in (node.arg,) if isinstance(node, Not) else node.args:
+        out += [m for m in ordered_metrics(a) if m not in out]
+    return out
+
+
 def parse_condition(text: str) -> Node:
     """Parse ``text`` into an AST; raises ConditionError saying what and where."""
     if not isinstance(text, str):
