@@ -142,7 +142,8 @@ def run_job(name: str, fn: Callable[[JobContext], Any], ctx: JobContext | None =
     ctx = ctx or get_context()
     if ctx.is_leader is not None and not ctx.is_leader():
         # Fence: a scheduler that is being stopped after a lost election must not start new work.
-        log.warning("job %s not started: instance %s is no longer the leader", name, ctx.instance)
+        log.warning("job %s not started: instance %s is stepping down (shutting down or lost leadership)",
+                    name, ctx.instance)  # fmt: skip
         return "skipped"
     started = datetime.now(UTC)
     t0 = time.perf_counter()
