@@ -88,13 +88,16 @@ def jobs_list(
 def jobs_run(name: Annotated[str, typer.Argument(help="drift_check, quality_check, policy_evaluation or retention.")],
              config: ConfigOpt = None) -> None:  # fmt: skip
     """Run one job now in this process (recorded in job_runs like a scheduled run); exit 1 if it failed."""
-    from driftloop.jobs import JOBS, JobContext, default_instance, run_job
+    from driftloop.jobs import JOB_ALIASES, JOBS, JobContext, default_instance, resolve_job, run_job
     from driftloop.store.db import create_engine_from_url
 
     setup_logging("INFO")
-    if name not in JOBS:
-        typer.echo(f"error: unknown job {name!r}; known jobs: {', '.join(JOBS)}", err=True)
-        raise typer.Exit(2)
+    try:
+        name = resolve_job(name)
+    except KeyError:
+        typer.echo(f"error: unknown job {name!r}; known jobs: {', '.join(JOBS)} "
+                   f"(aliases: {', '.join(JOB_ALIASES)})", err=True)  # fmt: skip
+        raise typer.Exit(2) from None
     s = get_settings(config)
     eng = create_engine_from_url(s.database.url)
     status = run_job(name, JOBS[name].unit, JobContext(s, eng, default_instance() + " (cli)"))

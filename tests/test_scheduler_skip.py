@@ -84,3 +84,23 @@ def test_a_broken_dependency_inside_a_present_module_is_a_failure(
     rows = _runs(ctx)
     assert "dl_no_such_dependency_xyz" in rows["broken"].error
     assert "NoSuchJobClass" in rows["no_attr"].result
+
+
+def test_alert_evaluation_is_an_alias_of_policy_evaluation(sqlite_url: str, tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from driftloop.cli import app
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"database": {"url": sqlite_url}, "scheduler": {"ingest": False}}))
+    r = CliRunner().invoke(app, ["jobs", "run", "alert_evaluation", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "policy_evaluation: succeeded" in r.output
+    eng = create_engine(sqlite_url)
+    with eng.connect() as c:
+        rows = [(row.job, row.status) for row in c.execute(select(jobs.job_runs))]
+    assert rows == [("policy_evaluation", "succeeded")]
+    eng.dispose()
+    with pytest.raises(KeyError):
+        jobs.resolve_job("alert_evaluations")
