@@ -249,6 +249,21 @@ def test_load_points_keeps_the_newest_windows_of_each_group(kind: str, request: 
     eng.dispose()
 
 
+def test_open_alerts_of_removed_rules_are_closed_quietly(pg_url: str, pg_engine: Engine) -> None:
+    keep = {"name": "keep", "condition": "drift.score > 0.3", "channels": ["rec"]}
+    gone = {"name": "gone", "condition": "drift.score > 0.1", "channels": ["rec"]}
+    add_window(pg_engine, 0, {"drift.score": 0.9})
+    AlertEvaluationJob(_settings(pg_url, [keep, gone]), pg_engine, sinks={"rec": Recorder()}).run_once()
+    assert sorted((r["rule"], r["state"]) for r in _rows(pg_engine)) == [("gone", "fired"), ("keep", "fired")]
+    rec = Recorder()
+    assert AlertEvaluationJob(_settings(pg_url, [keep]), pg_engine, sinks={"rec": rec}).run_once() == []
+    rows = {r["rule"]: r for r in _rows(pg_engine)}
+    assert (rows["keep"]["state"], rows["gone"]["state"]) == ("fired", "resolved")
+    assert "no longer in the alert policy" in rows["gone"]["message"] and rec.events == []
+    AlertEvaluationJob(_settings(pg_url, []), pg_engine, sinks={}).run_once()  # no rules at all
+    assert {r["state"] for r in _rows(pg_engine)} == {"resolved"}
+
+
 def test_insufficient_data_and_missing_metrics_neither_fire_nor_resolve(pg_url: str, pg_engine: Engine) -> None:
     eng = pg_engine
     rec = Recorder()

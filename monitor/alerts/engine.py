@@ -220,9 +220,12 @@ class AlertEvaluationJob:
     def run_once(self, now: datetime | None = None) -> list[AlertEvent]:
         """Evaluate all rules over the newest windows; return the events (notified or not)."""
         a = self.settings.alerts
-        if not a.enabled or not a.rules:
+        if not a.enabled:
             return []
         now = now or datetime.now(UTC)
+        self._close_orphans(now)
+        if not a.rules:
+            return []
         # Enough history for N of M even when a few windows lack data or are skipped.
         depth = max(r.of for r in a.rules) * 3 + 5
         points = load_points(self.engine, per_group=depth)
@@ -245,6 +248,18 @@ class AlertEvaluationJob:
                 if ev is not None:
                     events.append(ev)
         return events
+
+    def _close_orphans(self, now: datetime) -> None:
+        """Resolve open alerts whose rule is no longer in the policy (without notifying): nothing else would."""
+        names = [r.name for r in self.settings.alerts.rules]
+        msg = "closed: its rule is no longer in the alert policy"
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(alerts).where(alerts.c.state.in_(OPEN_STATES), alerts.c.rule.not_in(names))
+                .values(state="resolved", resolved_at=now, last_evaluated_at=now, message=msg)
+            )  # fmt: skip
+        if res.rowcount:
+            log.warning("closed %d open alert(s) whose rule is no longer in the policy", res.rowcount)
 
     def _evaluate(self, rule: RuleSettings, node: Node, key: tuple[str, str, str], hist: list[WindowPoint],
                   now: datetime) -> AlertEvent | None:  # fmt: skip
