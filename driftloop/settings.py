@@ -7,14 +7,16 @@ Every section forbids unknown keys so a typo is an error, not a silently ignored
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from driftloop.scheduler_config import SchedulerSettings
 from monitor.alerts.config import AlertSettings
@@ -48,8 +50,9 @@ class DatabaseSettings(_Section):
 class KafkaSettings(_Section):
     """Broker, topics and kafka-python client options."""
 
-    bootstrap_servers: list[str] = Field(default_factory=lambda: ["127.0.0.1:9092"], min_length=1)
-    topics: list[str] = Field(default_factory=lambda: ["driftloop.logs"], min_length=1)
+    # NoDecode: env values are "a:1,b:2" (split below), not JSON (pydantic-settings' default for lists)
+    bootstrap_servers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1:9092"], min_length=1)
+    topics: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["driftloop.logs"], min_length=1)
     group_id: str = Field("driftloop-ingest", min_length=1)
     dlq_topic: str = Field("driftloop.dlq", min_length=1)
     create_topics: bool = True
@@ -71,14 +74,21 @@ class KafkaSettings(_Section):
     @classmethod
     def _split_csv(cls, v: Any) -> Any:
         if isinstance(v, str):
+            if v.lstrip().startswith("["):  # a JSON list, e.g. from an env variable
+                try:
+                    return json.loads(v)
+                except ValueError:
+                    raise ValueError('looks like a JSON list but is not valid JSON; use a,b or ["a", "b"]') from None
             return [s.strip() for s in v.split(",") if s.strip()]
         return v
 
-    @model_validator(mode="after")
-    def _dlq_not_input(self) -> KafkaSettings:
-        if self.dlq_topic in self.topics:
-            raise ValueError("dlq_topic must not be one of the input topics (rejects would loop)")
-        return self
+    @field_validator("dlq_topic")
+    @classmethod
+    def _dlq_not_input(cls, v: str, info: ValidationInfo) -> str:
+        # a field validator (topics is validated first), so the problem is reported as kafka.dlq_topic
+        if v in (info.data.get("topics") or ()):
+            raise ValueError("must not be one of the input topics (rejects would loop); pick another topic name")
+        return v
 
 
 class IngestSettings(_Section):
@@ -97,6 +107,17 @@ class IngestSettings(_Section):
     # How many decoded batches may wait for the database writer thread.
     max_pending_batches: int = Field(2, gt=0)
     store_raw_reject_bytes: int = Field(65_536, ge=0)
+
+    @field_validator("min_timestamp")
+    @classmethod
+    def _rfc3339(cls, v: str) -> str:
+        try:
+            ts = datetime.fromisoformat(v)
+        except ValueError:
+            raise ValueError("must be an RFC 3339 timestamp such as 2000-01-01T00:00:00Z") from None
+        if ts.tzinfo is None:
+            raise ValueError("needs a UTC offset (Z or +hh:mm), e.g. 2000-01-01T00:00:00Z")
+        return v
 
 
 class PiiRule(_Section):
@@ -253,6 +274,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         settings = Settings(**data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e), str(path or "settings")) from None
+    except SettingsError as e:  # a DRIFTLOOP_* variable that cannot be parsed (e.g. bad JSON for a dict)
+        cause = f" ({e.__cause__})" if e.__cause__ else ""
+        raise ConfigError([f"<env>: {e}{cause}"], str(path or "settings")) from None
     problems = cross_check(settings)
     if problems:
         raise ConfigError(problems, str(path or "settings"))

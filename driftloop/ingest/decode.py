@@ -125,19 +125,40 @@ class DecodePolicy:
 
 
 _NUL_OR_SURROGATE = re.compile(rb"\\u0000")
+#: Deeper JSON is rejected: encoders and PostgreSQL recurse per level, and ~1000 levels would
+#: overflow the Python stack later, in the writer (a poison pill instead of a reject).
+MAX_JSON_DEPTH = 100
 _decoder = msgspec.json.Decoder()
 _fast_decoder = msgspec.json.Decoder(_StrictRecordV1)
 _json_encoder = msgspec.json.Encoder()
 
 
 def _has_nul(obj: Any) -> bool:
-    if isinstance(obj, str):
-        return "\x00" in obj
-    if isinstance(obj, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in obj.items())
-    if isinstance(obj, list):
-        return any(_has_nul(v) for v in obj)
+    # iterative: a recursive walk could hit the recursion limit on deeply nested input
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, str):
+            if "\x00" in o:
+                return True
+        elif isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
     return False
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of decoded JSON (iterative)."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict | list):
+            deepest = max(deepest, d)
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return deepest
 
 
 def parse_timestamp(value: str | int | float | None, source: Source, policy: DecodePolicy, now: datetime) -> datetime:
@@ -151,7 +172,12 @@ def parse_timestamp(value: str | int | float | None, source: Source, policy: Dec
     if isinstance(value, int | float):
         if not math.isfinite(value) or abs(value) > 1e15:
             raise InvalidMessage(BAD_TIMESTAMP, f"timestamp {value!r} is not a plausible epoch-milliseconds value")
-        ts = datetime.fromtimestamp(value / 1000.0, tz=UTC)
+        try:
+            ts = datetime.fromtimestamp(value / 1000.0, tz=UTC)
+        except (ValueError, OverflowError, OSError):
+            raise InvalidMessage(
+                BAD_TIMESTAMP, f"timestamp {value!r} is not a plausible epoch-milliseconds value"
+            ) from None
     else:
         if len(value) > 64:
             raise InvalidMessage(BAD_TIMESTAMP, "timestamp string longer than 64 characters")
@@ -161,7 +187,10 @@ def parse_timestamp(value: str | int | float | None, source: Source, policy: Dec
             raise InvalidMessage(BAD_TIMESTAMP, f"timestamp {value[:40]!r} is not RFC 3339") from None
         if ts.tzinfo is None:
             raise InvalidMessage(BAD_TIMESTAMP, f"timestamp {value!r} has no UTC offset (use Z or +hh:mm)")
-        ts = ts.astimezone(UTC)
+        try:
+            ts = ts.astimezone(UTC)
+        except OverflowError:
+            raise InvalidMessage(BAD_TIMESTAMP, f"timestamp {value!r} is outside the representable range") from None
     if ts < policy.min_timestamp or ts > now + policy.max_future_skew:
         raise InvalidMessage(
             BAD_TIMESTAMP,
@@ -184,7 +213,10 @@ def _render_messages(msgs: list[ChatMessage]) -> str:
 
 def _validation_reason(err: msgspec.ValidationError) -> str:
     msg = str(err)
-    return MISSING_FIELD if msg.startswith("Object missing required field") else WRONG_TYPE
+    if msg.startswith("Object missing required field"):
+        return MISSING_FIELD
+    # a timestamp of the wrong JSON type (true, {}, []) is a bad timestamp like any other
+    return BAD_TIMESTAMP if msg.endswith("- at `$.timestamp`") else WRONG_TYPE
 
 
 def feedback_key(
@@ -229,12 +261,17 @@ class Decoder:
             raise InvalidMessage(INVALID_JSON, "message has no value (tombstone)")
         if len(raw) > self.policy.max_message_bytes:
             raise InvalidMessage(OVERSIZE, f"message is {len(raw)} bytes (max {self.policy.max_message_bytes})")
+        nested = raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH  # cheap upper bound on depth
         if not _NUL_OR_SURROGATE.search(raw):
             try:
                 fast = _fast_decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
                 fast = None  # the general path below explains what is wrong, or keeps unknown fields
-            if fast is not None and fast.type in (None, "interaction"):
+            if (
+                fast is not None
+                and fast.type in (None, "interaction")
+                and not (nested and _depth(fast.metadata) >= MAX_JSON_DEPTH)  # metadata is the only free-form part
+            ):
                 return "interaction", *self._build_interaction(fast, None, source, now)
         try:
             obj = _decoder.decode(raw)
@@ -244,6 +281,10 @@ class Decoder:
             raise InvalidMessage(INVALID_JSON, f"not valid JSON: {e}") from None
         except msgspec.ValidationError as e:  # e.g. number out of range
             raise InvalidMessage(INVALID_JSON, f"not representable JSON: {e}") from None
+        except RecursionError:
+            raise InvalidMessage(INVALID_JSON, f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+        if nested and _depth(obj) > MAX_JSON_DEPTH:
+            raise InvalidMessage(INVALID_JSON, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
         if not isinstance(obj, dict):
             raise InvalidMessage(NOT_AN_OBJECT, f"top-level JSON value must be an object, got {type(obj).__name__}")
         if _NUL_OR_SURROGATE.search(raw) and _has_nul(obj):
@@ -271,7 +312,15 @@ class Decoder:
             meta = {**ev.metadata, **meta}
         r = self.redactor
         return {
-            "event_key": feedback_key(ev.request_id, ev.score, ev.comment, ev.correction, ts, ev.feedback_id),
+            # only a timestamp the producer sent is content; the broker's (or our clock) differs per send
+            "event_key": feedback_key(
+                ev.request_id,
+                ev.score,
+                ev.comment,
+                ev.correction,
+                ts if ev.timestamp is not None else None,
+                ev.feedback_id,
+            ),
             "request_id": ev.request_id,
             "ts": ts,
             "score": ev.score,

@@ -17,14 +17,24 @@ from dataclasses import dataclass, field
 # number also looks like a phone number).
 DIGIT_PATTERNS: dict[str, str] = {
     "ip_address": r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?!\.?\d)",
-    "credit_card": r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)",
-    "phone": r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}[ .-]\d{3,4}[ .-]?\d{0,4}(?!\w)"
-    r"|(?<![\w+])\+?\d{8,15}(?!\w)",
+    # not after "+": "+49 151 23456789" is a phone number, whatever its checksum
+    "credit_card": r"(?<![\d+])(?:\d[ -]?){12,18}\d(?!\d)",
+    # not right after "3.", "1," or "12:" (fractions, times), nor inside hyphenated ids (UUIDs, SKUs)
+    "phone": r"(?<![\w+])(?<!\d[.,:])(?<!\w-)(?:"
+    r"(?:\+|00)\d{1,3}(?:[ .-]\d{1,4}){3,6}"  # international, any grouping: +33 1 23 45 67 89, 0044 20 ...
+    r"|(?:\+\d{1,3}[ .-]?|1[ .-])?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}[ .-]\d{3,4}(?:[ .-]?\d{1,4})?"
+    r"|\+?\d{8,15}"
+    r")(?!\w)",
 }
+# Phone matches with fewer digits are kept (dates such as 05.2024, short ranges).
+MIN_PHONE_DIGITS = 7
 EMAIL_PATTERN = (
     r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}"
 )
-IPV6_PATTERN = r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])"
+_H = r"[0-9A-Fa-f]{1,4}"
+# Full form, or compressed with "::" (the group count is checked in code: 3..7 groups, so that
+# "::1", "fe80::1" and Python slices such as "x[1::2]" are kept).
+IPV6_PATTERN = rf"(?<![\w:])(?:(?:{_H}:){{7}}{_H}|(?:{_H}(?::{_H}){{0,6}})?::(?:{_H}(?::{_H}){{0,6}})?)(?![\w:])"
 BUILTIN_PATTERNS = ("email", "phone", "credit_card", "ip_address")
 
 # Cheap scan for runs that could hold a phone, card or IPv4 address (>= 7 characters of digits
@@ -65,6 +75,7 @@ class Redactor:
     _custom: list[tuple[re.Pattern[str], str]] = field(init=False, default_factory=list)
     _needs_at: bool = field(init=False, default=False)
     _ipv6: bool = field(init=False, default=False)
+    _phone: re.Pattern[str] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         wanted = set(self.builtin)
@@ -75,6 +86,7 @@ class Redactor:
         if digit_names:
             self._combined = re.compile("|".join(f"(?P<{n}>{DIGIT_PATTERNS[n]})" for n in digit_names), re.ASCII)
         self._needs_at = "email" in wanted
+        self._phone = re.compile(DIGIT_PATTERNS["phone"], re.ASCII) if "phone" in wanted else None
         self._ipv6 = "ip_address" in wanted
         self._custom = [
             (re.compile(pat), repl if repl is not None else self.replacement.format(name=name))
@@ -95,11 +107,36 @@ class Redactor:
 
     def _sub(self, m: re.Match[str]) -> str:
         name = m.lastgroup or "pii"
+        found = m.group(0)
         if name == "credit_card":
-            digits = re.sub(r"\D", "", m.group(0))
+            digits = re.sub(r"\D", "", found)
             if not luhn_ok(digits):
-                return m.group(0)
+                # not a card; a grouped run such as "0044 20 7946 0958" may still BE a phone number
+                # (whole run, <= 15 digits after a 00 prefix as in E.164); "4111 1111 1111 1112" is kept
+                if (
+                    self._phone is not None
+                    and not found.isdigit()
+                    and len(digits.removeprefix("00")) <= 15
+                    and self._phone.fullmatch(found)
+                ):
+                    return self.replacement.format(name="phone")
+                return found
+        elif name == "phone":
+            return self._phone_sub(m)
         return self.replacement.format(name=name)
+
+    def _phone_sub(self, m: re.Match[str]) -> str:
+        found = m.group(0)
+        if sum(ch.isdigit() for ch in found) < MIN_PHONE_DIGITS:
+            return found
+        return self.replacement.format(name="phone")
+
+    def _ipv6_sub(self, m: re.Match[str]) -> str:
+        found = m.group(0)
+        groups = sum(1 for g in found.split(":") if g)
+        if "::" in found and not 3 <= groups <= 7:
+            return found
+        return self.replacement.format(name="ip_address")
 
     def _digits(self, s: str) -> str:
         combined = self._combined
@@ -125,8 +162,9 @@ class Redactor:
             return s
         if self._needs_at and "@" in s:
             s = _EMAIL.sub(self.replacement.format(name="email"), s)
-        if self._ipv6 and s.count(":") >= 7:
-            s = _IPV6.sub(self.replacement.format(name="ip_address"), s)
+        # ``":" in s`` is a memchr; a two-character search or a count over every text is not free
+        if self._ipv6 and ":" in s and ("::" in s or s.count(":") >= 7):
+            s = _IPV6.sub(self._ipv6_sub, s)
         if self._combined is not None and _has_digit(s):
             s = self._digits(s)
         for pat, repl in self._custom:
