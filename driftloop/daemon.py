@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import Any
 
-from driftloop.jobs import clear_context, default_instance, set_context
+from driftloop.jobs import abandon_runs_of_others, clear_context, default_instance, set_context
 from driftloop.leader import LeaderElection, lock_for
 from driftloop.scheduler import make_scheduler, register_jobs
 from driftloop.settings import Settings
@@ -43,6 +43,10 @@ class Daemon:
         with self._sched_lock:
             if self.scheduler is not None:
                 return
+            try:
+                abandon_runs_of_others(self.engine, self.instance)
+            except Exception:
+                log.exception("could not mark a previous leader's unfinished runs")
             sched = make_scheduler(self.engine, self.settings)
             sched.start(paused=True)
             try:

@@ -201,3 +201,14 @@ def test_migration_0004_upgrades_and_downgrades(backend: str, request: pytest.Fi
     migrate(url)
     assert "job_runs" in inspect(eng).get_table_names()
     eng.dispose()
+
+
+def test_a_new_leader_marks_unfinished_runs_of_others_failed(ctx: jobs.JobContext) -> None:
+    now = datetime.now(UTC)
+    with ctx.engine.begin() as c:
+        c.execute(insert(jobs.job_runs), [
+            {"job": "drift_check", "instance": inst, "status": st, "started_at": now}
+            for inst, st in (("dead:1", "running"), ("dead:1", "succeeded"), ("me:2", "running"))])  # fmt: skip
+    assert jobs.abandon_runs_of_others(ctx.engine, "me:2") == 1
+    got = sorted((r.instance, r.status, (r.error or "")[:9]) for r in _runs(ctx.engine))
+    assert got == [("dead:1", "failed", "abandoned"), ("dead:1", "succeeded", ""), ("me:2", "running", "")]

@@ -106,6 +106,8 @@ def test_exactly_one_leader_and_failover_after_sigkill(pg_url: str, tmp_path: Pa
                  60, "the new leader's first successful job run")  # fmt: skip
         runs = _runs(eng)
         assert {_pid(r.instance) for r in runs} == {leader_pid, survivor.pid}
+        # a run the victim had in flight is not left 'running' forever
+        assert not [r for r in runs if _pid(r.instance) == leader_pid and r.status == "running"]
         _assert_one_leader_at_a_time(runs)
         first_new = min(r.started_at for r in runs if _pid(r.instance) == survivor.pid)
         print(f"first job of the new leader {(first_new - killed_at).total_seconds():.1f}s after SIGKILL")
