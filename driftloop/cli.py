@@ -35,6 +35,8 @@ def setup_logging(level: str = "INFO") -> None:
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # "skipped: maximum number of running instances" is expected with coalescing; driftloop.jobs warns on overruns
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 
 
 def get_settings(config: Path | None, **overrides: Any) -> Settings:

@@ -62,7 +62,7 @@ def test_drift_detected_through_kafka_and_driftloop_run(
         "kafka": {"bootstrap_servers": [kafka_bootstrap], "topics": [topics["logs"]], "dlq_topic": topics["dlq"],
                   "group_id": f"g-{topics['logs']}"},
         "scheduler": {"drift_check_s": 2, "policy_evaluation_s": 2, "leader_retry_s": 0.5},
-        "monitor": {**POLICY["monitor"], "reports_dir": str(tmp_path / "reports")},
+        "monitor": {**POLICY["monitor"], "reports_dir": str(tmp_path / "reports"), "embeddings": {"sample": 80}},
     }  # fmt: skip
     path = tmp_path / "driftloop.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -83,7 +83,7 @@ def test_drift_detected_through_kafka_and_driftloop_run(
             return list(c.execute(text(sql)).all())
 
     try:
-        wait_for(lambda: q("select count(*) from monitor_windows")[0][0] >= n_windows, 420, "all windows checked")
+        wait_for(lambda: q("select count(*) from monitor_windows")[0][0] >= n_windows, 600, "all windows checked")
         wait_for(lambda: len(q("select 1 from alerts where rule = 'quality-drop'")) > 0, 60, "the quality alert")
         wait_for(lambda: len(q("select 1 from alerts where rule = 'dataset-drift' and model_id = 'assistant-input'")) > 0,
                  60, "the input drift alert")  # fmt: skip
