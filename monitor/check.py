@@ -25,7 +25,7 @@ from driftloop.settings import Settings
 from monitor.config import MonitorSettings
 from monitor.drift import DriftOutcome, FeatureDrift, embedding_drift, tabular_and_text_drift, verdict
 from monitor.embeddings import EmbeddingCache
-from monitor.features import compute_features, window_metrics
+from monitor.features import compute_features, stable_sample, window_metrics
 from monitor.tables import drift_results, monitor_windows
 from monitor.tables import window_metrics as window_metrics_table
 from monitor.windows import Reference, Window, due_windows, load_frame, models, reference_for
@@ -134,7 +134,7 @@ class WindowChecker:
         features, snaps = tabular_and_text_drift(cur, ref, s, seed=win.index)
         if s.embeddings.enabled:
             k = s.embeddings.sample
-            ci, ri = stable_sample(cur_ids, k), stable_sample(ref_ids, k)
+            ci, ri = stable_sample(cur_ids.to_numpy(), k), stable_sample(ref_ids.to_numpy(), k)
             emb = self.embeddings()
             for col in s.embeddings.columns:
                 c = emb.encode(cur[col].iloc[ci].tolist())
@@ -188,18 +188,6 @@ class WindowChecker:
         except IntegrityError:
             log.info("window %s/%s #%s already checked by another runner", w.model_id, w.segment, w.index)
             return None
-
-
-def stable_sample(ids: pd.Series, k: int) -> list[int]:
-    """Positions of the ``k`` records with the smallest hash of their id.
-
-    Deterministic and stable across windows: a record sampled as part of the current window is
-    sampled again when it is part of the next windows' reference, so its embedding is cached.
-    """
-    if len(ids) <= k:
-        return list(range(len(ids)))
-    h = (ids.to_numpy(dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(11)
-    return sorted(np.argpartition(h, k)[:k].tolist())
 
 
 def _finite(v: Any) -> float | None:

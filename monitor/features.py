@@ -9,6 +9,7 @@ of prompts, and reference scores (ROUGE-L, BLEU) run on a bounded sample.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from typing import Any
@@ -48,23 +49,51 @@ def _langdetect() -> Any:
     return detect
 
 
-def detect_language(text: str | None, max_chars: int = 200) -> str:
-    """Language of the first ``max_chars`` characters (langdetect, seeded, offline): ISO code or ``unknown``."""
-    if not text or not _LETTER.search(text[:max_chars]):
-        return "unknown"
+def stable_sample(keys: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` keys with the smallest (multiplicative) hash, in key order.
+
+    The choice depends on the keys only, so a record sampled in its own window is sampled again
+    when that window becomes (part of) a reference: cached languages and embeddings are reused.
+    """
+    keys = np.asarray(keys).astype(np.uint64)
+    if len(keys) <= k:
+        return np.arange(len(keys))
+    with np.errstate(over="ignore"):
+        h = keys * np.uint64(0x9E3779B97F4A7C15)
+    return np.sort(np.argpartition(h, k - 1)[:k])
+
+
+@functools.lru_cache(maxsize=65_536)
+def _detect_head(head: str) -> str:
     detect = _langdetect()
     try:
-        return str(detect(text[:max_chars]))
+        return str(detect(head))
     except Exception:  # LangDetectException: no features in text
         return "unknown"
 
 
-def detect_languages(texts: pd.Series, sample: int, seed: int = 0, max_chars: int = 200) -> pd.Series:
-    """Languages of a bounded random sample of ``texts`` (others NaN, which drift tests skip)."""
+def detect_language(text: str | None, max_chars: int = 200) -> str:
+    """Language of the first ``max_chars`` characters (langdetect, seeded, offline): ISO code or ``unknown``."""
+    if not text or not _LETTER.search(text[:max_chars]):
+        return "unknown"
+    return _detect_head(text[:max_chars])
+
+
+def detect_languages(texts: pd.Series, sample: int, seed: int = 0, max_chars: int = 200,
+                     keys: np.ndarray | None = None) -> pd.Series:  # fmt: skip
+    """Languages of a bounded sample of ``texts`` (others NaN: the drift test uses the sample only).
+
+    With ``keys`` (record ids) the sample is :func:`stable_sample`, else a seeded random one.
+    """
     out = pd.Series(np.nan, index=texts.index, dtype=object)
     if sample <= 0 or texts.empty:
         return out
-    idx = texts.sample(min(sample, len(texts)), random_state=seed).index if len(texts) > sample else texts.index
+    if len(texts) <= sample:
+        idx = texts.index
+    elif keys is not None:
+        idx = texts.index[stable_sample(keys, sample)]
+    else:
+        idx = texts.sample(sample, random_state=seed).index
     out.loc[idx] = [detect_language(t, max_chars) for t in texts.loc[idx]]
     return out
 
@@ -86,7 +115,8 @@ def compute_features(df: pd.DataFrame, positive_threshold: float = 0.5, language
     for c in ("latency_ms", "tokens_in", "tokens_out", "feedback_score"):
         out[c] = pd.to_numeric(df.get(c), errors="coerce").astype(float) if c in df else np.nan
     out["finish_reason"] = df["finish_reason"].fillna("none").astype(str) if "finish_reason" in df else "none"
-    out["language"] = detect_languages(prompt, language_sample, seed)
+    keys = df["id"].to_numpy() if "id" in df else None
+    out["language"] = detect_languages(prompt, language_sample, seed, keys=keys)
     out["is_refusal"] = response.map(lambda s: "yes" if REFUSAL_RE.search(s[:600]) else "no")
     out["is_apology"] = response.map(lambda s: "yes" if APOLOGY_RE.search(s[:600]) else "no")
     out["is_empty"] = np.where(response.str.strip().str.len() == 0, "yes", "no")
