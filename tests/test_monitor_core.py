@@ -194,7 +194,10 @@ def test_check_persists_and_is_idempotent(engine: Engine, pg_url: str, tmp_path:
     with engine.connect() as c:
         rows_w = c.execute(select(monitor_windows).order_by(monitor_windows.c.window_index)).mappings().all()
         assert [(r["status"], r["n_records"], r["ref_n"], r["ref_kind"]) for r in rows_w] == [
-            ("insufficient_data", 100, 0, "previous"), ("ok", 100, 100, "previous"), ("ok", 100, 200, "previous")]
+            ("insufficient_data", 100, 0, "previous"),
+            ("ok", 100, 100, "previous"),
+            ("ok", 100, 200, "previous"),
+        ]
         assert rows_w[2]["drifted"] is True and rows_w[2]["report_path"] == last.report_path
         assert rows_w[2]["ref_start"] == T0 and rows_w[2]["window_start"] == T0 + timedelta(seconds=200)
         feats = c.execute(select(drift_results).where(drift_results.c.window_id == rows_w[2]["id"])).mappings().all()

@@ -105,8 +105,10 @@ def test_quality_and_input_drift_detected(pg_url: str, tmp_path: Path) -> None:
     assert delay_b <= 2
     mb = _metrics(eng, "input")
     assert all(mb[i].get("drift.drifted") != 1 for i in range(switch_b)), "dataset drift before the switch"
-    print(f"\n(a) quality drift: switch at window {switch_a}, first alarm at {fired_a[0]} (delay {delay_a}); "
-          f"feedback+ {[round(ma[i].get('quality.feedback_positive_rate') or 0, 2) for i in sorted(ma)]}")
+    print(
+        f"\n(a) quality drift: switch at window {switch_a}, first alarm at {fired_a[0]} (delay {delay_a}); "
+        f"feedback+ {[round(ma[i].get('quality.feedback_positive_rate') or 0, 2) for i in sorted(ma)]}"
+    )
     print(f"(b) input drift: switch at window {switch_b}, prompt drift at {hit_b[0]} (delay {delay_b}); "
           f"drifted features there: {sorted(db[hit_b[0]])}")  # fmt: skip
     eng.dispose()
@@ -130,7 +132,9 @@ def test_no_drift_stays_quiet(pg_url: str, tmp_path: Path) -> None:
         for f in r.outcome.features if r.outcome else []:
             if f.drifted:
                 noisy[f.feature] = noisy.get(f.feature, 0) + 1
-    print(f"\n(c) no drift: {len(ok)} windows, dataset verdict drifted in {len(drifted)} ({rate:.1%}); "
-          f"single-feature flags: {noisy}")
+    print(
+        f"\n(c) no drift: {len(ok)} windows, dataset verdict drifted in {len(drifted)} ({rate:.1%}); "
+        f"single-feature flags: {noisy}"
+    )
     assert rate <= 0.05
     eng.dispose()
