@@ -155,6 +155,23 @@ def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: dateti
     return out[: s.max_windows_per_run]
 
 
+def _take(conn: Connection, q: Any, keys: list[str], segment: str, n: int) -> list[Any]:
+    """The first ``n`` rows of ``q`` in ``segment``, streamed: a long history is never read whole."""
+    if not keys:
+        return list(conn.execute(q.limit(n)).all())
+    out: list[Any] = []
+    res = conn.execute(q.execution_options(yield_per=5000))
+    try:
+        for r in res:
+            if segment_of(r[2], keys) == segment:
+                out.append(r)
+                if len(out) >= n:
+                    break
+    finally:
+        res.close()
+    return out
+
+
 def reference_for(conn: Connection, s: MonitorSettings, win: Window) -> Reference:
     """The reference records for ``win`` according to ``s.reference``."""
     ref = s.reference
@@ -167,7 +184,7 @@ def reference_for(conn: Connection, s: MonitorSettings, win: Window) -> Referenc
             q = base.where((c.ts < first[0]) | ((c.ts == first[0]) & (c.id < first[1]))).order_by(
                 c.ts.desc(), c.id.desc()
             )
-            rows = [r for r in conn.execute(q).all() if segment_of(r[2], s.segment_keys) == win.segment][:n]
+            rows = _take(conn, q, s.segment_keys, win.segment, n)
         else:
             span = timedelta(minutes=s.window.minutes * ref.windows)
             q = base.where(c.ts >= win.start - span, c.ts < win.start).order_by(c.id)
@@ -177,7 +194,7 @@ def reference_for(conn: Connection, s: MonitorSettings, win: Window) -> Referenc
         rows = [r for r in conn.execute(q).all() if segment_of(r[2], s.segment_keys) == win.segment]
     else:
         q = base.where(c.model_version == ref.model_version).order_by(c.id)
-        rows = [r for r in conn.execute(q).all() if segment_of(r[2], s.segment_keys) == win.segment][: ref.records]
+        rows = _take(conn, q, s.segment_keys, win.segment, ref.records)
     ids = tuple(sorted(int(r[0]) for r in rows))
     ts = [_aware(r[1]) for r in rows]
     return Reference(ref.kind, ids, min(ts) if ts else None, max(ts) if ts else None)
