@@ -130,13 +130,39 @@ def _run_report(cur: pd.DataFrame, ref: pd.DataFrame, num: list[str], cat: list[
     return out, snap
 
 
+def contingency_p_value(cur: pd.Series, ref: pd.Series, min_count: int = 5) -> float:
+    """Two-sample chi-square test of homogeneity on category counts; categories seen fewer than
+    ``min_count`` times in both samples together are pooled into one.
+
+    Unlike a goodness-of-fit test against the reference shares (Evidently's chi-square), a category
+    that one small sample happens to lack does not give an infinite statistic and a p-value of 0:
+    with a light language detector the rare, misdetected languages would otherwise flag most windows.
+    """
+    from scipy.stats import chi2_contingency
+
+    counts = pd.concat([cur.value_counts().rename("cur"), ref.value_counts().rename("ref")], axis=1).fillna(0)
+    rare = counts.sum(axis=1) < min_count
+    table = counts[~rare]
+    if rare.any():
+        table = pd.concat([table, counts[rare].sum().to_frame("<other>").T])
+    table = table[table.sum(axis=1) > 0]
+    if len(table) < 2 or (table.sum(axis=0) == 0).any():
+        return 1.0
+    return float(chi2_contingency(table.to_numpy().T)[1])
+
+
 def _categorical_on_sample(col: str, cur: pd.Series, ref: pd.Series, s: MonitorSettings) -> FeatureDrift:
     """Evidently's stattest for one categorical column, called directly on its non-missing values."""
     from evidently.legacy.calculations.stattests.registry import get_stattest
     from evidently.legacy.core import ColumnType
 
     m = s.methods
-    test = get_stattest(ref, cur, ColumnType.Categorical, m.per_column.get(col) or m.cat_method)
+    configured = m.per_column.get(col) or m.cat_method
+    if configured is None:
+        p = contingency_p_value(cur, ref)
+        return FeatureDrift(col, "categorical", "chi-square contingency p_value", p, m.thresholds.get(col, 0.05),
+                            p_value=p)  # fmt: skip
+    test = get_stattest(ref, cur, ColumnType.Categorical, configured)
     res = test(ref, cur, ColumnType.Categorical, m.thresholds.get(col))
     method = f"{test.display_name}"
     stat, thr = float(res.drift_score), float(res.actual_threshold)
