@@ -135,7 +135,9 @@ def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: dateti
     else:
         length = timedelta(minutes=w.minutes)
         secs = length.total_seconds()
-        rows = _light_rows(conn, model_id, None, bool(s.segment_keys))
+        # rows before the newest checked window's end belong to checked windows: not read again
+        since = min((v[1] for v in done.values()), default=None) if done else None
+        rows = _light_rows(conn, model_id, since, bool(s.segment_keys))
         horizon = now - timedelta(seconds=w.grace_s)
         by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
         for r in rows:
