@@ -178,7 +178,16 @@ def tabular_and_text_drift(cur: pd.DataFrame, ref: pd.DataFrame, s: MonitorSetti
     cat = [c for c in CATEGORICAL_FEATURES if c in cur]
     # A column known only on a sample (language) must be tested on that sample alone: inside the
     # Report its missing values would count as a category whose share differs between the sides.
-    sampled = [c for c in cat if cur[c].isna().any() or ref[c].isna().any()]
+    # Where Evidently would run its goodness-of-fit chi-square (>2 categories, reference <= 1000
+    # rows, no method configured), use the two-sample test instead: a rare category absent from a
+    # small reference (finish_reason=length, say) would otherwise read as certain drift.
+    m = s.methods
+
+    def small_multi(c: str) -> bool:
+        return (m.per_column.get(c) is None and m.cat_method is None and len(ref) <= 1000
+                and pd.concat([cur[c], ref[c]]).nunique() > 2)  # fmt: skip
+
+    sampled = [c for c in cat if cur[c].isna().any() or ref[c].isna().any() or small_multi(c)]
     cat = [c for c in cat if c not in sampled]
     results, snaps = [], []
     r, snap = _run_report(cur, ref, num, cat, [], s)

@@ -92,3 +92,32 @@ def test_time_windows_resume_after_partial_runs(pg_url: str, tmp_path: Path) -> 
     with eng.connect() as c:
         assert c.execute(select(func.count()).select_from(monitor_windows)).scalar_one() == 10
     eng.dispose()
+
+
+def test_rare_finish_reasons_do_not_read_as_drift_in_small_windows() -> None:
+    from monitor.config import MonitorSettings
+    from monitor.drift import tabular_and_text_drift
+    from monitor.features import compute_features
+
+    def frame(n: int, seed: int, p: list[float]) -> pd.DataFrame:
+        r = np.random.default_rng(seed)
+        return pd.DataFrame({"id": np.arange(n) + seed * 10_000, "prompt": ["how are you today"] * n,
+                             "response": ["fine, thanks"] * n, "latency_ms": r.normal(500, 50, n), "tokens_in": 4,
+                             "tokens_out": 2, "finish_reason": r.choice(["stop", "length", "tool_calls",
+                                                                          "content_filter"], n, p=p),
+                             "feedback_score": np.nan})  # fmt: skip
+
+    s = MonitorSettings(text_drift=False)
+    stable = [0.96, 0.02, 0.01, 0.01]
+    ps = []
+    for k in range(20):
+        cur = compute_features(frame(150, 2 * k, stable), language_sample=20)
+        ref = compute_features(frame(300, 2 * k + 1, stable), language_sample=20)
+        fr = next(f for f in tabular_and_text_drift(cur, ref, s)[0] if f.feature == "finish_reason")
+        assert fr.method == "chi-square contingency p_value"
+        ps.append(fr.p_value)
+    assert sum(p < 0.01 for p in ps) <= 2  # Evidently's goodness-of-fit chi-square: 6 of these 20
+    cur = compute_features(frame(150, 99, [0.6, 0.38, 0.01, 0.01]), language_sample=20)
+    ref = compute_features(frame(300, 98, stable), language_sample=20)
+    fr = next(f for f in tabular_and_text_drift(cur, ref, s)[0] if f.feature == "finish_reason")
+    assert fr.p_value is not None and fr.p_value < 1e-6
