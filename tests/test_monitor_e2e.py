@@ -113,10 +113,10 @@ def test_drift_detected_through_kafka_and_driftloop_run(
     assert not early, f"alerts before any drift: {early}"
     drifted_prompt = q(
         "select d.feature from drift_results d join monitor_windows w on w.id = d.window_id "
-        f"where w.model_id = 'assistant-input' and w.window_index = {ib} and d.drifted"
+        f"where w.model_id = 'assistant-input' and w.window_index between {switch_b} and {ib} and d.drifted"
     )
     # the evidence is on the input side: prompt text/embedding/length or the prompts' language
-    input_side = {"prompt", "prompt_embedding", "prompt_chars", "prompt_words", "tokens_in", "language"}
+    input_side = {"prompt", "prompt_embedding", "prompt_chars", "prompt_tokens", "prompt_words", "tokens_in", "language"}
     assert input_side & {r[0] for r in drifted_prompt}, drifted_prompt
     reports = q("select report_path from monitor_windows where report_path is not null")
     assert reports and all(Path(r[0]).exists() for r in reports)
