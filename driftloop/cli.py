@@ -50,6 +50,17 @@ def get_settings(config: Path | None, **overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
+def prepare(config: Path | None, log_level: str, migrate: bool) -> Settings:
+    """Start-up shared by long-running commands: logging, settings, optional migrations."""
+    setup_logging(log_level)
+    s = get_settings(config)
+    if migrate:
+        from driftloop.store.db import migrate as do_migrate
+
+        do_migrate(s.database.url)
+    return s
+
+
 @app.command("check-config")
 def check_config(file: Annotated[Path, typer.Argument(help="YAML settings/policy file to validate.")]) -> None:
     """Validate a settings file; print every problem with its path; exit 2 on error."""

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from driftloop.cli import ConfigOpt, get_settings, setup_logging
+from driftloop.cli import ConfigOpt, get_settings, prepare, setup_logging
 
 jobs_app = typer.Typer(help="Scheduled jobs: list them with their recent runs, run one now.", no_args_is_help=True)
 
@@ -27,12 +27,7 @@ def register(app: typer.Typer) -> None:
 
         Several daemons may share one database: all ingest, exactly one (the leader) runs the jobs.
         """
-        setup_logging(log_level)
-        s = get_settings(config)
-        if migrate:
-            from driftloop.store.db import migrate as do_migrate
-
-            do_migrate(s.database.url)
+        s = prepare(config, log_level, migrate)
         from driftloop.daemon import Daemon
         from driftloop.ingest.cli import install_signal_handlers
 

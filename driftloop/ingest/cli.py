@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from driftloop.cli import ConfigOpt, get_settings, setup_logging
+from driftloop.cli import ConfigOpt, get_settings, prepare
 from driftloop.ingest.produce import iter_jsonl, produce
 
 log = logging.getLogger("driftloop.cli")
@@ -47,12 +47,7 @@ def register(app: typer.Typer) -> None:
         stats_json: Annotated[Path | None, typer.Option(help="Write the final counters to this JSON file.")] = None,
     ) -> None:
         """Consume the configured Kafka topics into the database until SIGTERM/SIGINT."""
-        setup_logging(log_level)
-        s = get_settings(config)
-        if migrate:
-            from driftloop.store.db import migrate as do_migrate
-
-            do_migrate(s.database.url)
+        s = prepare(config, log_level, migrate)
         from driftloop.ingest.service import IngestService
 
         stop = threading.Event()

@@ -365,18 +365,22 @@ class IngestService:
             except Exception as e:  # the DB holds the truth; Kafka's copy is for lag tools
                 log.debug("Kafka offset commit skipped: %s", e)
 
-    def _update_lag(self) -> None:
-        """Export lag per partition; detect positions beyond the log end (the broker lost data)."""
-        beyond: dict[Any, int] = {}
+    def _positions(self) -> dict[Any, tuple[int | None, int | None]]:
+        """(high watermark, position) per assigned partition; None where not known yet."""
+        out: dict[Any, tuple[int | None, int | None]] = {}
         for tp in list(self._assigned):
-            hw = self.consumer.highwater(tp)
-            if hw is None:
-                continue
             try:
                 pos = self.consumer.position(tp, timeout_ms=0)
             except Exception:
-                continue
-            if pos is None:
+                pos = None
+            out[tp] = (self.consumer.highwater(tp), pos)
+        return out
+
+    def _update_lag(self) -> None:
+        """Export lag per partition; detect positions beyond the log end (the broker lost data)."""
+        beyond: dict[Any, int] = {}
+        for tp, (hw, pos) in self._positions().items():
+            if hw is None or pos is None:
                 continue
             if pos > hw:
                 # Some brokers (Tansu) answer a fetch beyond the log end with an empty batch instead of
@@ -391,18 +395,12 @@ class IngestService:
     def lag(self) -> int | None:
         """Total messages behind the high watermark over assigned partitions (None if unknown)."""
         total = 0
-        if not self._assigned:
-            return None
-        for tp in list(self._assigned):
-            hw = self.consumer.highwater(tp)
-            if hw is None:
+        positions = self._positions()
+        for hw, p in positions.values():
+            if hw is None or p is None:
                 return None
-            try:
-                pos = self.consumer.position(tp, timeout_ms=0)
-            except Exception:
-                return None
-            total += max(hw - (pos or 0), 0)
-        return total
+            total += max(hw - p, 0)
+        return total if positions else None
 
     # -- main loop ----------------------------------------------------------------------------
     def run(
