@@ -113,6 +113,7 @@ def _register_optional() -> None:
         ("monitor.cli", None),
         ("driftloop.daemon_cli", None),
         ("driftloop.demo", None),
+        ("retrain.cli", None),
     ]:
         try:
             m = importlib.import_module(mod)

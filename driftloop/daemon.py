@@ -47,6 +47,12 @@ class Daemon:
                 abandon_runs_of_others(self.engine, self.instance)
             except Exception:
                 log.exception("could not mark a previous leader's unfinished runs")
+            try:  # retrain jobs of a dead daemon can never finish: fail them, the champion is unchanged
+                from retrain.runner import recover_jobs
+
+                recover_jobs(self.engine, self.instance)
+            except Exception:
+                log.exception("could not mark a previous leader's unfinished retrain jobs")
             sched = make_scheduler(self.engine, self.settings)
             sched.start(paused=True)
             try:

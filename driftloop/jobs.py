@@ -277,6 +277,22 @@ def retention_once(ctx: JobContext, now: datetime | None = None) -> str:
     return "deleted " + (", ".join(done) if done else "nothing (retention disabled)") + note
 
 
+def retrain_check_once(ctx: JobContext, now: datetime | None = None) -> str:
+    """Evaluate the retrain policies; a triggered and allowed policy runs its retrain here (subprocess training)."""
+    (RetrainPolicyJob,) = optional_import("retrain.runner", "RetrainPolicyJob")
+    if not ctx.settings.retrain.policies:
+        return "no retrain policies"
+    out = RetrainPolicyJob(ctx.settings, ctx.engine, ctx.instance).run_once(now=now)
+    return "; ".join(f"{d.policy}: {d.action} ({d.reason})" for d in out)
+
+
+def promotion_watch_once(ctx: JobContext, now: datetime | None = None) -> str:
+    """Compare live quality after each newest promotion with before it; roll back when worse."""
+    (PromotionWatchJob,) = optional_import("retrain.watch", "PromotionWatchJob")
+    out = PromotionWatchJob(ctx.settings, ctx.engine).run_once(now=now)
+    return "; ".join(f"{r.family} {r.version}: {r.status}" for r in out) or "nothing promoted to watch"
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One scheduled job: its unit, the setting holding its interval, and its stored reference."""
@@ -301,6 +317,8 @@ JOBS: dict[str, JobSpec] = {
         JobSpec("quality_check", quality_check_once, "quality_check_s", "quality signals (same idempotent pass)"),
         JobSpec("policy_evaluation", policy_evaluation_once, "policy_evaluation_s", "alert policies"),
         JobSpec("retention", retention_once, "retention_s", "delete rows past their retention"),
+        JobSpec("retrain_check", retrain_check_once, "retrain_check_s", "retrain policies (may train inline)"),
+        JobSpec("promotion_watch", promotion_watch_once, "promotion_watch_s", "post-promotion watch and rollback"),
     )
 }
 
@@ -349,3 +367,13 @@ def alert_evaluation() -> None:
 def retention() -> None:
     """Scheduled: delete rows past their retention."""
     run_named("retention")
+
+
+def retrain_check() -> None:
+    """Scheduled: evaluate the retrain policies."""
+    run_named("retrain_check")
+
+
+def promotion_watch() -> None:
+    """Scheduled: post-promotion watch."""
+    run_named("promotion_watch")

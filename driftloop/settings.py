@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from driftloop.scheduler_config import SchedulerSettings
 from monitor.alerts.config import AlertSettings
 from monitor.config import MonitorSettings
+from retrain.config import RetrainSettings
 
 ENV_PREFIX = "DRIFTLOOP_"
 CONFIG_ENV = "DRIFTLOOP_CONFIG"
@@ -176,6 +177,7 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     data_dir: str = "driftloop-data"
 
     @classmethod
@@ -291,4 +293,7 @@ def cross_check(settings: Settings) -> list[str]:
     except ImportError:  # pragma: no cover - filled in by the alerting module
         return problems
     problems.extend(cross_check_alerts(settings))
+    from retrain.config import cross_check_retrain
+
+    problems.extend(cross_check_retrain(settings))
     return problems

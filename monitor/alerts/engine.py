@@ -255,7 +255,9 @@ class AlertEvaluationJob:
         msg = "closed: its rule is no longer in the alert policy"
         with self.engine.begin() as conn:
             res = conn.execute(
-                update(alerts).where(alerts.c.state.in_(OPEN_STATES), alerts.c.rule.not_in(names))
+                # retrain.* alerts (e.g. retrain.rollback) are raised by the retrain loop, not by a rule
+                update(alerts).where(alerts.c.state.in_(OPEN_STATES), alerts.c.rule.not_in(names),
+                                     alerts.c.rule.not_like("retrain.%"))
                 .values(state="resolved", resolved_at=now, last_evaluated_at=now, message=msg)
             )  # fmt: skip
         if res.rowcount:

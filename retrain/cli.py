@@ -1,0 +1,275 @@
+"""CLI: ``driftloop retrain run|status|cancel`` and ``driftloop models list|show|promote|rollback|approve|reject``."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from driftloop.cli import ConfigOpt, get_settings, setup_logging
+
+retrain_app = typer.Typer(help="Retrain runs: fine-tune, gate, promote.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry: versions, champion, promotion and rollback.", no_args_is_help=True)
+
+
+def _ctx(config: Path | None) -> tuple[Any, Any]:
+    from driftloop.store.db import create_engine_from_url
+
+    s = get_settings(config)
+    return s, create_engine_from_url(s.database.url)
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _instance() -> str:
+    from driftloop.jobs import default_instance
+
+    return default_instance() + ":cli"
+
+
+@retrain_app.command("run")
+def run(
+    policy: Annotated[str, typer.Argument(help="Retrain policy name (retrain.policies[].name).")],
+    config: ConfigOpt = None,
+    force: Annotated[
+        bool, typer.Option(help="Run even if not triggered, in cooldown or over max_runs_per_day.")
+    ] = False,
+) -> None:
+    """Run one retrain of POLICY now, in the foreground: dataset, training, gate, promotion."""
+    setup_logging("WARNING")
+    from retrain.runner import RetrainError, RetrainPolicyJob, RetrainRunner, find_policy
+
+    s, eng = _ctx(config)
+    try:
+        p = find_policy(s, policy)
+    except RetrainError as e:
+        _fail(str(e), 2)
+        return
+    runner = RetrainRunner(s, eng, _instance(), echo=typer.echo)
+    trigger: dict[str, Any] = {"kind": "manual", "forced": force}
+    if not force:
+        trig, why = RetrainPolicyJob(s, eng, _instance(), runner=runner).check(p, datetime.now(UTC))
+        if trig is None:
+            _fail(f"policy {policy} may not run now: {why} (use --force to run anyway)")
+            return
+        trigger = {**trig, "kind": "manual"}
+    out = runner.run(p, trigger)
+    typer.echo(f"job {out.job_id}: {out.status}: {out.message}")
+    raise typer.Exit(0 if out.status == "succeeded" else 1)
+
+
+@retrain_app.command("status")
+def status(
+    job_id: Annotated[int | None, typer.Argument(help="Job id (default: the 20 newest jobs).")] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show retrain jobs: status, stage, progress, timings, log path."""
+    from sqlalchemy import select
+
+    from retrain.tables import retrain_jobs
+
+    _s, eng = _ctx(config)
+    q = select(retrain_jobs).order_by(retrain_jobs.c.id.desc())
+    q = q.where(retrain_jobs.c.id == job_id) if job_id is not None else q.limit(20)
+    with eng.connect() as c:
+        rows = [dict(r) for r in c.execute(q).mappings()]
+    if job_id is not None and not rows:
+        _fail(f"no retrain job {job_id}")
+    if as_json:
+        typer.echo(json.dumps(rows, default=str, indent=1))
+        return
+    if not rows:
+        typer.echo("no retrain jobs yet")
+        return
+    for r in rows:
+        typer.echo(f"#{r['id']:<4} {r['policy']:<20} {r['status']:<10} {r['stage'] or '-':<11} "
+                   f"{100 * (r['progress'] or 0):5.1f}%  created {r['created_at']:%Y-%m-%d %H:%M:%S}  "
+                   f"{(r['error'] or r['message'] or '').splitlines()[0][:100] if (r['error'] or r['message']) else ''}")  # fmt: skip
+        if job_id is not None:
+            typer.echo(f"  logs: {r['logs_path']}\n  timings: {r['timings']}\n  trigger: {r['trigger']}")
+            if r["error"]:
+                typer.echo(f"  error: {r['error']}")
+
+
+@retrain_app.command("cancel")
+def cancel(job_id: Annotated[int, typer.Argument(help="Job id.")], config: ConfigOpt = None) -> None:
+    """Ask a queued or running job to stop (the training subprocess is terminated; the champion is unchanged)."""
+    from retrain.runner import RetrainError, request_cancel
+
+    _s, eng = _ctx(config)
+    try:
+        st = request_cancel(eng, job_id)
+    except RetrainError as e:
+        _fail(str(e))
+        return
+    typer.echo(f"job {job_id}: {st}")
+
+
+# -- models ---------------------------------------------------------------------------------------
+@models_app.command("list")
+def models_list(
+    family: Annotated[str | None, typer.Argument(help="Model family (default: all).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List versions with status and aliases."""
+    from retrain.registry import ModelRegistry
+
+    _s, eng = _ctx(config)
+    reg = ModelRegistry(eng)
+    vs = reg.versions(family)
+    if not vs:
+        typer.echo("no model versions registered yet")
+        return
+    aliases: dict[str, dict[int, list[str]]] = {}
+    for f in {v.family for v in vs}:
+        inv: dict[int, list[str]] = {}
+        for a, vid in reg.aliases(f).items():
+            inv.setdefault(vid, []).append(a)
+        aliases[f] = inv
+    for v in vs:
+        primary = (v.gate or {}).get("primary")
+        comp = next((c for c in (v.gate or {}).get("comparisons", []) if c["metric"] == primary
+                     and c["suite"] == "heldout"), None)  # fmt: skip
+        gate = f"{primary} {comp['improvement']:+.3f} [{comp['ci_low']:+.3f},{comp['ci_high']:+.3f}]" if comp else ""
+        tags = ",".join(aliases[v.family].get(v.id, []))
+        typer.echo(f"{v.family:<20} {v.version:<5} {v.status:<16} {tags:<17} job {v.job_id or '-':<4} {gate}")
+
+
+@models_app.command("show")
+def models_show(
+    family: Annotated[str, typer.Argument(help="Model family.")],
+    version: Annotated[str, typer.Argument(help="Version label (v3) or id.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Show one version: lineage, dataset, config, gate decision and its audit log."""
+    from retrain.gate import GateDecision
+    from retrain.registry import ModelRegistry, RegistryError
+
+    _s, eng = _ctx(config)
+    reg = ModelRegistry(eng)
+    try:
+        v = reg.find(family, version)
+    except RegistryError as e:
+        _fail(str(e))
+        return
+    d = v.to_dict()
+    gate = d.pop("gate")
+    typer.echo(json.dumps({k: d[k] for k in d if k not in ("config", "metrics")}, indent=1, default=str))
+    if v.config:
+        typer.echo("config: " + json.dumps(v.config, default=str))
+    if gate:
+        typer.echo(GateDecision.from_dict(gate).summary())
+    typer.echo("audit log:")
+    for e in reg.events(family, v.id):
+        typer.echo(f"  {e['at']:%Y-%m-%d %H:%M:%S} {e['action']:<16} {e['from_status'] or '-'} -> "
+                   f"{e['to_status'] or '-'} by {e['actor']}: {(e['reason'] or '')[:200]}")  # fmt: skip
+
+
+def _targets(s: Any, family: str) -> list[Any]:
+    from retrain.runner import targets_for_family
+
+    return targets_for_family(s, family)
+
+
+@models_app.command("promote")
+def models_promote(
+    family: Annotated[str, typer.Argument(help="Model family.")],
+    version: Annotated[str, typer.Argument(help="Version label (v3) or id.")],
+    config: ConfigOpt = None,
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "manual promotion",
+    actor: Annotated[str, typer.Option(help="Who (kept in the audit log).")] = "cli",
+) -> None:
+    """Promote a version to champion on every target, then in the registry (all or nothing)."""
+    from retrain.registry import ModelRegistry, RegistryError
+
+    s, eng = _ctx(config)
+    reg = ModelRegistry(eng)
+    try:
+        v = reg.promote(reg.find(family, version).id, _targets(s, family), actor=actor, reason=reason,
+                        retries=s.retrain.promotion_retries)  # fmt: skip
+    except RegistryError as e:
+        _fail(str(e))
+        return
+    typer.echo(f"{family} {v.version} is the champion")
+
+
+@models_app.command("approve")
+def models_approve(
+    family: Annotated[str, typer.Argument(help="Model family.")],
+    version: Annotated[str, typer.Argument(help="Version label (v3) or id.")],
+    config: ConfigOpt = None,
+    actor: Annotated[str, typer.Option(help="Who approves (kept in the audit log).")] = "cli",
+) -> None:
+    """Approve a version that passed the gate and waits for manual approval; promotes it."""
+    from retrain.registry import ModelRegistry, RegistryError
+
+    s, eng = _ctx(config)
+    reg = ModelRegistry(eng)
+    try:
+        v = reg.find(family, version)
+        if v.status != "pending_approval":
+            raise RegistryError(f"{family} {v.version} is {v.status}, not pending_approval")
+        reg.set_status(v.id, "approved", actor, "approved by a person", action="approved")
+        v = reg.promote(v.id, _targets(s, family), actor=actor, reason=f"approved by {actor}",
+                        retries=s.retrain.promotion_retries)  # fmt: skip
+    except RegistryError as e:
+        _fail(str(e))
+        return
+    typer.echo(f"{family} {v.version} approved and promoted")
+
+
+@models_app.command("reject")
+def models_reject(
+    family: Annotated[str, typer.Argument(help="Model family.")],
+    version: Annotated[str, typer.Argument(help="Version label (v3) or id.")],
+    config: ConfigOpt = None,
+    reason: Annotated[str, typer.Option(help="Why.")] = "rejected by a person",
+    actor: Annotated[str, typer.Option(help="Who.")] = "cli",
+) -> None:
+    """Reject a version waiting for approval."""
+    from retrain.registry import ModelRegistry, RegistryError
+
+    _s, eng = _ctx(config)
+    reg = ModelRegistry(eng)
+    try:
+        v = reg.find(family, version)
+        if v.status != "pending_approval":
+            raise RegistryError(f"{family} {v.version} is {v.status}, not pending_approval")
+        reg.set_status(v.id, "rejected", actor, reason)
+    except RegistryError as e:
+        _fail(str(e))
+        return
+    typer.echo(f"{family} {v.version} rejected")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    family: Annotated[str, typer.Argument(help="Model family.")],
+    config: ConfigOpt = None,
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "manual rollback",
+    actor: Annotated[str, typer.Option(help="Who.")] = "cli",
+) -> None:
+    """Serve the previous champion again on every target; the current one becomes rolled_back."""
+    from retrain.registry import ModelRegistry, RegistryError
+
+    s, eng = _ctx(config)
+    reg = ModelRegistry(eng)
+    try:
+        v = reg.rollback(family, _targets(s, family), actor=actor, reason=reason, retries=s.retrain.promotion_retries)
+    except RegistryError as e:
+        _fail(str(e))
+        return
+    typer.echo(f"{family}: rolled back; {v.version} is the champion again")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the retrain and models commands to the root CLI."""
+    app.add_typer(retrain_app, name="retrain")
+    app.add_typer(models_app, name="models")

@@ -1,0 +1,196 @@
+"""Settings of the retrain loop: policies, promotion targets and the post-promotion watch.
+
+This module imports only pydantic (no torch): the daemon validates retrain policies with
+``driftloop check-config`` even where the ``retrain`` extra is not installed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from connectors.config import TargetSettings
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from monitor.alerts.grammar import ConditionError, parse_condition
+
+GATE_METRICS = ("perplexity", "rouge_l", "bleu", "exact_match")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class TriggerSettings(_Section):
+    """When a policy wants a retrain: any of the named alerts open, or the condition true on the latest window."""
+
+    alerts: list[str] = Field(default_factory=list, description="alert rule names; an open alert of one triggers")
+    condition: str | None = Field(None, description="a condition over the latest window's metrics (alert grammar)")
+
+    @field_validator("condition")
+    @classmethod
+    def _parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_condition(v)
+            except ConditionError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> TriggerSettings:
+        if not self.alerts and not self.condition:
+            raise ValueError("a trigger needs alerts (rule names) and/or a condition")
+        return self
+
+
+class DataSettings(_Section):
+    """Which production records become training data."""
+
+    lookback_hours: float = Field(24.0 * 7, gt=0, description="only records newer than this")
+    positive_feedback_min: float = Field(0.5, description="feedback score at or above which a record is 'good'")
+    use_corrections: bool = Field(True, description="a feedback correction replaces the response")
+    drop_refusals: bool = True
+    drop_empty: bool = True
+    dedupe: Literal["none", "exact", "near"] = Field("near", description="near: case/space/punctuation-insensitive")
+    max_samples: int = Field(20_000, gt=0)
+    min_response_chars: int = Field(1, ge=0)
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="the newest share of records, held out for evaluation")
+    min_eval_samples: int = Field(20, gt=0)
+
+
+class LoraSettings(_Section):
+    """LoRA adapter shape; target_modules empty = chosen per architecture."""
+
+    r: int = Field(8, gt=0, le=1024)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=list)
+
+
+class TrainingSettings(_Section):
+    """Optimisation settings of one fine-tuning run."""
+
+    epochs: float = Field(1.0, gt=0, le=100)
+    max_steps: int = Field(-1, ge=-1, description=">0 overrides epochs")
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    batch_size: int = Field(8, gt=0)
+    batch_tokens: int = Field(0, ge=0, description=">0: token-budget batching (real tokens per step)")
+    max_length: int = Field(512, gt=8)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    seed: int = 0
+    timeout_minutes: float = Field(120.0, gt=0, description="the training subprocess is killed after this")
+
+
+class GateSettings(_Section):
+    """The statistical promotion gate (paired bootstrap over held-out examples)."""
+
+    primary: Literal["perplexity", "rouge_l", "bleu", "exact_match"] = "perplexity"
+    min_improvement: float = Field(0.0, description="lower bound the primary's interval must exceed")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    n_bootstrap: int = Field(2000, ge=100, le=100_000)
+    guards: dict[str, float] = Field(default_factory=lambda: {"rouge_l": 0.02})
+    min_examples: int = Field(20, gt=0)
+    golden_set: str | None = Field(None, description="JSONL of {prompt, reference}: a pinned evaluation suite")
+    max_new_tokens: int = Field(64, gt=0, le=4096)
+    generate: bool = Field(True, description="generate answers for ROUGE-L/BLEU/exact match (perplexity needs none)")
+
+    @field_validator("guards")
+    @classmethod
+    def _known(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, tol in v.items():
+            if k not in GATE_METRICS:
+                raise ValueError(f"unknown guard metric {k!r}; use one of {list(GATE_METRICS)}")
+            if tol < 0:
+                raise ValueError(f"guard {k}: tolerance must be >= 0 (got {tol})")
+        return v
+
+    @model_validator(mode="after")
+    def _primary_not_guard(self) -> GateSettings:
+        if self.primary in self.guards:
+            raise ValueError(f"{self.primary} is the primary metric; remove it from guards")
+        return self
+
+
+class PolicySettings(_Section):
+    """A retrain policy: when to retrain which model family, on what data, and how to decide."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    model_id: str = Field(min_length=1, description="the model family: interactions.model_id of its traffic")
+    base_model: str = Field(min_length=1, description="local Hugging Face model directory (the first champion)")
+    trigger: TriggerSettings
+    min_new_samples: int = Field(200, gt=0, description="eligible records since the last run")
+    cooldown_minutes: float = Field(360.0, ge=0)
+    max_runs_per_day: int = Field(4, gt=0)
+    approval: Literal["auto", "manual"] = "auto"
+    data: DataSettings = Field(default_factory=DataSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    targets: list[str] = Field(default_factory=list, description="promotion target names (retrain.targets)")
+    enabled: bool = True
+
+
+class WatchSettings(_Section):
+    """Post-promotion watch: compare live quality after a promotion with the windows before it."""
+
+    enabled: bool = True
+    windows: int = Field(3, gt=0, description="N windows after the promotion vs the N before")
+    metric: str = Field("quality.feedback_positive_rate", description="a per-window metric (see docs/alerts.md)")
+    higher_is_better: bool = True
+    tolerance: float = Field(0.05, ge=0, description="roll back when after < before - tolerance (or > for lower)")
+    channels: list[str] = Field(default_factory=lambda: ["log"], description="alert channels told of a rollback")
+
+
+class RetrainSettings(_Section):
+    """The improvement loop: policies, targets, the watch and where artifacts go."""
+
+    enabled: bool = True
+    policies: list[PolicySettings] = Field(default_factory=list)
+    targets: list[TargetSettings] = Field(default_factory=list)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    artifacts_dir: str | None = Field(None, description="datasets, adapters and logs (default: <data_dir>/retrain)")
+    promotion_retries: int = Field(2, ge=0, le=10, description="whole-promotion retries after a target fails")
+    python: str | None = Field(None, description="interpreter for the training subprocess (default: this one)")
+
+    @field_validator("policies")
+    @classmethod
+    def _unique(cls, v: list[PolicySettings]) -> list[PolicySettings]:
+        names = [p.name for p in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate policy name(s): {dup}")
+        return v
+
+
+def cross_check_retrain(settings: object) -> list[str]:
+    """Policies naming unknown alert rules, targets or metrics; ``path: message`` lines."""
+    from monitor.metrics import is_known_metric
+
+    r: RetrainSettings = settings.retrain  # type: ignore[attr-defined]
+    rules = {x.name for x in settings.alerts.rules}  # type: ignore[attr-defined]
+    channels = {c.name for c in settings.alerts.channels}  # type: ignore[attr-defined]
+    targets = [t.name for t in r.targets]
+    problems: list[str] = []
+    dup = sorted({n for n in targets if targets.count(n) > 1})
+    if dup:
+        problems.append(f"retrain.targets: duplicate target name(s) {dup}")
+    for i, p in enumerate(r.policies):
+        for j, a in enumerate(p.trigger.alerts):
+            if a not in rules:
+                problems.append(f"retrain.policies.{i}.trigger.alerts.{j}: unknown alert rule {a!r}; "
+                                f"defined: {sorted(rules)}")  # fmt: skip
+        if p.trigger.condition:
+            for m in sorted(parse_condition(p.trigger.condition).metrics()):
+                if not is_known_metric(m):
+                    problems.append(f"retrain.policies.{i}.trigger.condition: unknown metric {m!r}")
+        for j, t in enumerate(p.targets):
+            if t not in targets:
+                problems.append(
+                    f"retrain.policies.{i}.targets.{j}: unknown target {t!r}; configured: {sorted(targets)}"
+                )
+    if not is_known_metric(r.watch.metric):
+        problems.append(f"retrain.watch.metric: unknown metric {r.watch.metric!r}")
+    for j, ch in enumerate(r.watch.channels):
+        if ch not in channels:
+            problems.append(f"retrain.watch.channels.{j}: unknown channel {ch!r}; configured: {sorted(channels)}")
+    return problems

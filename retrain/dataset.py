@@ -1,0 +1,200 @@
+"""Build a versioned training snapshot from production traffic.
+
+Eligible records are interactions of the policy's model with positive feedback or a correction (the
+correction replaces the response). Refusals, empties and exact or near duplicates are dropped, the
+newest ``eval_fraction`` is held out for evaluation (split by time, and an evaluation prompt that
+also occurs in training is dropped from evaluation), and the result is written as JSONL plus a
+manifest with the row counts, time range, filters and a content hash. The directory name carries the
+hash, so the same data gives the same snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, or_, select
+
+from driftloop.store.models import feedback, interactions
+from retrain.config import DataSettings
+
+_REFUSAL_RE: re.Pattern[str] | None = None
+_NEAR_RE = re.compile(r"[\W_]+", re.UNICODE)
+
+
+class DatasetError(Exception):
+    """No usable snapshot (too few eligible records, ...): the message says what was found."""
+
+
+def _refusal_re() -> re.Pattern[str]:
+    global _REFUSAL_RE
+    if _REFUSAL_RE is None:
+        from monitor.features import REFUSAL_RE
+
+        _REFUSAL_RE = REFUSAL_RE
+    return _REFUSAL_RE
+
+
+def near_key(text: str) -> str:
+    """Case-, whitespace- and punctuation-insensitive key (near-duplicate detection)."""
+    return _NEAR_RE.sub(" ", text.casefold()).strip()
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+@dataclass
+class Snapshot:
+    """A dataset snapshot on disk."""
+
+    path: Path
+    manifest: dict[str, Any]
+    train: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    eval: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def content_hash(self) -> str:
+        return str(self.manifest["content_hash"])
+
+
+def _eligible_query(model_id: str, since: datetime, until: datetime, positive_min: float, use_corrections: bool) -> Any:
+    cond = feedback.c.score >= positive_min
+    if use_corrections:
+        cond = or_(cond, and_(feedback.c.correction.is_not(None), feedback.c.correction != ""))
+    return (
+        select(
+            interactions.c.request_id,
+            interactions.c.ts,
+            interactions.c.prompt,
+            interactions.c.response,
+            feedback.c.score,
+            feedback.c.correction,
+            feedback.c.ts.label("fb_ts"),
+        )
+        .join(feedback, feedback.c.request_id == interactions.c.request_id)
+        .where(interactions.c.model_id == model_id, interactions.c.ts >= since, interactions.c.ts < until, cond)
+    )
+
+
+def count_eligible(engine: Engine, model_id: str, since: datetime, until: datetime, data: DataSettings) -> int:
+    """Records of ``model_id`` in [since, until) with positive feedback or a correction (before filtering)."""
+    q = _eligible_query(model_id, since, until, data.positive_feedback_min, data.use_corrections).subquery()
+    with engine.connect() as c:
+        return int(c.execute(select(func.count(func.distinct(q.c.request_id)))).scalar_one())
+
+
+def select_records(engine: Engine, model_id: str, data: DataSettings, now: datetime | None = None,
+                   since: datetime | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:  # fmt: skip
+    """Eligible, filtered, de-duplicated records in time order, and counts of what was dropped and why."""
+    now = now or datetime.now(UTC)
+    since = since or now - timedelta(hours=data.lookback_hours)
+    q = _eligible_query(model_id, since, now, data.positive_feedback_min, data.use_corrections)
+    by_req: dict[str, dict[str, Any]] = {}
+    with engine.connect() as c:
+        for row in c.execute(q.order_by(interactions.c.ts, feedback.c.ts)).mappings():
+            rec = by_req.setdefault(row["request_id"], {
+                "request_id": row["request_id"], "ts": _aware(row["ts"]), "prompt": row["prompt"],
+                "response": row["response"] or "", "source": "feedback"})  # fmt: skip
+            if data.use_corrections and row["correction"]:
+                rec["response"] = row["correction"]  # the latest correction wins (rows are in feedback time order)
+                rec["source"] = "correction"
+    dropped = {"refusal": 0, "empty": 0, "duplicate": 0, "cap": 0}
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for rec in sorted(by_req.values(), key=lambda r: (r["ts"], r["request_id"])):
+        resp = rec["response"].strip()
+        if data.drop_empty and (len(resp) < max(1, data.min_response_chars) or not rec["prompt"].strip()):
+            dropped["empty"] += 1
+            continue
+        if data.drop_refusals and rec["source"] != "correction" and _refusal_re().search(resp[:600]):
+            dropped["refusal"] += 1
+            continue
+        if data.dedupe != "none":
+            k = (near_key(rec["prompt"]) + "\x00" + near_key(resp)) if data.dedupe == "near" else (
+                rec["prompt"] + "\x00" + resp)  # fmt: skip
+            if k in seen:
+                dropped["duplicate"] += 1
+                continue
+            seen.add(k)
+        out.append(rec)
+    if len(out) > data.max_samples:  # keep the newest
+        dropped["cap"] = len(out) - data.max_samples
+        out = out[-data.max_samples :]
+    return out, dropped
+
+
+def split_by_time(records: list[dict[str, Any]], eval_fraction: float) -> tuple[list[dict[str, Any]],
+                                                                               list[dict[str, Any]]]:  # fmt: skip
+    """Oldest share for training, newest for evaluation; eval prompts seen in training are removed from eval."""
+    n_eval = max(1, round(len(records) * eval_fraction)) if records else 0
+    train, ev = records[: len(records) - n_eval], records[len(records) - n_eval :]
+    train_prompts = {near_key(r["prompt"]) for r in train}
+    return train, [r for r in ev if near_key(r["prompt"]) not in train_prompts]
+
+
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    return {"request_id": r["request_id"], "ts": r["ts"].isoformat(), "prompt": r["prompt"],
+            "response": r["response"], "source": r["source"]}  # fmt: skip
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(_row(r), ensure_ascii=False, sort_keys=True).encode() + b"\n" for r in rows)
+
+
+def build_snapshot(engine: Engine, model_id: str, data: DataSettings, out_root: str | Path, *,
+                   policy: str = "manual", now: datetime | None = None) -> Snapshot:  # fmt: skip
+    """Select, filter and split the records; write ``train.jsonl``, ``eval.jsonl`` and ``manifest.json``.
+
+    Raises DatasetError when there is too little data to train and evaluate.
+    """
+    now = now or datetime.now(UTC)
+    records, dropped = select_records(engine, model_id, data, now)
+    train, ev = split_by_time(records, data.eval_fraction)
+    if len(ev) < data.min_eval_samples or not train:
+        raise DatasetError(
+            f"{len(records)} eligible record(s) for model {model_id!r} in the last {data.lookback_hours:g} h "
+            f"({len(train)} train, {len(ev)} eval; need >= {data.min_eval_samples} eval) after dropping {dropped}; "
+            "wait for more feedback or lower retrain.policies[].data.min_eval_samples")  # fmt: skip
+    train_b, eval_b = _jsonl(train), _jsonl(ev)
+    digest = hashlib.sha256(b"train\n" + train_b + b"eval\n" + eval_b).hexdigest()
+    manifest = {
+        "policy": policy, "model_id": model_id, "content_hash": digest, "created_at": now.isoformat(),
+        "rows": len(train) + len(ev), "train_rows": len(train), "eval_rows": len(ev),
+        "time_range": {"from": records[0]["ts"].isoformat(), "to": records[-1]["ts"].isoformat(),
+                       "train_until": train[-1]["ts"].isoformat(), "eval_from": ev[0]["ts"].isoformat()},
+        "filters": data.model_dump(), "dropped": dropped,
+        "sources": {s: sum(1 for r in records if r["source"] == s) for s in ("feedback", "correction")},
+    }  # fmt: skip
+    final = Path(out_root) / f"{policy}-{digest[:12]}"
+    if not (final / "manifest.json").exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+        (tmp / "train.jsonl").write_bytes(train_b)
+        (tmp / "eval.jsonl").write_bytes(eval_b)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+        try:
+            os.replace(tmp, final)  # the snapshot appears whole or not at all
+        except OSError:  # another builder won the race with identical content
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Snapshot(final, manifest, [_row(r) for r in train], [_row(r) for r in ev])
+
+
+def load_snapshot(path: str | Path) -> Snapshot:
+    """Read a snapshot written by :func:`build_snapshot`."""
+    p = Path(path)
+    manifest = json.loads((p / "manifest.json").read_text(encoding="utf-8"))
+
+    def rows(name: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in (p / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    return Snapshot(p, manifest, rows("train.jsonl"), rows("eval.jsonl"))

@@ -1,0 +1,439 @@
+"""Retrain runs: trigger checks, the job lifecycle, the training subprocess, the gate and promotion.
+
+A run is one ``retrain_jobs`` row: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` |
+``cancelled``. The daemon builds the dataset snapshot, starts ``python -m retrain.worker`` (training
+and scoring happen there, so ingestion and monitoring keep their CPU time and a crash in torch cannot
+take the daemon down), copies its progress into the row, then applies the gate, registers the
+candidate and, if the gate passed and the policy approves automatically, promotes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from connectors.abc import PromotionTarget
+from sqlalchemy import Engine, and_, func, insert, select, update
+
+from retrain.config import PolicySettings
+from retrain.dataset import DatasetError, build_snapshot, count_eligible
+from retrain.registry import ModelRegistry, ModelVersion, PromotionFailed
+from retrain.tables import retrain_jobs
+
+log = logging.getLogger("driftloop.retrain")
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class RetrainError(Exception):
+    """A run that cannot start or failed; the message says what to do."""
+
+
+def artifacts_dir(settings: Any) -> Path:
+    return Path(settings.retrain.artifacts_dir or Path(settings.data_dir) / "retrain")
+
+
+def find_policy(settings: Any, name: str) -> PolicySettings:
+    for p in settings.retrain.policies:
+        if p.name == name:
+            return p
+    names = [p.name for p in settings.retrain.policies]
+    raise RetrainError(f"no retrain policy named {name!r}; configured: {names or 'none (see retrain.policies)'}")
+
+
+def build_promotion_targets(settings: Any, names: list[str] | None = None) -> list[PromotionTarget]:
+    """The configured targets (all, or those named), in configuration order."""
+    from connectors.registry import build_target
+
+    out = []
+    for t in settings.retrain.targets:
+        if names is None or t.name in names:
+            out.append(build_target(t, default_bootstrap=list(settings.kafka.bootstrap_servers)))
+    return out
+
+
+def targets_for_family(settings: Any, family: str) -> list[PromotionTarget]:
+    """Targets named by the family's policies (all configured targets if no policy names any)."""
+    names = sorted({t for p in settings.retrain.policies if p.model_id == family for t in p.targets})
+    return build_promotion_targets(settings, names or None)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def recover_jobs(engine: Engine, instance: str) -> int:
+    """Mark jobs left ``queued``/``running`` by another (dead) instance as failed; kill their orphan worker.
+
+    Called when a daemon starts (and by ``driftloop retrain status``): a job whose daemon died
+    cannot finish, because only that daemon would have read its result.
+    """
+    with engine.begin() as c:
+        rows = c.execute(select(retrain_jobs.c.id, retrain_jobs.c.pid, retrain_jobs.c.instance).where(
+            retrain_jobs.c.status.in_(("queued", "running")), retrain_jobs.c.instance != instance)).all()  # fmt: skip
+        for r in rows:
+            if r.pid and r.instance and r.instance.split(":")[0] == os.uname().nodename:
+                try:  # the worker notices a dead parent by itself; this is a second line of defence
+                    os.kill(int(r.pid), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            c.execute(update(retrain_jobs).where(retrain_jobs.c.id == r.id).values(
+                status="failed", finished_at=_now(), stage="done",
+                error=f"abandoned: the daemon running it ({r.instance}) stopped before it finished; "
+                      "the champion is unchanged. Run `driftloop retrain run POLICY` to try again."))  # fmt: skip
+    if rows:
+        log.warning("marked %d retrain job(s) of a stopped daemon as failed", len(rows))
+    return len(rows)
+
+
+@dataclass
+class RunOutcome:
+    """What a run did."""
+
+    job_id: int
+    status: str
+    version: ModelVersion | None = None
+    promoted: bool = False
+    gate: dict[str, Any] | None = None
+    message: str = ""
+
+
+class RetrainRunner:
+    """Runs retrain jobs for the policies of one settings tree."""
+
+    def __init__(self, settings: Any, engine: Engine, instance: str, *,
+                 targets: Mapping[str, PromotionTarget] | None = None,
+                 echo: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        self.settings = settings
+        self.engine = engine
+        self.instance = instance
+        self.registry = ModelRegistry(engine)
+        self._targets = dict(targets) if targets is not None else None
+        self.echo = echo or (lambda s: log.info("%s", s))
+
+    # -- job rows --------------------------------------------------------------------------------
+    def _update(self, job_id: int, **values: Any) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(retrain_jobs).where(retrain_jobs.c.id == job_id).values(**values))
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        with self.engine.connect() as c:
+            row = c.execute(select(retrain_jobs).where(retrain_jobs.c.id == job_id)).mappings().first()
+        if row is None:
+            raise RetrainError(f"no retrain job {job_id}; see `driftloop retrain status`")
+        return dict(row)
+
+    def create_job(self, policy: PolicySettings, trigger: dict[str, Any]) -> int:
+        with self.engine.begin() as c:
+            return int(c.execute(insert(retrain_jobs).returning(retrain_jobs.c.id), {
+                "policy": policy.name, "model_id": policy.model_id, "status": "queued", "trigger": trigger,
+                "stage": "queued", "progress": 0.0, "instance": self.instance, "cancel_requested": False,
+                "created_at": _now()}).scalar_one())  # fmt: skip
+
+    def targets(self, policy: PolicySettings) -> list[PromotionTarget]:
+        if self._targets is not None:
+            return [self._targets[n] for n in policy.targets if n in self._targets]
+        return build_promotion_targets(self.settings, list(policy.targets))
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self, policy: PolicySettings, trigger: dict[str, Any] | None = None,
+            job_id: int | None = None) -> RunOutcome:  # fmt: skip
+        """Run one retrain of ``policy`` to the end (dataset, training, gate, registry, promotion)."""
+        job_id = job_id or self.create_job(policy, trigger or {"kind": "manual"})
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        work = artifacts_dir(self.settings) / "jobs" / f"job-{job_id}"
+        work.mkdir(parents=True, exist_ok=True)
+        self._update(job_id, status="running", started_at=_now(), stage="dataset", work_dir=str(work),
+                     logs_path=str(work / "train.log"), instance=self.instance)  # fmt: skip
+        try:
+            out = self._run(policy, job_id, work, timings)
+        except Exception as e:
+            status = "cancelled" if isinstance(e, _Cancelled) else "failed"
+            msg = str(e) if isinstance(e, (RetrainError, DatasetError, _Cancelled, PromotionFailed)) else (
+                f"{type(e).__name__}: {e}")  # fmt: skip
+            timings["total_s"] = round(time.perf_counter() - t0, 3)
+            self._update(job_id, status=status, stage="done", finished_at=_now(), error=msg[:8000], timings=timings,
+                         pid=None)  # fmt: skip
+            if status == "failed" and not isinstance(e, (RetrainError, DatasetError, PromotionFailed)):
+                log.exception("retrain job %d failed", job_id)
+            self.echo(f"job {job_id} {status}: {msg}")
+            return RunOutcome(job_id, status, message=msg)
+        timings["total_s"] = round(time.perf_counter() - t0, 3)
+        self._update(job_id, status="succeeded", stage="done", progress=1.0, finished_at=_now(), timings=timings,
+                     message=out.message[:2000], version_id=out.version.id if out.version else None,
+                     pid=None)  # fmt: skip
+        return out
+
+    def _check_cancel(self, job_id: int) -> None:
+        if self.job(job_id)["cancel_requested"]:
+            raise _Cancelled("cancelled by request before training finished; the champion is unchanged")
+
+    def _run(self, policy: PolicySettings, job_id: int, work: Path, timings: dict[str, float]) -> RunOutcome:
+        s = self.settings
+        t = time.perf_counter()
+        champion = self.registry.ensure_base(policy.model_id, policy.base_model)
+        snap = build_snapshot(self.engine, policy.model_id, policy.data, artifacts_dir(s) / "datasets",
+                              policy=policy.name)  # fmt: skip
+        timings["dataset_s"] = round(time.perf_counter() - t, 3)
+        m = snap.manifest
+        self.echo(f"job {job_id}: dataset {snap.path.name}: {m['train_rows']} train / {m['eval_rows']} eval rows "
+                  f"({m['sources']}, dropped {m['dropped']})")  # fmt: skip
+        self._update(job_id, dataset_hash=snap.content_hash, stage="training", progress=0.02,
+                     message=f"dataset {snap.content_hash[:12]}: {m['train_rows']} train, {m['eval_rows']} eval")  # fmt: skip
+        self._check_cancel(job_id)
+
+        adapter_out = work / "adapter"
+        tc = policy.training
+        train_config = {
+            "epochs": tc.epochs, "max_steps": tc.max_steps, "learning_rate": tc.learning_rate,
+            "batch_size": tc.batch_size, "batch_tokens": tc.batch_tokens, "max_length": tc.max_length,
+            "warmup_ratio": tc.warmup_ratio, "seed": tc.seed,
+            "lora": {"r": policy.lora.r, "alpha": policy.lora.alpha, "dropout": policy.lora.dropout,
+                     "target_modules": list(policy.lora.target_modules) or None},
+        }  # fmt: skip
+        request = {
+            "base_model": policy.base_model, "champion_adapter": champion.adapter_path,
+            "train_path": str(snap.path / "train.jsonl"), "eval_path": str(snap.path / "eval.jsonl"),
+            "golden_path": policy.gate.golden_set, "adapter_out": str(adapter_out), "train_config": train_config,
+            "max_new_tokens": policy.gate.max_new_tokens, "generate": policy.gate.generate,
+        }  # fmt: skip
+        (work / "request.json").write_text(json.dumps(request, indent=1), encoding="utf-8")
+        t = time.perf_counter()
+        result = self._train_subprocess(job_id, work, tc.timeout_minutes * 60)
+        timings["train_eval_s"] = round(time.perf_counter() - t, 3)
+        timings.update({f"worker_{k}": v for k, v in result.get("timings", {}).items()})
+
+        self._update(job_id, stage="gating", progress=0.96)
+        from retrain.gate import ExampleScore, GateSpec, decide
+
+        g = policy.gate
+        spec = GateSpec(primary=g.primary, min_improvement=g.min_improvement, confidence=g.confidence,
+                        n_bootstrap=g.n_bootstrap, guards=dict(g.guards), min_examples=g.min_examples)  # fmt: skip
+        suites = {name: ([ExampleScore.from_dict(x) for x in v["champion"]],
+                         [ExampleScore.from_dict(x) for x in v["candidate"]])
+                  for name, v in result["scores"].items()}  # fmt: skip
+        decision = decide(suites, spec)
+        gate = decision.to_dict()
+        self.echo(f"job {job_id}: gate {'PASSED' if decision.promote else 'REJECTED'} "
+                  f"(candidate vs champion {champion.version})\n{decision.summary()}")  # fmt: skip
+        status = "candidate" if not decision.promote else ("pending_approval" if policy.approval == "manual"
+                                                          else "approved")  # fmt: skip
+        version = self.registry.register(
+            policy.model_id, policy.base_model, adapter_path=str(adapter_out),
+            status="rejected" if not decision.promote else status, reason="; ".join(decision.reasons)[:4000],
+            parent_id=champion.id, job_id=job_id, policy=policy.name, dataset_hash=snap.content_hash,
+            dataset_path=str(snap.path), config={"train": train_config, "gate": g.model_dump()},
+            metrics={"train": result["train"], "comparisons": gate["comparisons"]}, gate=gate)  # fmt: skip
+        self.registry.set_status(version.id, version.status, "gate",
+                                 reason="; ".join(decision.reasons)[:4000],
+                                 action="gate_passed" if decision.promote else "gate_rejected")  # fmt: skip
+        if not decision.promote:
+            return RunOutcome(job_id, "succeeded", version, False, gate,
+                              f"gate rejected {version.version}: " + "; ".join(decision.reasons))  # fmt: skip
+        if policy.approval == "manual":
+            return RunOutcome(job_id, "succeeded", version, False, gate,
+                              f"{version.version} passed the gate and waits for approval: "
+                              f"driftloop models approve {policy.model_id} {version.version}")  # fmt: skip
+        self._update(job_id, stage="promoting", progress=0.98)
+        t = time.perf_counter()
+        v = self.registry.promote(version.id, self.targets(policy), actor="driftloop",
+                                  reason=f"gate passed (job {job_id}): " + "; ".join(decision.reasons)[:2000],
+                                  retries=self.settings.retrain.promotion_retries)  # fmt: skip
+        timings["promote_s"] = round(time.perf_counter() - t, 3)
+        self.echo(f"job {job_id}: promoted {v.family} {v.version} to champion")
+        return RunOutcome(job_id, "succeeded", v, True, gate, f"promoted {v.version}")
+
+    def _train_subprocess(self, job_id: int, work: Path, timeout_s: float) -> dict[str, Any]:
+        py = self.settings.retrain.python or sys.executable
+        logf = open(work / "train.log", "ab")  # noqa: SIM115 - handed to the child, closed below
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            proc = subprocess.Popen([py, "-m", "retrain.worker", str(work)], stdout=logf, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True)  # fmt: skip
+        finally:
+            logf.close()
+        self._update(job_id, pid=proc.pid)
+        self.echo(f"job {job_id}: training subprocess pid {proc.pid}, log {work / 'train.log'}")
+        deadline = time.monotonic() + timeout_s
+        last_msg = None
+        cancelled = False
+        while True:
+            try:
+                rc = proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            prog = _read_progress(work)
+            if prog and prog.get("message") != last_msg:
+                last_msg = prog.get("message")
+                self._update(job_id, stage=prog.get("stage"), progress=0.05 + 0.9 * float(prog.get("progress", 0)),
+                             message=str(last_msg)[:2000])  # fmt: skip
+            if not cancelled and self.job(job_id)["cancel_requested"]:
+                cancelled = True
+                proc.terminate()
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RetrainError(f"training exceeded its timeout ({timeout_s / 60:.0f} min) and was killed; "
+                                   "raise retrain.policies[].training.timeout_minutes or train on less data")  # fmt: skip
+        if cancelled or rc == 3:
+            raise _Cancelled("cancelled during training; the champion is unchanged")
+        if rc != 0:
+            tail = _tail(work / "train.log")
+            how = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
+            raise RetrainError(f"training subprocess failed ({how}); the champion is unchanged. "
+                               f"Log {work / 'train.log'}; last lines:\n{tail}")  # fmt: skip
+        return dict(json.loads((work / "result.json").read_text(encoding="utf-8")))
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _read_progress(work: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads((work / "progress.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def request_cancel(engine: Engine, job_id: int) -> str:
+    """Ask a queued or running job to stop; returns its status after the request."""
+    with engine.begin() as c:
+        row = c.execute(select(retrain_jobs.c.status).where(retrain_jobs.c.id == job_id)).first()
+        if row is None:
+            raise RetrainError(f"no retrain job {job_id}; see `driftloop retrain status`")
+        if row.status in TERMINAL:
+            return str(row.status)
+        c.execute(update(retrain_jobs).where(retrain_jobs.c.id == job_id).values(cancel_requested=True))
+        if row.status == "queued":
+            c.execute(update(retrain_jobs).where(retrain_jobs.c.id == job_id).values(
+                status="cancelled", finished_at=_now(), stage="done", error="cancelled before it started"))  # fmt: skip
+            return "cancelled"
+    return "cancelling"
+
+
+# -- the scheduled job ----------------------------------------------------------------------------
+@dataclass
+class PolicyDecision:
+    """Why a policy did or did not start a run on this evaluation."""
+
+    policy: str
+    action: str  # started | skipped
+    reason: str
+    outcome: RunOutcome | None = None
+
+
+class RetrainPolicyJob:
+    """Scheduled: for each policy, if triggered and allowed (cooldown, runs per day, new data), run a retrain."""
+
+    def __init__(self, settings: Any, engine: Engine, instance: str, *,
+                 launch: Callable[[PolicySettings, dict[str, Any]], RunOutcome] | None = None,
+                 runner: RetrainRunner | None = None) -> None:  # fmt: skip
+        self.settings = settings
+        self.engine = engine
+        self.runner = runner or RetrainRunner(settings, engine, instance)
+        self.launch = launch or (lambda p, trig: self.runner.run(p, trig))
+
+    def triggered(self, policy: PolicySettings, now: datetime) -> dict[str, Any] | None:
+        """The trigger that fired (open alerts / condition), or None."""
+        from monitor.alerts.tables import OPEN_STATES, alerts
+
+        fired: dict[str, Any] = {}
+        if policy.trigger.alerts:
+            with self.engine.connect() as c:
+                rows = c.execute(select(alerts.c.id, alerts.c.rule, alerts.c.fired_at).where(
+                    alerts.c.rule.in_(policy.trigger.alerts), alerts.c.model_id == policy.model_id,
+                    alerts.c.state.in_(OPEN_STATES))).all()  # fmt: skip
+            if rows:
+                fired["alerts"] = [{"id": r.id, "rule": r.rule, "fired_at": _aware(r.fired_at).isoformat()}
+                                   for r in rows]  # fmt: skip
+        if policy.trigger.condition:
+            from monitor.alerts.engine import evaluate, load_points
+            from monitor.alerts.grammar import parse_condition
+
+            pts = [p for p in load_points(self.engine, model_id=policy.model_id, per_group=3) if p.segment == ""]
+            if pts:
+                v = evaluate(parse_condition(policy.trigger.condition), pts, 1, 1)
+                if v.decision == "firing":
+                    fired["condition"] = {"condition": policy.trigger.condition,
+                                          "window_end": pts[-1].window_end.isoformat()}  # fmt: skip
+        return {"kind": "policy", **fired} if fired else None
+
+    def check(self, policy: PolicySettings, now: datetime) -> tuple[dict[str, Any] | None, str]:
+        """(trigger, "") when a run may start now, else (None, why not)."""
+        if not policy.enabled:
+            return None, "disabled"
+        trig = self.triggered(policy, now)
+        if trig is None:
+            return None, "not triggered"
+        with self.engine.connect() as c:
+            jobs = c.execute(select(retrain_jobs.c.status, retrain_jobs.c.created_at).where(
+                retrain_jobs.c.policy == policy.name).order_by(retrain_jobs.c.created_at.desc())).all()  # fmt: skip
+        if any(j.status in ("queued", "running") for j in jobs):
+            return None, "a run of this policy is already in progress"
+        if jobs and now - _aware(jobs[0].created_at) < timedelta(minutes=policy.cooldown_minutes):
+            left = timedelta(minutes=policy.cooldown_minutes) - (now - _aware(jobs[0].created_at))
+            return None, f"cooldown: last run started {_aware(jobs[0].created_at).isoformat()}, {left} left"
+        today = [j for j in jobs if now - _aware(j.created_at) < timedelta(days=1)]
+        if len(today) >= policy.max_runs_per_day:
+            return None, f"max_runs_per_day reached ({len(today)} run(s) in the last 24 h)"
+        since = now - timedelta(hours=policy.data.lookback_hours)
+        with self.engine.connect() as c:
+            last_ok = c.execute(select(func.max(retrain_jobs.c.created_at)).where(and_(
+                retrain_jobs.c.policy == policy.name, retrain_jobs.c.status == "succeeded"))).scalar()  # fmt: skip
+        if last_ok is not None:
+            since = max(since, _aware(last_ok))
+        n = count_eligible(self.engine, policy.model_id, since, now, policy.data)
+        if n < policy.min_new_samples:
+            return (
+                None,
+                f"only {n} new eligible record(s) since {since.isoformat()} (min_new_samples {policy.min_new_samples})",
+            )
+        return {**trig, "eligible": n}, ""
+
+    def run_once(self, now: datetime | None = None) -> list[PolicyDecision]:
+        """Evaluate every policy once; run (synchronously) those that may start."""
+        now = now or _now()
+        out: list[PolicyDecision] = []
+        if not self.settings.retrain.enabled:
+            return out
+        for policy in self.settings.retrain.policies:
+            try:
+                trig, why = self.check(policy, now)
+            except Exception as e:  # one broken policy never stops the others
+                log.exception("retrain policy %s: trigger check failed", policy.name)
+                out.append(PolicyDecision(policy.name, "skipped", f"check failed: {e}"))
+                continue
+            if trig is None:
+                log.debug("retrain policy %s: %s", policy.name, why)
+                out.append(PolicyDecision(policy.name, "skipped", why))
+                continue
+            log.info("retrain policy %s triggered: %s", policy.name, trig)
+            outcome = self.launch(policy, trig)
+            out.append(PolicyDecision(policy.name, "started", outcome.message or outcome.status, outcome))
+        return out

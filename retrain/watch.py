@@ -1,0 +1,169 @@
+"""Post-promotion watch: roll back a promoted version whose live quality is worse than before.
+
+After a promotion, the watch waits for ``N`` checked windows of the family's traffic that start after
+the promotion and compares the mean of ``metric`` with the ``N`` windows that ended before it. Worse by
+more than ``tolerance`` -> roll back to ``previous`` (every target, then the registry), fire a
+``retrain.rollback`` alert to the watch's channels and record why. Otherwise the watch records
+``watch_passed`` and leaves the version alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from connectors.abc import PromotionTarget
+from sqlalchemy import Engine, insert, select
+
+from retrain.registry import ModelRegistry, RegistryError
+from retrain.tables import model_events
+
+log = logging.getLogger("driftloop.retrain.watch")
+
+ROLLBACK_RULE = "retrain.rollback"
+_DONE = ("watch_passed", "watch_failed")
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+@dataclass
+class WatchResult:
+    """The watch's verdict for one family."""
+
+    family: str
+    version: str
+    status: str  # pending | passed | rolled_back | failed | no_baseline
+    before: float | None = None
+    after: float | None = None
+    message: str = ""
+
+
+def window_values(engine: Engine, family: str, metric: str) -> list[tuple[datetime, datetime, float]]:
+    """(window_start, window_end, value) of checked, whole-model windows of ``family``, oldest first."""
+    from monitor.tables import monitor_windows as mw
+    from monitor.tables import window_metrics as wm
+
+    q = (select(mw.c.window_start, mw.c.window_end, wm.c.value)
+         .join(wm, wm.c.window_id == mw.c.id)
+         .where(mw.c.model_id == family, mw.c.segment == "", mw.c.status == "ok", wm.c.name == metric,
+                wm.c.value.is_not(None))
+         .order_by(mw.c.window_end, mw.c.id))  # fmt: skip
+    with engine.connect() as c:
+        return [(_aware(r[0]), _aware(r[1]), float(r[2])) for r in c.execute(q)]
+
+
+class PromotionWatchJob:
+    """Scheduled: watch every family's newest promotion until it passes or is rolled back."""
+
+    def __init__(self, settings: Any, engine: Engine, *, targets: Mapping[str, PromotionTarget] | None = None,
+                 sinks: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+        self.settings = settings
+        self.engine = engine
+        self.registry = ModelRegistry(engine)
+        self._targets = targets
+        self._sinks = sinks
+
+    def _targets_for(self, family: str) -> Sequence[PromotionTarget]:
+        if self._targets is not None:
+            names = sorted({t for p in self.settings.retrain.policies if p.model_id == family for t in p.targets})
+            return [self._targets[n] for n in (names or list(self._targets)) if n in self._targets]
+        from retrain.runner import targets_for_family
+
+        return targets_for_family(self.settings, family)
+
+    def run_once(self, now: datetime | None = None) -> list[WatchResult]:
+        w = self.settings.retrain.watch
+        if not (self.settings.retrain.enabled and w.enabled):
+            return []
+        out = []
+        for family in self.registry.families():
+            try:
+                r = self.check(family)
+            except Exception as e:  # one family failing never stops the others
+                log.exception("post-promotion watch of %s failed", family)
+                r = WatchResult(family, "?", "failed", message=str(e))
+            if r is not None:
+                out.append(r)
+        return out
+
+    def check(self, family: str) -> WatchResult | None:
+        w = self.settings.retrain.watch
+        champ = self.registry.champion(family)
+        if champ is None or (champ.adapter_path is None and champ.parent_id is None):
+            return None  # the base model: nothing was promoted
+        evs = self.registry.events(family, champ.id)
+        promoted = [e for e in evs if e["action"] in ("promoted", "approved_promoted")]
+        if not promoted or any(e["action"] in _DONE or e["action"] == "restored" for e in evs):
+            return None
+        at = _aware(promoted[-1]["at"])
+        vals = window_values(self.engine, family, w.metric)
+        before = [v for s, e, v in vals if e <= at][-w.windows :]
+        after = [v for s, e, v in vals if s >= at][: w.windows]
+        if len(after) < w.windows:
+            return WatchResult(family, champ.version, "pending",
+                               message=f"{len(after)}/{w.windows} window(s) after the promotion so far")  # fmt: skip
+        a = sum(after) / len(after)
+        if not before:
+            self._record(family, champ.id, "watch_passed", "no windows before the promotion to compare with",
+                         {"after": a})  # fmt: skip
+            return WatchResult(family, champ.version, "no_baseline", None, a)
+        b = sum(before) / len(before)
+        worse = a < b - w.tolerance if w.higher_is_better else a > b + w.tolerance
+        detail = {"metric": w.metric, "before": b, "after": a, "tolerance": w.tolerance, "windows": w.windows,
+                  "before_values": before, "after_values": after}  # fmt: skip
+        desc = (f"{w.metric} {b:.4f} over {len(before)} window(s) before the promotion of {champ.version}, "
+                f"{a:.4f} over {len(after)} after (tolerance {w.tolerance})")  # fmt: skip
+        if not worse:
+            self._record(family, champ.id, "watch_passed", desc, detail)
+            return WatchResult(family, champ.version, "passed", b, a, desc)
+        reason = f"post-promotion watch: live quality dropped: {desc}"
+        self._record(family, champ.id, "watch_failed", reason, detail)
+        try:
+            restored = self.registry.rollback(family, self._targets_for(family), actor="watch", reason=reason,
+                                              retries=self.settings.retrain.promotion_retries)  # fmt: skip
+        except RegistryError as e:
+            log.error("%s: rollback of %s failed: %s", family, champ.version, e)
+            self._alert(family, f"{reason}; ROLLBACK FAILED: {e}", a)
+            return WatchResult(family, champ.version, "failed", b, a, f"rollback failed: {e}")
+        msg = f"{family}: rolled back {champ.version} -> {restored.version}: {reason}"
+        log.warning("%s", msg)
+        self._alert(family, msg, a)
+        return WatchResult(family, champ.version, "rolled_back", b, a, msg)
+
+    def _record(self, family: str, version_id: int, action: str, reason: str, details: dict[str, Any]) -> None:
+        with self.engine.begin() as c:
+            c.execute(insert(model_events), {"family": family, "version_id": version_id, "action": action,
+                                             "actor": "watch", "reason": reason, "details": details,
+                                             "at": datetime.now(UTC)})  # fmt: skip
+
+    def _alert(self, family: str, message: str, value: float | None) -> None:
+        """Open a ``retrain.rollback`` alert and tell the watch's channels."""
+        from monitor.alerts.abc import AlertFired
+        from monitor.alerts.sinks import build_sinks
+        from monitor.alerts.tables import alert_notifications, alerts
+
+        now = datetime.now(UTC)
+        with self.engine.begin() as c:
+            aid = c.execute(insert(alerts).returning(alerts.c.id), {
+                "rule": ROLLBACK_RULE, "group_key": f"{family}|{now.isoformat()}", "model_id": family,
+                "segment": "", "severity": "critical", "state": "fired", "condition": "post-promotion watch",
+                "message": message, "value": value, "fired_at": now, "last_evaluated_at": now,
+                "notify_count": 0})  .scalar_one()  # fmt: skip
+        ev = AlertFired(int(aid), ROLLBACK_RULE, family, "", "critical", "post-promotion watch", message, value, now)
+        sinks = self._sinks if self._sinks is not None else build_sinks(self.settings.alerts.channels)
+        rows = []
+        for name in self.settings.retrain.watch.channels:
+            ok, err = True, None
+            try:
+                sinks[name].send(ev)
+            except Exception as e:
+                ok, err = False, f"{type(e).__name__}: {e}"[:2000]
+            rows.append({"alert_id": aid, "channel": name, "event": "fired", "ok": ok, "error": err, "at": now})
+        if rows:
+            with self.engine.begin() as c:
+                c.execute(insert(alert_notifications), rows)

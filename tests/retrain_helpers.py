@@ -1,0 +1,38 @@
+"""Toy-domain traffic for the retrain tests: v1 log records with simulated user feedback."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+from retrain.toy import sample_pairs
+
+
+def toy_records(domain: str, n: int, *, start: datetime, model_id: str = "toy", prefix: str = "t", seed: int = 0,
+                step: timedelta = timedelta(seconds=1), good: bool | None = None,
+                correction_rate: float = 0.6) -> list[dict[str, Any]]:  # fmt: skip
+    """``n`` records of ``domain``.
+
+    ``good`` (default: domain A) -> the served answer is right and the user gives score 1. Otherwise the
+    model answers with domain-A style text, the user gives score 0 and, with ``correction_rate``, writes
+    the right answer as a correction (what the retrain loop learns from).
+    """
+    good = (domain == "A") if good is None else good
+    rng = random.Random(f"{prefix}-{seed}")
+    out = []
+    for i, (p, r) in enumerate(sample_pairs(domain, n, seed=seed)):
+        if good:
+            resp, fb = r, {"score": 1.0}
+        else:
+            a, b = rng.randint(2, 99), rng.randint(2, 99)
+            resp = f"{a} plus {b} is {a + b}."
+            fb = {"score": 0.0, **({"correction": r} if rng.random() < correction_rate else {})}
+        out.append({
+            "request_id": f"{prefix}-{i}-{rng.getrandbits(40):010x}",
+            "timestamp": (start + i * step).isoformat().replace("+00:00", "Z"),
+            "model_id": model_id, "model_version": "v0", "prompt": p, "response": resp,
+            "latency_ms": round(rng.lognormvariate(5.0, 0.2), 1), "tokens_in": len(p.split()),
+            "tokens_out": len(resp.split()), "finish_reason": "stop", "feedback": fb,
+        })  # fmt: skip
+    return out
