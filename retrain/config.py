@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from connectors.config import TargetSettings
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from connectors.config import TargetSettings
 from monitor.alerts.grammar import ConditionError, parse_condition
 
 GATE_METRICS = ("perplexity", "rouge_l", "bleu", "exact_match")

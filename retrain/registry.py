@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.abc import Promotion, PromotionTarget
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from connectors.abc import Promotion, PromotionTarget
 from retrain.tables import model_aliases, model_events, model_versions
 
 log = logging.getLogger("driftloop.retrain.registry")

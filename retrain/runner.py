@@ -9,6 +9,7 @@ candidate and, if the gate passed and the policy approves automatically, promote
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,9 +23,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from connectors.abc import PromotionTarget
 from sqlalchemy import Engine, and_, func, insert, select, update
 
+from connectors.abc import PromotionTarget
 from retrain.config import PolicySettings
 from retrain.dataset import DatasetError, build_snapshot, count_eligible
 from retrain.registry import ModelRegistry, ModelVersion, PromotionFailed
@@ -87,10 +88,9 @@ def recover_jobs(engine: Engine, instance: str) -> int:
             retrain_jobs.c.status.in_(("queued", "running")), retrain_jobs.c.instance != instance)).all()  # fmt: skip
         for r in rows:
             if r.pid and r.instance and r.instance.split(":")[0] == os.uname().nodename:
-                try:  # the worker notices a dead parent by itself; this is a second line of defence
+                # the worker notices a dead parent by itself; this is a second line of defence
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(r.pid), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
             c.execute(update(retrain_jobs).where(retrain_jobs.c.id == r.id).values(
                 status="failed", finished_at=_now(), stage="done",
                 error=f"abandoned: the daemon running it ({r.instance}) stopped before it finished; "

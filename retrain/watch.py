@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.abc import PromotionTarget
 from sqlalchemy import Engine, insert, select
 
+from connectors.abc import PromotionTarget
 from retrain.registry import ModelRegistry, RegistryError
 from retrain.tables import model_events
 

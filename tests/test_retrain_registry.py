@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+
 from connectors.abc import Promotion, PromotionError, PromotionTarget
 from connectors.config import TargetSettings
 from connectors.filesystem import FilesystemPromotionTarget
-from sqlalchemy import select
-
 from driftloop.store.db import create_engine_from_url
 from retrain.registry import ModelRegistry, PromotionFailed, RegistryError
 from retrain.tables import model_aliases
