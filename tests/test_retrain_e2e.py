@@ -128,9 +128,9 @@ def test_alert_triggers_retrain_gate_promotes_to_filesystem_and_vllm(
         assert cur.is_symlink() and (cur / "adapter_config.json").exists()
         assert "v1" in os.readlink(cur)
         # the vLLM-compatible server loaded the adapter from the promoted path
-        loads = [r for r in vllm.requests if r["path"] == "/v1/load_lora_adapter"]
-        assert loads and loads[-1]["json"]["lora_path"] == champ.adapter_path
-        assert loads[-1]["json"]["lora_name"] in vllm.loaded
+        loads = [r for r in vllm.requests if r.path == "/v1/load_lora_adapter"]
+        assert loads and loads[-1].json["lora_path"] == champ.adapter_path
+        assert loads[-1].json["lora_name"] in vllm.loaded
         job = runner.job(out.job_id)
         assert job["status"] == "succeeded" and job["timings"]["train_eval_s"] > 0
         assert Path(job["logs_path"]).exists()
@@ -158,7 +158,7 @@ def test_alert_triggers_retrain_gate_promotes_to_filesystem_and_vllm(
         assert "perplexity" in bad.message and "rejected" in bad.message
         assert reg.champion("toy").id == champ.id  # unchanged
         assert "v1" in os.readlink(cur) and len(
-            [r for r in vllm.requests if r["path"] == "/v1/load_lora_adapter"]
+            [r for r in vllm.requests if r.path == "/v1/load_lora_adapter"]
         ) == len(loads)
         gate_ev = [e for e in reg.events("toy", bad.version.id) if e["action"] == "gate_rejected"]
         assert gate_ev and "perplexity" in gate_ev[0]["reason"]
@@ -205,7 +205,7 @@ def test_killing_the_training_subprocess_fails_the_job_and_keeps_the_champion(
         assert job["status"] == "failed" and job["finished_at"] is not None and "champion is unchanged" in job["error"]
         reg = ModelRegistry(eng)
         assert reg.champion("toy").version == "v0" and [v.version for v in reg.versions("toy")] == ["v0"]
-        assert not any(r["path"] == "/v1/load_lora_adapter" for r in vllm.requests)
+        assert not any(r.path == "/v1/load_lora_adapter" for r in vllm.requests)
         assert not (tmp_path / "serving" / "current").exists()
         # the same runner (the daemon) still works: a short run completes
         s2 = _settings(pg_url, kafka_bootstrap, topics, tmp_path, base_model, vllm.url, epochs=1, max_steps=3)
