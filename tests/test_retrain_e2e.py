@@ -180,7 +180,7 @@ def test_killing_the_training_subprocess_fails_the_job_and_keeps_the_champion(
     from tests.alpaca import store_records
 
     with VllmStub() as vllm:
-        s = _settings(pg_url, kafka_bootstrap, topics, tmp_path, base_model, vllm.url, epochs=200)
+        s = _settings(pg_url, kafka_bootstrap, topics, tmp_path, base_model, vllm.url, epochs=100)
         store_records(pg_url, _traffic(0, 400), topic="crash")
         eng = create_engine_from_url(pg_url)
         runner = RetrainRunner(s, eng, "daemon-1")
@@ -229,7 +229,7 @@ def test_cancel_stops_training(pg_url: str, kafka_bootstrap: str, topics: dict[s
     from retrain.runner import request_cancel
     from tests.alpaca import store_records
 
-    s = _settings(pg_url, kafka_bootstrap, topics, tmp_path, base_model, "http://127.0.0.1:9", epochs=200)
+    s = _settings(pg_url, kafka_bootstrap, topics, tmp_path, base_model, "http://127.0.0.1:9", epochs=100)
     store_records(pg_url, _traffic(0, 400), topic="cancel")
     eng = create_engine_from_url(pg_url)
     runner = RetrainRunner(s, eng, "daemon-1")
