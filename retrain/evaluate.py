@@ -17,33 +17,9 @@ from typing import Any
 import torch
 
 from retrain.gate import ExampleScore
+from retrain.trainer import encode_example  # training formatting; its unlabelled prefix is the generation prompt
 
 Progress = Callable[[int, int], None]
-
-
-def _fallback_format_prompt(tokenizer: Any, prompt: str) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return str(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True))  # fmt: skip
-    return prompt + "\n"
-
-
-def _fallback_encode_example(
-    tokenizer: Any, prompt: str, response: str, max_length: int
-) -> tuple[list[int], list[int]]:
-    chat = bool(getattr(tokenizer, "chat_template", None))  # a template already has its special tokens
-    p = tokenizer(_fallback_format_prompt(tokenizer, prompt), add_special_tokens=not chat)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = (p + r)[:max_length]
-    labels = ([-100] * len(p) + r)[:max_length]
-    return ids, labels
-
-
-try:  # the training formatting, so that evaluation scores exactly what training optimised
-    from retrain.trainer import encode_example, format_prompt
-except ImportError:  # pragma: no cover - only while retrain.trainer is not there
-    encode_example = _fallback_encode_example
-    format_prompt = _fallback_format_prompt
 
 
 def _default_device() -> str:

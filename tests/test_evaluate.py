@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 
@@ -15,8 +14,6 @@ pytest.importorskip("peft")
 from retrain.evaluate import evaluate_pair, load_for_eval, load_golden_set, score_examples
 from retrain.gate import GateSpec, decide, point_value
 from retrain.toy import build_base_model, sample_pairs
-
-HAVE_TRAINER = importlib.util.find_spec("retrain.trainer") is not None
 
 
 def _rows(domain: str, n: int, seed: int) -> list[dict[str, str]]:
@@ -113,7 +110,6 @@ def test_evaluate_pair_with_a_fresh_adapter_is_identical_and_not_promoted(base_d
     assert not d.promote and "does not lie above" in d.reasons[0]
 
 
-@pytest.mark.skipif(not HAVE_TRAINER, reason="retrain.trainer is not there yet")
 def test_finetune_on_b_promotes_and_shuffled_candidate_is_rejected(base_dir: str, tmp_path: Path) -> None:
     from retrain.trainer import TrainConfig, train_lora
 
