@@ -138,7 +138,8 @@ class WatchSettings(_Section):
     metric: str = Field("quality.feedback_positive_rate", description="a per-window metric (see docs/alerts.md)")
     higher_is_better: bool = True
     tolerance: float = Field(0.05, ge=0, description="roll back when after < before - tolerance (or > for lower)")
-    channels: list[str] = Field(default_factory=lambda: ["log"], description="alert channels told of a rollback")
+    channels: list[str] = Field(default_factory=list,
+                                description="alert channels told of a rollback (it is always logged)")  # fmt: skip
 
 
 class RetrainSettings(_Section):

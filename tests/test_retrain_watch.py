@@ -37,7 +37,8 @@ def _settings(pg_url: str, tmp: Path, vllm_url: str) -> Any:
                  "policies": [{"name": "p", "model_id": "toy", "base_model": "/models/base",
                                "trigger": {"condition": "quality.feedback_positive_rate < 0.3"},
                                "targets": ["serving", "vllm"]}],
-                 "watch": {"windows": 2, "metric": "quality.feedback_positive_rate", "tolerance": 0.1}},
+                 "watch": {"windows": 2, "metric": "quality.feedback_positive_rate", "tolerance": 0.1,
+                           "channels": ["log"]}},
     )  # fmt: skip
 
 
