@@ -167,9 +167,9 @@ def models_show(
     if gate:
         typer.echo(GateDecision.from_dict(gate).summary())
     typer.echo("audit log:")
-    for e in reg.events(family, v.id):
-        typer.echo(f"  {e['at']:%Y-%m-%d %H:%M:%S} {e['action']:<16} {e['from_status'] or '-'} -> "
-                   f"{e['to_status'] or '-'} by {e['actor']}: {(e['reason'] or '')[:200]}")  # fmt: skip
+    for ev in reg.events(family, v.id):
+        typer.echo(f"  {ev['at']:%Y-%m-%d %H:%M:%S} {ev['action']:<16} {ev['from_status'] or '-'} -> "
+                   f"{ev['to_status'] or '-'} by {ev['actor']}: {(ev['reason'] or '')[:200]}")  # fmt: skip
 
 
 def _targets(s: Any, family: str) -> list[Any]:

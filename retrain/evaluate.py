@@ -41,7 +41,7 @@ def load_for_eval(base_model_dir: str, adapter_dir: str | None, device: str | No
     tok = AutoTokenizer.from_pretrained(base_model_dir)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype)
     if adapter_dir:
         from peft import PeftModel
 

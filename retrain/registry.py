@@ -53,7 +53,7 @@ class ModelVersion:
     created_at: datetime
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ModelVersion:
+    def from_row(cls, row: Mapping[Any, Any]) -> ModelVersion:
         return cls(**{k: row[k] for k in cls.__dataclass_fields__})
 
     def to_dict(self) -> dict[str, Any]:

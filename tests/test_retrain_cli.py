@@ -1,0 +1,123 @@
+"""``driftloop retrain ...`` and ``driftloop models ...`` against PostgreSQL, including the manual approval path."""
+
+from __future__ import annotations
+
+import os
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from driftloop.cli import app
+from driftloop.settings import load_settings
+from driftloop.store.db import create_engine_from_url
+from retrain.gate import ExampleScore
+from retrain.registry import ModelRegistry
+from retrain.runner import RetrainRunner
+from tests.alpaca import store_records
+from tests.retrain_helpers import toy_records
+
+pytestmark = pytest.mark.integration
+
+
+def _config(tmp: Path, pg_url: str, approval: str = "manual") -> Path:
+    cfg = {
+        "database": {"url": pg_url},
+        "data_dir": str(tmp / "data"),
+        "alerts": {"rules": [{"name": "quality-drop", "condition": "quality.feedback_positive_rate < 0.3"}]},
+        "retrain": {
+            "targets": [{"name": "serving", "type": "filesystem", "path": str(tmp / "serving")}],
+            "policies": [{"name": "toy-retrain", "model_id": "toy", "base_model": str(tmp / "base"),
+                          "trigger": {"alerts": ["quality-drop"]}, "approval": approval,
+                          "data": {"min_eval_samples": 20}, "targets": ["serving"]}],
+        },
+    }  # fmt: skip
+    p = tmp / "driftloop.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _fake_training(monkeypatch: pytest.MonkeyPatch, better: bool) -> None:
+    """Replace the subprocess with its result (what the worker writes): the gate and registry run for real."""
+
+    def fake(self: RetrainRunner, job_id: int, work: Path, timeout_s: float) -> dict[str, Any]:
+        (work / "adapter").mkdir(exist_ok=True)
+        (work / "adapter" / "adapter_config.json").write_text("{}")
+        rng = random.Random(job_id)
+        champ, cand = [], []
+        for _ in range(60):
+            nll = rng.uniform(20, 40)
+            champ.append(ExampleScore(nll=nll, n_tokens=10, rouge_l=0.2, bleu=5.0, exact_match=0.0, output="x"))
+            cand.append(ExampleScore(nll=nll * (0.5 if better else 1.3), n_tokens=10, rouge_l=0.25, bleu=6.0,
+                                     exact_match=0.0, output="y"))  # fmt: skip
+        return {"train": {"steps": 1}, "timings": {"train_s": 0.1},
+                "scores": {"heldout": {"champion": [s.to_dict() for s in champ],
+                                       "candidate": [s.to_dict() for s in cand]}}}  # fmt: skip
+
+    monkeypatch.setattr(RetrainRunner, "_train_subprocess", fake)
+
+
+def test_manual_approval_path_and_model_commands(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _config(tmp_path, pg_url)
+    store_records(pg_url, toy_records("B", 300, start=datetime.now(UTC) - timedelta(hours=1), good=False), "t")
+    cli = CliRunner()
+    r = cli.invoke(app, ["retrain", "run", "nope", "--config", str(cfg)])
+    assert r.exit_code == 2 and "no retrain policy named 'nope'" in r.output
+    r = cli.invoke(app, ["retrain", "run", "toy-retrain", "--config", str(cfg)])
+    assert r.exit_code == 1 and "not triggered" in r.output and "--force" in r.output
+
+    _fake_training(monkeypatch, better=True)
+    r = cli.invoke(app, ["retrain", "run", "toy-retrain", "--force", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "gate PASSED" in r.output and "waits for approval" in r.output and "models approve toy v1" in r.output
+    s = load_settings(cfg)
+    reg = ModelRegistry(create_engine_from_url(s.database.url))
+    assert reg.find("toy", "v1").status == "pending_approval" and reg.champion("toy").version == "v0"
+    assert not (tmp_path / "serving" / "current").exists()
+
+    r = cli.invoke(app, ["models", "list", "--config", str(cfg)])
+    assert r.exit_code == 0 and "pending_approval" in r.output and "champion" in r.output, r.output
+    r = cli.invoke(app, ["models", "show", "toy", "v1", "--config", str(cfg)])
+    assert r.exit_code == 0 and "perplexity" in r.output and "gate_passed" in r.output, r.output
+    r = cli.invoke(app, ["models", "approve", "toy", "v0", "--config", str(cfg)])
+    assert r.exit_code == 1 and "not pending_approval" in r.output
+    r = cli.invoke(app, ["models", "approve", "toy", "v1", "--actor", "alice", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert reg.champion("toy").version == "v1" and "v1" in os.readlink(tmp_path / "serving" / "current")
+    assert [e["actor"] for e in reg.events("toy", reg.find("toy", "v1").id) if e["action"] in ("approved", "promoted")] \
+        == ["alice", "alice"]  # fmt: skip
+
+    # a worse candidate is rejected by the gate and cannot be approved
+    _fake_training(monkeypatch, better=False)
+    r = cli.invoke(app, ["retrain", "run", "toy-retrain", "--force", "--config", str(cfg)])
+    assert r.exit_code == 0 and "gate REJECTED" in r.output and "perplexity on heldout" in r.output, r.output
+    assert reg.find("toy", "v2").status == "rejected"
+    r = cli.invoke(app, ["models", "approve", "toy", "v2", "--config", str(cfg)])
+    assert r.exit_code == 1 and "rejected" in r.output
+
+    r = cli.invoke(app, ["models", "rollback", "toy", "--reason", "bad answers", "--config", str(cfg)])
+    assert r.exit_code == 0 and "v0 is the champion again" in r.output
+    assert os.readlink(tmp_path / "serving" / "current").endswith("_base")
+    r = cli.invoke(app, ["retrain", "status", "--config", str(cfg)])
+    assert r.exit_code == 0 and r.output.count("succeeded") == 2, r.output
+    r = cli.invoke(app, ["retrain", "status", "1", "--config", str(cfg)])
+    assert r.exit_code == 0 and "logs:" in r.output
+
+
+def test_cancel_a_queued_job_and_unknown_job(pg_url: str, tmp_path: Path) -> None:
+    cfg = _config(tmp_path, pg_url)
+    s = load_settings(cfg)
+    runner = RetrainRunner(s, create_engine_from_url(s.database.url), "test")
+    jid = runner.create_job(s.retrain.policies[0], {"kind": "manual"})
+    cli = CliRunner()
+    r = cli.invoke(app, ["retrain", "cancel", str(jid), "--config", str(cfg)])
+    assert r.exit_code == 0 and "cancelled" in r.output
+    assert runner.job(jid)["status"] == "cancelled"
+    r = cli.invoke(app, ["retrain", "cancel", "999", "--config", str(cfg)])
+    assert r.exit_code == 1 and "no retrain job 999" in r.output
+    r = cli.invoke(app, ["retrain", "--help"])
+    assert r.exit_code == 0 and "cancel" in r.output
