@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from driftloop.scheduler_config import SchedulerSettings
@@ -154,12 +154,85 @@ class PiiSettings(_Section):
     user_id_salt: str = "driftloop-default-salt-change-me"
 
 
+class ApiToken(_Section):
+    """A bearer token for the HTTP API: ``read`` may call GET endpoints, ``admin`` everything."""
+
+    name: str = Field(min_length=1, max_length=64)
+    token: str | None = Field(None, min_length=16, description="the secret itself (prefer token_env)")
+    token_env: str | None = Field(None, description="read the secret from this environment variable")
+    role: Literal["read", "admin"] = "read"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiToken:
+        if bool(self.token) == bool(self.token_env):
+            raise ValueError("set exactly one of token or token_env")
+        return self
+
+    def secret(self) -> str | None:
+        """The token value (None when its environment variable is unset)."""
+        return self.token if self.token else os.environ.get(self.token_env or "")
+
+
 class ApiSettings(_Section):
-    """HTTP API and metrics endpoint."""
+    """HTTP API, status page and Prometheus metrics endpoint."""
 
     host: str = "127.0.0.1"
-    port: int = Field(8600, gt=0, lt=65536)
+    port: int = Field(8600, ge=0, lt=65536, description="0 picks a free port")
     enabled: bool = True
+    tokens: list[ApiToken] = Field(default_factory=list, description="bearer tokens; none: mutating endpoints refuse")
+    read_requires_token: bool = Field(False, description="GET endpoints need a token too (the status page as well)")
+    public_url: str | None = Field(None, description="external base URL, used in links (e.g. in alerts)")
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_tokens(cls, v: list[ApiToken]) -> list[ApiToken]:
+        names = [t.name for t in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate token name(s): {dup}")
+        return v
+
+
+class GrafanaSettings(_Section):
+    """Where `driftloop dashboards push` sends the dashboards and the datasource."""
+
+    url: str | None = Field(None, description="e.g. http://grafana:3000")
+    token: str | None = Field(None, description="service account token (prefer token_env)")
+    token_env: str | None = Field("GRAFANA_TOKEN", description="read the token from this environment variable")
+    folder: str = "driftloop"
+    datasource_uid: str = "driftloop-pg"
+    datasource_name: str = "driftloop-postgres"
+    # The datasource as Grafana should reach the database (its network view, not necessarily ours).
+    datasource_url: str | None = Field(None, description="host:port of PostgreSQL for Grafana (default: from database.url)")
+    datasource_user: str | None = None
+    datasource_password_env: str | None = Field("DRIFTLOOP_PG_PASSWORD", description="env var holding its password")
+    datasource_database: str | None = None
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/") if v else v
+
+
+class ServeSettings(_Section):
+    """`driftloop serve`: the reference OpenAI-compatible server (base model + current LoRA adapter)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8700, ge=0, lt=65536, description="0 picks a free port")
+    base_model: str | None = Field(None, description="local Hugging Face model directory")
+    model_id: str = Field("driftloop-model", min_length=1, description="served model name; logged as model_id")
+    adapter: str | None = Field(None, description="LoRA adapter directory to load at start")
+    serving_dir: str | None = Field(None, description="a filesystem promotion target's directory: load its `current`")
+    log_topic: str | None = Field(None, description="Kafka topic for v1 log records (default: kafka.topics[0])")
+    log_records: bool = True
+    buffer_size: int = Field(10_000, gt=0, description="log records held while the broker is unreachable")
+    max_new_tokens: int = Field(128, gt=0, le=8192)
+    device: str | None = Field(None, description="cpu, cuda, ... (default: cuda when available)")
+    api_key: str | None = None
+    api_key_env: str | None = None
 
 
 class Settings(BaseSettings):
@@ -174,6 +247,8 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     pii: PiiSettings = Field(default_factory=PiiSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    grafana: GrafanaSettings = Field(default_factory=GrafanaSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
