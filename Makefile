@@ -14,7 +14,7 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,embeddings]"
+	$(PY) -m pip install -q -e ".[dev,embeddings,retrain]"
 
 install: $(PY)
 
