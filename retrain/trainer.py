@@ -363,7 +363,7 @@ def _load_base(base_model_dir: str, device: torch.device, dtype: torch.dtype) ->
         model = AutoModelForCausalLM.from_pretrained(base_model_dir, attn_implementation="sdpa", **kw)
     except (ValueError, ImportError):  # architecture without SDPA support
         model = AutoModelForCausalLM.from_pretrained(base_model_dir, **kw)
-    return model.to(device)
+    return model.to(device)  # type: ignore[arg-type]
 
 
 def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
@@ -459,7 +459,7 @@ def train_lora(
     if use_bf16:  # LoRA matmuls run in bf16 under autocast; skip peft's cast of activations to fp32
         for m in model.modules():
             if hasattr(m, "cast_input_dtype_enabled"):
-                m.cast_input_dtype_enabled = False
+                m.cast_input_dtype_enabled = False  # type: ignore[assignment]
     model.config.use_cache = False
     model.train()
 
