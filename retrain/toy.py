@@ -100,7 +100,7 @@ def build_model(out_dir: str | Path, *, n_layer: int = 2, n_embd: int = 128, n_h
 
 
 def pretrain_full(model_dir: str | Path, pairs: list[tuple[str, str]], *, epochs: int = 3, lr: float = 3e-3,
-                  batch_size: int = 32, seed: int = 0) -> dict[str, float]:  # fmt: skip
+                  batch_size: int = 32, seed: int = 0, background: list[str] | None = None) -> dict[str, float]:  # fmt: skip
     """Train all weights of the model in ``model_dir`` on ``pairs`` (the "base model" of a domain); save in place.
 
     A plain loop on purpose: this stands in for whatever produced the user's base model.
@@ -113,7 +113,7 @@ def pretrain_full(model_dir: str | Path, pairs: list[tuple[str, str]], *, epochs
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    texts = [f"{p}\n{r}{tok.eos_token}" for p, r in pairs]
+    texts = [f"{p}\n{r}{tok.eos_token}" for p, r in pairs] + [f"{t}{tok.eos_token}" for t in background or []]
     rng = random.Random(seed)
     loss_v = float("nan")
     steps = 0
@@ -138,5 +138,9 @@ def build_base_model(out_dir: str | Path, domain: str = "A", n: int = 1500, epoc
                      seed: int = 0) -> Path:  # fmt: skip
     """Tokenizer + tiny GPT-2 + brief full training on ``domain``: the champion a test starts from."""
     out = build_model(out_dir, seed=seed)
-    pretrain_full(out, sample_pairs(domain, n, seed=seed), epochs=epochs, seed=seed)
+    # "General knowledge": the other domain's sentences on their own (never a question with its answer),
+    # so the base knows the words of every domain but answers only ``domain``'s questions.
+    other = [d for d in DOMAINS if d != domain]
+    background = [t for d in other for p, r in sample_pairs(d, n // 2, seed=seed + 1000) for t in (p, r)]
+    pretrain_full(out, sample_pairs(domain, n, seed=seed), epochs=epochs, seed=seed, background=background)
     return out
