@@ -251,3 +251,64 @@ def test_cancel_stops_training(pg_url: str, kafka_bootstrap: str, topics: dict[s
 def _stage(eng: Any) -> str | None:
     with eng.connect() as c:
         return c.execute(select(retrain_jobs.c.stage)).scalar()
+
+
+def test_daemon_survives_a_killed_training_subprocess(pg_url: str, kafka_bootstrap: str, topics: dict[str, str],
+                                                      tmp_path: Path, base_model: str) -> None:  # fmt: skip
+    """`driftloop run` with a triggered policy: SIGKILL the trainer; the daemon keeps running its jobs."""
+    import subprocess
+    import sys
+
+    import yaml
+    from sqlalchemy import insert, text
+
+    from monitor.alerts.tables import alerts
+    from tests.alpaca import store_records
+
+    s = _settings(pg_url, kafka_bootstrap, topics, tmp_path, base_model, "http://127.0.0.1:9", epochs=100)
+    cfg = s.model_dump(mode="json", include={"database", "kafka", "alerts", "retrain", "data_dir"})
+    cfg["scheduler"] = {"ingest": False, "drift_check_s": 0, "policy_evaluation_s": 0, "retention_s": 0,
+                        "promotion_watch_s": 0, "retrain_check_s": 1, "leader_retry_s": 0.5}  # fmt: skip
+    cfg["api"] = {"enabled": False}
+    path = tmp_path / "daemon.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    store_records(pg_url, _traffic(0, 400), topic="daemon")
+    eng = create_engine_from_url(pg_url)
+    now = datetime.now(UTC)
+    with eng.begin() as c:
+        c.execute(insert(alerts), {"rule": "quality-drop", "group_key": "toy", "model_id": "toy", "segment": "",
+                                   "severity": "critical", "state": "fired", "condition": "x", "message": "m",
+                                   "fired_at": now, "last_evaluated_at": now, "notify_count": 0})  # fmt: skip
+    log = tmp_path / "daemon.log"
+    proc = subprocess.Popen([sys.executable, "-m", "driftloop", "run", "--config", str(path)],
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+
+    def q(sql: str) -> list[Any]:
+        with eng.connect() as c:
+            return list(c.execute(text(sql)).all())
+
+    try:
+        wait_for(lambda: bool(q("select 1 from retrain_jobs where stage = 'training' and message like 'step%'")),
+                 180, "the daemon's retrain job to train")  # fmt: skip
+        pid = q("select pid from retrain_jobs")[0][0]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: q("select status from retrain_jobs")[0][0] == "failed", 60, "the job to be marked failed")
+        n_runs = q("select count(*) from job_runs where job = 'retrain_check'")[0][0]
+        # the daemon carries on: later policy checks run (and are held back by the cooldown)
+        wait_for(lambda: q("select count(*) from job_runs where job = 'retrain_check'")[0][0] >= n_runs + 2, 60,
+                 "further retrain_check runs")  # fmt: skip
+        assert proc.poll() is None, log.read_text()[-3000:]
+        later = q("select result from job_runs where job = 'retrain_check' and status = 'succeeded' order by id desc")
+        assert "cooldown" in later[0][0], later[0][0]
+        (err,) = q("select error from retrain_jobs")[0]
+        assert "killed by signal 9" in err and "champion is unchanged" in err
+        assert [r[0] for r in q("select version from model_versions")] == ["v0"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    eng.dispose()
