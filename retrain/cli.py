@@ -269,6 +269,20 @@ def models_rollback(
     typer.echo(f"{family}: rolled back; {v.version} is the champion again")
 
 
+@models_app.command("toy")
+def models_toy(
+    path: Annotated[Path, typer.Argument(help="Directory to write the model to.")],
+    domain: Annotated[str, typer.Option(help="Domain the base model is trained on: A (arithmetic) or B (support).")] = "A",
+) -> None:
+    """Build a tiny local GPT-2 (tokenizer trained here, no downloads) to try serving and retraining with."""
+    from retrain.toy import DOMAINS, build_base_model
+
+    if domain not in DOMAINS:
+        _fail(f"unknown domain {domain!r}; use one of {list(DOMAINS)}", 2)
+    out = build_base_model(path, domain)
+    typer.echo(f"tiny base model trained on domain {domain}: {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the retrain and models commands to the root CLI."""
     app.add_typer(retrain_app, name="retrain")
