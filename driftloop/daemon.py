@@ -2,9 +2,11 @@
 
 Threads: ``driftloop-ingest`` (``IngestService.run``, when enabled) and ``driftloop-leader``
 (:class:`~driftloop.leader.LeaderElection`, when the scheduler is enabled); the elected instance
-starts an APScheduler ``BackgroundScheduler``. ``run(stop)`` blocks until ``stop`` is set (the CLI
-sets it on SIGTERM/SIGINT) or ingestion fails, then shuts down in order: scheduler (running jobs
-finish), ingestion (the batch in flight is committed or abandoned whole), the lock.
+starts an APScheduler ``BackgroundScheduler``. With ``api.enabled`` every instance also serves the HTTP
+API (uvicorn in the thread ``driftloop-api``; see :mod:`driftloop.api`). ``run(stop)`` blocks until
+``stop`` is set (the CLI sets it on SIGTERM/SIGINT) or ingestion fails, then shuts down in order: the
+API, scheduler (running jobs finish), ingestion (the batch in flight is committed or abandoned whole),
+the lock.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ log = logging.getLogger("driftloop.daemon")
 class Daemon:
     """One daemon instance. ``run(stop)`` returns 0 after a clean shutdown, 1 when a component failed."""
 
-    def __init__(self, settings: Settings, *, ingest: bool | None = None, instance: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, ingest: bool | None = None, instance: str | None = None,
+                 api: bool | None = None) -> None:  # fmt: skip
         self.settings = settings
+        self.api = settings.api.enabled if api is None else api
+        self.api_server: Any = None
         self.instance = instance or default_instance()
         self.engine = create_engine_from_url(settings.database.url, pool_size=settings.database.pool_size)
         self.ingest = settings.scheduler.ingest if ingest is None else ingest
@@ -85,6 +90,19 @@ class Daemon:
             self.scheduler = None
             log.info("scheduler stopped%s", "" if graceful else " (leadership lost)")
 
+    def _start_api(self) -> None:
+        """Serve the HTTP API; a failure (port taken) is logged and the daemon runs on without it."""
+        try:
+            from driftloop.api.server import ApiServer
+
+            srv = ApiServer(self.settings, self.engine, instance=self.instance)
+            url = srv.start()
+        except Exception as e:
+            log.error("HTTP API not started: %s", e)
+            return
+        self.api_server = srv
+        log.info("HTTP API at %s/ (status page), %s/docs, %s/metrics", url, url, url)
+
     def run(self, stop: threading.Event) -> int:
         self._stop = stop
         set_context(self.settings, self.engine, self.instance, is_leader=self.is_leader)
@@ -120,9 +138,15 @@ class Daemon:
                                             daemon=True))  # fmt: skip
         for t in threads:
             t.start()
-        log.info("driftloop daemon %s running (ingest=%s, scheduler=%s)", self.instance, self.ingest, s.enabled)
+        if self.api:
+            self._start_api()
+        log.info("driftloop daemon %s running (ingest=%s, scheduler=%s, api=%s)", self.instance, self.ingest,
+                 s.enabled, self.api_server is not None)  # fmt: skip
         stop.wait()
-        log.info("shutting down: scheduler, then ingestion, then the leader lock")
+        log.info("shutting down: API, scheduler, then ingestion, then the leader lock")
+        if self.api_server is not None:
+            self.api_server.stop()
+            self.api_server = None
         self._stop_scheduler()
         ingest_stop.set()
         for t in threads:

@@ -21,9 +21,10 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
         ingest: Annotated[bool, typer.Option(help="Also consume Kafka in this process (scheduler.ingest).")] = True,
         migrate: Annotated[bool, typer.Option(help="Apply database migrations first.")] = True,
+        api: Annotated[bool, typer.Option(help="Serve the HTTP API and status page (api.enabled).")] = True,
         log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
     ) -> None:
-        """Run the daemon: ingestion + leader election + scheduled jobs, until SIGTERM/SIGINT.
+        """Run the daemon: ingestion + leader election + scheduled jobs + HTTP API, until SIGTERM/SIGINT.
 
         Several daemons may share one database: all ingest, exactly one (the leader) runs the jobs.
         """
@@ -33,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
         stop = threading.Event()
         install_signal_handlers(stop)
-        rc = Daemon(s, ingest=ingest and s.scheduler.ingest).run(stop)
+        rc = Daemon(s, ingest=ingest and s.scheduler.ingest, api=api and s.api.enabled).run(stop)
         if rc:
             raise typer.Exit(rc)
 

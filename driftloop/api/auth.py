@@ -1,0 +1,92 @@
+"""Bearer-token authentication: tokens come from ``api.tokens``; roles ``read`` < ``admin``."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from driftloop.settings import ApiSettings
+
+ROLES = {"read": 1, "admin": 2}
+
+bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`; tokens are set in api.tokens")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who called: the token's name (``anonymous`` for open reads) and its role."""
+
+    name: str
+    role: str
+
+    @property
+    def actor(self) -> str:
+        """The name written to audit logs (``api:<token name>``)."""
+        return f"api:{self.name}"
+
+
+ANONYMOUS = Principal("anonymous", "read")
+
+
+def lookup(api: ApiSettings, presented: str) -> Principal | None:
+    """The configured token matching ``presented`` (constant-time compare against every one), else None."""
+    found: Principal | None = None
+    given = presented.encode()
+    for t in api.tokens:
+        secret = t.secret()
+        # compare with every token, not stopping at a match, so timing says nothing about which one
+        if secret and hmac.compare_digest(secret.encode(), given) and found is None:
+            found = Principal(t.name, t.role)
+    return found
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def authenticate(api: ApiSettings, creds: HTTPAuthorizationCredentials | None, need: str) -> Principal:
+    """Check a request's bearer token for role ``need``; raise 401/403 with what to do."""
+    if not any(t.secret() for t in api.tokens):
+        raise _unauthorized("no API tokens are configured (or their token_env variables are unset); add api.tokens "
+                            f"with role {need} to the settings to use this endpoint")  # fmt: skip
+    if creds is None or not creds.credentials:
+        raise _unauthorized(f"this endpoint needs a {need} token: send `Authorization: Bearer <token>`")
+    who = lookup(api, creds.credentials)
+    if who is None:
+        raise _unauthorized("invalid token; use one configured in api.tokens")
+    if ROLES[who.role] < ROLES[need]:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"token {who.name!r} has role {who.role}; this endpoint needs role {need}")  # fmt: skip
+    return who
+
+
+def require_admin(api: ApiSettings) -> Callable[..., Principal]:
+    """Dependency for mutating endpoints: an admin token."""
+
+    def dep(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+        return authenticate(api, creds, "admin")
+
+    return dep
+
+
+def require_read(api: ApiSettings) -> Callable[..., Principal]:
+    """Dependency for read endpoints: open unless ``api.read_requires_token``.
+
+    Open reads do not declare the bearer scheme, so the published spec says what the server does.
+    """
+    if api.read_requires_token:
+
+        def dep(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+            return authenticate(api, creds, "read")
+
+        return dep
+
+    def open_dep(request: Request) -> Principal:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return (lookup(api, token) if scheme.lower() == "bearer" and token else None) or ANONYMOUS
+
+    return open_dep
