@@ -114,9 +114,9 @@ def _register_optional() -> None:
         ("driftloop.daemon_cli", None),
         ("driftloop.demo", None),
         ("retrain.cli", None),
-        ("driftloop.serve", None),
         ("driftloop.dashboards", None),
         ("driftloop.api.cli", None),
+        ("driftloop.serve", None),
     ]:
         try:
             m = importlib.import_module(mod)

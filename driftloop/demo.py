@@ -101,15 +101,22 @@ def register(app: typer.Typer) -> None:
 
     @app.command("demo")
     def demo(
-        records: Annotated[int, typer.Option(min=100, help="Interactions to generate.")] = 5000,
-        data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its database and logs.")] = Path(
+        data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its database, models and logs.")] = Path(
             "driftloop-data/demo"
         ),
-        keep_data: Annotated[
-            bool, typer.Option(help="Keep the previous demo database instead of starting fresh.")
-        ] = False,
+        quick: Annotated[bool, typer.Option(help="Reduced mode: smaller windows, no embedding drift.")] = False,
+        keep_running: Annotated[bool, typer.Option(help="Leave the services up at the end (Ctrl-C stops).")] = False,
+        ingest_only: Annotated[bool, typer.Option(help="Only the ingestion path: Kafka -> validate -> SQLite.")] = False,
+        records: Annotated[int, typer.Option(min=100, help="--ingest-only: interactions to generate.")] = 5000,
         log_level: Annotated[str, typer.Option(help="Log level for the services.")] = "WARNING",
     ) -> None:
-        """Run the pipeline end to end on embedded defaults (SQLite + a local Tansu broker)."""
+        """The whole loop live on embedded defaults: serve, drift, alert, retrain, gate, promote, recover."""
         setup_logging(log_level)
-        run_demo(records, data_dir, keep_data)
+        if ingest_only:
+            run_demo(records, data_dir, False)
+            return
+        from driftloop.demo_loop import DemoConfig, run_loop_demo
+
+        tl = run_loop_demo(data_dir, DemoConfig.quick() if quick else DemoConfig(), keep_running=keep_running)
+        done = {"detected", "promoted", "recovered"} <= set(tl.events)
+        raise typer.Exit(0 if done else 1)
