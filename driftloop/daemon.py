@@ -147,6 +147,13 @@ class Daemon:
         if self.api_server is not None:
             self.api_server.stop()
             self.api_server = None
+        try:  # a retrain in progress would hold the graceful scheduler shutdown for its whole training time
+            from retrain.runner import cancel_running
+
+            if cancel_running(self.engine, self.instance):
+                log.warning("cancelled this daemon's retrain job(s) in progress; the champion is unchanged")
+        except Exception:
+            log.exception("could not cancel retrain jobs in progress")
         self._stop_scheduler()
         ingest_stop.set()
         for t in threads:

@@ -337,6 +337,15 @@ def request_cancel(engine: Engine, job_id: int) -> str:
     return "cancelling"
 
 
+def cancel_running(engine: Engine, instance: str) -> int:
+    """Ask every queued/running job of ``instance`` to stop (daemon shutdown); returns how many."""
+    with engine.begin() as c:
+        n = c.execute(update(retrain_jobs).where(retrain_jobs.c.status.in_(("queued", "running")),
+                                                 retrain_jobs.c.instance == instance)
+                      .values(cancel_requested=True)).rowcount  # fmt: skip
+    return int(n or 0)
+
+
 # -- the scheduled job ----------------------------------------------------------------------------
 @dataclass
 class PolicyDecision:
