@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from driftloop.scheduler_config import SchedulerSettings
+from driftloop.validation import duplicated
 from monitor.alerts.config import AlertSettings
 from monitor.config import MonitorSettings
 from retrain.config import RetrainSettings
@@ -186,8 +187,7 @@ class ApiSettings(_Section):
     @field_validator("tokens")
     @classmethod
     def _unique_tokens(cls, v: list[ApiToken]) -> list[ApiToken]:
-        names = [t.name for t in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = duplicated(t.name for t in v)
         if dup:
             raise ValueError(f"duplicate token name(s): {dup}")
         return v

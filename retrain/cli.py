@@ -213,11 +213,7 @@ def models_approve(
     s, eng = _ctx(config)
     reg = ModelRegistry(eng)
     try:
-        v = reg.find(family, version)
-        if v.status != "pending_approval":
-            raise RegistryError(f"{family} {v.version} is {v.status}, not pending_approval")
-        reg.set_status(v.id, "approved", actor, "approved by a person", action="approved")
-        v = reg.promote(v.id, _targets(s, family), actor=actor, reason=f"approved by {actor}",
+        v = reg.approve(reg.find(family, version).id, _targets(s, family), actor=actor,
                         retries=s.retrain.promotion_retries)  # fmt: skip
     except RegistryError as e:
         _fail(str(e))
@@ -239,10 +235,7 @@ def models_reject(
     _s, eng = _ctx(config)
     reg = ModelRegistry(eng)
     try:
-        v = reg.find(family, version)
-        if v.status != "pending_approval":
-            raise RegistryError(f"{family} {v.version} is {v.status}, not pending_approval")
-        reg.set_status(v.id, "rejected", actor, reason)
+        v = reg.reject(reg.find(family, version).id, actor=actor, reason=reason)
     except RegistryError as e:
         _fail(str(e))
         return

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from connectors.config import TargetSettings
+from driftloop.validation import duplicated
 from monitor.alerts.grammar import ConditionError, parse_condition
 
 GATE_METRICS = ("perplexity", "rouge_l", "bleu", "exact_match")
@@ -156,8 +157,7 @@ class RetrainSettings(_Section):
     @field_validator("policies")
     @classmethod
     def _unique(cls, v: list[PolicySettings]) -> list[PolicySettings]:
-        names = [p.name for p in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = duplicated(p.name for p in v)
         if dup:
             raise ValueError(f"duplicate policy name(s): {dup}")
         return v
@@ -172,7 +172,7 @@ def cross_check_retrain(settings: object) -> list[str]:
     channels = {c.name for c in settings.alerts.channels}  # type: ignore[attr-defined]
     targets = [t.name for t in r.targets]
     problems: list[str] = []
-    dup = sorted({n for n in targets if targets.count(n) > 1})
+    dup = duplicated(targets)
     if dup:
         problems.append(f"retrain.targets: duplicate target name(s) {dup}")
     for i, p in enumerate(r.policies):

@@ -250,6 +250,24 @@ class ModelRegistry:
         log.info("%s %s %s (%s)", v.family, v.version, action, reason)
         return self.get(v.id)
 
+    def _pending(self, version_id: int) -> ModelVersion:
+        v = self.get(version_id)
+        if v.status != "pending_approval":
+            raise RegistryError(f"{v.family} {v.version} is {v.status}, not pending_approval")
+        return v
+
+    def approve(self, version_id: int, targets: Sequence[PromotionTarget], *, actor: str,
+                reason: str | None = None, retries: int = 2) -> ModelVersion:  # fmt: skip
+        """A person approves a version that passed the gate (``pending_approval``); it is promoted."""
+        v = self._pending(version_id)
+        self.set_status(v.id, "approved", actor, reason or "approved by a person", action="approved")
+        return self.promote(v.id, targets, actor=actor, reason=f"approved by {actor}", retries=retries)
+
+    def reject(self, version_id: int, *, actor: str, reason: str) -> ModelVersion:
+        """A person rejects a version waiting for approval."""
+        v = self._pending(version_id)
+        return self.set_status(v.id, "rejected", actor, reason)
+
     def rollback(self, family: str, targets: Sequence[PromotionTarget], *, actor: str, reason: str,
                  retries: int = 2) -> ModelVersion:  # fmt: skip
         """Serve ``previous`` again; the current champion becomes ``rolled_back``."""

@@ -444,13 +444,9 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
               summary="Approve a version waiting for approval, then promote it")  # fmt: skip
     def approve(family: Family, version: VersionRef, who: AdminAuth, body: Reason = None) -> dict[str, Any]:
         v = find(family, version)
-        if v.status != "pending_approval":
-            raise _conflict(f"{family} {v.version} is {v.status}, not pending_approval")
         ts = targets(family)
         try:
-            reg.set_status(v.id, "approved", who.actor, (body.reason if body else None) or "approved by a person",
-                           action="approved")  # fmt: skip
-            v = reg.promote(v.id, ts, actor=who.actor, reason=f"approved by {who.actor}",
+            v = reg.approve(v.id, ts, actor=who.actor, reason=body.reason if body else None,
                             retries=settings.retrain.promotion_retries)  # fmt: skip
         except RegistryError as e:
             raise _conflict(str(e)) from None

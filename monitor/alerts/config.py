@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from driftloop.validation import duplicated
 from monitor.alerts.grammar import ConditionError, parse_condition
 
 
@@ -94,8 +95,7 @@ class AlertSettings(_Section):
     @field_validator("channels")
     @classmethod
     def _unique_channels(cls, v: list[ChannelSettings]) -> list[ChannelSettings]:
-        names = [c.name for c in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = duplicated(c.name for c in v)
         if dup:
             raise ValueError(f"duplicate channel name(s): {dup}")
         return v
