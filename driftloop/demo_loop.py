@@ -47,15 +47,15 @@ class DemoConfig:
     clients: int = 2
     embeddings: bool = True
     reports: bool = True
-    epochs: float = 5.0
-    min_new_samples: int = 400  # eligible records (liked or corrected) before a retrain may start
+    epochs: float = 6.0
+    min_new_samples: int = 600  # eligible records (liked or corrected) before a retrain may start
     timeout_s: float = 600.0
     seed: int = 0
 
     @classmethod
     def quick(cls) -> DemoConfig:
         return cls(window=60, windows_before_shift=2, recovery_windows=1, embeddings=False, reports=True,
-                   min_new_samples=300, timeout_s=420.0)  # fmt: skip
+                   min_new_samples=500, timeout_s=420.0)  # fmt: skip
 
 
 @dataclass
