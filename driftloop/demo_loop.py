@@ -272,11 +272,11 @@ def run_loop_demo(data_dir: Path = Path("driftloop-data/demo"), cfg: DemoConfig 
                     traffic.shift()
                     tl.mark("drift_onset", traffic.shift_at)
                     say(f"  t={tl.events['drift_onset']:6.1f}s  >>> traffic shifts to domain B (account support)")
-                wins = q("select w.window_index, w.status, w.drifted, w.drift_score, m.value, w.created_at "
+                wins = q("select w.window_index, w.status, w.drifted, w.drift_score, m.value, w.created_at, w.window_start "
                          "from monitor_windows w left join window_metrics m on m.window_id = w.id "
                          "and m.name = 'quality.feedback_positive_rate' where w.model_id = 'support-bot' "
                          "order by w.window_index")  # fmt: skip
-                for idx, status, drifted, score, pos, _created in wins[seen_windows:]:
+                for idx, status, drifted, score, pos, _created, _start in wins[seen_windows:]:
                     say(f"  t={time.time() - tl.t0:6.1f}s  window {idx}: {status}, drift score "
                         f"{(score or 0):.2f}{' DRIFT' if drifted else ''}, users happy "
                         f"{'-' if pos is None else f'{pos:.0%}'}  ({n_rec} records stored)")  # fmt: skip
@@ -315,8 +315,8 @@ def run_loop_demo(data_dir: Path = Path("driftloop-data/demo"), cfg: DemoConfig 
                         tl.mark("hot_loaded")
                         say(f"  t={tl.events['hot_loaded']:6.1f}s  the server serves the new adapter (no restart)")
                 if promoted_at is not None:
-                    after = [(pos, _ts(cr)) for idx, st, d, s_, pos, cr in wins
-                             if pos is not None and _window_start_after(c, idx, promoted_at)]  # fmt: skip
+                    # windows that started after the promotion (the query above already has their start)
+                    after = [(w[4], _ts(w[5])) for w in wins if w[4] is not None and _ts(w[6]) >= promoted_at]
                     if after and "recovered" not in tl.events and after[0][0] >= 0.5:
                         tl.mark("recovered", after[0][1])
                         say(f"  t={tl.events['recovered']:6.1f}s  quality recovered: users happy {after[0][0]:.0%}")
@@ -360,14 +360,6 @@ def _ts(v: Any) -> float:
     if isinstance(v, datetime):
         return (v if v.tzinfo else v.replace(tzinfo=UTC)).timestamp()
     return float(datetime.fromisoformat(str(v)).replace(tzinfo=UTC).timestamp())
-
-
-def _window_start_after(c: Any, idx: int, at: float) -> bool:
-    from sqlalchemy import text
-
-    row = c.execute(text("select window_start from monitor_windows where model_id = 'support-bot' "
-                         "and window_index = :i"), {"i": idx}).first()  # fmt: skip
-    return bool(row) and _ts(row[0]) >= at
 
 
 def _quality(eng: Any, promoted_at: float | None, tl: Timeline) -> dict[str, float | None]:
