@@ -8,8 +8,12 @@ then, in the same run and on the same data:
            database, as a separate process, until it is idle.
 
 Both rates are measured from the first message received to the last one processed (raw) or
-the last batch committed to the database (e2e), so the group join is excluded from both. Prints
-msgs/s for both, the ratio e2e/raw and the ingest process's peak RSS; the last line is JSON.
+the last batch committed to the database (e2e), so the group join is excluded from both. The two
+measurements alternate ``--repeat`` times (default 3; a fresh database and consumer group each
+time) and the medians are compared, because this kind of machine is noisy (±20 % between runs).
+Prints msgs/s for every run and the medians, the ratio e2e/raw, CPU time per message of each
+process, and the ingest processes' peak RSS (consumer + writer process, summed); the last line
+is JSON.
 
     python bench/ingest.py --records 200000
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +51,8 @@ def produce(bootstrap: str, topic: str, n: int, size: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def raw_consume(bootstrap: str, topic: str, n: int) -> float:
+def raw_consume(bootstrap: str, topic: str, n: int) -> tuple[float, float]:
+    """msgs/s and CPU seconds per message (this process, all threads) of a bare kafka-python loop."""
     from kafka import KafkaConsumer
 
     c = KafkaConsumer(
@@ -66,20 +71,24 @@ def raw_consume(bootstrap: str, topic: str, n: int) -> float:
     )
     got = 0
     first = None
+    cpu0 = 0.0
     loads = json.loads
     while got < n:
         for msgs in c.poll(timeout_ms=500).values():
             if first is None:
                 first = time.perf_counter()
+                cpu0 = time.process_time()
             for msg in msgs:
                 loads(msg.value)
             got += len(msgs)
     elapsed = time.perf_counter() - (first or time.perf_counter())
+    cpu = time.process_time() - cpu0
     c.close()
-    return n / elapsed
+    return n / elapsed, cpu / n
 
 
-def e2e_ingest(bootstrap: str, topic: str, dlq: str, n: int, db_url: str, workdir: Path) -> tuple[float, float, dict]:
+def e2e_ingest(bootstrap: str, topic: str, dlq: str, n: int, db_url: str, workdir: Path) -> dict:
+    """Run ``driftloop ingest`` with default settings until idle; returns its final counters."""
     cfg = workdir / "bench.yaml"
     stats_path = workdir / "stats.json"
     cfg.write_text(
@@ -91,7 +100,6 @@ def e2e_ingest(bootstrap: str, topic: str, dlq: str, n: int, db_url: str, workdi
             }
         )
     )  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.run(
         [sys.executable, "-m", "driftloop", "ingest", "--config", str(cfg), "--stop-when-idle", "2",
          "--progress", "0", "--log-level", "WARNING", "--stats-json", str(stats_path)],
@@ -99,23 +107,25 @@ def e2e_ingest(bootstrap: str, topic: str, dlq: str, n: int, db_url: str, workdi
     )  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(f"driftloop ingest failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     stats = json.loads(stats_path.read_text())
     if stats["stored"] != n:
         raise SystemExit(f"expected {n} stored records, got {stats['stored']}: {stats}")
-    elapsed = stats["last_commit_at"] - stats["first_message_at"]
-    return n / elapsed, max(peak_kb, before) / 1024, stats
+    stats["msgs_per_s"] = n / (stats["last_commit_at"] - stats["first_message_at"])
+    return stats
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=200_000, help="messages to produce (default 200000)")
     ap.add_argument("--size", type=int, default=1000, help="approximate JSON bytes per record (default 1000)")
+    ap.add_argument("--repeat", type=int, default=3, help="raw/e2e measurement pairs; medians are compared (default 3)")
     ap.add_argument("--bootstrap", help="use this broker instead of starting a local Tansu")
     ap.add_argument("--pg-admin", default=os.environ.get("DRIFTLOOP_TEST_PG",
                     "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
-                    help="PostgreSQL URL used to create a scratch database")  # fmt: skip
+                    help="PostgreSQL URL used to create scratch databases")  # fmt: skip
     args = ap.parse_args()
+    if args.repeat < 1 or args.records < 1:
+        ap.error("--records and --repeat must be >= 1")
 
     from sqlalchemy import create_engine, text
 
@@ -125,33 +135,58 @@ def main() -> None:
     if not args.bootstrap:
         broker = LocalTansu().start()
     bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
-    dbname = f"dl_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(args.pg_admin, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{dbname}"'))
-    db_url = args.pg_admin.rsplit("/", 1)[0] + "/" + dbname
+    raws: list[float] = []
+    raw_cpu: list[float] = []
+    runs: list[dict] = []
     try:
-        migrate(db_url)
         topic, dlq = f"bench-{uuid.uuid4().hex[:6]}", f"bench-dlq-{uuid.uuid4().hex[:6]}"
         ensure_topics(bootstrap, [topic, dlq], partitions=3)
         print(f"producing {args.records} records of ~{args.size} bytes to {topic} ...", file=sys.stderr)
         prod_rate = produce(bootstrap, topic, args.records, args.size)
         print(f"produce: {prod_rate:,.0f} msgs/s", file=sys.stderr)
-        raw = raw_consume(bootstrap, topic, args.records)
-        print(f"raw kafka-python (poll + json.loads):  {raw:,.0f} msgs/s")
-        with tempfile.TemporaryDirectory() as td:
-            e2e, rss, stats = e2e_ingest(bootstrap, topic, dlq, args.records, db_url, Path(td))
-        print(f"driftloop ingest -> PostgreSQL (e2e):   {e2e:,.0f} msgs/s  ({stats['batches']} batches)")
-        ratio = e2e / raw
-        print(f"ratio e2e/raw: {ratio:.2f}   ingest peak RSS: {rss:.0f} MB")
-        print(json.dumps({"raw_msgs_per_s": round(raw), "e2e_msgs_per_s": round(e2e), "ratio": round(ratio, 3),
-                          "peak_rss_mb": round(rss, 1), "records": args.records}))  # fmt: skip
+        for i in range(args.repeat):
+            rate, cpu = raw_consume(bootstrap, topic, args.records)
+            raws.append(rate)
+            raw_cpu.append(cpu)
+            dbname = f"dl_bench_{uuid.uuid4().hex[:8]}"
+            with admin.connect() as c:
+                c.execute(text(f'CREATE DATABASE "{dbname}"'))
+            db_url = args.pg_admin.rsplit("/", 1)[0] + "/" + dbname
+            try:
+                migrate(db_url)
+                with tempfile.TemporaryDirectory() as td:
+                    st = e2e_ingest(bootstrap, topic, dlq, args.records, db_url, Path(td))
+            finally:
+                with admin.connect() as c:
+                    c.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+            runs.append(st)
+            print(f"run {i + 1}/{args.repeat}: raw {rate:,.0f} msgs/s, e2e {st['msgs_per_s']:,.0f} msgs/s "
+                  f"({st['batches']} batches, decode + write in a {st['pipeline']})")  # fmt: skip
     finally:
         if broker:
             broker.stop()
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
         admin.dispose()
+    raw = statistics.median(raws)
+    e2e = statistics.median(r["msgs_per_s"] for r in runs)
+    rss = max(r["peak_rss_mb"] + r["writer_peak_rss_mb"] for r in runs)
+    rss_c = max(r["peak_rss_mb"] for r in runs)
+    rss_w = max(r["writer_peak_rss_mb"] for r in runs)
+    n = args.records
+    # CPU per message includes start-up (imports, group join) for the ingest processes
+    c_cpu = statistics.median(r["cpu_s"] for r in runs) / n * 1e6
+    w_cpu = statistics.median(r["writer_cpu_s"] for r in runs) / n * 1e6
+    print(f"raw kafka-python (poll + json.loads), median:  {raw:,.0f} msgs/s  "
+          f"(CPU {statistics.median(raw_cpu) * 1e6:.1f} us/msg)")  # fmt: skip
+    print(f"driftloop ingest -> PostgreSQL (e2e), median:  {e2e:,.0f} msgs/s  "
+          f"(CPU consumer {c_cpu:.1f} + writer {w_cpu:.1f} us/msg, start-up included)")  # fmt: skip
+    ratio = e2e / raw
+    print(f"ratio e2e/raw: {ratio:.2f}   ingest peak RSS (consumer + writer): {rss:.0f} MB "
+          f"({rss_c:.0f} + {rss_w:.0f})")  # fmt: skip
+    print(json.dumps({"raw_msgs_per_s": round(raw), "e2e_msgs_per_s": round(e2e), "ratio": round(ratio, 3),
+                      "peak_rss_mb": round(rss, 1), "records": n, "repeat": args.repeat,
+                      "raw_runs": [round(x) for x in raws],
+                      "e2e_runs": [round(r["msgs_per_s"]) for r in runs]}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -106,8 +106,12 @@ class IngestSettings(_Section):
     max_future_skew_s: int = Field(86_400, ge=0)
     db_retry_initial_s: float = Field(0.2, gt=0)
     db_retry_max_s: float = Field(10.0, gt=0)
-    # How many decoded batches may wait for the database writer thread.
+    # How many batches may be in flight between the consumer and the database writer.
     max_pending_batches: int = Field(2, gt=0)
+    # Where decoding + database writes run: "process" (a child process, so that Kafka parsing and
+    # decode/COPY use two cores), "thread" (inside the consumer's process), or "auto": process on
+    # PostgreSQL, thread on SQLite (one writing process keeps the embedded database simple).
+    pipeline: Literal["auto", "process", "thread"] = "auto"
     store_raw_reject_bytes: int = Field(65_536, ge=0)
 
     @field_validator("min_timestamp")

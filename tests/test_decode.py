@@ -6,7 +6,9 @@ Pure unit tests (no broker); one test stores edge-case rows in the real PostgreS
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -563,3 +565,19 @@ def test_edge_case_rows_are_accepted_by_postgresql(pg_url: str) -> None:
             assert got.prompt == awkward and got.metadata["big"] == 10**40
     finally:
         eng.dispose()
+
+
+def test_spool_dirs_of_dead_consumers_are_removed(tmp_path: Path) -> None:
+    """A consumer killed with kill -9 leaves its batch spool behind; the next one removes it."""
+    from driftloop.ingest import step
+
+    dead = tmp_path / f"{step._SPOOL_PREFIX}999999999-abc"  # no such pid
+    alive = tmp_path / f"{step._SPOOL_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "unrelated"
+    for d in (dead, alive, other):
+        d.mkdir()
+        (d / "1.batch").write_bytes(b"x")
+    new = step.make_spool_dir(str(tmp_path))
+    assert not dead.exists()
+    assert alive.exists() and other.exists()
+    assert Path(new).parent == tmp_path and Path(new).name.startswith(f"{step._SPOOL_PREFIX}{os.getpid()}-")

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from driftloop.ingest.sample import BAD_MESSAGES
+from driftloop.ingest.service import IngestService
+from driftloop.ingest.step import ProcessPipeline
 from driftloop.store.db import create_engine_from_url, current_revision, downgrade, head_revision, migrate
 from tests.ingest_helpers import (
+    child_pids,
     ingest_until_idle,
     kill9,
+    pid_alive,
     produce_values,
     read_topic,
     records,
@@ -60,9 +68,13 @@ def test_sigkill_three_times_no_loss_no_duplicates(
         proc = start_ingest_process(cfg, log)
         try:
             wait_for(lambda t=threshold: count() >= t, 120, f"{threshold} rows (run {i})", interval=0.05)
+            writers = child_pids(proc.pid)
+            assert writers, "on PostgreSQL decode + write run in a child process"
         finally:
             kill9(proc)
             kills += 1
+        # the writer process dies with the consumer: nothing keeps writing behind a restarted consumer
+        wait_for(lambda w=writers: not any(pid_alive(p) for p in w), 10, "the writer process to exit")
         if i == 0:
             produce_values(kafka_bootstrap, topics["logs"], values[n // 2 :])
     assert kills == 3
@@ -79,7 +91,49 @@ def test_sigkill_three_times_no_loss_no_duplicates(
     assert scalar(pg_url, "select sum(next_offset) from consumer_offsets") == n
 
 
-def test_bad_inputs_go_to_dlq_and_rejected_messages(pg_url: str, kafka_bootstrap: str, topics: dict[str, str]) -> None:
+def test_writer_process_killed_is_restarted_without_loss_or_duplicates(
+    pg_url: str, kafka_bootstrap: str, topics: dict[str, str]
+) -> None:
+    """SIGKILL of the decode/write process: the consumer restarts it and re-reads from the DB offsets."""
+    n = 12_000
+    values = records(n, seed=5)
+    produce_values(kafka_bootstrap, topics["logs"], values)
+    settings = settings_for(pg_url, kafka_bootstrap, topics, batch_size=500, batch_max_ms=200, pipeline="process")
+    svc = IngestService(settings)
+    stop = threading.Event()
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["stats"] = svc.run(stop, stop_when_idle_s=3)
+        except BaseException as e:  # surfaced below
+            result["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    count = lambda: scalar(pg_url, "select count(*) from interactions")  # noqa: E731
+    try:
+        wait_for(lambda: count() >= 2_000, 120, "the first rows", interval=0.05)
+        first = svc.pipeline
+        assert isinstance(first, ProcessPipeline) and first._proc is not None
+        os.kill(first._proc.pid, signal.SIGKILL)
+        wait_for(lambda: svc.stats.writer_restarts >= 1, 30, "the writer to be restarted")
+        assert count() < n, "everything was stored before the kill; the test proved nothing"
+        t.join(180)
+    finally:
+        stop.set()
+        t.join(30)
+    assert "error" not in result, result.get("error")
+    assert result["stats"].writer_restarts == 1
+    stored = [r[0] for r in rows(pg_url, "select request_id from interactions")]
+    assert len(stored) == n and set(stored) == {json.loads(v)["request_id"] for v in values}
+    assert scalar(pg_url, "select sum(next_offset) from consumer_offsets") == n
+
+
+@pytest.mark.parametrize("pipeline", ["process", "thread"])
+def test_bad_inputs_go_to_dlq_and_rejected_messages(
+    pg_url: str, kafka_bootstrap: str, topics: dict[str, str], pipeline: str
+) -> None:
     good = records(30, seed=3)
     bad = dict(BAD_MESSAGES)
     bad["oversize"] = json.dumps({"request_id": "huge", "prompt": "x" * 60_000}).encode()
@@ -92,8 +146,10 @@ def test_bad_inputs_go_to_dlq_and_rejected_messages(pg_url: str, kafka_bootstrap
         values.append(v)
     values.extend(good[len(bad) :])
     produce_values(kafka_bootstrap, topics["logs"], values)
-    s = settings_for(pg_url, kafka_bootstrap, topics, max_message_bytes=50_000, max_field_chars=4_000)
+    s = settings_for(pg_url, kafka_bootstrap, topics, max_message_bytes=50_000, max_field_chars=4_000,
+                     pipeline=pipeline)  # fmt: skip
     stats = ingest_until_idle(s)
+    assert stats.pipeline == pipeline
     assert stats.rejected == len(bad)
     assert scalar(pg_url, "select count(*) from interactions") == len(good)
     got = dict(rows(pg_url, "select reason, count(*) from rejected_messages group by reason"))

@@ -1,41 +1,54 @@
 """Kafka → database ingestion, as one chain of small steps.
 
-    poll ─► decode/validate/redact ─► batch ─► (writer thread) DB transaction ─► Kafka offset commit
-                 │
-                 └─ InvalidMessage ─► dead-letter topic (raw bytes + reason headers) + rejected_messages row
+    poll ─► raw batch ─► [decode/validate/redact ─► DB transaction] ─► BatchWritten ─► Kafka offset commit
+                              │      (driftloop.ingest.step: a subprocess on PostgreSQL, threads on SQLite)
+                              └─ InvalidMessage ─► dead-letter topic (raw bytes + reason headers) + rejected_messages row
 
 * The next offset per partition is stored in the same database transaction as the batch; on
   partition assignment the consumer seeks to it. Kafka offsets are committed too (after the DB
   commit) so that lag tools work, but the database is the source of truth.
-* The database write runs on its own thread so that polling and decoding overlap with it. The
-  queue between them is bounded; when it is full the consumer pauses its partitions and keeps
-  polling (staying in the group) until the writer catches up — e.g. while the database is down
-  and the writer retries with backoff.
+* Polling, decoding and the database write overlap: the consumer only polls and hands raw batches
+  to ``DecodeWriteStep``, which decodes on one thread and writes on another (in a child process by
+  default on PostgreSQL, so kafka-python's parsing and the decode/COPY use two cores). At most
+  ``ingest.max_pending_batches`` batches are in flight; beyond that the consumer pauses its
+  partitions and keeps polling (staying in the group) until the writer catches up — e.g. while the
+  database is down and the writer retries with backoff. A writer process that dies is restarted
+  and every partition re-read from the offsets stored in the database.
 * A batch's dead-letter sends are acknowledged by the broker before its transaction commits, so
   a rejected message is never acknowledged without being in the DLQ.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kafka import ConsumerRebalanceListener
 from sqlalchemy import Engine
 
 from driftloop.ingest import metrics as m
-from driftloop.ingest.decode import DecodePolicy, Decoder, InvalidMessage, Source
-from driftloop.ingest.redact import Redactor
+from driftloop.ingest.step import (
+    BatchAbandoned,
+    BatchWritten,
+    Event,
+    ProcessPipeline,
+    RawBatch,
+    RawChunk,
+    StepClosed,
+    StepFailed,
+    ThreadPipeline,
+    WriteRetried,
+    cpu_seconds,
+    peak_rss_mb,
+)
 from driftloop.settings import Settings
 from driftloop.store.db import create_engine_from_url
-from driftloop.store.writer import Batch, BatchWriter, WriteResult
+from driftloop.store.writer import BatchWriter
 
 log = logging.getLogger("driftloop.ingest")
 
@@ -77,17 +90,6 @@ class BatchPolicyState:
 
 
 @dataclass
-class DlqItem:
-    """A rejected message on its way to the dead-letter topic."""
-
-    raw: bytes
-    key: bytes | None
-    headers: list[tuple[str, bytes]]
-    future: Any = None
-    acked: bool = False
-
-
-@dataclass
 class IngestStats:
     """Counters for progress output (Prometheus metrics are kept in parallel)."""
 
@@ -102,6 +104,12 @@ class IngestStats:
     offset_resets: int = 0
     first_message_at: float | None = None  # wall clock (time.time()) of the first consumed message
     last_commit_at: float | None = None  # wall clock of the last batch commit
+    pipeline: str = ""  # where decode + write ran: "process" or "thread"
+    writer_restarts: int = 0
+    peak_rss_mb: float = 0.0  # the consumer process
+    writer_peak_rss_mb: float = 0.0  # the writer process (0 when it runs in the consumer's process)
+    cpu_s: float = 0.0  # CPU time of the consumer process
+    writer_cpu_s: float = 0.0  # CPU time of the writer process
     started_at: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, Any]:
@@ -131,42 +139,50 @@ class IngestService:
     committed whole or abandoned whole, never half-written).
     """
 
+    #: a writer process that dies more often than this within ``_RESTART_WINDOW_S`` stops the service
+    _MAX_RESTARTS = 5
+    _RESTART_WINDOW_S = 300.0
+
     def __init__(self, settings: Settings, engine: Engine | None = None, *, instance: str | None = None) -> None:
         self.settings = settings
         self.engine = engine or create_engine_from_url(settings.database.url, pool_size=settings.database.pool_size)
+        self._own_engine = engine is None
         k, ing = settings.kafka, settings.ingest
         self.group_id = k.group_id
         self.topics = list(k.topics)
         self.dlq_topic = k.dlq_topic
         self.instance = instance or f"ingest-{id(self):x}"
-        self.decoder = Decoder(
-            DecodePolicy(
-                max_message_bytes=ing.max_message_bytes,
-                max_field_chars=ing.max_field_chars,
-                min_timestamp=datetime.fromisoformat(ing.min_timestamp).astimezone(UTC),
-                max_future_skew=timedelta(seconds=ing.max_future_skew_s),
-            ),
-            Redactor.from_settings(settings.pii),
-        )
-        self.writer = BatchWriter(self.engine, self.group_id)
+        self.writer = BatchWriter(self.engine, self.group_id)  # here only to read the stored offsets
         self.batch_policy = BatchPolicy(ing.batch_size, ing.batch_max_ms)
         self.stats = IngestStats()
-        self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=ing.max_pending_batches)
-        self._done: queue.Queue[tuple[int, dict[tuple[str, int], int]]] = queue.Queue()
+        self.pipeline_kind = self._pipeline_kind()
+        self.stats.pipeline = self.pipeline_kind
+        self.pipeline: ThreadPipeline | ProcessPipeline | None = None
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._in_flight = 0  # raw batches handed to the step and not finished yet
+        self._seq = 0
         self._generation = 0
         self._gen_lock = threading.Lock()
         self._stop = threading.Event()
         self._writer_error: BaseException | None = None
+        self._restarts: deque[float] = deque()
+        self._pending: RawBatch | None = None
         self.consumer: Any = None
-        self.producer: Any = None
         self._assigned: set[Any] = set()
         self.idle_since: float = time.monotonic()
+
+    def _pipeline_kind(self) -> str:
+        mode = self.settings.ingest.pipeline
+        if mode == "auto":
+            # SQLite: one writing process keeps the embedded database simple; PostgreSQL: use two cores
+            return "process" if self.engine.dialect.name == "postgresql" else "thread"
+        return mode
 
     # -- wiring -------------------------------------------------------------------------------
     def _make_clients(self) -> None:
         from kafka import KafkaConsumer
 
-        from driftloop.broker import ensure_topics, make_producer
+        from driftloop.broker import ensure_topics
 
         k, ing = self.settings.kafka, self.settings.ingest
         if k.create_topics:
@@ -182,28 +198,37 @@ class IngestService:
         }
         opts.update(k.consumer)
         self.consumer = KafkaConsumer(**opts)
-        popts = {"max_request_size": max(16 * 1024 * 1024, ing.max_message_bytes + 65536), **k.producer}
-        self.producer = make_producer(k.bootstrap_servers, **popts)
         self.consumer.subscribe(self.topics, listener=_Rebalance(self))
+
+    def _start_pipeline(self) -> None:
+        if self.pipeline_kind == "process":
+            self.pipeline = ProcessPipeline(self.settings, self._events).start()
+        else:
+            self.pipeline = ThreadPipeline(self.settings, self._events, self.engine).start()
+        self.pipeline.set_generation(self._generation)
 
     # -- rebalance ----------------------------------------------------------------------------
     def _on_revoked(self, revoked: set[Any]) -> None:
         # Let batches already handed over finish (their offsets land in the DB), then drop the
         # one being built: after re-assignment we seek to the DB offsets and read it again.
         deadline = time.monotonic() + max(1.0, self.settings.kafka.consumer.get("max_poll_interval_ms", 10000) / 2000)
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while self._in_flight and time.monotonic() < deadline:
+            self._drain_events(commit=False)
             time.sleep(0.01)
-        if self._queue.unfinished_tasks:
+        if self._in_flight:
             log.warning("partitions revoked while the writer is still busy; abandoning queued batches")
             self._bump_generation()
-        self._current = Batch(generation=self._generation)
+        self._current = self._new_batch()
+        self._pending = None
         self._state.reset()
         self._assigned -= set(revoked)
         log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
     def _on_assigned(self, assigned: set[Any]) -> None:
-        # Runs on kafka-python's IO thread: no blocking consumer calls here (seek is local).
         self._assigned |= set(assigned)
+        self._seek_to_stored(assigned)
+
+    def _seek_to_stored(self, assigned: set[Any]) -> None:
         tps = [(tp.topic, tp.partition) for tp in assigned]
         try:
             stored = self.writer.stored_offsets(tps)
@@ -225,145 +250,137 @@ class IngestService:
     def _bump_generation(self) -> None:
         with self._gen_lock:
             self._generation += 1
+        if self.pipeline is not None:
+            self.pipeline.set_generation(self._generation)
 
     # -- the chain ----------------------------------------------------------------------------
-    def _reject(self, msg: Any, err: InvalidMessage, batch: Batch) -> None:
-        raw: bytes = msg.value if msg.value is not None else b""
-        now = datetime.now(UTC)
-        headers = [
-            ("dlq.reason", err.reason.encode()),
-            ("dlq.error", err.detail[:1000].encode("utf-8", "replace")),
-            ("dlq.source.topic", msg.topic.encode()),
-            ("dlq.source.partition", str(msg.partition).encode()),
-            ("dlq.source.offset", str(msg.offset).encode()),
-            ("dlq.consumer.group", self.group_id.encode()),
-            ("dlq.rejected.at", now.isoformat().encode()),
-        ]
-        headers.extend((k, v) for k, v in (msg.headers or []) if not k.startswith("dlq."))
-        item = DlqItem(raw, msg.key, headers)
-        self._send_dlq(item)
-        batch.dlq_futures.append(item)
-        keep = self.settings.ingest.store_raw_reject_bytes
-        batch.rejects.append({
-            "source_topic": msg.topic,
-            "source_partition": msg.partition,
-            "source_offset": msg.offset,
-            "reason": err.reason,
-            "error": err.detail.replace("\x00", "\\x00")[:4000],
-            "raw": raw[:keep] if keep else None,
-            "raw_size": len(raw),
-            "raw_sha256": hashlib.sha256(raw).hexdigest(),
-            "dlq_topic": self.dlq_topic,
-            "rejected_at": now,
-        })  # fmt: skip
-        self.stats.rejected += 1
-        self.stats.rejected_by_reason[err.reason] = self.stats.rejected_by_reason.get(err.reason, 0) + 1
-        m.REJECTS.labels(reason=err.reason).inc()
-        log.debug("rejected %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, err)
+    def _new_batch(self) -> RawBatch:
+        self._seq += 1
+        return RawBatch(self._seq, self._generation)
 
-    def _send_dlq(self, item: DlqItem) -> None:
-        item.future = self.producer.send(self.dlq_topic, value=item.raw, key=item.key, headers=item.headers)
-
-    def _process(self, msg: Any, batch: Batch) -> None:
-        src = Source(msg.topic, msg.partition, msg.offset, msg.timestamp)
-        try:
-            kind, row, fbs = self.decoder.decode(msg.value, src)
-        except InvalidMessage as e:
-            self._reject(msg, e, batch)
-        else:
-            if kind == "interaction":
-                batch.interactions.append(row)
-                if fbs:
-                    batch.feedback.extend(fbs)
-            else:
-                batch.feedback.append(row)
-        batch.offsets[(msg.topic, msg.partition)] = msg.offset + 1
-        batch.n_messages += 1
-
-    # -- writer thread ------------------------------------------------------------------------
-    def _writer_loop(self) -> None:
-        ing = self.settings.ingest
-        while True:
-            batch = self._queue.get()
-            try:
-                if batch is None:
-                    return
-                delay = ing.db_retry_initial_s
-                attempt = 0
-                while True:
-                    if batch.generation != self._generation:
-                        log.info("dropping a batch of %d messages from before a rebalance", batch.n_messages)
-                        break
-                    try:
-                        self._await_dlq(batch)
-                        res = self.writer.write(batch)
-                    except Exception as e:
-                        attempt += 1
-                        self.stats.db_retries += 1
-                        m.DB_RETRIES.inc()
-                        if self._stop.is_set() and attempt > 1 and self._abandon_on_stop:
-                            log.error("shutting down while the write keeps failing (%s); abandoning the batch "
-                                      "of %d messages: it was not committed and will be read again", e,
-                                      batch.n_messages)  # fmt: skip
-                            break
-                        log.error("batch write failed (attempt %d, retry in %.1fs): %s", attempt, delay,
-                                  str(e).splitlines()[0][:300])  # fmt: skip
-                        time.sleep(delay)
-                        delay = min(delay * 2, ing.db_retry_max_s)
-                        continue
-                    self._account(batch, res)
-                    self._done.put((batch.generation, batch.offsets))
-                    break
-            except BaseException as e:  # pragma: no cover - a bug: stop the service loudly
-                self._writer_error = e
-                log.exception("writer thread crashed")
-                self._stop.set()
-                return
-            finally:
-                self._queue.task_done()
-
-    def _await_dlq(self, batch: Batch) -> None:
-        for item in batch.dlq_futures:
-            if item.acked:
+    def _add(self, records: dict[Any, list[Any]], batch: RawBatch) -> int:
+        """Append one poll's messages to the raw batch; returns how many."""
+        n = 0
+        for tp, msgs in records.items():
+            if not msgs:
                 continue
-            try:
-                item.future.get(timeout=30)
-            except Exception as e:
-                log.error("dead-letter send failed (%s); re-sending", e)
-                self._send_dlq(item)
-                raise
-            item.acked = True
+            offsets, stamps, keys, values, headers = [], [], [], [], []
+            has_headers = False
+            for msg in msgs:
+                offsets.append(msg.offset)
+                stamps.append(msg.timestamp)
+                keys.append(msg.key)
+                values.append(msg.value)
+                h = msg.headers
+                headers.append(h)
+                if h:
+                    has_headers = True
+            batch.chunks.append(RawChunk(tp.topic, tp.partition, offsets, stamps, keys, values,
+                                         headers if has_headers else None))  # fmt: skip
+            batch.offsets[(tp.topic, tp.partition)] = offsets[-1] + 1
+            n += len(msgs)
+        batch.n_messages += n
+        return n
 
-    def _account(self, batch: Batch, res: WriteResult) -> None:
-        s = self.stats
-        s.last_commit_at = time.time()
-        s.batches += 1
-        s.stored += res.inserted
-        s.duplicates += res.duplicates
-        s.feedback += res.feedback_inserted
-        m.STORED.inc(res.inserted)
-        m.DUPLICATES.inc(res.duplicates)
-        m.FEEDBACK.inc(res.feedback_inserted)
-        m.BATCHES.inc()
+    def _submit(self, batch: RawBatch) -> None:
+        assert self.pipeline is not None
+        self._in_flight += 1
+        self.pipeline.submit(batch)
 
-    # -- Kafka commits ------------------------------------------------------------------------
-    def _commit_done(self) -> None:
+    # -- events from the step -----------------------------------------------------------------
+    def _drain_events(self, commit: bool = True, wait_s: float = 0.0) -> None:
+        """Account finished batches and retries; commit their offsets to Kafka (for lag tools).
+
+        ``wait_s``: block up to this long for the first event.
+        """
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
-        offsets: dict[Any, Any] = {}
+        offsets: dict[tuple[str, int], int] = {}
         while True:
             try:
-                _gen, offs = self._done.get_nowait()
+                if wait_s:
+                    ev = self._events.get(timeout=wait_s)
+                    wait_s = 0.0
+                else:
+                    ev = self._events.get_nowait()
             except queue.Empty:
                 break
-            for (t, p), o in offs.items():
-                offsets[TopicPartition(t, p)] = OffsetAndMetadata(o, "", -1)
-        offsets = {tp: o for tp, o in offsets.items() if tp in self._assigned}
-        if offsets:
+            if isinstance(ev, BatchWritten):
+                self._in_flight -= 1
+                if not ev.dropped:
+                    self._account(ev)
+                    offsets.update(ev.offsets)
+            elif isinstance(ev, WriteRetried):
+                self.stats.db_retries += 1
+                m.DB_RETRIES.inc()
+            elif isinstance(ev, BatchAbandoned):
+                self._in_flight -= 1
+            elif isinstance(ev, StepClosed):
+                if self.pipeline_kind == "process":
+                    self.stats.writer_peak_rss_mb = max(self.stats.writer_peak_rss_mb, ev.peak_rss_mb)
+                    self.stats.writer_cpu_s += ev.cpu_s
+            elif isinstance(ev, StepFailed):
+                self._step_failed(ev)
+        if not commit:
+            return
+        kafka_offsets = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+            for (t, p), o in offsets.items()
+            if TopicPartition(t, p) in self._assigned
+        }
+        if kafka_offsets:
             try:
-                self.consumer.commit_async(offsets)
+                self.consumer.commit_async(kafka_offsets)
             except Exception as e:  # the DB holds the truth; Kafka's copy is for lag tools
                 log.debug("Kafka offset commit skipped: %s", e)
+
+    def _account(self, ev: BatchWritten) -> None:
+        s = self.stats
+        s.last_commit_at = ev.committed_at
+        s.batches += 1
+        s.stored += ev.inserted
+        s.duplicates += ev.duplicates
+        s.feedback += ev.feedback_inserted
+        m.STORED.inc(ev.inserted)
+        m.DUPLICATES.inc(ev.duplicates)
+        m.FEEDBACK.inc(ev.feedback_inserted)
+        m.BATCHES.inc()
+        for reason, k in ev.rejected_by_reason.items():
+            s.rejected += k
+            s.rejected_by_reason[reason] = s.rejected_by_reason.get(reason, 0) + k
+            m.REJECTS.labels(reason=reason).inc(k)
+
+    def _step_failed(self, ev: StepFailed) -> None:
+        """The writer died: restart it and re-read everything not committed, or give up."""
+        now = time.monotonic()
+        while self._restarts and now - self._restarts[0] > self._RESTART_WINDOW_S:
+            self._restarts.popleft()
+        if self._stop.is_set() or len(self._restarts) >= self._MAX_RESTARTS or self.pipeline_kind != "process":
+            log.error("the database writer failed: %s", ev.error)
+            self._writer_error = RuntimeError(ev.error)
+            self._stop.set()
+            return
+        self._restarts.append(now)
+        self.stats.writer_restarts += 1
+        log.error("%s; restarting it and re-reading every partition from the offsets stored in the database "
+                  "(restart %d of at most %d in %.0f min)", ev.error, len(self._restarts), self._MAX_RESTARTS,
+                  self._RESTART_WINDOW_S / 60)  # fmt: skip
+        self._bump_generation()
+        self._in_flight = 0
+        self._pending = None
+        self._current = self._new_batch()
+        self._state.reset()
+        # events of the dead writer that are still queued belong to the old generation: ignore them
+        while True:
+            try:
+                old = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(old, BatchWritten) and not old.dropped:
+                self._account(old)  # committed before the writer died: count it
+        self._start_pipeline()
+        if self._assigned:
+            self._seek_to_stored(set(self._assigned))
 
     def _positions(self) -> dict[Any, tuple[int | None, int | None]]:
         """(high watermark, position) per assigned partition; None where not known yet."""
@@ -415,38 +432,50 @@ class IngestService:
         from kafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
         self._stop = stop
-        self._abandon_on_stop = False
-        self._make_clients()
-        writer = threading.Thread(target=self._writer_loop, name="driftloop-db-writer", daemon=True)
-        writer.start()
-        self._current = Batch(generation=self._generation)
+        self._current = self._new_batch()
         self._state = self.batch_policy.new_state()
-        pending: Batch | None = None
+        self._pending = None
+        self._start_pipeline()
+        max_pending = self.settings.ingest.max_pending_batches
+        # longest wait for the writer without polling: well inside max.poll.interval.ms
+        poll_gap_s = self.settings.kafka.consumer.get("max_poll_interval_ms", 300_000) / 1000 / 4
         paused = False
+        last_poll = time.monotonic()
         last_progress = last_lag = last_topic_check = time.monotonic()
         self.idle_since = time.monotonic()
-        log.info("ingesting %s into %s as group %r", self.topics, self.engine.url.render_as_string(hide_password=True),
-                 self.group_id)  # fmt: skip
         try:
+            self._make_clients()
+            log.info("ingesting %s into %s as group %r (decode + write: %s)", self.topics,
+                     self.engine.url.render_as_string(hide_password=True), self.group_id,
+                     self.pipeline_kind)  # fmt: skip
             while not stop.is_set():
-                self._commit_done()
+                self._drain_events()
+                if stop.is_set():  # the writer failed for good
+                    break
                 now = time.monotonic()
-                if pending is not None:
-                    try:
-                        self._queue.put_nowait(pending)
-                        pending = None
-                    except queue.Full:
+                if self._pending is not None:
+                    if self._in_flight < max_pending:
+                        self._submit(self._pending)
+                        self._pending = None
+                    elif now - last_poll < poll_gap_s:
+                        # the writer is behind: wait for it (kafka-python heartbeats on its own thread)
+                        self._drain_events(wait_s=0.05)
+                        continue
+                    else:
+                        # behind for long (e.g. the database is down): stay in the group without fetching
                         if not paused and self._assigned:
                             self.consumer.pause(*self._assigned)
                             paused = True
                             log.info("writer is behind; pausing consumption")
-                        self.consumer.poll(timeout_ms=100)  # keeps the group membership alive
+                        self.consumer.poll(timeout_ms=50)
+                        last_poll = time.monotonic()
                         continue
                 if paused:
                     self.consumer.resume(*self.consumer.paused())
                     paused = False
                 try:
                     records = self.consumer.poll(timeout_ms=100)
+                    last_poll = time.monotonic()
                 except OffsetOutOfRangeError as e:
                     self._offset_out_of_range(e)
                     continue
@@ -454,12 +483,7 @@ class IngestService:
                     log.warning("no stored or committed offset for %s; starting at the beginning", e)
                     self.consumer.seek_to_beginning()
                     continue
-                batch = self._current
-                n = 0
-                for msgs in records.values():
-                    for msg in msgs:
-                        self._process(msg, batch)
-                    n += len(msgs)
+                n = self._add(records, self._current) if records else 0
                 if n:
                     if self.stats.first_message_at is None:
                         self.stats.first_message_at = time.time()
@@ -467,9 +491,9 @@ class IngestService:
                     m.CONSUMED.inc(n)
                     self._state.add(n)
                     self.idle_since = now
-                if self._state.should_flush():
-                    pending = batch
-                    self._current = Batch(generation=self._generation)
+                if self._state.should_flush() and self._pending is None:
+                    self._pending = self._current
+                    self._current = self._new_batch()
                     self._state.reset()
                 now = time.monotonic()
                 if now - last_lag > 1.0:
@@ -484,9 +508,9 @@ class IngestService:
                         self._recreate_topics()
                 if (
                     stop_when_idle_s is not None
-                    and pending is None
+                    and self._pending is None
                     and self._state.size == 0
-                    and self._queue.unfinished_tasks == 0
+                    and self._in_flight == 0
                     and now - self.idle_since >= stop_when_idle_s
                     and self._assigned
                     and self.lag() == 0
@@ -494,47 +518,33 @@ class IngestService:
                     log.info("idle for %.1fs with no lag; stopping", stop_when_idle_s)
                     break
             # graceful shutdown: hand over what we have, give the writer a bounded time
-            if pending is not None:
-                self._put_with_timeout(pending, shutdown_timeout_s)
-            if self._current.n_messages:
-                self._put_with_timeout(self._current, shutdown_timeout_s)
+            if self._writer_error is None:
+                if self._pending is not None:
+                    self._submit(self._pending)
+                if self._current.n_messages:
+                    self._submit(self._current)
         finally:
-            self._abandon_on_stop = True
-            self._finish_writer(writer, shutdown_timeout_s)
-            self._commit_done()
+            self._stop.set()
+            self._finish_pipeline(shutdown_timeout_s)
             self._close_clients()
         if self._writer_error:
-            raise RuntimeError("database writer failed") from self._writer_error
+            raise RuntimeError(f"database writer failed: {self._writer_error}") from self._writer_error
         log.info("stopped: %s", self.stats.summary())
         return self.stats
 
-    def _put_with_timeout(self, batch: Batch, timeout: float) -> None:
-        try:
-            self._queue.put(batch, timeout=timeout)
-        except queue.Full:
-            log.error("writer did not accept the last batch within %.0fs; abandoning %d uncommitted messages "
-                      "(they will be read again)", timeout, batch.n_messages)  # fmt: skip
-
-    def _finish_writer(self, writer: threading.Thread, timeout: float) -> None:
-        self._stop.set()
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline and writer.is_alive():
-            time.sleep(0.02)
-        if self._queue.unfinished_tasks:
-            log.error("writer still busy after %.0fs; abandoning uncommitted batches (they will be read again)",
-                      timeout)  # fmt: skip
-            self._bump_generation()
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=1)
-        writer.join(timeout=5)
+    def _finish_pipeline(self, timeout: float) -> None:
+        if self.pipeline is not None:
+            try:
+                self.pipeline.close(timeout)
+            except Exception as e:
+                log.error("stopping the writer: %s", e)
+        self._drain_events(commit=self.consumer is not None)
+        if self._in_flight > 0:
+            log.error("%d batch(es) were not committed; they will be read again", self._in_flight)
+        self.stats.peak_rss_mb = peak_rss_mb()
+        self.stats.cpu_s = cpu_seconds()
 
     def _close_clients(self) -> None:
-        if self.producer is not None:
-            try:
-                self.producer.flush(timeout=10)
-                self.producer.close(timeout=5)
-            except Exception as e:
-                log.warning("closing the DLQ producer: %s", e)
         if self.consumer is not None:
             try:
                 self.consumer.close(autocommit=False)

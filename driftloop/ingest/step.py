@@ -1,0 +1,570 @@
+"""The decode → write half of the ingestion chain, and where it runs (a thread or a subprocess).
+
+The consumer (``IngestService``) only polls Kafka and hands *raw* batches over::
+
+    consumer ─► RawBatch ─► DecodeWriteStep: decode/validate/redact ─► (writer thread) DB transaction
+                                   │                                          │
+                                   └─ InvalidMessage ─► DLQ + reject row      └─► BatchWritten event
+
+``DecodeWriteStep`` is the same code in both placements:
+
+* ``ThreadPipeline`` runs it in the consumer's process (two threads). Used for SQLite, where
+  one process writing keeps the single-writer database simple.
+* ``ProcessPipeline`` runs it in a child process, so that kafka-python's record parsing (the
+  consumer's main cost) and decoding + the COPY run on different cores instead of sharing one
+  GIL. Default on PostgreSQL. The child dies with its parent (``PR_SET_PDEATHSIG``), so a
+  ``kill -9`` of ``driftloop ingest`` leaves no writer behind.
+
+Whatever the placement, a batch is written in one transaction together with the next offsets,
+and the consumer learns about it only through a ``BatchWritten`` event; nothing is acknowledged
+to Kafka before that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import pickle
+import queue
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from driftloop.ingest.decode import DecodePolicy, Decoder, InvalidMessage, Source
+from driftloop.ingest.redact import Redactor
+from driftloop.settings import Settings
+from driftloop.store.writer import Batch, BatchWriter
+
+log = logging.getLogger("driftloop.ingest")
+
+
+# -- what travels between the consumer and the step ---------------------------------------------
+@dataclass(slots=True)
+class RawChunk:
+    """Consecutive messages of one partition, as polled (kept as parallel lists: cheap to pickle)."""
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    timestamps: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    headers: list[list[tuple[str, bytes]]] | None = None  # None when no message had headers
+
+
+@dataclass(slots=True)
+class RawBatch:
+    """Messages handed to the step in one go; written in one transaction."""
+
+    seq: int
+    generation: int
+    chunks: list[RawChunk] = field(default_factory=list)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> next offset
+    n_messages: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWritten:
+    """A batch is committed to the database (or dropped as stale: ``dropped=True``)."""
+
+    seq: int
+    generation: int
+    offsets: dict[tuple[str, int], int]
+    n_messages: int
+    inserted: int = 0
+    duplicates: int = 0
+    feedback_inserted: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    committed_at: float = 0.0  # wall clock
+    dropped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRetried:
+    """A batch write failed and will be retried after ``delay_s``."""
+
+    attempt: int
+    delay_s: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAbandoned:
+    """A batch was given up during shutdown (not committed; it will be read again)."""
+
+    seq: int
+    n_messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailed:
+    """The step cannot go on (a bug, or its process died); the consumer must not commit more."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepClosed:
+    """The step finished its shutdown."""
+
+    peak_rss_mb: float
+    cpu_s: float = 0.0  # CPU time of the writer process (user + system)
+
+
+Event = BatchWritten | WriteRetried | BatchAbandoned | StepFailed | StepClosed
+
+
+@dataclass
+class _DlqItem:
+    raw: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+    future: Any = None
+    acked: bool = False
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (Linux reports ru_maxrss in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class DecodeWriteStep:
+    """Decode, validate and redact raw batches, send rejects to the DLQ, write batches atomically.
+
+    Two threads: ``decode`` (CPU) and ``writer`` (waits on the database), so they overlap.
+    ``emit`` is called from the writer thread with every event.
+    """
+
+    def __init__(self, settings: Settings, emit: Callable[[Event], None], engine: Any = None) -> None:
+        from driftloop.store.db import create_engine_from_url
+
+        self.settings = settings
+        self.emit = emit
+        k, ing = settings.kafka, settings.ingest
+        self.group_id = k.group_id
+        self.dlq_topic = k.dlq_topic
+        self.engine = engine or create_engine_from_url(settings.database.url, pool_size=settings.database.pool_size)
+        self.writer = BatchWriter(self.engine, self.group_id)
+        self.decoder = Decoder(
+            DecodePolicy(
+                max_message_bytes=ing.max_message_bytes,
+                max_field_chars=ing.max_field_chars,
+                min_timestamp=datetime.fromisoformat(ing.min_timestamp).astimezone(UTC),
+                max_future_skew=timedelta(seconds=ing.max_future_skew_s),
+            ),
+            Redactor.from_settings(settings.pii),
+        )
+        self._inbox: queue.Queue[RawBatch | None] = queue.Queue()
+        self._decoded: queue.Queue[tuple[Batch, RawBatch, dict[str, int]] | None] = queue.Queue(maxsize=1)
+        self.generation = 0
+        self.closing = threading.Event()  # shutdown: give up a batch whose write keeps failing
+        self.producer: Any = None
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> DecodeWriteStep:
+        from driftloop.broker import make_producer
+
+        k, ing = self.settings.kafka, self.settings.ingest
+        popts = {"max_request_size": max(16 * 1024 * 1024, ing.max_message_bytes + 65536), **k.producer}
+        self.producer = make_producer(k.bootstrap_servers, **popts)
+        for name, target in (("driftloop-decode", self._decode_loop), ("driftloop-db-writer", self._writer_loop)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def submit(self, raw: RawBatch) -> None:
+        """Queue a raw batch (the consumer bounds how many are in flight)."""
+        self._inbox.put(raw)
+
+    def set_generation(self, generation: int) -> None:
+        """Batches of older generations (from before a rebalance) are dropped, not written."""
+        self.generation = generation
+
+    def close(self, timeout_s: float) -> None:
+        """Finish queued batches (giving up on one whose write keeps failing), then stop."""
+        self.closing.set()
+        self._inbox.put(None)
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._threads):
+            log.error("the database writer is still busy after %.0fs; abandoning uncommitted batches "
+                      "(they will be read again)", timeout_s)  # fmt: skip
+            self.generation += 1 << 30  # whatever is still queued is stale now
+        if self.producer is not None:
+            try:
+                self.producer.flush(timeout=10)
+                self.producer.close(timeout=5)
+            except Exception as e:
+                log.warning("closing the DLQ producer: %s", e)
+
+    # -- decode thread ------------------------------------------------------------------------
+    def _decode_loop(self) -> None:
+        try:
+            while True:
+                raw = self._inbox.get()
+                if raw is None:
+                    self._decoded.put(None)
+                    return
+                if raw.generation < self.generation:
+                    self.emit(BatchWritten(raw.seq, raw.generation, raw.offsets, raw.n_messages, dropped=True))
+                    continue
+                batch, rejected = self._decode_batch(raw)
+                self._decoded.put((batch, raw, rejected))
+        except BaseException as e:  # pragma: no cover - a bug: stop loudly
+            log.exception("decode thread crashed")
+            self.emit(StepFailed(f"decode thread crashed: {type(e).__name__}: {e}"))
+            self._decoded.put(None)
+
+    def _decode_batch(self, raw: RawBatch) -> tuple[Batch, dict[str, int]]:
+        batch = Batch(generation=raw.generation)
+        rejected: dict[str, int] = {}
+        decode = self.decoder.decode
+        now = datetime.now(UTC)
+        inter, fb = batch.interactions, batch.feedback
+        for ch in raw.chunks:
+            topic, part = ch.topic, ch.partition
+            for i, value in enumerate(ch.values):
+                src = Source(topic, part, ch.offsets[i], ch.timestamps[i])
+                try:
+                    kind, row, fbs = decode(value, src, now)
+                except InvalidMessage as e:
+                    self._reject(ch, i, e, batch, now)
+                    rejected[e.reason] = rejected.get(e.reason, 0) + 1
+                    continue
+                if kind == "interaction":
+                    inter.append(row)
+                    if fbs:
+                        fb.extend(fbs)
+                else:
+                    fb.append(row)
+        batch.offsets = dict(raw.offsets)
+        batch.n_messages = raw.n_messages
+        return batch, rejected
+
+    def _reject(self, ch: RawChunk, i: int, err: InvalidMessage, batch: Batch, now: datetime) -> None:
+        raw = ch.values[i] if ch.values[i] is not None else b""
+        assert raw is not None
+        offset = ch.offsets[i]
+        headers = [
+            ("dlq.reason", err.reason.encode()),
+            ("dlq.error", err.detail[:1000].encode("utf-8", "replace")),
+            ("dlq.source.topic", ch.topic.encode()),
+            ("dlq.source.partition", str(ch.partition).encode()),
+            ("dlq.source.offset", str(offset).encode()),
+            ("dlq.consumer.group", self.group_id.encode()),
+            ("dlq.rejected.at", now.isoformat().encode()),
+        ]
+        if ch.headers is not None:
+            headers.extend((k, v) for k, v in ch.headers[i] if not k.startswith("dlq."))
+        item = _DlqItem(raw, ch.keys[i], headers)
+        self._send_dlq(item)
+        batch.dlq_futures.append(item)
+        keep = self.settings.ingest.store_raw_reject_bytes
+        batch.rejects.append({
+            "source_topic": ch.topic,
+            "source_partition": ch.partition,
+            "source_offset": offset,
+            "reason": err.reason,
+            "error": err.detail.replace("\x00", "\\x00")[:4000],
+            "raw": raw[:keep] if keep else None,
+            "raw_size": len(raw),
+            "raw_sha256": hashlib.sha256(raw).hexdigest(),
+            "dlq_topic": self.dlq_topic,
+            "rejected_at": now,
+        })  # fmt: skip
+        log.debug("rejected %s[%d]@%d: %s", ch.topic, ch.partition, offset, err)
+
+    def _send_dlq(self, item: _DlqItem) -> None:
+        item.future = self.producer.send(self.dlq_topic, value=item.raw, key=item.key, headers=item.headers)
+
+    def _await_dlq(self, batch: Batch) -> None:
+        for item in batch.dlq_futures:
+            if item.acked:
+                continue
+            try:
+                item.future.get(timeout=30)
+            except Exception as e:
+                log.error("dead-letter send failed (%s); re-sending", e)
+                self._send_dlq(item)
+                raise
+            item.acked = True
+
+    # -- writer thread ------------------------------------------------------------------------
+    def _writer_loop(self) -> None:
+        ing = self.settings.ingest
+        try:
+            while True:
+                item = self._decoded.get()
+                if item is None:
+                    return
+                batch, raw, rejected = item
+                delay = ing.db_retry_initial_s
+                attempt = 0
+                while True:
+                    if raw.generation < self.generation:
+                        log.info("dropping a batch of %d messages from before a rebalance", raw.n_messages)
+                        self.emit(BatchWritten(raw.seq, raw.generation, raw.offsets, raw.n_messages, dropped=True))
+                        break
+                    try:
+                        self._await_dlq(batch)
+                        res = self.writer.write(batch)
+                    except Exception as e:
+                        attempt += 1
+                        if self.closing.is_set() and attempt > 1:
+                            log.error("shutting down while the write keeps failing (%s); abandoning the batch "
+                                      "of %d messages: it was not committed and will be read again", e,
+                                      raw.n_messages)  # fmt: skip
+                            self.emit(BatchAbandoned(raw.seq, raw.n_messages))
+                            break
+                        first_line = (str(e).splitlines() or [type(e).__name__])[0][:300]
+                        log.error("batch write failed (attempt %d, retry in %.1fs): %s", attempt, delay, first_line)
+                        self.emit(WriteRetried(attempt, delay, first_line))
+                        time.sleep(delay)
+                        delay = min(delay * 2, ing.db_retry_max_s)
+                        continue
+                    self.emit(BatchWritten(
+                        raw.seq, raw.generation, raw.offsets, raw.n_messages, res.inserted, res.duplicates,
+                        res.feedback_inserted, rejected, time.time(),
+                    ))  # fmt: skip
+                    break
+        except BaseException as e:  # pragma: no cover - a bug: stop loudly
+            log.exception("writer thread crashed")
+            self.emit(StepFailed(f"writer thread crashed: {type(e).__name__}: {e}"))
+
+
+# -- placements ---------------------------------------------------------------------------------
+class ThreadPipeline:
+    """The step inside the consumer's process."""
+
+    kind = "thread"
+
+    def __init__(self, settings: Settings, events: queue.Queue[Event], engine: Any = None) -> None:
+        self.step = DecodeWriteStep(settings, events.put, engine)
+        self.events = events
+
+    def start(self) -> ThreadPipeline:
+        self.step.start()
+        return self
+
+    def submit(self, raw: RawBatch) -> None:
+        self.step.submit(raw)
+
+    def set_generation(self, generation: int) -> None:
+        self.step.set_generation(generation)
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self, timeout_s: float) -> None:
+        self.step.close(timeout_s)
+        self.events.put(StepClosed(peak_rss_mb()))
+
+
+class ProcessPipeline:
+    """The step in a child process (``spawn``), fed over a pipe; events come back the same way."""
+
+    kind = "process"
+
+    def __init__(self, settings: Settings, events: queue.Queue[Event]) -> None:
+        self.settings = settings
+        self.events = events
+        self._conn: Any = None
+        self._proc: Any = None
+        self._reader: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+        self._closing = False
+        self._spool = ""
+
+    def start(self, timeout_s: float = 60.0) -> ProcessPipeline:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._spool = make_spool_dir()
+        parent, child = ctx.Pipe(duplex=True)
+        level = logging.getLogger("driftloop").getEffectiveLevel()
+        self._proc = ctx.Process(target=_child_main, args=(child, self.settings, level), name="driftloop-ingest-writer",
+                                 daemon=True)  # fmt: skip
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        # the child answers "ready" once it is connected to the broker (for DLQ sends)
+        if not parent.poll(timeout_s):
+            self._proc.kill()
+            raise RuntimeError(f"the ingest writer process did not start within {timeout_s:.0f}s")
+        try:
+            hello = parent.recv()
+        except EOFError:
+            self._proc.join(5)
+            raise RuntimeError(f"the ingest writer process exited at start (code {self._proc.exitcode})") from None
+        if isinstance(hello, StepFailed):
+            self._proc.join(5)
+            raise RuntimeError(f"the ingest writer process could not start: {hello.error}")
+        self._reader = threading.Thread(target=self._read_events, name="driftloop-writer-events", daemon=True)
+        self._reader.start()
+        log.info("decode + database writes run in process %d", self._proc.pid)
+        return self
+
+    def _read_events(self) -> None:
+        while True:
+            try:
+                ev = self._conn.recv()
+            except (EOFError, OSError):
+                if not self._closing:
+                    self._proc.join(2)
+                    self.events.put(StepFailed(f"the ingest writer process died (exit code {self._proc.exitcode})"))
+                return
+            self.events.put(ev)
+            if isinstance(ev, StepClosed):
+                return
+
+    def _send(self, msg: Any) -> None:
+        with self._send_lock:
+            self._conn.send(msg)
+
+    def submit(self, raw: RawBatch) -> None:
+        # The batch (~5 MB) goes through a file on tmpfs and only its name through the pipe: a pipe
+        # moves it in ~200 KB pieces, and each piece makes both processes wait for their GIL again
+        # (measured: the consumer then spends a third of its time blocked in send).
+        path = os.path.join(self._spool, f"{raw.seq}.batch")
+        try:
+            data = pickle.dumps(raw, protocol=pickle.HIGHEST_PROTOCOL)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            self._send(("batch_file", path))
+        except (BrokenPipeError, OSError) as e:
+            raise RuntimeError(f"the ingest writer process is gone or its spool is unwritable ({e})") from None
+
+    def set_generation(self, generation: int) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self._send(("generation", generation))
+
+    def alive(self) -> bool:
+        return bool(self._proc is not None and self._proc.is_alive())
+
+    def close(self, timeout_s: float) -> None:
+        """Ask the child to finish and wait; kill it if it does not (its open transaction rolls back)."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self._send(("close", timeout_s))
+        if self._reader is not None:
+            self._reader.join(timeout_s + 15)
+        self._closing = True
+        self._proc.join(5)
+        if self._proc.is_alive():
+            log.error("the ingest writer process did not exit; killing it (its open transaction rolls back)")
+            self._proc.kill()
+            self._proc.join(5)
+            self.events.put(StepClosed(0.0))
+        with contextlib.suppress(OSError):
+            self._conn.close()
+        shutil.rmtree(self._spool, ignore_errors=True)
+
+
+_SPOOL_PREFIX = "driftloop-ingest-"
+
+
+def make_spool_dir(base: str | None = None) -> str:
+    """A private directory for batches on their way to the writer process (tmpfs when available).
+
+    Directories left behind by consumers that were killed (``kill -9``) are removed first.
+    """
+    if base is None:
+        shm = "/dev/shm"
+        base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+    for name in os.listdir(base):
+        if not name.startswith(_SPOOL_PREFIX):
+            continue
+        pid = name[len(_SPOOL_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-", dir=base)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (a kill -9 of the consumer takes us along)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _child_main(conn: Any, settings: Settings, log_level: int) -> None:
+    """Entry point of the writer process: serve ``batch``/``generation``/``close`` messages."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (Ctrl-C hits the group)
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[writer]: %(message)s",
+                        stream=sys.stderr)  # fmt: skip
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    lock = threading.Lock()
+
+    def emit(ev: Event) -> None:
+        with lock:
+            conn.send(ev)
+
+    try:
+        step = DecodeWriteStep(settings, emit).start()
+    except Exception as e:
+        conn.send(StepFailed(f"{type(e).__name__}: {e}"))
+        return
+    conn.send("ready")
+    try:
+        while True:
+            try:
+                kind, payload = conn.recv()
+            except EOFError:  # the parent is gone
+                return
+            if kind == "batch_file":
+                with open(payload, "rb") as f:
+                    data = f.read()
+                os.unlink(payload)
+                step.submit(pickle.loads(data))
+            elif kind == "generation":
+                step.set_generation(payload)
+            elif kind == "close":
+                step.close(float(payload))
+                emit(StepClosed(peak_rss_mb(), cpu_seconds()))
+                return
+    except BaseException as e:  # pragma: no cover - a bug: report it before dying
+        with contextlib.suppress(Exception):
+            emit(StepFailed(f"writer process crashed: {type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            step.engine.dispose()
