@@ -146,7 +146,6 @@ class IngestService:
     def __init__(self, settings: Settings, engine: Engine | None = None, *, instance: str | None = None) -> None:
         self.settings = settings
         self.engine = engine or create_engine_from_url(settings.database.url, pool_size=settings.database.pool_size)
-        self._own_engine = engine is None
         k, ing = settings.kafka, settings.ingest
         self.group_id = k.group_id
         self.topics = list(k.topics)

@@ -528,7 +528,10 @@ def _die_with_parent() -> None:
 def _child_main(conn: Any, settings: Settings, log_level: int) -> None:
     """Entry point of the writer process: serve ``batch``/``generation``/``close`` messages."""
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (Ctrl-C hits the group)
+    # The parent decides when to stop: Ctrl-C hits the whole process group and systemd signals the
+    # whole cgroup; the parent then drains this process with a "close" message (and we die with it).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[writer]: %(message)s",
                         stream=sys.stderr)  # fmt: skip
     logging.getLogger("kafka").setLevel(logging.WARNING)
