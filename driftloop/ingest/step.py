@@ -395,6 +395,7 @@ class ProcessPipeline:
         self._send_lock = threading.Lock()
         self._closing = False
         self._spool = ""
+        self._start_timeout_s = 60.0
 
     def start(self, timeout_s: float = 60.0) -> ProcessPipeline:
         import multiprocessing as mp
@@ -408,12 +409,19 @@ class ProcessPipeline:
         self._proc.start()
         child.close()
         self._conn = parent
-        # the child answers "ready" once it is connected to the broker (for DLQ sends)
-        if not parent.poll(timeout_s):
+        self._start_timeout_s = timeout_s
+        # The child needs ~1 s to import and connect; we wait for its "ready" only when the first
+        # batch is due, so that its start-up overlaps the consumer's group join.
+        return self
+
+    def _ensure_ready(self) -> None:
+        if self._reader is not None:
+            return
+        if not self._conn.poll(self._start_timeout_s):
             self._proc.kill()
-            raise RuntimeError(f"the ingest writer process did not start within {timeout_s:.0f}s")
+            raise RuntimeError(f"the ingest writer process did not start within {self._start_timeout_s:.0f}s")
         try:
-            hello = parent.recv()
+            hello = self._conn.recv()
         except EOFError:
             self._proc.join(5)
             raise RuntimeError(f"the ingest writer process exited at start (code {self._proc.exitcode})") from None
@@ -423,7 +431,6 @@ class ProcessPipeline:
         self._reader = threading.Thread(target=self._read_events, name="driftloop-writer-events", daemon=True)
         self._reader.start()
         log.info("decode + database writes run in process %d", self._proc.pid)
-        return self
 
     def _read_events(self) -> None:
         while True:
@@ -443,6 +450,7 @@ class ProcessPipeline:
             self._conn.send(msg)
 
     def submit(self, raw: RawBatch) -> None:
+        self._ensure_ready()
         # The batch (~5 MB) goes through a file on tmpfs and only its name through the pipe: a pipe
         # moves it in ~200 KB pieces, and each piece makes both processes wait for their GIL again
         # (measured: the consumer then spends a third of its time blocked in send).
@@ -471,6 +479,10 @@ class ProcessPipeline:
         """Ask the child to finish and wait; kill it if it does not (its open transaction rolls back)."""
         if self._proc is None:
             return
+        try:
+            self._ensure_ready()
+        except RuntimeError as e:
+            log.error("%s", e)
         with contextlib.suppress(BrokenPipeError, OSError):
             self._send(("close", timeout_s))
         if self._reader is not None:
