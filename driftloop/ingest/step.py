@@ -210,7 +210,7 @@ class DecodeWriteStep:
         if any(t.is_alive() for t in self._threads):
             log.error("the database writer is still busy after %.0fs; abandoning uncommitted batches "
                       "(they will be read again)", timeout_s)  # fmt: skip
-            self.generation += 1 << 30  # whatever is still queued is stale now
+            self.generation = sys.maxsize  # whatever is still queued is stale now
         if self.producer is not None:
             try:
                 self.producer.flush(timeout=10)
@@ -357,8 +357,6 @@ class DecodeWriteStep:
 class ThreadPipeline:
     """The step inside the consumer's process."""
 
-    kind = "thread"
-
     def __init__(self, settings: Settings, events: queue.Queue[Event], engine: Any = None) -> None:
         self.step = DecodeWriteStep(settings, events.put, engine)
         self.events = events
@@ -373,18 +371,14 @@ class ThreadPipeline:
     def set_generation(self, generation: int) -> None:
         self.step.set_generation(generation)
 
-    def alive(self) -> bool:
-        return True
-
     def close(self, timeout_s: float) -> None:
         self.step.close(timeout_s)
         self.events.put(StepClosed(peak_rss_mb()))
 
 
 class ProcessPipeline:
-    """The step in a child process (``spawn``), fed over a pipe; events come back the same way."""
-
-    kind = "process"
+    """The step in a child process (``spawn``): batches go through a tmpfs spool, control messages
+    and events through a pipe."""
 
     def __init__(self, settings: Settings, events: queue.Queue[Event]) -> None:
         self.settings = settings
@@ -471,9 +465,6 @@ class ProcessPipeline:
     def set_generation(self, generation: int) -> None:
         with contextlib.suppress(BrokenPipeError, OSError):
             self._send(("generation", generation))
-
-    def alive(self) -> bool:
-        return bool(self._proc is not None and self._proc.is_alive())
 
     def close(self, timeout_s: float) -> None:
         """Ask the child to finish and wait; kill it if it does not (its open transaction rolls back)."""
