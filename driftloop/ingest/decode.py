@@ -131,6 +131,7 @@ MAX_JSON_DEPTH = 100
 _decoder = msgspec.json.Decoder()
 _fast_decoder = msgspec.json.Decoder(_StrictRecordV1)
 _json_encoder = msgspec.json.Encoder()
+_fromisoformat = datetime.fromisoformat
 
 
 def _has_nul(obj: Any) -> bool:
@@ -147,6 +148,15 @@ def _has_nul(obj: Any) -> bool:
         elif isinstance(o, list):
             stack.extend(o)
     return False
+
+
+def _is_flat(d: dict[str, Any]) -> bool:
+    """True if no value of ``d`` is an object or array (its depth is then 1)."""
+    for v in d.values():
+        t = type(v)
+        if t is dict or t is list:
+            return False
+    return True
 
 
 def _depth(obj: Any) -> int:
@@ -261,18 +271,16 @@ class Decoder:
             raise InvalidMessage(INVALID_JSON, "message has no value (tombstone)")
         if len(raw) > self.policy.max_message_bytes:
             raise InvalidMessage(OVERSIZE, f"message is {len(raw)} bytes (max {self.policy.max_message_bytes})")
-        nested = raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH  # cheap upper bound on depth
         if not _NUL_OR_SURROGATE.search(raw):
             try:
                 fast = _fast_decoder.decode(raw)
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
                 fast = None  # the general path below explains what is wrong, or keeps unknown fields
-            if (
-                fast is not None
-                and fast.type in (None, "interaction")
-                and not (nested and _depth(fast.metadata) >= MAX_JSON_DEPTH)  # metadata is the only free-form part
-            ):
-                return "interaction", *self._build_interaction(fast, None, source, now)
+            if fast is not None and fast.type in (None, "interaction"):
+                meta = fast.metadata  # the only free-form part; flat metadata (the usual case) is shallow
+                if not meta or _is_flat(meta) or _depth(meta) < MAX_JSON_DEPTH:
+                    return "interaction", *self._build_interaction(fast, None, source, now)
+        nested = raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH  # cheap upper bound on depth
         try:
             obj = _decoder.decode(raw)
         except UnicodeDecodeError as e:
@@ -344,20 +352,34 @@ class Decoder:
         self, rec: LogRecordV1, unknown: dict[str, Any] | None, source: Source, now: datetime
     ) -> tuple[Row, list[Row]]:
         p = self.policy
-        ts = parse_timestamp(rec.timestamp, source, p, now)
+        value = rec.timestamp
+        ts = None
+        if type(value) is str and len(value) <= 64:  # fast path: an RFC 3339 UTC string in range
+            try:
+                ts = _fromisoformat(value)
+            except ValueError:
+                pass
+            if ts is not None and (ts.tzinfo is not UTC or ts < p.min_timestamp or ts > now + p.max_future_skew):
+                ts = None  # the general path converts the offset or explains the problem
+        if ts is None:
+            ts = parse_timestamp(value, source, p, now)
         messages = rec.messages
         prompt = rec.prompt
         if isinstance(prompt, list):
             messages, prompt = prompt, None
         if prompt is None and messages is None:
             raise InvalidMessage(MISSING_FIELD, "record needs 'prompt' (string or messages list) or 'messages'")
-        for name, val in (
-            ("prompt", prompt),
-            ("response", rec.response),
-            ("reference", rec.reference),
-            ("user_id", rec.user_id),
+        response, reference, user_id = rec.response, rec.reference, rec.user_id
+        mfc = p.max_field_chars
+        if (
+            (prompt is not None and len(prompt) > mfc)
+            or (response is not None and len(response) > mfc)
+            or (reference is not None and len(reference) > mfc)
+            or (user_id is not None and len(user_id) > mfc)
         ):
-            _check_len(name, val, p)
+            for name, val in (("prompt", prompt), ("response", response), ("reference", reference),
+                              ("user_id", user_id)):  # fmt: skip
+                _check_len(name, val, p)
         r = self.redactor
         msg_json: list[dict[str, Any]] | None = None
         if messages is not None:
@@ -376,14 +398,14 @@ class Decoder:
             "model_version": rec.model_version,
             "prompt": r.text(prompt),
             "messages": msg_json,
-            "response": r.text(rec.response),
+            "response": r.text(response),
             "latency_ms": rec.latency_ms,
             "tokens_in": rec.tokens_in,
             "tokens_out": rec.tokens_out,
             "finish_reason": rec.finish_reason,
-            "user_hash": r.user_hash(rec.user_id),
+            "user_hash": r.user_hash(user_id),
             "session_id": rec.session_id,
-            "reference": r.text(rec.reference),
+            "reference": r.text(reference),
             "metadata": meta,
             "source_topic": source.topic,
             "source_partition": source.partition,

@@ -243,9 +243,11 @@ class DecodeWriteStep:
         now = datetime.now(UTC)
         inter, fb = batch.interactions, batch.feedback
         for ch in raw.chunks:
-            topic, part = ch.topic, ch.partition
+            src = Source(ch.topic, ch.partition, 0, None)  # one per chunk; the decoder copies what it keeps
+            offsets, timestamps = ch.offsets, ch.timestamps
             for i, value in enumerate(ch.values):
-                src = Source(topic, part, ch.offsets[i], ch.timestamps[i])
+                src.offset = offsets[i]
+                src.timestamp_ms = timestamps[i]
                 try:
                     kind, row, fbs = decode(value, src, now)
                 except InvalidMessage as e:
