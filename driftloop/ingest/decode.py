@@ -358,7 +358,7 @@ class Decoder:
             try:
                 ts = _fromisoformat(value)
             except ValueError:
-                pass
+                ts = None
             if ts is not None and (ts.tzinfo is not UTC or ts < p.min_timestamp or ts > now + p.max_future_skew):
                 ts = None  # the general path converts the offset or explains the problem
         if ts is None:
