@@ -55,7 +55,7 @@ def check(path: Path | str) -> tuple[int, str]:
 
 def test_defaults_without_file() -> None:
     s = load_settings(None)
-    assert s.ingest.batch_size == 5000
+    assert s.ingest.batch_size == 7500
     assert s.kafka.topics == ["driftloop.logs"]
     assert s.database.url.startswith("sqlite:///")
 

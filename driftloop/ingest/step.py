@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,7 +45,7 @@ from typing import Any
 from driftloop.ingest.decode import DecodePolicy, Decoder, InvalidMessage, Source
 from driftloop.ingest.redact import Redactor
 from driftloop.settings import Settings
-from driftloop.store.writer import Batch, BatchWriter
+from driftloop.store.writer import Batch, BatchWriter, Row
 
 log = logging.getLogger("driftloop.ingest")
 
@@ -149,8 +149,8 @@ def cpu_seconds() -> float:
 class DecodeWriteStep:
     """Decode, validate and redact raw batches, send rejects to the DLQ, write batches atomically.
 
-    Two threads: ``decode`` (CPU) and ``writer`` (waits on the database), so they overlap.
-    ``emit`` is called from the writer thread with every event.
+    One worker thread decodes each batch while streaming its rows into the database (PostgreSQL
+    processes the COPY while the rest is decoded). ``emit`` is called from it with every event.
     """
 
     def __init__(self, settings: Settings, emit: Callable[[Event], None], engine: Any = None) -> None:
@@ -173,7 +173,6 @@ class DecodeWriteStep:
             Redactor.from_settings(settings.pii),
         )
         self._inbox: queue.Queue[RawBatch | None] = queue.Queue()
-        self._decoded: queue.Queue[tuple[Batch, RawBatch, dict[str, int]] | None] = queue.Queue(maxsize=1)
         self.generation = 0
         self.closing = threading.Event()  # shutdown: give up a batch whose write keeps failing
         self.producer: Any = None
@@ -186,10 +185,9 @@ class DecodeWriteStep:
         k, ing = self.settings.kafka, self.settings.ingest
         popts = {"max_request_size": max(16 * 1024 * 1024, ing.max_message_bytes + 65536), **k.producer}
         self.producer = make_producer(k.bootstrap_servers, **popts)
-        for name, target in (("driftloop-decode", self._decode_loop), ("driftloop-db-writer", self._writer_loop)):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        t = threading.Thread(target=self._work_loop, name="driftloop-decode-write", daemon=True)
+        t.start()
+        self._threads.append(t)
         return self
 
     def submit(self, raw: RawBatch) -> None:
@@ -218,27 +216,75 @@ class DecodeWriteStep:
             except Exception as e:
                 log.warning("closing the DLQ producer: %s", e)
 
-    # -- decode thread ------------------------------------------------------------------------
-    def _decode_loop(self) -> None:
+    # -- the worker thread ----------------------------------------------------------------------
+    def _work_loop(self) -> None:
         try:
             while True:
                 raw = self._inbox.get()
                 if raw is None:
-                    self._decoded.put(None)
                     return
-                if raw.generation < self.generation:
-                    self.emit(BatchWritten(raw.seq, raw.generation, raw.offsets, raw.n_messages, dropped=True))
-                    continue
-                batch, rejected = self._decode_batch(raw)
-                self._decoded.put((batch, raw, rejected))
+                self._handle(raw)
         except BaseException as e:  # pragma: no cover - a bug: stop loudly
-            log.exception("decode thread crashed")
-            self.emit(StepFailed(f"decode thread crashed: {type(e).__name__}: {e}"))
-            self._decoded.put(None)
+            log.exception("decode/write thread crashed")
+            self.emit(StepFailed(f"decode/write thread crashed: {type(e).__name__}: {e}"))
 
-    def _decode_batch(self, raw: RawBatch) -> tuple[Batch, dict[str, int]]:
-        batch = Batch(generation=raw.generation)
+    def _handle(self, raw: RawBatch) -> None:
+        """Decode ``raw`` while streaming its rows into the database, commit, report; retry on errors.
+
+        Rows go into the COPY as they are decoded, so PostgreSQL works on the batch while it is
+        still being decoded (one thread: no hand-off between a decode and a writer thread). The
+        decoded rows are kept, so a failed first attempt is retried from them.
+        """
+        ing = self.settings.ingest
+        if raw.generation < self.generation:
+            self.emit(BatchWritten(raw.seq, raw.generation, raw.offsets, raw.n_messages, dropped=True))
+            return
+        batch = Batch(generation=raw.generation, offsets=dict(raw.offsets), n_messages=raw.n_messages)
         rejected: dict[str, int] = {}
+        stream: Iterator[Row] | None = self._decode_iter(raw, batch, rejected)
+        delay = ing.db_retry_initial_s
+        attempt = 0
+        while True:
+            if raw.generation < self.generation:
+                log.info("dropping a batch of %d messages from before a rebalance", raw.n_messages)
+                self.emit(BatchWritten(raw.seq, raw.generation, raw.offsets, raw.n_messages, dropped=True))
+                return
+            try:
+                if stream is not None:
+                    res = self.writer.write(batch, stream=stream, before_commit=lambda: self._await_dlq(batch))
+                else:
+                    self._await_dlq(batch)
+                    res = self.writer.write(batch)
+            except Exception as e:
+                if stream is not None:
+                    for _ in stream:  # finish decoding: the retries write the kept rows
+                        pass
+                    stream = None
+                attempt += 1
+                if self.closing.is_set() and attempt > 1:
+                    log.error("shutting down while the write keeps failing (%s); abandoning the batch "
+                              "of %d messages: it was not committed and will be read again", e,
+                              raw.n_messages)  # fmt: skip
+                    self.emit(BatchAbandoned(raw.seq, raw.n_messages))
+                    return
+                first_line = (str(e).splitlines() or [type(e).__name__])[0][:300]
+                log.error("batch write failed (attempt %d, retry in %.1fs): %s", attempt, delay, first_line)
+                self.emit(WriteRetried(attempt, delay, first_line))
+                time.sleep(delay)
+                delay = min(delay * 2, ing.db_retry_max_s)
+                continue
+            self.emit(BatchWritten(
+                raw.seq, raw.generation, raw.offsets, raw.n_messages, res.inserted, res.duplicates,
+                res.feedback_inserted, rejected, time.time(),
+            ))  # fmt: skip
+            return
+
+    def _decode_iter(self, raw: RawBatch, batch: Batch, rejected: dict[str, int]) -> Iterator[Row]:
+        """Decode every message of ``raw``; yield interaction rows, keeping everything in ``batch``.
+
+        Exhausting the iterator completes ``batch`` (interactions, feedback, rejects; rejects are
+        already on their way to the DLQ).
+        """
         decode = self.decoder.decode
         now = datetime.now(UTC)
         inter, fb = batch.interactions, batch.feedback
@@ -258,11 +304,9 @@ class DecodeWriteStep:
                     inter.append(row)
                     if fbs:
                         fb.extend(fbs)
+                    yield row
                 else:
                     fb.append(row)
-        batch.offsets = dict(raw.offsets)
-        batch.n_messages = raw.n_messages
-        return batch, rejected
 
     def _reject(self, ch: RawChunk, i: int, err: InvalidMessage, batch: Batch, now: datetime) -> None:
         raw = ch.values[i] if ch.values[i] is not None else b""
@@ -311,48 +355,6 @@ class DecodeWriteStep:
                 self._send_dlq(item)
                 raise
             item.acked = True
-
-    # -- writer thread ------------------------------------------------------------------------
-    def _writer_loop(self) -> None:
-        ing = self.settings.ingest
-        try:
-            while True:
-                item = self._decoded.get()
-                if item is None:
-                    return
-                batch, raw, rejected = item
-                delay = ing.db_retry_initial_s
-                attempt = 0
-                while True:
-                    if raw.generation < self.generation:
-                        log.info("dropping a batch of %d messages from before a rebalance", raw.n_messages)
-                        self.emit(BatchWritten(raw.seq, raw.generation, raw.offsets, raw.n_messages, dropped=True))
-                        break
-                    try:
-                        self._await_dlq(batch)
-                        res = self.writer.write(batch)
-                    except Exception as e:
-                        attempt += 1
-                        if self.closing.is_set() and attempt > 1:
-                            log.error("shutting down while the write keeps failing (%s); abandoning the batch "
-                                      "of %d messages: it was not committed and will be read again", e,
-                                      raw.n_messages)  # fmt: skip
-                            self.emit(BatchAbandoned(raw.seq, raw.n_messages))
-                            break
-                        first_line = (str(e).splitlines() or [type(e).__name__])[0][:300]
-                        log.error("batch write failed (attempt %d, retry in %.1fs): %s", attempt, delay, first_line)
-                        self.emit(WriteRetried(attempt, delay, first_line))
-                        time.sleep(delay)
-                        delay = min(delay * 2, ing.db_retry_max_s)
-                        continue
-                    self.emit(BatchWritten(
-                        raw.seq, raw.generation, raw.offsets, raw.n_messages, res.inserted, res.duplicates,
-                        res.feedback_inserted, rejected, time.time(),
-                    ))  # fmt: skip
-                    break
-        except BaseException as e:  # pragma: no cover - a bug: stop loudly
-            log.exception("writer thread crashed")
-            self.emit(StepFailed(f"writer thread crashed: {type(e).__name__}: {e}"))
 
 
 # -- placements ---------------------------------------------------------------------------------
@@ -452,14 +454,9 @@ class ProcessPipeline:
         # (measured: the consumer then spends a third of its time blocked in send).
         path = os.path.join(self._spool, f"{raw.seq}.batch")
         try:
-            data = pickle.dumps(raw, protocol=pickle.HIGHEST_PROTOCOL)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
+            # pickled straight into the file (in frames), never as one more copy of the batch in memory
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb", buffering=1 << 20) as f:
+                pickle.dump(raw, f, protocol=pickle.HIGHEST_PROTOCOL)
             self._send(("batch_file", path))
         except (BrokenPipeError, OSError) as e:
             raise RuntimeError(f"the ingest writer process is gone or its spool is unwritable ({e})") from None
@@ -559,10 +556,10 @@ def _child_main(conn: Any, settings: Settings, log_level: int) -> None:
             except EOFError:  # the parent is gone
                 return
             if kind == "batch_file":
-                with open(payload, "rb") as f:
-                    data = f.read()
+                with open(payload, "rb", buffering=1 << 20) as f:
+                    raw = pickle.load(f)  # frame by frame: no second copy of the batch in memory
                 os.unlink(payload)
-                step.submit(pickle.loads(data))
+                step.submit(raw)
             elif kind == "generation":
                 step.set_generation(payload)
             elif kind == "close":
