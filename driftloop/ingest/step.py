@@ -2,13 +2,13 @@
 
 The consumer (``IngestService``) only polls Kafka and hands *raw* batches over::
 
-    consumer ─► RawBatch ─► DecodeWriteStep: decode/validate/redact ─► (writer thread) DB transaction
-                                   │                                          │
-                                   └─ InvalidMessage ─► DLQ + reject row      └─► BatchWritten event
+    consumer ─► RawBatch ─► DecodeWriteStep: decode/validate/redact ─► rows streamed into COPY ─► commit
+                                   │                                                                │
+                                   └─ InvalidMessage ─► DLQ + reject row              BatchWritten event ◄┘
 
 ``DecodeWriteStep`` is the same code in both placements:
 
-* ``ThreadPipeline`` runs it in the consumer's process (two threads). Used for SQLite, where
+* ``ThreadPipeline`` runs it in the consumer's process (one worker thread). Used for SQLite, where
   one process writing keeps the single-writer database simple.
 * ``ProcessPipeline`` runs it in a child process, so that kafka-python's record parsing (the
   consumer's main cost) and decoding + the COPY run on different cores instead of sharing one
