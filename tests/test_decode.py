@@ -581,3 +581,15 @@ def test_spool_dirs_of_dead_consumers_are_removed(tmp_path: Path) -> None:
     assert not dead.exists()
     assert alive.exists() and other.exists()
     assert Path(new).parent == tmp_path and Path(new).name.startswith(f"{step._SPOOL_PREFIX}{os.getpid()}-")
+
+
+@pytest.mark.parametrize(("meta_depth", "ok"), [(99, True), (100, False)])
+def test_metadata_nesting_limit_is_exact_on_the_fast_path(meta_depth: int, ok: bool) -> None:
+    meta: Any = 1
+    for _ in range(meta_depth):
+        meta = {"k": meta}
+    rec = {"request_id": "r", "prompt": "p", "metadata": meta}  # known fields only: the fast path
+    if ok:
+        assert decode(rec)[1]["metadata"] == meta
+    else:
+        assert reject(rec).reason == D.INVALID_JSON
