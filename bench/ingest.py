@@ -123,11 +123,19 @@ def main() -> None:
     ap.add_argument("--pg-admin", default=os.environ.get("DRIFTLOOP_TEST_PG",
                     "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
                     help="PostgreSQL URL used to create scratch databases")  # fmt: skip
+    ap.add_argument("--raw-gc-tuned", action="store_true",
+                    help="give the raw loop the same garbage-collector tuning as driftloop ingest "
+                         "(for comparison; the ratio's baseline is a plain kafka-python loop)")  # fmt: skip
     args = ap.parse_args()
     if args.repeat < 1 or args.records < 1:
         ap.error("--records and --repeat must be >= 1")
 
     from sqlalchemy import create_engine, text
+
+    if args.raw_gc_tuned:
+        from driftloop.ingest.step import tune_gc
+
+        tune_gc()
 
     from driftloop.store.db import migrate
 

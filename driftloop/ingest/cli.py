@@ -49,7 +49,9 @@ def register(app: typer.Typer) -> None:
         """Consume the configured Kafka topics into the database until SIGTERM/SIGINT."""
         s = prepare(config, log_level, migrate)
         from driftloop.ingest.service import IngestService
+        from driftloop.ingest.step import tune_gc
 
+        tune_gc()  # this process only ingests
         stop = threading.Event()
         install_signal_handlers(stop)
         stats = IngestService(s).run(stop, stop_when_idle_s=stop_when_idle, progress_every_s=progress or None)
