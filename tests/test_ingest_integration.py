@@ -55,7 +55,7 @@ def test_20k_records_stored_exactly_once(pg_url: str, kafka_bootstrap: str, topi
 def test_sigkill_three_times_no_loss_no_duplicates(
     pg_url: str, kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
 ) -> None:
-    n = 20_000
+    n = 30_000  # enough left after the last kill (12 000+) even at ~45k msgs/s
     values = records(n, seed=2)
     settings = settings_for(pg_url, kafka_bootstrap, topics, batch_size=500, batch_max_ms=200)
     cfg = write_config(tmp_path / "cfg.yaml", settings)
@@ -66,12 +66,14 @@ def test_sigkill_three_times_no_loss_no_duplicates(
     kills = 0
     for i, threshold in enumerate((2_000, 7_000, 12_000)):
         # this run must itself store a batch (a fast previous run may already have passed the threshold)
-        threshold = max(threshold, count() + 500)
+        start = count()
+        threshold = max(threshold, start + 500)
         proc = start_ingest_process(cfg, log)
         try:
-            wait_for(lambda t=threshold: count() >= t, 120, f"{threshold} rows (run {i})", interval=0.05)
-            writers = child_pids(proc.pid)
+            wait_for(lambda s=start: count() > s, 120, f"rows from run {i}", interval=0.05)
+            writers = child_pids(proc.pid)  # looked up before the threshold: the kill follows at once
             assert writers, "on PostgreSQL decode + write run in a child process"
+            wait_for(lambda t=threshold: count() >= t, 120, f"{threshold} rows (run {i})", interval=0.01)
         finally:
             kill9(proc)
             kills += 1
