@@ -237,9 +237,6 @@ class DecodeWriteStep:
         decoded rows are kept, so a failed first attempt is retried from them.
         """
         ing = self.settings.ingest
-        if raw.generation < self.generation:
-            self.emit(BatchWritten(raw.seq, raw.generation, raw.offsets, raw.n_messages, dropped=True))
-            return
         batch = Batch(generation=raw.generation, offsets=dict(raw.offsets), n_messages=raw.n_messages)
         rejected: dict[str, int] = {}
         stream: Iterator[Row] | None = self._decode_iter(raw, batch, rejected)
