@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from driftloop.settings import ConfigError, Settings, load_settings
+from driftloop.settings import ConfigError, Settings, load_settings, startup_problems
 
 app = typer.Typer(
     help="driftloop: ingest production LLM logs, detect drift, alert, retrain and promote.",
@@ -50,10 +50,29 @@ def get_settings(config: Path | None, **overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def prepare(config: Path | None, log_level: str, migrate: bool) -> Settings:
-    """Start-up shared by long-running commands: logging, settings, optional migrations."""
+def refuse_unsafe(s: Settings, source: object, *, ingest: bool, api_host: str | None) -> None:
+    """Exit 2 listing every start-up problem (default salt, placeholder tokens, open reads on a public address)."""
+    problems = startup_problems(s, ingest=ingest, api_host=api_host)
+    if problems:
+        typer.echo(f"error: refusing to start with the configuration in {source}:", err=True)
+        for p in problems:
+            typer.echo(f"  {p}", err=True)
+        raise typer.Exit(2)
+
+
+def prepare(config: Path | None, log_level: str, migrate: bool, *, ingest: bool | None = True,
+            api: bool | None = False, api_host: str | None = None) -> Settings:  # fmt: skip
+    """Start-up shared by long-running commands: logging, settings, start-up checks, optional migrations.
+
+    ``ingest``/``api``: whether the command ingests / serves the API (None: as scheduler.ingest / api.enabled
+    say), so it refuses exactly what would be unsafe for it, before migrating; ``api_host`` (default api.host)
+    is where it binds.
+    """
     setup_logging(log_level)
     s = get_settings(config)
+    ingests = s.scheduler.ingest if ingest is None else ingest
+    serves = s.api.enabled if api is None else api
+    refuse_unsafe(s, config or "settings", ingest=ingests, api_host=(api_host or s.api.host) if serves else None)
     if migrate:
         from driftloop.store.db import migrate as do_migrate
 
@@ -63,8 +82,12 @@ def prepare(config: Path | None, log_level: str, migrate: bool) -> Settings:
 
 @app.command("check-config")
 def check_config(file: Annotated[Path, typer.Argument(help="YAML settings/policy file to validate.")]) -> None:
-    """Validate a settings file; print every problem with its path; exit 2 on error."""
+    """Validate a settings file; print every problem with its path; exit 2 on error.
+
+    Also what `driftloop run` would refuse at start (salt, tokens, open reads), with this shell's environment.
+    """
     s = get_settings(file)
+    refuse_unsafe(s, file, ingest=True, api_host=s.api.host if s.api.enabled else None)
     typer.echo(
         f"{file}: OK (database {s.database.url.split('://', 1)[0]}, "
         f"{len(s.kafka.topics)} input topic(s), DLQ {s.kafka.dlq_topic})"

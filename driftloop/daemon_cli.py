@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
 
         Several daemons may share one database: all ingest, exactly one (the leader) runs the jobs.
         """
-        s = prepare(config, log_level, migrate)
+        s = prepare(config, log_level, migrate, ingest=None if ingest else False, api=None if api else False)
         from driftloop.daemon import Daemon
         from driftloop.ingest.cli import install_signal_handlers
 

@@ -7,6 +7,7 @@ Every section forbids unknown keys so a typo is an error, not a silently ignored
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -148,6 +149,7 @@ BuiltinPii = Literal["email", "phone", "credit_card", "ip_address"]
 
 
 _ALL_PII: tuple[BuiltinPii, ...] = ("email", "phone", "credit_card", "ip_address")
+DEFAULT_USER_ID_SALT = "driftloop-default-salt-change-me"
 
 
 class PiiSettings(_Section):
@@ -157,7 +159,8 @@ class PiiSettings(_Section):
     builtin: list[BuiltinPii] = Field(default_factory=lambda: list(_ALL_PII))
     custom: list[PiiRule] = Field(default_factory=list)
     replacement: str = "[{name}]"
-    user_id_salt: str = "driftloop-default-salt-change-me"
+    # refused by `driftloop ingest`/`run`/check-config (see startup_problems); only the demo runs on it
+    user_id_salt: str = DEFAULT_USER_ID_SALT
 
 
 class ApiToken(_Section):
@@ -187,6 +190,7 @@ class ApiSettings(_Section):
     enabled: bool = True
     tokens: list[ApiToken] = Field(default_factory=list, description="bearer tokens; none: mutating endpoints refuse")
     read_requires_token: bool = Field(False, description="GET endpoints need a token too (the status page as well)")
+    public_reads: bool = Field(False, description="open reads on a non-loopback api.host, on purpose")
     public_url: str | None = Field(None, description="external base URL, used in links (e.g. in alerts)")
 
     @field_validator("tokens")
@@ -376,4 +380,87 @@ def cross_check(settings: Settings) -> list[str]:
     from retrain.config import cross_check_retrain
 
     problems.extend(cross_check_retrain(settings))
+    return problems
+
+
+# -- start-up checks ----------------------------------------------------------------------------
+# Not part of validation, so tests and the demo can build Settings freely: `driftloop run`, `ingest`,
+# `api serve` and `check-config` call startup_problems and refuse to start (ApiServer checks its bind
+# address too). The demo (driftloop.demo, driftloop.demo_loop) builds its settings in-process and never
+# calls it: that is its exemption, and it needs none of these secrets (throwaway SQLite, loopback only).
+
+GENERATE_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+MIN_SECRET_CHARS = 16
+# Words of example values (.env.example's change-me-..., docs' placeholders), looked for in the value's
+# lower-cased letters and digits; long enough that a generated value holds one by chance about 1 in 30000.
+_PLACEHOLDER_WORDS = ("changeme", "replace", "placeholder", "example", "secret", "password", "xxxx", "dummy")
+
+
+def placeholder_reason(value: str) -> str | None:
+    """Why ``value`` looks copied from an example rather than generated (None: it does not)."""
+    folded = re.sub(r"[^a-z0-9]", "", value.lower())
+    for word in _PLACEHOLDER_WORDS:
+        if word in folded:
+            return f"contains {word!r}"
+    if len(set(folded)) < 5:
+        return "has fewer than 5 distinct letters and digits"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another host name ("", 0.0.0.0 and :: are addresses): it may be any interface
+        return False
+
+
+def _weak_secret(value: str) -> str | None:
+    if len(value) < MIN_SECRET_CHARS:
+        return f"is shorter than {MIN_SECRET_CHARS} characters"
+    why = placeholder_reason(value)
+    return f"looks like a placeholder ({why}; copied from .env.example?)" if why else None
+
+
+def salt_problems(pii: PiiSettings) -> list[str]:
+    """The user-id salt must be this deployment's own secret: whoever knows it can test guesses of user ids."""
+    todo = (f"set DRIFTLOOP_PII__USER_ID_SALT (or pii.user_id_salt) to a random value, e.g. from `{GENERATE_SECRET}`,"
+            " and keep it: a new salt changes every stored user hash")  # fmt: skip
+    if pii.user_id_salt == DEFAULT_USER_ID_SALT:
+        return [f"pii.user_id_salt: is the built-in default, the same in every installation; {todo}"]
+    weak = _weak_secret(pii.user_id_salt)
+    return [f"pii.user_id_salt: {weak}; {todo}"] if weak else []
+
+
+def api_problems(api: ApiSettings, host: str | None = None) -> list[str]:
+    """Token values that are placeholders or short, and open reads on an address other machines can reach."""
+    host = api.host if host is None else host
+    problems: list[str] = []
+    for i, t in enumerate(api.tokens):
+        value = t.secret()
+        if value is None:  # token_env unset: the token is just unusable (`api serve` warns)
+            continue
+        weak = _weak_secret(value)
+        if weak:
+            where = f"the value of ${t.token_env}" if t.token_env else "its token"
+            problems.append(f"api.tokens[{i}] ({t.name}): {where} {weak}; set it to a random value, e.g. from "
+                            f"`{GENERATE_SECRET}`")  # fmt: skip
+    if not is_loopback(host) and not api.read_requires_token and not api.public_reads:
+        problems.append(
+            f"api.host: {host!r} is not a loopback address and reads are open (api.read_requires_token: false), so "
+            "anyone who reaches it reads alerts, models and reports; set api.read_requires_token: true with a read "
+            "token in api.tokens (token_env), or api.host: 127.0.0.1 (behind a proxy), or api.public_reads: true "
+            "to serve open reads on purpose"
+        )
+    return problems
+
+
+def startup_problems(settings: Settings, *, ingest: bool, api_host: str | None) -> list[str]:
+    """What a command must refuse to start with: ``ingest`` when it ingests (the salt hashes user ids),
+    ``api_host`` the address it serves the API on (None: it serves none)."""
+    problems = salt_problems(settings.pii) if ingest else []
+    if api_host is not None:
+        problems.extend(api_problems(settings.api, api_host))
     return problems

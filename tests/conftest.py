@@ -18,6 +18,10 @@ from driftloop.broker import LocalTansu, ensure_topics
 from driftloop.store.db import migrate
 
 PG_ADMIN = os.environ.get("DRIFTLOOP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# `driftloop ingest`/`run`/check-config refuse the built-in user-id salt (settings.startup_problems); every
+# test, and every driftloop process a test starts (they inherit os.environ), runs with this one instead.
+# Tests of the refusal itself remove it (tests/test_settings.py, tests/test_startup_checks.py).
+os.environ.setdefault("DRIFTLOOP_PII__USER_ID_SALT", "tests-only-user-id-salt-4f9c2a7e1b")
 
 
 def _pg_base(url: str) -> str:

@@ -10,7 +10,16 @@ import pytest
 from typer.testing import CliRunner
 
 from driftloop.cli import app
-from driftloop.settings import ConfigError, Settings, load_settings, read_yaml
+from driftloop.settings import (
+    ConfigError,
+    Settings,
+    api_problems,
+    is_loopback,
+    load_settings,
+    placeholder_reason,
+    read_yaml,
+    startup_problems,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +49,7 @@ kafka:
 ingest:
   batch_size: 100
 pii:
+  user_id_salt: 9Kc2-rVw7_QxZp4LmT8n
   custom:
     - {name: ticket, pattern: 'T-\\d+'}
 """
@@ -252,3 +262,147 @@ def test_check_config_help() -> None:
     res = CliRunner().invoke(app, ["check-config", "--help"])
     assert res.exit_code == 0
     assert "Validate a settings file" in res.output
+
+
+# --- start-up checks: default salt, placeholder tokens, open reads on a public address -------------------
+ROOT = Path(__file__).resolve().parents[1]
+SALT = "9Kc2-rVw7_QxZp4LmT8n"  # the one in GOOD
+TOKEN = "Hq3-vN8_zR2wLk5tY7uB0cXe"
+
+
+def env_example_values() -> dict[str, str]:
+    """The non-empty values of .env.example (whatever they are named: another edit may change them)."""
+    out = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        k, eq, v = line.partition("=")
+        if eq and not k.lstrip().startswith("#") and v.strip():
+            out[k.strip()] = v.strip()
+    return out
+
+
+def test_every_env_example_value_is_a_placeholder() -> None:
+    values = env_example_values()
+    assert {"DRIFTLOOP_USER_ID_SALT", "DRIFTLOOP_ADMIN_TOKEN", "DRIFTLOOP_READ_TOKEN"} <= set(values)
+    for k, v in values.items():
+        assert placeholder_reason(v), f"{k}={v} is not recognized as a placeholder"
+
+
+@pytest.mark.parametrize("value", ["change-me", "Change_Me-0123456789abcdef", "replace-with-a-random-value-123",
+                                   "<your-secret-here-0123456789>", "example-token-0123456789",
+                                   "placeholder-0123456789", "token-xxxx-xxxx-xxxx", "x" * 40, "0" * 16,
+                                   "abababababababababab", "password1234567890", "driftloop-default-salt-change-me"])  # fmt: skip
+def test_placeholder_values_are_recognized(value: str) -> None:
+    assert placeholder_reason(value)
+
+
+def test_generated_values_are_not_placeholders() -> None:
+    import random
+    import string
+
+    rng = random.Random(12)  # fixed: a generated value holds a placeholder word by chance ~1 in 30000
+    alphabet = string.ascii_letters + string.digits + "-_"
+    for _ in range(1000):
+        v = "".join(rng.choice(alphabet) for _ in range(43))  # what secrets.token_urlsafe(32) gives
+        assert placeholder_reason(v) is None, v
+    assert placeholder_reason(SALT) is None and placeholder_reason(TOKEN) is None
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.3.2.1", True), ("::1", True),
+                                                ("[::1]", True), ("localhost", True), ("LOCALHOST.", True),
+                                                ("0.0.0.0", False), ("::", False), ("", False), ("10.0.0.5", False),
+                                                ("192.168.1.10", False), ("api.example.com", False)])  # fmt: skip
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_default_salt_refused_for_ingestion_with_what_to_set() -> None:
+    s = load_settings(None)
+    [p] = startup_problems(s, ingest=True, api_host=None)
+    assert p.startswith("pii.user_id_salt: is the built-in default")
+    assert "DRIFTLOOP_PII__USER_ID_SALT" in p and "secrets.token_urlsafe(32)" in p
+    assert startup_problems(s, ingest=False, api_host="127.0.0.1") == []  # the salt matters to ingestion only
+
+
+@pytest.mark.parametrize(("salt", "needle"), [("change-me-to-a-long-random-string", "placeholder (contains 'changeme'"),
+                                              ("short-salt", "shorter than 16 characters")])  # fmt: skip
+def test_weak_salt_refused(salt: str, needle: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTLOOP_PII__USER_ID_SALT", salt)
+    [p] = startup_problems(load_settings(None), ingest=True, api_host=None)
+    assert p.startswith("pii.user_id_salt: ") and needle in p and "DRIFTLOOP_PII__USER_ID_SALT" in p
+
+
+def test_own_salt_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert startup_problems(load_settings(None, pii={"user_id_salt": SALT}), ingest=True, api_host=None) == []
+    monkeypatch.setenv("DRIFTLOOP_PII__USER_ID_SALT", TOKEN)
+    assert startup_problems(load_settings(None), ingest=True, api_host=None) == []
+
+
+def test_placeholder_and_short_tokens_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DL_TEST_ADMIN", "change-me-admin-token-0123456789")
+    monkeypatch.setenv("DL_TEST_SHORT", "abc123")
+    s = load_settings(None, api={"tokens": [
+        {"name": "admin", "token_env": "DL_TEST_ADMIN", "role": "admin"},
+        {"name": "inline", "token": "replace-me-with-a-read-token"},
+        {"name": "short", "token_env": "DL_TEST_SHORT"},
+        {"name": "unset", "token_env": "DL_TEST_UNSET"},  # unusable, not unsafe: `api serve` warns
+        {"name": "good", "token": TOKEN}]})  # fmt: skip
+    problems = api_problems(s.api)
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("api.tokens[0] (admin): the value of $DL_TEST_ADMIN looks like a placeholder")
+    assert problems[1].startswith("api.tokens[1] (inline): its token looks like a placeholder (contains 'replace'")
+    assert problems[2].startswith("api.tokens[2] (short): the value of $DL_TEST_SHORT is shorter than 16")
+    assert all("secrets.token_urlsafe(32)" in p for p in problems)
+    assert "change-me-admin" not in " ".join(problems)  # a secret is never echoed
+
+
+def test_open_reads_on_a_public_address_refused_with_what_to_set() -> None:
+    s = load_settings(None, api={"host": "0.0.0.0"})
+    [p] = api_problems(s.api)
+    assert p.startswith("api.host: '0.0.0.0' is not a loopback address and reads are open")
+    for setting in ("api.read_requires_token: true", "api.host: 127.0.0.1", "api.public_reads: true"):
+        assert setting in p
+    assert api_problems(s.api, "10.1.2.3") and api_problems(load_settings(None).api, "0.0.0.0")  # --host too
+
+
+@pytest.mark.parametrize("api", [{"host": "0.0.0.0", "public_reads": True},
+                                 {"host": "0.0.0.0", "read_requires_token": True,
+                                  "tokens": [{"name": "r", "token": TOKEN}]},
+                                 {"host": "127.0.0.1"}, {"host": "::1"}, {"host": "localhost"}])  # fmt: skip
+def test_safe_api_configurations_accepted(api: dict[str, object]) -> None:
+    assert api_problems(load_settings(None, api=api).api) == []
+
+
+def test_check_config_refuses_the_default_salt(tmp_path: Path) -> None:
+    code, out = check(write(tmp_path, GOOD.replace(f"  user_id_salt: {SALT}\n", "")))
+    assert code == 2
+    assert "refusing to start with the configuration in" in out
+    assert "pii.user_id_salt: is the built-in default" in out and "DRIFTLOOP_PII__USER_ID_SALT" in out
+
+
+def test_check_config_refuses_open_reads_on_a_public_address(tmp_path: Path) -> None:
+    code, out = check(write(tmp_path, GOOD + "api:\n  host: 0.0.0.0\n"))
+    assert code == 2 and "api.public_reads: true" in out
+    code, out = check(write(tmp_path, GOOD + "api:\n  host: 0.0.0.0\n  public_reads: true\n"))
+    assert code == 0, out
+    code, out = check(write(tmp_path, GOOD + "api:\n  host: 0.0.0.0\n  enabled: false\n"))  # not served
+    assert code == 0, out
+
+
+def test_check_config_refuses_env_example_placeholders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/driftloop.yaml with the values docker-compose.yml passes from .env: the copied example refused,
+    generated ones accepted."""
+    example = env_example_values()
+    monkeypatch.setenv("DRIFTLOOP_PII__USER_ID_SALT", example["DRIFTLOOP_USER_ID_SALT"])
+    monkeypatch.setenv("DRIFTLOOP_ADMIN_TOKEN", example["DRIFTLOOP_ADMIN_TOKEN"])
+    monkeypatch.setenv("DRIFTLOOP_READ_TOKEN", example["DRIFTLOOP_READ_TOKEN"])
+    code, out = check(ROOT / "deploy/driftloop.yaml")
+    assert code == 2
+    assert "pii.user_id_salt: looks like a placeholder" in out
+    assert "api.tokens[0] (admin): the value of $DRIFTLOOP_ADMIN_TOKEN looks like a placeholder" in out
+    assert "api.tokens[1] (grafana-links): the value of $DRIFTLOOP_READ_TOKEN looks like a placeholder" in out
+    assert "api.host" not in out  # the deploy file binds 0.0.0.0 with read_requires_token
+    monkeypatch.setenv("DRIFTLOOP_PII__USER_ID_SALT", SALT)
+    monkeypatch.setenv("DRIFTLOOP_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("DRIFTLOOP_READ_TOKEN", TOKEN[::-1])
+    code, out = check(ROOT / "deploy/driftloop.yaml")
+    assert code == 0, out

@@ -26,7 +26,7 @@ def serve(
     from driftloop.api.app import create_app
     from driftloop.store.db import create_engine_from_url
 
-    s = prepare(config, log_level, migrate)
+    s = prepare(config, log_level, migrate, ingest=False, api=True, api_host=host)
     eng = create_engine_from_url(s.database.url, pool_size=s.database.pool_size)
     app = create_app(s, eng)
     h, p = host or s.api.host, s.api.port if port is None else port

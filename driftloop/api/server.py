@@ -9,18 +9,25 @@ import time
 import uvicorn
 from sqlalchemy import Engine
 
-from driftloop.settings import Settings
+from driftloop.settings import Settings, api_problems
 
 log = logging.getLogger("driftloop.api")
 
 
 class ApiServer:
-    """uvicorn serving :func:`~driftloop.api.app.create_app` in the thread ``driftloop-api``."""
+    """uvicorn serving :func:`~driftloop.api.app.create_app` in the thread ``driftloop-api``.
+
+    Refuses (ValueError) placeholder tokens and open reads on a non-loopback address, whoever starts it:
+    the CLI checks first, this catches an embedding that did not.
+    """
 
     def __init__(self, settings: Settings, engine: Engine, *, host: str | None = None, port: int | None = None,
                  instance: str | None = None) -> None:  # fmt: skip
         from driftloop.api.app import create_app
 
+        problems = api_problems(settings.api, host or settings.api.host)
+        if problems:
+            raise ValueError("refusing to serve the API: " + "; ".join(problems))
         self.app = create_app(settings, engine, instance=instance)
         self.config = uvicorn.Config(self.app, host=host or settings.api.host,
                                      port=settings.api.port if port is None else port, log_level="warning",
