@@ -538,3 +538,102 @@ def test_daemon_serves_the_api(seeded: Seeded) -> None:
     assert rc == [0]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/healthz", timeout=2)
+
+
+# -- a lost database: 503 with Retry-After on every route that reads it, never a 500 ------------------------
+NO_DATABASE = {"/healthz", "/readyz", "/metrics"}  # /metrics counts failed queries and still answers (docs/api.md)
+
+
+def database_get_routes(app: Any) -> list[str]:
+    """Every documented GET route that reads the database, with sample path parameters."""
+    sample = {**SAMPLE, "window_id": "1"}
+    return [re.sub(r"\{(\w+)\}", lambda x: sample[x.group(1)], r.path) for r in app.routes
+            if isinstance(r, APIRoute) and "GET" in (r.methods or ()) and r.include_in_schema
+            and r.path not in NO_DATABASE]  # fmt: skip
+
+
+def assert_unavailable(r: Any, *hidden: str) -> None:
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"].isdigit() and int(r.headers["retry-after"]) > 0
+    assert r.headers["content-type"].startswith("application/json")
+    assert "database is unavailable" in r.json()["detail"]
+    for h in hidden:  # the connection error (host, port, database name) stays in the log
+        assert h not in r.text
+
+
+def test_dropped_database_answers_503_on_every_read_route(pg_admin_url: str, tmp_path: Path) -> None:
+    url = create_database(pg_admin_url)
+    migrate(url)
+    eng = create_engine_from_url(url)
+    app = create_app(make_settings(url, tmp_path), eng)
+    c = TestClient(app)
+    routes = database_get_routes(app)
+    assert {"/", "/api/v1/windows", "/reports/1", "/api/v1/alerts", "/api/v1/models"} <= set(routes)
+    assert c.get("/api/v1/windows").status_code == 200  # the pool holds a live connection now
+    drop_database(pg_admin_url, url)  # WITH (FORCE): terminates that connection, then the database is gone
+    db_name = url.rsplit("/", 1)[1]
+    try:
+        for path in routes:
+            assert_unavailable(c.get(path), db_name, "127.0.0.1")
+        assert_unavailable(c.post("/api/v1/alerts/1/ack", headers=auth(ADMIN)), db_name)  # mutations too
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/metrics").status_code == 200
+        assert c.get("/readyz").status_code == 503
+    finally:
+        eng.dispose()
+
+
+def test_closed_port_answers_503(tmp_path: Path) -> None:
+    dead = create_engine_from_url("postgresql+psycopg://driftloop@127.0.0.1:1/driftloop")
+    app = create_app(make_settings("postgresql+psycopg://driftloop@127.0.0.1:1/driftloop", tmp_path), dead)
+    c = TestClient(app)
+    for path in ("/api/v1/windows", "/api/v1/alerts/1", "/", f"/api/v1/models/{MODEL}/versions/v1"):
+        assert_unavailable(c.get(path), "127.0.0.1", "port 1")
+
+
+def test_503_is_in_the_spec_of_the_database_routes() -> None:
+    app = _offline_app()
+    paths = app.openapi()["paths"]
+    assert "503" in paths["/api/v1/windows"]["get"]["responses"]
+    assert "503" in paths["/api/v1/alerts/{alert_id}/ack"]["post"]["responses"]
+    assert "503" not in paths["/healthz"]["get"]["responses"]
+
+
+# -- reports: only files inside monitor.reports_dir, and a 404 never shows a path ---------------------------
+def test_report_404s_stay_inside_the_reports_dir_and_show_no_path(sqlite_url: str, tmp_path: Path) -> None:
+    from tests.alerts_helpers import add_window
+
+    root = tmp_path / "reports"
+    (root / "m").mkdir(parents=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "stolen.html").write_text("<p>not a report</p>")
+    (root / "m" / "good.html").write_text("<p>report</p>")
+    (root / "m" / "notes.txt").write_text("text")
+    (root / "m" / "link.html").symlink_to(outside / "stolen.html")
+    s = load_settings(None, database={"url": sqlite_url}, monitor={"reports_dir": str(root)})
+    eng = create_engine_from_url(sqlite_url)
+    c = TestClient(create_app(s, eng))
+    cases = {
+        "good": (root / "m" / "good.html", 200),
+        "gone": (root / "m" / "deleted.html", 404),
+        "outside": (outside / "stolen.html", 404),
+        "dotdot": (root / "m" / ".." / ".." / "elsewhere" / "stolen.html", 404),
+        "symlink out": (root / "m" / "link.html", 404),
+        "not html": (root / "m" / "notes.txt", 404),
+    }
+    for i, (name, (path, code)) in enumerate(cases.items()):
+        wid = add_window(eng, i, {})
+        with eng.begin() as conn:
+            conn.execute(text("update monitor_windows set report_path = :p where id = :i"), {"p": str(path), "i": wid})
+        r = c.get(f"/reports/{wid}")
+        assert r.status_code == code, (name, r.text)
+        if code == 200:
+            assert r.text == "<p>report</p>"
+            continue
+        detail = r.json()["detail"]
+        assert f"window {wid}" in detail and "monitor.reports_dir" in detail
+        for hidden in (str(tmp_path), "/", path.name):
+            assert hidden not in detail, (name, detail)
+    assert c.get(f"/reports/{add_window(eng, 99, {})}").status_code == 404  # no report at all
+    eng.dispose()

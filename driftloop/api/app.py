@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Response, status
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from driftloop.api import schemas as S
 from driftloop.api.auth import Principal, require_admin, require_read
@@ -42,6 +44,12 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": S.ErrorOut, "description": "no or invalid bearer token (or none configured)"},
     403: {"model": S.ErrorOut, "description": "the token's role may not do this"},
 }
+# Every route that reads the database: one exception handler (below) turns a lost database into this.
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": S.ErrorOut, "description": "the database is unreachable; retry after the Retry-After seconds",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}}}  # fmt: skip
+ERRORS = {**AUTH_ERRORS, **UNAVAILABLE}
+RETRY_AFTER_S = 5
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": S.ErrorOut, "description": "no such object"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": S.ErrorOut, "description": "not possible in this state"}}
 BAD_BODY: dict[int | str, dict[str, Any]] = {400: {"model": S.ErrorOut, "description": "the body is not JSON"}}
@@ -88,6 +96,16 @@ def _conflict(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_409_CONFLICT, detail)
 
 
+def _report_file(path: str, reports_dir: str) -> FsPath | None:
+    """The report at ``path`` with links resolved, if it is an HTML file inside ``reports_dir`` (also resolved)."""
+    try:
+        p = FsPath(path).resolve(strict=True)
+        root = FsPath(reports_dir).resolve()
+    except (OSError, RuntimeError):  # missing, or a symlink loop
+        return None
+    return p if p.suffix == ".html" and p.is_file() and p.is_relative_to(root) else None
+
+
 def _row(r: Mapping[Any, Any]) -> dict[str, Any]:
     return dict(r)
 
@@ -124,7 +142,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         version="1",
         description="Drift monitoring, alerts and the retrain loop of a driftloop daemon. Mutating endpoints need "
         "`Authorization: Bearer <token>` with an admin token from `api.tokens`; read endpoints are open unless "
-        "`api.read_requires_token`.",
+        "`api.read_requires_token`. A route that finds the database unreachable answers 503 with `Retry-After`.",
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -174,7 +192,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
 
     win_cols = [c for c in monitor_windows.c if c.name not in ("first_id", "last_id", "ref_start", "ref_end")]
 
-    @app.get("/api/v1/windows", response_model=list[S.Window], tags=["monitoring"], responses=AUTH_ERRORS,
+    @app.get("/api/v1/windows", response_model=list[S.Window], tags=["monitoring"], responses=ERRORS,
              summary="Checked windows, newest first")  # fmt: skip
     def list_windows(_: ReadAuth, model: ModelFilter = None,
                      status_: Annotated[Literal["ok", "insufficient_data", "error"] | None,
@@ -189,7 +207,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
             return [window_out(r) for r in c.execute(q).mappings()]
 
     @app.get("/api/v1/windows/{window_id}", response_model=S.WindowDetail, tags=["monitoring"],
-             responses={**AUTH_ERRORS, **NOT_FOUND}, summary="One window with its metrics")  # fmt: skip
+             responses={**ERRORS, **NOT_FOUND}, summary="One window with its metrics")  # fmt: skip
     def get_window(window_id: Id, _: ReadAuth) -> dict[str, Any]:
         with engine.connect() as c:
             r = c.execute(select(*win_cols).where(monitor_windows.c.id == window_id)).mappings().first()
@@ -200,7 +218,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         return {**window_out(r), "metrics": {m.name: m.value for m in ms}}
 
     @app.get("/api/v1/windows/{window_id}/drift", response_model=list[S.DriftResult], tags=["monitoring"],
-             responses={**AUTH_ERRORS, **NOT_FOUND}, summary="Per-feature drift results of a window")  # fmt: skip
+             responses={**ERRORS, **NOT_FOUND}, summary="Per-feature drift results of a window")  # fmt: skip
     def window_drift(window_id: Id, _: ReadAuth) -> list[dict[str, Any]]:
         with engine.connect() as c:
             if c.execute(select(monitor_windows.c.id).where(monitor_windows.c.id == window_id)).first() is None:
@@ -210,17 +228,19 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
 
     # response_class=Response (not HTMLResponse): the error responses are JSON, and the spec says so
     @app.get("/reports/{window_id}", response_class=Response, tags=["monitoring"],
-             responses={**AUTH_ERRORS, **NOT_FOUND, **HTML}, summary="The window's Evidently HTML report")  # fmt: skip
+             responses={**ERRORS, **NOT_FOUND, **HTML}, summary="The window's Evidently HTML report")  # fmt: skip
     def report(window_id: Id, _: ReadAuth) -> Response:
         with engine.connect() as c:
             path = c.execute(select(monitor_windows.c.report_path).where(monitor_windows.c.id == window_id)).scalar()
         # only a path written by the monitor into the database is ever served, never one from the request
         if not path:
             raise _not_found(f"window {window_id} has no report (unknown window, or monitor.reports was off)")
-        p = FsPath(path)
-        if p.suffix != ".html" or not p.is_file():
-            raise _not_found(f"the report of window {window_id} is gone from {path} (deleted, or another machine's "
-                             "monitor.reports_dir)")  # fmt: skip
+        p = _report_file(path, settings.monitor.reports_dir)
+        if p is None:  # the path only goes to the log: a response must not map the server's filesystem
+            log.warning("report of window %d not served: %s is missing, not HTML or outside monitor.reports_dir (%s)",
+                        window_id, path, settings.monitor.reports_dir)  # fmt: skip
+            raise _not_found(f"the report file of window {window_id} is unavailable (deleted, outside "
+                             "monitor.reports_dir, or written by another machine's monitor)")  # fmt: skip
         return FileResponse(p, media_type="text/html; charset=utf-8")
 
     # -- alerts ---------------------------------------------------------------------------------
@@ -229,7 +249,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
 
     alert_cols = [c for c in alerts.c if c.name not in ("group_key", "last_notified_at")]
 
-    @app.get("/api/v1/alerts", response_model=list[S.Alert], tags=["alerts"], responses=AUTH_ERRORS,
+    @app.get("/api/v1/alerts", response_model=list[S.Alert], tags=["alerts"], responses=ERRORS,
              summary="Alerts, newest first")  # fmt: skip
     def list_alerts(_: ReadAuth,
                     state: Annotated[Literal["open", "fired", "acknowledged", "resolved"] | None,
@@ -256,12 +276,12 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         return _row(r)
 
     @app.get("/api/v1/alerts/{alert_id}", response_model=S.Alert, tags=["alerts"],
-             responses={**AUTH_ERRORS, **NOT_FOUND})  # fmt: skip
+             responses={**ERRORS, **NOT_FOUND})  # fmt: skip
     def get_alert(alert_id: Id, _: ReadAuth) -> dict[str, Any]:
         return get_alert_row(alert_id)
 
     @app.post("/api/v1/alerts/{alert_id}/ack", response_model=S.AckResult, tags=["alerts"],
-              responses={**AUTH_ERRORS, **NOT_FOUND, **CONFLICT},
+              responses={**ERRORS, **NOT_FOUND, **CONFLICT},
               summary="Acknowledge a fired alert (no more reminders; it still resolves)")  # fmt: skip
     def ack_alert(alert_id: Id, who: AdminAuth) -> dict[str, Any]:
         if not acknowledge(engine, alert_id, who.actor):
@@ -274,7 +294,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
     from driftloop.jobs import JobContext, job_runs, run_named
     from retrain.tables import retrain_jobs
 
-    @app.get("/api/v1/jobs", response_model=list[S.JobRun], tags=["jobs"], responses=AUTH_ERRORS,
+    @app.get("/api/v1/jobs", response_model=list[S.JobRun], tags=["jobs"], responses=ERRORS,
              summary="Scheduled-job runs, newest first")  # fmt: skip
     def list_job_runs(_: ReadAuth, job: Annotated[JobName | None, Query()] = None,
                       status_: Annotated[Literal["running", "succeeded", "failed", "skipped"] | None,
@@ -289,7 +309,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
             return [_row(r) for r in c.execute(q).mappings()]
 
     @app.post("/api/v1/checks/run", response_model=S.Accepted, status_code=status.HTTP_202_ACCEPTED, tags=["jobs"],
-              responses={**AUTH_ERRORS, **CONFLICT},
+              responses={**ERRORS, **CONFLICT},
               summary="Run a scheduled job (default: the drift check) once now, in the background")  # fmt: skip
     def run_check(who: AdminAuth, job: Annotated[JobName, Query()] = "drift_check") -> S.Accepted:
         ctx = JobContext(settings, engine, instance)
@@ -300,7 +320,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
 
     rj_cols = [c for c in retrain_jobs.c if c.name not in ("work_dir", "pid")]
 
-    @app.get("/api/v1/retrain/jobs", response_model=list[S.RetrainJob], tags=["retrain"], responses=AUTH_ERRORS,
+    @app.get("/api/v1/retrain/jobs", response_model=list[S.RetrainJob], tags=["retrain"], responses=ERRORS,
              summary="Retrain jobs, newest first")  # fmt: skip
     def list_retrain_jobs(_: ReadAuth, policy: NameFilter = None,
                           status_: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
@@ -315,7 +335,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
             return [_row(r) for r in c.execute(q).mappings()]
 
     @app.get("/api/v1/retrain/jobs/{job_id}", response_model=S.RetrainJob, tags=["retrain"],
-             responses={**AUTH_ERRORS, **NOT_FOUND})  # fmt: skip
+             responses={**ERRORS, **NOT_FOUND})  # fmt: skip
     def get_retrain_job(job_id: Id, _: ReadAuth) -> dict[str, Any]:
         with engine.connect() as c:
             r = c.execute(select(*rj_cols).where(retrain_jobs.c.id == job_id)).mappings().first()
@@ -324,7 +344,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         return _row(r)
 
     @app.post("/api/v1/retrain/{policy}/run", response_model=S.Accepted, status_code=status.HTTP_202_ACCEPTED,
-              tags=["retrain"], responses={**AUTH_ERRORS, **NOT_FOUND, **CONFLICT},
+              tags=["retrain"], responses={**ERRORS, **NOT_FOUND, **CONFLICT},
               summary="Start a retrain of a policy in the background")  # fmt: skip
     def run_retrain(policy: PolicyName, who: AdminAuth,
                     force: Annotated[bool, Query(description="run even if not triggered, in cooldown or over "
@@ -359,7 +379,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
                           detail=f"retrain job {job_id} queued; follow it at /api/v1/retrain/jobs/{job_id}")  # fmt: skip
 
     @app.post("/api/v1/retrain/jobs/{job_id}/cancel", response_model=S.CancelResult, tags=["retrain"],
-              responses={**AUTH_ERRORS, **NOT_FOUND}, summary="Ask a queued or running retrain job to stop")  # fmt: skip
+              responses={**ERRORS, **NOT_FOUND}, summary="Ask a queued or running retrain job to stop")  # fmt: skip
     def cancel_retrain(job_id: Id, who: AdminAuth) -> S.CancelResult:
         from retrain.runner import RetrainError, request_cancel
 
@@ -403,7 +423,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         except Exception as e:
             raise _conflict(f"cannot build the promotion targets of {family!r}: {e}; check retrain.targets") from None
 
-    @app.get("/api/v1/models", response_model=list[S.ModelFamily], tags=["models"], responses=AUTH_ERRORS,
+    @app.get("/api/v1/models", response_model=list[S.ModelFamily], tags=["models"], responses=ERRORS,
              summary="Model families with their champion")  # fmt: skip
     def list_models(_: ReadAuth) -> list[dict[str, Any]]:
         out = []
@@ -423,7 +443,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         return out
 
     @app.get("/api/v1/models/{family}/versions", response_model=list[S.ModelVersion], tags=["models"],
-             responses={**AUTH_ERRORS, **NOT_FOUND}, summary="A family's versions, oldest first")  # fmt: skip
+             responses={**ERRORS, **NOT_FOUND}, summary="A family's versions, oldest first")  # fmt: skip
     def list_versions(family: Family, _: ReadAuth) -> list[dict[str, Any]]:
         vs = reg.versions(family)
         if not vs:
@@ -432,7 +452,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         return [version_out(v, al) for v in vs]
 
     @app.get("/api/v1/models/{family}/versions/{version}", response_model=S.ModelVersionDetail, tags=["models"],
-             responses={**AUTH_ERRORS, **NOT_FOUND}, summary="One version: lineage, gate and audit log")  # fmt: skip
+             responses={**ERRORS, **NOT_FOUND}, summary="One version: lineage, gate and audit log")  # fmt: skip
     def get_version(family: Family, version: VersionRef, _: ReadAuth) -> dict[str, Any]:
         v = find(family, version)
         return version_out(v, reg.aliases(family), detail=True)
@@ -440,7 +460,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
     Reason = Annotated[S.ActionBody | None, Body()]
 
     @app.post("/api/v1/models/{family}/versions/{version}/approve", response_model=S.ModelVersionDetail,
-              tags=["models"], responses={**AUTH_ERRORS, **NOT_FOUND, **CONFLICT, **BAD_BODY},
+              tags=["models"], responses={**ERRORS, **NOT_FOUND, **CONFLICT, **BAD_BODY},
               summary="Approve a version waiting for approval, then promote it")  # fmt: skip
     def approve(family: Family, version: VersionRef, who: AdminAuth, body: Reason = None) -> dict[str, Any]:
         v = find(family, version)
@@ -453,7 +473,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         return version_out(v, reg.aliases(family), detail=True)
 
     @app.post("/api/v1/models/{family}/versions/{version}/promote", response_model=S.ModelVersionDetail,
-              tags=["models"], responses={**AUTH_ERRORS, **NOT_FOUND, **CONFLICT, **BAD_BODY},
+              tags=["models"], responses={**ERRORS, **NOT_FOUND, **CONFLICT, **BAD_BODY},
               summary="Make a version the champion on every target, then in the registry")  # fmt: skip
     def promote(family: Family, version: VersionRef, who: AdminAuth, body: Reason = None) -> dict[str, Any]:
         v = find(family, version)
@@ -466,7 +486,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         return version_out(v, reg.aliases(family), detail=True)
 
     @app.post("/api/v1/models/{family}/rollback", response_model=S.ModelVersionDetail, tags=["models"],
-              responses={**AUTH_ERRORS, **NOT_FOUND, **CONFLICT, **BAD_BODY},
+              responses={**ERRORS, **NOT_FOUND, **CONFLICT, **BAD_BODY},
               summary="Serve the previous champion again; the current one becomes rolled_back")  # fmt: skip
     def rollback(family: Family, who: AdminAuth, body: Reason = None) -> dict[str, Any]:
         if not reg.versions(family):
@@ -483,9 +503,25 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
     from driftloop.api.status import render_status
 
     @app.get("/", response_class=Response, tags=["status"], summary="Status page (HTML)",
-             responses={**AUTH_ERRORS, **HTML})  # fmt: skip
+             responses={**ERRORS, **HTML})  # fmt: skip
     def status_page(_: ReadAuth) -> Response:
+        with engine.connect():  # unreachable: a 503 (below); a section whose table is missing shows its error
+            pass
         return HTMLResponse(render_status(engine, settings))
+
+    def _database_unavailable(_req: Any, exc: Exception) -> JSONResponse:
+        # one handler for every route: a lost database is a retryable 503, never a 500; the error itself (host,
+        # port, database name) goes to the log only
+        log.warning("database unavailable, answered 503: %s: %s", type(exc).__name__,
+                    str(exc).splitlines()[0][:300] if str(exc) else "")  # fmt: skip
+        return JSONResponse({"detail": "the database is unavailable; retry later (see /readyz)"},
+                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+
+    # OperationalError: connection refused/lost, database gone; InterfaceError: a closed connection;
+    # PoolTimeoutError: every pooled connection is busy (a database that stopped answering)
+    for exc_type in (OperationalError, InterfaceError, PoolTimeoutError):
+        app.add_exception_handler(exc_type, _database_unavailable)
 
     @app.exception_handler(RegistryError)
     def _registry_error(_req: Any, exc: RegistryError) -> JSONResponse:  # a RegistryError not mapped above
