@@ -14,6 +14,13 @@ Records go into a bounded in-memory buffer; a background thread sends them with 
 broker is unreachable the records wait in the buffer and are retried with backoff until it returns; when
 the buffer is full new records are dropped and counted (``stats().dropped``). ``log`` and ``feedback``
 never block on the network and never raise because of Kafka. Only kafka-python is needed (no openai).
+
+Oversized records are **truncated, not dropped** (see :func:`fit_record`): text fields longer than
+``max_field_chars`` and records larger than ``max_record_bytes`` (default 1,000,000 bytes, below Kafka's
+default ``message.max.bytes`` and driftloop's ``ingest.max_message_bytes``) are cut, with a marker in the
+text and ``metadata["driftloop_truncated"] = {field: original size in bytes}``, so monitoring still sees the
+interaction. A record the producer or broker refuses for a reason of its own (too large, invalid) is dropped
+and counted by reason (``stats().rejected_reasons``), never retried: one bad record cannot stall the others.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,15 +48,186 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "reconnect_backoff_max_ms": 1000,
 }
 
+#: Default cap of one serialised record: under Kafka's default ``message.max.bytes`` (1,048,588 per batch) and
+#: ingestion's ``max_message_bytes`` (1 MiB), with room for the key and the batch overhead.
+DEFAULT_MAX_RECORD_BYTES = 1_000_000
+#: Default cap of one text field, in characters: ingestion rejects longer ones (``ingest.max_field_chars``).
+DEFAULT_MAX_FIELD_CHARS = 200_000
+#: ``metadata`` key listing what was truncated: ``{"prompt": 2400000, "metadata.blob": 17000000}``.
+TRUNCATED_KEY = "driftloop_truncated"
+#: Appended to a truncated text.
+TRUNCATION_MARKER = "…[truncated by driftloop]"
+
+#: Reasons a record is dropped without retrying (``LoggerStats.rejected_reasons`` keys).
+TOO_LARGE = "record too large"
+INVALID = "invalid record"
+RETRIES_EXHAUSTED = "retries exhausted"
+
+_TEXT_FIELDS = ("prompt", "response", "reference", "correction", "comment", "user_id")
+_MARKER_BYTES = len(TRUNCATION_MARKER.encode())
+
 
 def now_rfc3339() -> str:
     """The current UTC time as RFC 3339 with milliseconds and ``Z``."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# ------------------------------------------------------------------------------------------- record size cap
+
+
+class RecordTooLarge(Exception):
+    """A record that cannot be truncated under the cap (e.g. thousands of small fields)."""
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _cut(text: str, keep_chars: int) -> str:
+    return text[: max(0, keep_chars)] + TRUNCATION_MARKER
+
+
+@dataclass
+class _Slot:
+    """One truncatable value: ``container[key]``, named ``path`` in the truncation note."""
+
+    container: Any
+    key: Any
+    path: str
+    strings_only: bool
+
+    @property
+    def value(self) -> Any:
+        return self.container[self.key]
+
+
+def _slots(rec: dict[str, Any], meta: dict[str, Any] | None) -> Iterator[_Slot]:
+    for name in _TEXT_FIELDS:
+        if isinstance(rec.get(name), str):
+            yield _Slot(rec, name, name, True)
+    msgs = rec.get("messages")
+    if isinstance(msgs, list):
+        for i, m in enumerate(msgs):
+            if isinstance(m, dict) and isinstance(m.get("content"), str):
+                yield _Slot(m, "content", f"messages.{i}.content", True)
+    if meta is not None:
+        for k in meta:
+            if k != TRUNCATED_KEY:
+                yield _Slot(meta, k, f"metadata.{k}", False)
+    elif rec.get("metadata") is not None:  # not an object (ingestion would refuse it anyway): cut as a whole
+        yield _Slot(rec, "metadata", "metadata", False)
+
+
+def _has_long_text(record: Mapping[str, Any], max_chars: int | None) -> bool:
+    if max_chars is None:
+        return False
+    if any(isinstance(record.get(n), str) and len(record[n]) > max_chars for n in _TEXT_FIELDS):
+        return True
+    msgs = record.get("messages")
+    return isinstance(msgs, list) and any(
+        isinstance(m, Mapping) and isinstance(m.get("content"), str) and len(m["content"]) > max_chars for m in msgs
+    )
+
+
+def fit_record(record: Mapping[str, Any], max_bytes: int,
+               max_field_chars: int | None = None) -> tuple[bytes, dict[str, int] | None]:  # fmt: skip
+    """Serialise ``record``, truncating it to fit; return the JSON bytes and ``{field: original bytes}`` or None.
+
+    Why truncate rather than drop: the interaction (model, latency, tokens, feedback joins) still reaches
+    monitoring, and the note says exactly what was cut. Text fields over ``max_field_chars`` are cut to it
+    (ingestion rejects longer ones); then, while the record is over ``max_bytes``, the largest remaining value
+    (a text field, a message's content, a top-level ``metadata`` value) is cut: strings keep their start plus
+    :data:`TRUNCATION_MARKER`, other ``metadata`` values become a marker string. The note goes to
+    ``metadata["driftloop_truncated"]`` (sizes are serialised JSON bytes). Raises :class:`RecordTooLarge` when
+    nothing large is left to cut, TypeError/ValueError when the record is not JSON.
+    """
+    value = _dumps(record)
+    if len(value) <= max_bytes and not _has_long_text(record, max_field_chars):
+        return value, None
+    rec = dict(record)
+    if isinstance(rec.get("messages"), list):
+        rec["messages"] = [dict(m) if isinstance(m, Mapping) else m for m in rec["messages"]]
+    meta: dict[str, Any] | None = dict(rec["metadata"]) if isinstance(rec.get("metadata"), Mapping) else None
+    note: dict[str, int] = {}
+
+    def attach() -> None:
+        nonlocal meta
+        if meta is None:
+            meta = {}
+        meta[TRUNCATED_KEY] = dict(note)
+        rec["metadata"] = meta
+
+    if max_field_chars is not None:
+        for slot in _slots(rec, None):
+            v = slot.value
+            if slot.strings_only and len(v) > max_field_chars:
+                note.setdefault(slot.path, len(_dumps(v)))
+                slot.container[slot.key] = _cut(v, max_field_chars - len(TRUNCATION_MARKER))
+        if note:
+            attach()
+    for _ in range(64):  # each round cuts the largest value; a few rounds in practice
+        value = _dumps(rec)
+        if len(value) <= max_bytes:
+            return value, note
+        excess = len(value) - max_bytes
+        sized = [(len(_dumps(s.value)), s) for s in _slots(rec, meta)]
+        if not sized:
+            break
+        size, slot = max(sized, key=lambda x: x[0])
+        if size <= _MARKER_BYTES + 64:
+            break  # only small values left: truncating cannot make it fit
+        v = slot.value
+        note.setdefault(slot.path, size)
+        if isinstance(v, str):
+            keep = len(v) * max(0, size - excess - _MARKER_BYTES - 64) // size  # chars ~ bytes, escapes included
+            slot.container[slot.key] = _cut(v, keep)
+        else:
+            slot.container[slot.key] = f"[truncated by driftloop: {size} bytes]"
+        attach()
+    raise RecordTooLarge(f"{len(value)} bytes after truncating {len(note)} field(s) (max {max_bytes})")
+
+
+def _error_reason(exc: BaseException) -> str | None:
+    """The reason a record is refused on its own (dropped, not retried), or None for a transient error."""
+    from kafka import errors as ke
+
+    if isinstance(exc, (ke.MessageSizeTooLargeError, ke.RecordListTooLargeError)):
+        return TOO_LARGE
+    if isinstance(exc, (ke.InvalidRecordError, ke.CorruptRecordError, TypeError, ValueError)):
+        return INVALID
+    return None
+
+
+def _exc_text(exc: BaseException) -> str:
+    """``Type: message``, once (kafka-python's messages already start with ``[Error n] Type``)."""
+    name, text = type(exc).__name__, str(exc)
+    return text if name in text else f"{name}: {text}".rstrip(": ")
+
+
+def _describe(exc: BaseException | None) -> str:
+    """A transient error as shown in ``last_error`` and the shutdown message."""
+    from kafka import errors as ke
+
+    if exc is None:
+        return "broker unreachable: not acknowledged in time"
+    text = _exc_text(exc)
+    unreachable = (ke.KafkaTimeoutError, ke.KafkaConnectionError, ke.NodeNotReadyError, ke.RequestTimedOutError,
+                   OSError)  # fmt: skip
+    return f"broker unreachable: {text}" if isinstance(exc, unreachable) else f"broker error: {text}"
+
+
+# ------------------------------------------------------------------------------------------------ the buffer
+
+
 @dataclass(frozen=True)
 class LoggerStats:
-    """Counters of a :class:`RecordLogger` (``sent``/``dropped``/``send_errors``/``invalid`` since start)."""
+    """Counters of a :class:`RecordLogger` since start.
+
+    ``dropped``: buffer full or closed. ``invalid``: not JSON. ``truncated``: sent cut to fit the caps.
+    ``rejected``: refused for a reason of their own and dropped without retrying (``rejected_reasons``: by
+    reason, e.g. ``record too large``). ``send_errors``: failed delivery attempts (retried). ``last_error``: the
+    current transient problem (None once a send succeeds); ``last_rejected``: the last rejection, with detail.
+    """
 
     sent: int
     dropped: int
@@ -58,23 +236,33 @@ class LoggerStats:
     invalid: int
     connected: bool
     buffer_size: int
+    truncated: int = 0
+    rejected: int = 0
+    rejected_reasons: Mapping[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    last_rejected: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Item:
     key: bytes | None
     value: bytes
+    attempts: int = 0  # failed attempts while other records were delivered
+    mark: int = -1  # the logger's sent count at this record's last failure
 
 
 class RecordLogger:
     """A bounded, non-blocking queue of JSON records drained to one Kafka topic by a background thread.
 
-    ``submit`` only appends to the buffer (or drops and counts when it holds ``buffer_size`` records,
-    those being sent included). Failed sends stay in the buffer, in order, and are retried with
-    exponential backoff (``backoff_s`` .. ``max_backoff_s``); the producer is re-created after a failure,
-    and with ``create_topic`` the topic is created again if it is missing (a broker that lost its data).
-    Delivery is at least once: a record may be sent twice around a failure (ingestion stores a
-    ``request_id`` once).
+    ``submit`` serialises (truncating oversized records, see :func:`fit_record`) and only appends to the buffer
+    (or drops and counts when it holds ``buffer_size`` records, those being sent included). Each record is sent
+    on its own, so one the producer or broker refuses (too large, invalid) is dropped and counted by reason
+    without holding up the rest. Transient failures stay in the buffer, in order: when a whole batch fails (the
+    broker is down) it is retried with exponential backoff (``backoff_s`` .. ``max_backoff_s``) on a
+    re-created producer, and with ``create_topic`` the topic is created again if it is missing (a broker that
+    lost its data); a record that keeps failing while others are delivered is dropped after
+    ``max_record_attempts`` (reason ``retries exhausted``). Delivery is at least once: a record may be sent
+    twice around a failure (ingestion stores a ``request_id`` once).
     """
 
     def __init__(
@@ -92,11 +280,20 @@ class RecordLogger:
         max_backoff_s: float = 5.0,
         name: str = "driftloop-logger",
         producer_factory: Callable[[], Any] | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        max_field_chars: int | None = DEFAULT_MAX_FIELD_CHARS,
+        max_record_attempts: int = 5,
     ) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size: must be >= 1, got {buffer_size}")
         if not topic:
             raise ValueError("topic: must not be empty")
+        if max_record_bytes < 1024:
+            raise ValueError(f"max_record_bytes: must be >= 1024, got {max_record_bytes}")
+        if max_field_chars is not None and max_field_chars < 64:
+            raise ValueError(f"max_field_chars: must be >= 64, got {max_field_chars}")
+        if max_record_attempts < 1:
+            raise ValueError(f"max_record_attempts: must be >= 1, got {max_record_attempts}")
         self.bootstrap: str | list[str] = bootstrap if isinstance(bootstrap, str) else list(bootstrap)
         self.topic = topic
         self.buffer_size = buffer_size
@@ -107,6 +304,9 @@ class RecordLogger:
         self.max_batch = max_batch
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.max_record_bytes = max_record_bytes
+        self.max_field_chars = max_field_chars
+        self.max_record_attempts = max_record_attempts
         self._factory = producer_factory
         self._pending: collections.deque[_Item] = collections.deque()
         self._inflight = 0
@@ -119,29 +319,47 @@ class RecordLogger:
         self._dropped = 0
         self._errors = 0
         self._invalid = 0
+        self._truncated = 0
+        self._rejected: collections.Counter[str] = collections.Counter()
         self._last_error: str | None = None
+        self._last_rejected: str | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     # -- producer side (your request path) --------------------------------------------------------------------
 
     def submit(self, record: Mapping[str, Any]) -> bool:
-        """Queue ``record`` (JSON-serialisable); False when it was dropped (buffer full, closed, not JSON)."""
+        """Queue ``record`` (JSON-serialisable); False when it was dropped (buffer full, closed, not JSON, too large).
+
+        A record over the caps is truncated and queued (True); see :func:`fit_record`.
+        """
         try:
-            value = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            value, note = fit_record(record, self.max_record_bytes, self.max_field_chars)
             rid = record.get("request_id")
             key = str(rid).encode() if rid is not None else None
+        except RecordTooLarge as e:
+            self._reject(TOO_LARGE, str(e))
+            return False
         except (TypeError, ValueError) as e:
             with self._cond:
                 self._invalid += 1
             log.warning("driftloop log record dropped: not JSON-serialisable (%s)", e)
             return False
+        first = False
         with self._cond:
             if self._closing or len(self._pending) + self._inflight >= self.buffer_size:
                 self._dropped += 1
                 return False
+            if note:
+                self._truncated += 1
+                first = self._truncated == 1
             self._pending.append(_Item(key, value))
             self._cond.notify()
+        if note:
+            (log.warning if first else log.debug)(
+                "driftloop log record %s truncated to %d bytes (cut: %s; max_record_bytes %d, max_field_chars %s)",
+                rid, len(value), ", ".join(f"{k} {v} B" for k, v in note.items()), self.max_record_bytes,
+                self.max_field_chars)  # fmt: skip
         return True
 
     def stats(self) -> LoggerStats:
@@ -149,11 +367,14 @@ class RecordLogger:
         with self._cond:
             return LoggerStats(sent=self._sent, dropped=self._dropped, buffered=len(self._pending) + self._inflight,
                                send_errors=self._errors, invalid=self._invalid,
-                               connected=self._producer is not None, buffer_size=self.buffer_size)  # fmt: skip
+                               connected=self._producer is not None, buffer_size=self.buffer_size,
+                               truncated=self._truncated, rejected=sum(self._rejected.values()),
+                               rejected_reasons=dict(self._rejected), last_error=self._last_error,
+                               last_rejected=self._last_rejected)  # fmt: skip
 
     @property
     def last_error(self) -> str | None:
-        """The last send or connect error (None after a successful send)."""
+        """The current transient send or connect problem (None after a successful send)."""
         return self._last_error
 
     def flush(self, timeout: float) -> bool:
@@ -182,8 +403,13 @@ class RecordLogger:
             self._pending.clear()
         self._drop_producer(timeout=1.0)
         if lost:
-            log.warning("driftloop logger closed with %d record(s) undelivered (broker %s unreachable: %s)", lost,
-                        self.bootstrap, self._last_error or "still connecting")  # fmt: skip
+            log.warning("driftloop logger closed with %d record(s) undelivered to %s on %s (%s)", lost, self.topic,
+                        self.bootstrap, self._last_error or "broker unreachable: still connecting")  # fmt: skip
+        st = self.stats()
+        if st.rejected:
+            log.warning("driftloop logger: %d record(s) were refused and dropped since start (%s); last: %s",
+                        st.rejected, ", ".join(f"{k}: {v}" for k, v in st.rejected_reasons.items()),
+                        st.last_rejected)  # fmt: skip
         return lost
 
     # -- sender thread ----------------------------------------------------------------------------------------
@@ -198,13 +424,13 @@ class RecordLogger:
                     return
                 batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch))]
                 self._inflight = len(batch)
-            failed = self._send(batch)
+            ok, retry = self._send(batch)
             with self._cond:
-                if failed:
-                    self._pending.extendleft(reversed(failed))
+                if retry:
+                    self._pending.extendleft(reversed(retry))
                 self._inflight = 0
                 self._cond.notify_all()
-            if not failed:
+            if ok or not retry:  # the broker works: go on at once (what failed is at the head, counted)
                 backoff = self.backoff_s
                 continue
             wait = backoff
@@ -224,8 +450,13 @@ class RecordLogger:
                           replication_factor=self.replication_factor, timeout_s=3.0)  # fmt: skip
         return make_producer(self.bootstrap, **self.producer_options)
 
-    def _send(self, batch: list[_Item]) -> list[_Item]:
-        """Send ``batch``; return the records that were not acknowledged."""
+    def _send(self, batch: list[_Item]) -> tuple[int, list[_Item]]:
+        """Send ``batch`` record by record; return (acknowledged, records to retry), in order.
+
+        Records refused for a reason of their own are dropped and counted here. A transient error while
+        handing records to the producer (metadata timeout, full buffer) leaves that record and the rest for
+        the next round instead of waiting ``max_block_ms`` once per record.
+        """
         try:
             if self._producer is None:
                 prod = self._connect()
@@ -233,37 +464,75 @@ class RecordLogger:
                     self._producer = prod
             prod = self._producer
         except Exception as e:  # unreachable broker, auth failure, ...: retried later
-            self._note_error(f"connect: {type(e).__name__}: {e}")
-            return batch
-        futures: list[Any] = []
-        try:
-            for item in batch:
-                futures.append(prod.send(self.topic, key=item.key, value=item.value))
+            self._note_error(f"broker unreachable: connect: {_exc_text(e)}")
+            return 0, batch
+        futures: list[tuple[_Item, Any]] = []
+        unsent: list[_Item] = []
+        problem: str | None = None
+        for i, item in enumerate(batch):
+            try:
+                futures.append((item, prod.send(self.topic, key=item.key, value=item.value)))
+            except Exception as e:
+                reason = _error_reason(e)
+                if reason is not None:
+                    self._reject(reason, _exc_text(e))
+                    continue
+                problem = _describe(e)
+                unsent = batch[i:]
+                break
+        if futures:
             wait = self.producer_options.get("delivery_timeout_ms", 10000) / 1000 + 5
             if self._closing:  # close(timeout) bounds the last attempt
                 wait = max(0.1, min(wait, self._close_deadline - time.monotonic()))
-            prod.flush(timeout=wait)
-        except Exception as e:
-            self._note_error(f"send: {type(e).__name__}: {e}")
-        failed: list[_Item] = []
+            try:
+                prod.flush(timeout=wait)
+            except Exception as e:  # a flush timeout: the futures not done are retried below
+                problem = problem or _describe(e)
         ok = 0
-        err: str | None = None
-        for i, item in enumerate(batch):
-            fut = futures[i] if i < len(futures) else None
-            if fut is not None and fut.is_done and fut.succeeded():
+        retry: list[_Item] = []
+        for item, fut in futures:
+            if fut.is_done and fut.succeeded():
                 ok += 1
-            else:
-                failed.append(item)
-                if fut is not None and fut.is_done and err is None:
-                    err = f"send: {fut.exception!r}"
+                continue
+            exc = fut.exception if fut.is_done and isinstance(fut.exception, BaseException) else None
+            reason = _error_reason(exc) if exc is not None else None
+            if exc is not None and reason is not None:
+                self._reject(reason, _exc_text(exc))
+                continue
+            problem = problem or _describe(exc)
+            retry.append(item)
         with self._cond:
             self._sent += ok
-        if failed:
-            self._note_error(err or "send: not acknowledged in time")
+            sent = self._sent
+            if ok and not retry and not unsent:
+                self._last_error = None
+        if not retry and not unsent:
+            return ok, []
+        self._note_error(problem or "broker unreachable: not acknowledged in time")
+        if not ok:  # nothing went through in this batch: maybe the broker or our connection, start afresh
             self._drop_producer(timeout=0.0)
-        else:
-            self._last_error = None
-        return failed
+        keep: list[_Item] = []
+        for item in retry:  # others were delivered (in this batch or since its last try): it fails on its own
+            if ok or (item.mark >= 0 and sent > item.mark):
+                item.attempts += 1
+            item.mark = sent
+            if item.attempts >= self.max_record_attempts:
+                self._reject(RETRIES_EXHAUSTED, f"{item.attempts} attempts, last: {problem}")
+            else:
+                keep.append(item)
+        if ok and not keep and not unsent:  # what failed was dropped; the rest went through
+            with self._cond:
+                self._last_error = None
+        return ok, keep + unsent
+
+    def _reject(self, reason: str, detail: str) -> None:
+        with self._cond:
+            self._rejected[reason] += 1
+            first = self._rejected[reason] == 1
+            self._last_rejected = f"{reason}: {detail}"
+        (log.warning if first else log.debug)(
+            "driftloop log record dropped, not retried (%s): %s; counted in stats().rejected_reasons", reason,
+            detail)  # fmt: skip
 
     def _note_error(self, msg: str) -> None:
         with self._cond:
@@ -288,7 +557,12 @@ class RecordLogger:
 
 
 class DriftloopLogger:
-    """Send v1 log records and feedback events of your own LLM calls (see the module docstring)."""
+    """Send v1 log records and feedback events of your own LLM calls (see the module docstring).
+
+    ``max_record_bytes`` / ``max_field_chars`` cap what one record may carry; larger records are truncated
+    (:func:`fit_record`) so that a huge prompt or ``metadata`` can neither be refused by the broker nor by
+    ingestion. Keep ``max_record_bytes`` under the broker's ``message.max.bytes`` and ``ingest.max_message_bytes``.
+    """
 
     def __init__(
         self,
@@ -301,12 +575,15 @@ class DriftloopLogger:
         metadata: Mapping[str, Any] | None = None,
         producer_options: Mapping[str, Any] | None = None,
         create_topic: bool = False,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        max_field_chars: int | None = DEFAULT_MAX_FIELD_CHARS,
     ) -> None:
         self.model_id = model_id
         self.model_version = model_version
         self.metadata = dict(metadata or {})
         self.records = RecordLogger(bootstrap, topic, buffer_size=buffer_size, producer_options=producer_options,
-                                    create_topic=create_topic, name="driftloop-client-logger")  # fmt: skip
+                                    create_topic=create_topic, name="driftloop-client-logger",
+                                    max_record_bytes=max_record_bytes, max_field_chars=max_field_chars)  # fmt: skip
 
     def log(
         self,
@@ -361,7 +638,7 @@ class DriftloopLogger:
         return self.records.submit(ev)
 
     def stats(self) -> LoggerStats:
-        """Sent / dropped / buffered counters."""
+        """Sent / dropped / buffered / truncated / rejected counters and the current error."""
         return self.records.stats()
 
     def flush(self, timeout: float = 10.0) -> bool:
