@@ -8,8 +8,15 @@
   a loaded adapter, or ``base`` for the base model alone.
 * Every request/response is logged as a v1 log record to Kafka through a bounded, non-blocking buffer
   (:class:`driftloop.client.RecordLogger`): a broker outage never fails or slows a request; records wait
-  and are retried, the overflow is dropped and counted. ``POST /v1/feedback`` sends feedback events.
+  and are retried, the overflow is dropped and counted. A record over ``serve.max_log_record_bytes`` is
+  truncated (``metadata.driftloop_truncated`` says what was cut), so one huge request cannot stall logging.
+  ``POST /v1/feedback`` sends feedback events.
 * ``GET /metrics`` (Prometheus), ``GET /health``.
+
+Exposure: request bodies over ``serve.max_body_bytes`` get 413 (Content-Length or counted while reading a
+chunked body). ``serve.api_key`` guards ``/v1/*``; the server refuses to start on a non-loopback host without
+one, since the adapter endpoints change what is served. Adapters load at runtime only from
+``serve.adapter_roots`` (real paths, so a symlink or ``..`` cannot leave them).
 
 Generation is serialised (one request at a time, no batching): peft's active adapter is global to the
 model. An adapter swap reads the new weights before taking the model lock and injects them under it, so
@@ -41,8 +48,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from driftloop.client import RecordLogger, feedback_event, now_rfc3339
+from driftloop.client import INVALID, RETRIES_EXHAUSTED, TOO_LARGE, RecordLogger, feedback_event, now_rfc3339
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings
@@ -187,16 +195,19 @@ class ModelRuntime:
 
     # -- adapters -----------------------------------------------------------------------------------------------
 
-    def load_adapter(self, name: str, path: str) -> None:
+    def load_adapter(self, name: str, path: str, *, resolve: Callable[[str], str] | None = None) -> None:
         """Load the adapter at ``path`` as ``name`` and make it the active one.
 
+        ``resolve`` (e.g. :func:`check_adapter_path`) runs after the name check, as in vLLM, and maps ``path``
+        to the directory actually read, so the checked real path is what loads (no swap in between);
+        messages name ``path`` as the caller gave it.
         Raises ServeError: 400 already loaded or not a usable adapter, 404 no adapter directory.
         """
         with self._admin_lock:
             with self._state_lock:
                 if name in self._adapters:
                     raise ServeError(400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput")
-            p = Path(path)
+            p = Path(resolve(path) if resolve is not None else path)
             if not p.is_dir() or not (p / "adapter_config.json").is_file():
                 raise ServeError(404, f"Loading lora {name} failed: No adapter found for {path}", "NotFoundError")
             try:  # the slow part, off the model lock: read config and weights
@@ -206,7 +217,8 @@ class ModelRuntime:
                 cfg.inference_mode = True
                 weights = load_peft_weights(str(p), device=str(self.device))
             except Exception as e:
-                raise ServeError(400, f"Loading lora {name} failed: {type(e).__name__}: {e}") from e
+                msg = f"{type(e).__name__}: {e}".replace(str(p), path)
+                raise ServeError(400, f"Loading lora {name} failed: {msg}") from e
             with self._model_lock:
                 self._inject(name, cfg, weights)
             with self._state_lock:
@@ -445,8 +457,15 @@ class _StateCollector(Collector):
         for name, help_, v in (("sent", "Log records acknowledged by the broker", s.sent),
                                ("dropped", "Log records dropped because the buffer was full", s.dropped),
                                ("send_errors", "Failed attempts to deliver log records (retried)", s.send_errors),
-                               ("invalid", "Log records that could not be serialised", s.invalid)):  # fmt: skip
+                               ("invalid", "Log records that could not be serialised", s.invalid),
+                               ("truncated", "Log records truncated to fit serve.max_log_record_bytes",
+                                s.truncated)):  # fmt: skip
             yield CounterMetricFamily(f"driftloop_serve_log_records_{name}", help_, value=v)
+        rejected = CounterMetricFamily("driftloop_serve_log_records_rejected", "Log records refused for a reason "
+                                       "of their own and dropped without retrying", labels=["reason"])  # fmt: skip
+        for reason in (TOO_LARGE, INVALID, RETRIES_EXHAUSTED):
+            rejected.add_metric([reason], float(s.rejected_reasons.get(reason, 0)))
+        yield rejected
         yield GaugeMetricFamily("driftloop_serve_log_records_buffered", "Log records waiting for the broker",
                                 value=s.buffered)  # fmt: skip
         yield GaugeMetricFamily("driftloop_serve_log_buffer_size", "Capacity of the log record buffer",
@@ -469,6 +488,7 @@ class ServeState:
     api_key: str | None
     gen_pool: ThreadPoolExecutor
     admin_pool: ThreadPoolExecutor
+    adapter_roots: list[str] = field(default_factory=list)
     instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started_at: str = field(default_factory=now_rfc3339)
 
@@ -511,13 +531,140 @@ def _api_key(settings: Settings) -> str | None:
     return s.api_key or None
 
 
+def check_exposure(settings: Settings, api_key: str | None) -> None:
+    """Refuse (ValueError) a server reachable beyond this machine without a real API key.
+
+    Why: ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` change what the model answers for everyone,
+    so on a non-loopback host the key is required and must not be short or an example value (.env.example's
+    ``change-me-...``). On loopback (the demo, local use) no key is needed.
+    """
+    from driftloop.settings import GENERATE_SECRET, MIN_SECRET_CHARS, is_loopback, placeholder_reason
+
+    host = settings.serve.host
+    if is_loopback(host):
+        return
+    if not api_key:
+        raise ValueError(f"serve.host is {host}, reachable from other machines, but no API key is set, so anyone "
+                         "could load and unload adapters: set serve.api_key_env (the name of an environment "
+                         "variable holding the key; env DRIFTLOOP_SERVE__API_KEY_ENV) or serve.api_key, or bind "
+                         "to 127.0.0.1")  # fmt: skip
+    why = placeholder_reason(api_key)
+    weak = (f"is shorter than {MIN_SECRET_CHARS} characters" if len(api_key) < MIN_SECRET_CHARS
+            else f"looks like a placeholder ({why}; copied from .env.example?)" if why else None)  # fmt: skip
+    if weak:
+        where = f"${settings.serve.api_key_env}" if settings.serve.api_key_env else "serve.api_key"
+        raise ValueError(f"serve.host is {host}, reachable from other machines, and the API key ({where}) {weak}; "
+                         f"set it to a random value, e.g. from `{GENERATE_SECRET}`")  # fmt: skip
+
+
+def adapter_roots(settings: Settings) -> list[str]:
+    """Absolute directories runtime adapter loads may read: ``serve.adapter_roots``, else where adapters come from.
+
+    The default follows the promotion flow: retraining writes adapters under the retrain artifacts directory
+    (what a ``vllm`` target sends as ``lora_path``) and a ``filesystem`` target copies them to ``serving_dir``.
+    """
+    s = settings.serve
+    if s.adapter_roots is not None:
+        roots = list(s.adapter_roots)
+    else:
+        from retrain.runner import artifacts_dir
+
+        roots = [str(artifacts_dir(settings)), *([s.serving_dir] if s.serving_dir else [])]
+    return [os.path.abspath(os.path.expanduser(r)) for r in roots]
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def check_adapter_path(name: str, path: str, roots: list[str]) -> str:
+    """The real path of ``path`` when it lies inside ``roots`` as written *and* resolved; else ServeError 400.
+
+    Written (normalised, ``..`` collapsed): aliases such as ``/proc/self/root/...`` stay out even where they
+    resolve inside a root. Resolved (``os.path.realpath``), for the directory and every file at its top (what
+    peft reads): a symlink cannot lead out of the roots. The message repeats only what the caller sent.
+    """
+    written = os.path.normpath(os.path.abspath(path))
+    real = os.path.realpath(path)
+    real_roots = [os.path.realpath(r) for r in roots]
+    ok = _inside(written, [*roots, *real_roots]) and _inside(real, real_roots)
+    if ok and os.path.isdir(real):
+        with contextlib.suppress(OSError), os.scandir(real) as entries:
+            ok = all(_inside(os.path.realpath(e.path), real_roots) for e in entries)
+    if not ok:
+        raise ServeError(400, f"Loading lora {name} failed: {path} is outside the directories this server loads "
+                              "adapters from (serve.adapter_roots)", "InvalidUserInput")  # fmt: skip
+    return real
+
+
 def make_record_logger(settings: Settings) -> RecordLogger:
-    """The Kafka record logger of ``driftloop serve`` (topic ``serve.log_topic`` or ``kafka.topics[0]``)."""
-    k = settings.kafka
-    return RecordLogger(k.bootstrap_servers, settings.serve.log_topic or k.topics[0],
-                        buffer_size=settings.serve.buffer_size, producer_options=k.producer,
-                        create_topic=k.create_topics, topic_partitions=k.topic_partitions,
-                        replication_factor=k.replication_factor, name="driftloop-serve-logger")  # fmt: skip
+    """The Kafka record logger of ``driftloop serve`` (topic ``serve.log_topic`` or ``kafka.topics[0]``).
+
+    Records are capped at ``serve.max_log_record_bytes`` (and ``ingest.max_message_bytes``) and text fields at
+    ``ingest.max_field_chars``: what ingestion would refuse is truncated here instead.
+    """
+    k, s = settings.kafka, settings.serve
+    return RecordLogger(k.bootstrap_servers, s.log_topic or k.topics[0], buffer_size=s.buffer_size,
+                        producer_options=k.producer, create_topic=k.create_topics,
+                        topic_partitions=k.topic_partitions, replication_factor=k.replication_factor,
+                        name="driftloop-serve-logger",
+                        max_record_bytes=min(s.max_log_record_bytes, settings.ingest.max_message_bytes),
+                        max_field_chars=settings.ingest.max_field_chars)  # fmt: skip
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes, by Content-Length or counted as it arrives.
+
+    Why: FastAPI reads a whole body before validating it, so without a cap one request (a chunked one too)
+    holds as much memory as its client sends. The body is read here up to the limit and replayed to the app;
+    the rest of a refused body is discarded by uvicorn, so the client still reads the 413 (tested over HTTP).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = None
+        for k, v in scope.get("headers", ()):
+            if k == b"content-length":
+                with contextlib.suppress(ValueError):
+                    declared = int(v)
+        if declared is not None and declared > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":  # the client went away
+                return
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(body)
+            if not msg.get("more_body"):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # e.g. http.disconnect, for streaming responses
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        err = ServeError(413, f"Request body too large: this server accepts at most {self.limit} bytes "
+                              "(serve.max_body_bytes)", "RequestTooLargeError")  # fmt: skip
+        await err.response()(scope, receive, send)
 
 
 def create_serve_app(settings: Settings, *, model_runtime: ModelRuntime | None = None,
@@ -525,8 +672,11 @@ def create_serve_app(settings: Settings, *, model_runtime: ModelRuntime | None =
     """The serving app: loads the base model (unless ``model_runtime`` is given) and the start-up adapter.
 
     The record logger starts here (``serve.log_records``); the app's shutdown flushes it (10 s at most).
+    Raises ValueError before loading anything when the host is not loopback and no API key is set.
     """
     s = settings.serve
+    api_key = _api_key(settings)
+    check_exposure(settings, api_key)
     if model_runtime is None:
         if not s.base_model:
             raise ValueError("serve.base_model is not set: point it at a local Hugging Face model directory "
@@ -538,14 +688,16 @@ def create_serve_app(settings: Settings, *, model_runtime: ModelRuntime | None =
         runtime.load_adapter(*start)
     logger = record_logger if record_logger is not None else (make_record_logger(settings) if s.log_records else None)
     state = ServeState(settings=settings, runtime=runtime, logger=logger, metrics=ServeMetrics(runtime, logger),
-                       api_key=_api_key(settings), gen_pool=ThreadPoolExecutor(4, thread_name_prefix="serve-gen"),
-                       admin_pool=ThreadPoolExecutor(2, thread_name_prefix="serve-admin"))  # fmt: skip
+                       api_key=api_key, gen_pool=ThreadPoolExecutor(4, thread_name_prefix="serve-gen"),
+                       admin_pool=ThreadPoolExecutor(2, thread_name_prefix="serve-admin"),
+                       adapter_roots=adapter_roots(settings))  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         lost = await asyncio.to_thread(state.close, 10.0)
-        log.info("driftloop serve stopped (%d log record(s) undelivered)", lost)
+        why = f": {logger.last_error or 'broker unreachable: still connecting'}" if lost and logger else ""
+        log.info("driftloop serve stopped (%d log record(s) undelivered%s)", lost, why)
 
     app = FastAPI(title="driftloop serve", lifespan=lifespan)
     app.state.serve = state
@@ -556,10 +708,15 @@ def create_serve_app(settings: Settings, *, model_runtime: ModelRuntime | None =
 
 def _endpoint_label(request: Request) -> str:
     route = request.scope.get("route")
-    return str(getattr(route, "path", "other"))
+    if route is not None:
+        return str(getattr(route, "path", "other"))
+    path = request.url.path  # answered before routing, e.g. 413
+    return path if path in _ROUTES else "other"
 
 
 def _install_middleware(app: FastAPI, st: ServeState) -> None:
+    app.add_middleware(BodyLimit, limit=st.settings.serve.max_body_bytes)  # inside _observe: 401 before reading
+
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
         return exc.response()
@@ -727,6 +884,9 @@ def _install_routes(app: FastAPI, st: ServeState) -> None:
             body = None
         return body if isinstance(body, dict) else {}
 
+    def load_checked(name: str, path: str) -> None:
+        rt.load_adapter(name, path, resolve=lambda p: check_adapter_path(name, p, st.adapter_roots))
+
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(request: Request) -> Response:
         body = await body_of(request)
@@ -734,7 +894,7 @@ def _install_routes(app: FastAPI, st: ServeState) -> None:
         if not name or not path or not isinstance(name, str) or not isinstance(path, str):
             raise ServeError(400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput")
         try:
-            await admin(rt.load_adapter, name, path)
+            await admin(load_checked, name, path)
         except ServeError as e:
             st.metrics.adapter_ops.labels("load", str(e.status)).inc()
             raise
@@ -774,8 +934,10 @@ def _install_routes(app: FastAPI, st: ServeState) -> None:
         stats = st.logger.stats() if st.logger is not None else None
         return {"status": "ok", "instance": st.instance, "started_at": st.started_at, "pid": os.getpid(),
                 "model_id": st.model_id, "active_adapter": rt.active,
-                "log_records": None if stats is None else {"sent": stats.sent, "dropped": stats.dropped,
-                                                           "buffered": stats.buffered}}  # fmt: skip
+                "log_records": None if stats is None else {
+                    "sent": stats.sent, "dropped": stats.dropped, "buffered": stats.buffered,
+                    "truncated": stats.truncated, "rejected": dict(stats.rejected_reasons),
+                    "last_error": stats.last_error}}  # fmt: skip
 
 
 def _sse(chunks: list[dict[str, Any]], headers: dict[str, str]) -> StreamingResponse:

@@ -240,8 +240,16 @@ class ServeSettings(_Section):
     buffer_size: int = Field(10_000, gt=0, description="log records held while the broker is unreachable")
     max_new_tokens: int = Field(128, gt=0, le=8192)
     device: str | None = Field(None, description="cpu, cuda, ... (default: cuda when available)")
-    api_key: str | None = None
-    api_key_env: str | None = None
+    # required when host is not loopback (the server refuses to start without one): it guards /v1/*, adapters too
+    api_key: str | None = Field(None, description="bearer token for /v1/* (prefer api_key_env)")
+    api_key_env: str | None = Field(None, description="read the bearer token from this environment variable")
+    adapter_roots: list[str] | None = Field(
+        None, description="directories /v1/load_lora_adapter may load from (default: retrain artifacts + serving_dir)"
+    )
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="larger request bodies are refused with 413")
+    max_log_record_bytes: int = Field(
+        1_000_000, ge=1024, description="larger log records are truncated (also capped by ingest.max_message_bytes)"
+    )
 
 
 class Settings(BaseSettings):

@@ -6,6 +6,7 @@ CPU only, on the tiny local GPT-2 of :mod:`retrain.toy` and two small LoRA adapt
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -36,7 +37,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("serve-toy")
     base = build_base_model(root / "base", "A", n=800, epochs=2)
     rows = [{"prompt": p, "response": r} for p, r in sample_pairs("B", 60)]
-    out = {"base": str(base)}
+    out = {"base": str(base), "root": str(root)}
     for name, seed, steps in (("a1", 1, 20), ("a2", 2, 30)):
         cfg = TrainConfig(max_steps=steps, learning_rate=3e-3, batch_size=8, max_length=64, seed=seed)
         train_lora(str(base), rows, str(root / name), cfg)
@@ -59,7 +60,9 @@ class CapturingLogger(RecordLogger):
 
 
 def settings_for(toy: dict[str, str], **serve: Any) -> Settings:
-    return load_settings(None, serve={"base_model": toy["base"], "model_id": MODEL, "max_new_tokens": 16, **serve})
+    """Serve settings for the toy model; adapters may load from the toy directory unless ``adapter_roots`` says."""
+    return load_settings(None, serve={"base_model": toy["base"], "model_id": MODEL, "max_new_tokens": 16,
+                                      "adapter_roots": [toy["root"]], **serve})  # fmt: skip
 
 
 def decode(rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -188,12 +191,126 @@ def test_completions_chat_and_models_have_openai_shapes_and_log_v1_records(toy: 
 
 def test_api_key_protects_v1_routes_like_vllm(toy: dict[str, str]) -> None:
     app = create_serve_app(settings_for(toy, api_key="s3cret-key", log_records=False))
+    ok = {"Authorization": "Bearer s3cret-key"}
+    load = {"lora_name": "fam-v1", "lora_path": toy["a1"]}
     with TestClient(app) as c:
         r = c.get("/v1/models")
         assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}
         assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+        assert c.get("/v1/models", headers=ok).status_code == 200
         assert c.get("/health").status_code == 200 and c.get("/metrics").status_code == 200
+        # the adapter endpoints: refused without the token (nothing loaded), accepted with it
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
+            assert c.post("/v1/load_lora_adapter", json=load, headers=headers).status_code == 401
+        assert app.state.serve.runtime.adapters() == []
+        assert c.post("/v1/load_lora_adapter", json=load, headers=ok).status_code == 200
+        assert c.post("/v1/unload_lora_adapter", json={"lora_name": "fam-v1"}).status_code == 401
+        assert app.state.serve.runtime.active == "fam-v1"
+        assert c.post("/v1/unload_lora_adapter", json={"lora_name": "fam-v1"}, headers=ok).status_code == 200
+        assert app.state.serve.runtime.active is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "serve.example.com"])
+def test_a_server_reachable_from_other_machines_refuses_to_start_without_an_api_key(
+    toy: dict[str, str], host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError, match=r"serve\.api_key_env .*or serve\.api_key, or bind to 127\.0\.0\.1"):
+        create_serve_app(settings_for(toy, host=host, log_records=False))
+    for weak, why in (("short-key", "is shorter than 16 characters"),
+                      ("change-me-serve-api-key-0123456789", "looks like")):  # fmt: skip
+        monkeypatch.setenv("TEST_SERVE_KEY", weak)  # e.g. .env.example's placeholder, copied as is
+        with pytest.raises(ValueError, match=rf"the API key \(\$TEST_SERVE_KEY\) {why}"):
+            create_serve_app(settings_for(toy, host=host, api_key_env="TEST_SERVE_KEY", log_records=False))
+    monkeypatch.setenv("TEST_SERVE_KEY", "Vq3-h8ZkR2pLw9tN4sJd")
+    app = create_serve_app(settings_for(toy, host=host, api_key_env="TEST_SERVE_KEY", log_records=False))
+    with TestClient(app) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer Vq3-h8ZkR2pLw9tN4sJd"}).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_loopback_hosts_may_run_without_an_api_key(toy: dict[str, str], host: str) -> None:
+    app = create_serve_app(settings_for(toy, host=host, log_records=False))
+    assert app.state.serve.api_key is None
+
+
+def test_serve_command_refuses_a_public_host_without_an_api_key(toy: dict[str, str]) -> None:
+    from typer.testing import CliRunner
+
+    from driftloop.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--base-model", toy["base"]])
+    assert r.exit_code == 2, r.output
+    assert "serve.host is 0.0.0.0" in r.output and "set serve.api_key_env" in r.output
+
+
+# ------------------------------------------------------------------------------------------ adapter roots
+
+
+def test_adapters_load_only_from_the_adapter_roots(toy: dict[str, str], tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "adapters"
+    root.mkdir()
+    shutil.copytree(toy["a1"], root / "fam-v1")
+    outside = tmp_path / "outside"
+    shutil.copytree(toy["a2"], outside)
+    (root / "escape").symlink_to(outside, target_is_directory=True)  # a symlink in the root leading out
+    sneaky = root / "sneaky"  # a real directory whose weights are a symlink to a file outside
+    sneaky.mkdir()
+    for f in Path(toy["a2"]).iterdir():
+        if f.name.startswith("adapter_model"):
+            (sneaky / f.name).symlink_to(f)
+        else:
+            shutil.copy(f, sneaky / f.name)
+    inner = root / "inner-link"  # a symlink that stays inside the root is fine
+    inner.symlink_to(root / "fam-v1", target_is_directory=True)
+
+    app = create_serve_app(settings_for(toy, log_records=False, adapter_roots=[str(root)]))
+
+    with TestClient(app) as c:
+
+        def load(name: str, path: str) -> tuple[int, str]:
+            r = c.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+            return r.status_code, r.text if r.status_code == 200 else r.json()["error"]["message"]
+
+        for path in (
+            toy["a2"],  # an absolute path outside the roots (a real adapter)
+            str(outside),
+            f"{root}/../outside",  # traversal
+            f"{root}/fam-v1/../../outside",
+            f"/proc/self/root{outside}",  # an alias of a path outside
+            f"/proc/self/root{root}/fam-v1",  # an alias, even of a path inside
+            str(root / "escape"),  # resolves outside
+            str(root / "sneaky"),  # a file in it resolves outside
+            "/etc",
+            "../../../../etc",
+        ):
+            status, msg = load("x", path)
+            assert status == 400, (path, status, msg)
+            assert msg == (f"Loading lora x failed: {path} is outside the directories this server loads adapters "
+                           "from (serve.adapter_roots)")  # fmt: skip
+            assert str(root) not in msg.replace(path, "")  # no server path beyond what was sent
+        assert app.state.serve.runtime.adapters() == []
+        # inside the roots: as vLLM answers (a missing directory is 404), and loads
+        assert load("x", str(root / "missing"))[0] == 404
+        assert load("fam-v1", f"{root}/./fam-v1")[0] == 200
+        assert load("inner", str(inner))[0] == 200
+        assert [a.name for a in app.state.serve.runtime.adapters()] == ["fam-v1", "inner"]
+        m = c.get("/metrics").text
+        assert metric(m, "driftloop_serve_adapter_operations_total", operation="load", result="400") == 10
+        assert metric(m, "driftloop_serve_adapter_operations_total", operation="load", result="ok") == 2
+
+
+def test_default_adapter_roots_follow_the_promotion_flow(tmp_path: Path) -> None:
+    from driftloop.serve import adapter_roots
+
+    s = load_settings(None, data_dir=str(tmp_path / "data"), serve={"serving_dir": str(tmp_path / "serving")})
+    assert adapter_roots(s) == [str(tmp_path / "data" / "retrain"), str(tmp_path / "serving")]
+    s = load_settings(None, retrain={"artifacts_dir": str(tmp_path / "art")})
+    assert adapter_roots(s) == [str(tmp_path / "art")]
+    s = load_settings(None, serve={"adapter_roots": ["rel/dir"], "serving_dir": "/srv"})
+    assert adapter_roots(s) == [os.path.abspath("rel/dir")]
 
 
 # ------------------------------------------------------------------------------------ vLLM adapter endpoints
@@ -225,7 +342,7 @@ def test_adapter_endpoints_answer_exactly_like_vllm(toy: dict[str, str], tmp_pat
     missing = str(tmp_path / "no-such-adapter")
     with VllmStub() as stub, httpx.Client(base_url=stub.url) as hc:
         expected = adapter_calls(lambda p, b: _answer(hc.post(p, json=b)), toy["a1"], missing)
-    app = create_serve_app(settings_for(toy, log_records=False))
+    app = create_serve_app(settings_for(toy, log_records=False, adapter_roots=[toy["root"], str(tmp_path)]))
     with TestClient(app) as c:
         got = adapter_calls(lambda p, b: _answer(c.post(p, json=b)), toy["a1"], missing)
     assert got == expected
@@ -239,7 +356,7 @@ def test_active_adapter_follows_loads_and_unloads(toy: dict[str, str], tmp_path:
     shutil.copytree(toy["a1"], alien)
     cfg = json.loads((alien / "adapter_config.json").read_text())
     (alien / "adapter_config.json").write_text(json.dumps({**cfg, "target_modules": ["q_proj", "v_proj"]}))
-    app = create_serve_app(settings_for(toy, log_records=False))
+    app = create_serve_app(settings_for(toy, log_records=False, adapter_roots=[toy["root"], str(tmp_path)]))
     prompt = {"prompt": "Where is my order 1234?", "max_tokens": 12}
 
     with TestClient(app) as c:
@@ -497,7 +614,11 @@ def test_kafka_outage_never_fails_requests_and_logging_resumes(toy: dict[str, st
         assert metric(m, "driftloop_serve_log_records_dropped_total") == 6
         assert metric(m, "driftloop_serve_log_records_buffered") == 4
         assert metric(m, "driftloop_serve_requests_total", endpoint="/v1/completions", status="200") == 13
-        assert c.get("/health").json()["log_records"] == {"sent": 3, "dropped": 6, "buffered": 4}
+        health = c.get("/health").json()["log_records"]
+        assert {k: health[k] for k in ("sent", "dropped", "buffered", "truncated", "rejected")} == {
+            "sent": 3, "dropped": 6, "buffered": 4, "truncated": 0, "rejected": {}}  # fmt: skip
+        wait_for(lambda: logger.stats().last_error is not None, "the failed delivery noted")
+        assert str(c.get("/health").json()["log_records"]["last_error"]).startswith("broker unreachable: ")
 
         broker.start()  # same port, memory storage: the topic is gone, the logger creates it again
         wait_for(lambda: logger.stats().buffered == 0, "the buffered records delivered after the broker returned")
@@ -521,6 +642,105 @@ def test_kafka_outage_never_fails_requests_and_logging_resumes(toy: dict[str, st
         else:
             assert kind == "interaction" and row["model_id"] == MODEL and row["model_version"] == "base"
             assert row["tokens_out"] >= 1 and row["ts"] <= datetime.now(UTC)
+
+
+# ----------------------------------------------------------------------------- request size and log record cap
+
+
+def completion_body(blob_chars: int, prompt: str = "What is 2 plus 2?") -> bytes:
+    return json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 4,
+                       "metadata": {"blob": "x" * blob_chars, "tenant": "t1"}}).encode()  # fmt: skip
+
+
+def too_large(limit: int) -> dict[str, Any]:
+    return {"error": {"message": f"Request body too large: this server accepts at most {limit} bytes "
+                                 "(serve.max_body_bytes)", "type": "RequestTooLargeError", "param": None,
+                      "code": 413}}  # fmt: skip
+
+
+def test_a_huge_request_is_413_and_an_oversized_log_record_is_truncated_then_logging_continues(
+    toy: dict[str, str], kafka_bootstrap: str
+) -> None:
+    """Issue 12 (d): one request with 17 MB of metadata used to stall the server's Kafka logging for good."""
+    from driftloop.broker import ensure_topics
+    from driftloop.client import TRUNCATED_KEY
+    from tests.test_client import topic_records
+
+    topic = f"serve-big-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_bootstrap, [topic], partitions=1)
+    s = load_settings(None, kafka={"bootstrap_servers": [kafka_bootstrap], "topics": [topic], "topic_partitions": 1},
+                      serve={"base_model": toy["base"], "model_id": MODEL, "max_new_tokens": 4})  # fmt: skip
+    limit = s.serve.max_body_bytes
+    assert limit == 8 * 1024 * 1024 and s.serve.max_log_record_bytes == 1_000_000
+    app = create_serve_app(s)
+    logger: RecordLogger = app.state.serve.logger
+    json_ct = {"content-type": "application/json"}
+
+    with TestClient(app) as c:
+        huge = completion_body(17_000_000)
+        r = c.post("/v1/completions", content=huge, headers=json_ct)
+        assert r.status_code == 413 and r.json() == too_large(limit)
+        r = c.post("/v1/completions", content=iter([huge[: 1 << 20], huge[1 << 20 :]]), headers=json_ct)
+        assert "content-length" not in r.request.headers  # chunked: counted as it arrives
+        assert r.status_code == 413 and r.json() == too_large(limit)
+
+        near = completion_body(limit - 200)  # just under the body limit, far over the log record cap
+        assert limit - 100 < len(near) <= limit
+        r = c.post("/v1/completions", content=near, headers=json_ct)
+        assert r.status_code == 200, r.text
+        big_id = r.json()["id"]
+        small = completion_body(10, "What is 3 plus 4?")
+        r = c.post("/v1/completions", content=iter([small[:20], small[20:]]), headers=json_ct)
+        assert r.status_code == 200, r.text
+        ids = [big_id, r.json()["id"]]
+        for i in range(3):  # normal traffic afterwards
+            r = c.post("/v1/completions", json={"model": MODEL, "prompt": f"What is {i} plus 1?", "max_tokens": 4})
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["id"])
+
+        assert logger.flush(60), logger.stats()
+        st = logger.stats()
+        assert (st.sent, st.truncated, st.rejected, st.dropped, st.buffered, st.invalid) == (5, 1, 0, 0, 0, 0)
+        assert st.send_errors == 0 and st.last_error is None and st.last_rejected is None
+        m = c.get("/metrics").text
+        assert metric(m, "driftloop_serve_requests_total", endpoint="/v1/completions", status="413") == 2
+        assert metric(m, "driftloop_serve_requests_total", endpoint="/v1/completions", status="200") == 5
+        assert metric(m, "driftloop_serve_log_records_truncated_total") == 1
+        assert metric(m, "driftloop_serve_log_records_rejected_total", reason="record too large") == 0
+        health = c.get("/health").json()["log_records"]
+        assert (health["sent"], health["truncated"], health["rejected"]) == (5, 1, {})
+
+    records = topic_records(kafka_bootstrap, topic)
+    assert [r["request_id"] for r in records] == ids  # every answered request logged, exactly once, in order
+    big = records[0]
+    assert len(json.dumps(big, ensure_ascii=False, separators=(",", ":")).encode()) <= 1_000_000
+    assert big["metadata"][TRUNCATED_KEY] == {"metadata.blob": limit - 200 + 2}
+    assert big["metadata"]["tenant"] == "t1" and big["metadata"]["endpoint"] == "completions"
+    assert big["prompt"] == "What is 2 plus 2?" and big["tokens_out"] >= 1
+    for rec in records:
+        kind, row = decode(rec)
+        assert kind == "interaction" and row["model_id"] == MODEL
+
+
+def test_body_limit_over_real_http_content_length_and_chunked(toy: dict[str, str]) -> None:
+    """A real client gets the 413 (not a reset connection) while it is still sending, with or without a length."""
+    app = create_serve_app(settings_for(toy, log_records=False, max_body_bytes=1024 * 1024))
+    huge = completion_body(17_000_000)
+
+    def chunked(data: bytes) -> Iterator[bytes]:
+        for i in range(0, len(data), 256 * 1024):
+            yield data[i : i + 256 * 1024]
+
+    with UvicornThread(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as hc:
+        r = hc.post("/v1/completions", content=huge, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json() == too_large(1024 * 1024)
+        r = hc.post("/v1/completions", content=chunked(huge), headers={"content-type": "application/json"})
+        assert "content-length" not in r.request.headers
+        assert r.status_code == 413 and r.json() == too_large(1024 * 1024)
+        ok = completion_body(900 * 1024)
+        r = hc.post("/v1/completions", content=chunked(ok), headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert hc.get("/health").status_code == 200  # the connection and the server are fine
 
 
 def test_serve_command_is_registered() -> None:
