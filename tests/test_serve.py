@@ -244,6 +244,36 @@ def test_serve_command_refuses_a_public_host_without_an_api_key(toy: dict[str, s
     assert "serve.host is 0.0.0.0" in r.output and "set serve.api_key_env" in r.output
 
 
+def test_the_compose_model_server_is_not_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker-compose.yml: serve binds 0.0.0.0, so its key is required there and .env.example's placeholder fails."""
+    import re
+
+    import yaml
+
+    from driftloop.serve import check_exposure
+
+    root = Path(__file__).resolve().parents[1]
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    svc = compose["services"]["serve"]
+    env = {k: str(v) for k, v in svc["environment"].items()}
+    key_var = env["DRIFTLOOP_SERVE__API_KEY_ENV"]
+    assert re.fullmatch(rf"\$\{{{key_var}:\?.+\}}", env[key_var])  # compose refuses to start without it
+    assert "/v1/" not in " ".join(svc["healthcheck"]["test"])  # the health check needs no key
+    example = dict(ln.split("=", 1) for ln in (root / ".env.example").read_text().splitlines()
+                   if ln and not ln.startswith("#"))  # fmt: skip
+    monkeypatch.setenv("DRIFTLOOP_ADMIN_TOKEN", "x" * 24)
+    for k, v in env.items():
+        if k.startswith("DRIFTLOOP_SERVE__"):
+            monkeypatch.setenv(k, v)
+    s = load_settings(root / "deploy/driftloop.yaml")
+    assert s.serve.host == "0.0.0.0" and s.serve.api_key_env == key_var
+    with pytest.raises(ValueError, match="no API key is set"):
+        check_exposure(s, None)
+    with pytest.raises(ValueError, match="looks like a placeholder"):
+        check_exposure(s, example[key_var])
+    check_exposure(s, "Vq3-h8ZkR2pLw9tN4sJd")
+
+
 # ------------------------------------------------------------------------------------------ adapter roots
 
 
