@@ -332,6 +332,40 @@ def test_adapters_load_only_from_the_adapter_roots(toy: dict[str, str], tmp_path
         assert metric(m, "driftloop_serve_adapter_operations_total", operation="load", result="ok") == 2
 
 
+def test_a_vllm_promotion_of_a_retrained_adapter_loads_with_the_default_roots(
+    toy: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retrain flow: the job's adapter under <data_dir>/retrain/jobs/ is what a vllm target sends (relative
+    when data_dir is, as in the demo); it loads without configuring serve.adapter_roots, elsewhere it does not."""
+    import shutil
+
+    from connectors import Promotion, PromotionError, TargetSettings
+    from connectors.vllm import VllmPromotionTarget
+    from retrain.runner import artifacts_dir
+
+    monkeypatch.chdir(tmp_path)
+    s = settings_for(toy, adapter_roots=None, log_records=False)
+    s = s.model_copy(update={"data_dir": "data"})  # relative, like the demo's driftloop-data/demo
+    job_adapter = artifacts_dir(s) / "jobs" / "job-1" / "adapter"
+    shutil.copytree(toy["a1"], job_adapter)
+    app = create_serve_app(s)
+
+    def promotion(version: str, adapter: str) -> Promotion:
+        return Promotion(family="fam", version=version, adapter_path=adapter, base_model=toy["base"],
+                         previous_version=None, previous_adapter_path=None, reason="test")  # fmt: skip
+
+    with UvicornThread(app) as srv:
+        target = VllmPromotionTarget(TargetSettings(name="serve", type="vllm", url=f"{srv.url}/v1", retries=0))
+        try:
+            target.apply(promotion("v1", str(job_adapter)))
+            assert target.loaded_adapters() == {"fam-v1": "data/retrain/jobs/job-1/adapter"}
+            with pytest.raises(PromotionError, match=r"is outside the directories this server loads adapters from"):
+                target.apply(promotion("v2", toy["a2"]))  # not under the artifacts or serving directory
+        finally:
+            target.close()
+    assert app.state.serve.runtime.active == "fam-v1"
+
+
 def test_default_adapter_roots_follow_the_promotion_flow(tmp_path: Path) -> None:
     from driftloop.serve import adapter_roots
 
