@@ -23,6 +23,10 @@ from driftloop.store.db import create_engine_from_url
 
 log = logging.getLogger("driftloop.daemon")
 
+# How often the main thread wakes up while the daemon runs, so that a signal whose C-level handler ran
+# on another thread is acted on (see Daemon.run).
+_SIGNAL_POLL_S = 1.0
+
 
 class Daemon:
     """One daemon instance. ``run(stop)`` returns 0 after a clean shutdown, 1 when a component failed."""
@@ -142,7 +146,13 @@ class Daemon:
             self._start_api()
         log.info("driftloop daemon %s running (ingest=%s, scheduler=%s, api=%s)", self.instance, self.ingest,
                  s.enabled, self.api_server is not None)  # fmt: skip
-        stop.wait()
+        # Never block here without a timeout. The kernel may run the C-level SIGTERM/SIGINT handler on
+        # any thread (one that unblocks signals, as every thread start does, can take a pending
+        # process signal), and CPython then only flags it: the Python handler (which sets ``stop``)
+        # runs when the main thread next executes bytecode. A main thread asleep in ``stop.wait()``
+        # never would, and the daemon would ignore SIGTERM. Waking up every second bounds that delay.
+        while not stop.wait(_SIGNAL_POLL_S):
+            pass
         log.info("shutting down: API, scheduler, then ingestion, then the leader lock")
         if self.api_server is not None:
             self.api_server.stop()

@@ -1,7 +1,9 @@
-"""Daemon internals: the leadership fence already holds when the scheduler resumes."""
+"""Daemon internals: the leadership fence already holds when the scheduler resumes; SIGTERM always stops it."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -9,6 +11,7 @@ import pytest
 
 from driftloop import daemon as daemon_mod
 from driftloop.settings import load_settings
+from tests.ingest_helpers import wait_for
 
 
 def test_fence_sees_the_scheduler_as_soon_as_it_resumes(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,3 +61,34 @@ def test_a_scheduler_that_fails_to_start_leaves_no_leader_behind(
         d._start_scheduler()
     assert d.scheduler is None and not d.is_leader()
     d.engine.dispose()
+
+
+def test_sigterm_handled_on_another_thread_still_stops_the_daemon(sqlite_url: str) -> None:
+    """The kernel may run the SIGTERM handler on any thread of the process (under load, often one that
+    is starting a thread: the leader check and every job run start one). CPython then runs the Python
+    handler, which sets ``stop``, only when the main thread next executes bytecode; ``Daemon.run`` must
+    not sleep on ``stop`` without a timeout, or the daemon ignores the signal until SIGKILL."""
+    s = load_settings(None, database={"url": sqlite_url}, scheduler={"ingest": False})
+    d = daemon_mod.Daemon(s, ingest=False, api=False, instance="t:3")
+    stop = threading.Event()
+    returned = threading.Event()
+    outcome: dict[str, bool] = {}
+
+    def signal_from_another_thread() -> None:
+        wait_for(d.is_leader, 60, "the daemon to lead")
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # the C handler runs on this thread
+        # generous: only bounds how long a daemon that misses the signal would block this test
+        outcome["stopped by the signal"] = returned.wait(60)
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())  # what the CLI installs
+    helper = threading.Thread(target=signal_from_another_thread, name="test-signal", daemon=True)
+    try:
+        helper.start()
+        rc = d.run(stop)  # in the main thread, as in `driftloop run`
+        returned.set()
+        helper.join(60)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert outcome == {"stopped by the signal": True}, "SIGTERM delivered to a non-main thread was not acted on"
+    assert rc == 0 and d.scheduler is None
