@@ -75,11 +75,13 @@ def test_sigterm_handled_on_another_thread_still_stops_the_daemon(sqlite_url: st
     outcome: dict[str, bool] = {}
 
     def signal_from_another_thread() -> None:
-        wait_for(d.is_leader, 60, "the daemon to lead")
-        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # the C handler runs on this thread
-        # generous: only bounds how long a daemon that misses the signal would block this test
-        outcome["stopped by the signal"] = returned.wait(60)
-        stop.set()
+        try:
+            wait_for(d.is_leader, 60, "the daemon to lead")
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # the C handler runs on this thread
+            # generous: only bounds how long a daemon that misses the signal would block this test
+            outcome["stopped by the signal"] = returned.wait(60)
+        finally:
+            stop.set()  # never leave the test's main thread blocked
 
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())  # what the CLI installs
     helper = threading.Thread(target=signal_from_another_thread, name="test-signal", daemon=True)
