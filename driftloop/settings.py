@@ -115,6 +115,9 @@ class IngestSettings(_Section):
     # PostgreSQL, thread on SQLite (one writing process keeps the embedded database simple).
     pipeline: Literal["auto", "process", "thread"] = "auto"
     store_raw_reject_bytes: int = Field(65_536, ge=0)
+    # Longest wait per batch for dead-letter copies; a copy not confirmed by then is recorded as failed
+    # on its rejected_messages row (the row, not the DLQ, is what makes a reject safe to commit).
+    dlq_timeout_s: float = Field(30.0, gt=0, le=600)
 
     @field_validator("min_timestamp")
     @classmethod

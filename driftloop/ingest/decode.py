@@ -134,6 +134,20 @@ _json_encoder = msgspec.json.Encoder()
 _fromisoformat = datetime.fromisoformat
 
 
+_SURROGATE_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u([dD][89abAB][0-9a-fA-F]{2})(\\u[dD][c-fC-F][0-9a-fA-F]{2})?"
+                               rb"|(?<!\\)((?:\\\\)*)\\u([dD][c-fC-F][0-9a-fA-F]{2})")
+
+
+def _lone_surrogate(raw: bytes) -> tuple[str, int] | None:
+    """The first ``\\uD8xx`` escape without its low half (or a low half alone), and its byte offset."""
+    for mt in _SURROGATE_ESCAPE.finditer(raw):
+        if mt.group(2) is not None and mt.group(3) is None:
+            return "\\u" + mt.group(2).decode(), mt.start(2) - 2
+        if mt.group(5) is not None:
+            return "\\u" + mt.group(5).decode(), mt.start(5) - 2
+    return None
+
+
 def _has_nul(obj: Any) -> bool:
     # iterative: a recursive walk could hit the recursion limit on deeply nested input
     stack = [obj]
@@ -192,7 +206,8 @@ def parse_timestamp(value: str | int | float | None, source: Source, policy: Dec
         if len(value) > 64:
             raise InvalidMessage(BAD_TIMESTAMP, "timestamp string longer than 64 characters")
         try:
-            ts = datetime.fromisoformat(value)
+            # RFC 3339 (5.6) allows a lowercase "t" and "z"; fromisoformat does not
+            ts = datetime.fromisoformat(value.upper() if "t" in value or "z" in value else value)
         except ValueError:
             raise InvalidMessage(BAD_TIMESTAMP, f"timestamp {value[:40]!r} is not RFC 3339") from None
         if ts.tzinfo is None:
@@ -286,6 +301,10 @@ class Decoder:
         except UnicodeDecodeError as e:
             raise InvalidMessage(INVALID_UTF8, f"not valid UTF-8: {e.reason} at byte {e.start}") from None
         except msgspec.DecodeError as e:
+            lone = _lone_surrogate(raw)
+            if lone is not None:  # msgspec says "Input data was truncated" for a lone high surrogate
+                raise InvalidMessage(INVALID_JSON, f"not valid JSON: lone UTF-16 surrogate escape {lone[0]} at byte "
+                                                   f"{lone[1]} (a JSON string must hold valid Unicode)") from None
             raise InvalidMessage(INVALID_JSON, f"not valid JSON: {e}") from None
         except msgspec.ValidationError as e:  # e.g. number out of range
             raise InvalidMessage(INVALID_JSON, f"not representable JSON: {e}") from None

@@ -14,8 +14,13 @@
   partitions and keeps polling (staying in the group) until the writer catches up — e.g. while the
   database is down and the writer retries with backoff. A writer process that dies is restarted
   and every partition re-read from the offsets stored in the database.
-* A batch's dead-letter sends are acknowledged by the broker before its transaction commits, so
-  a rejected message is never acknowledged without being in the DLQ.
+* A rejected message is committed only as a ``rejected_messages`` row (reason, error, raw bytes up
+  to the cap, SHA-256) in the batch's transaction. Its dead-letter copy is awaited (bounded) before
+  the commit; a DLQ that refuses it is recorded on the row and counted, never a reason to lose or
+  re-read the batch (``driftloop.ingest.dlq``).
+* A record batch kafka-python cannot parse (bad CRC, undecodable or unsupported compression, a
+  non-UTF-8 header key) becomes one reject for its offset range instead of an exception that
+  would stop ``poll()`` forever (``driftloop.ingest.kafka_guard``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from typing import Any
 from kafka import ConsumerRebalanceListener
 from sqlalchemy import Engine
 
+from driftloop.ingest import kafka_guard
 from driftloop.ingest import metrics as m
+from driftloop.ingest.kafka_guard import UNPARSEABLE, Unparseable
 from driftloop.ingest.step import (
     BatchAbandoned,
     BatchWritten,
@@ -54,14 +61,15 @@ log = logging.getLogger("driftloop.ingest")
 
 
 # positions in kafka-python's ConsumerRecord namedtuple, looked up once (a renamed field fails at import)
-def _record_fields() -> tuple[int, int, int, int, int]:
+def _record_fields() -> tuple[int, int, int, int, int, int]:
     from kafka.consumer.fetcher import ConsumerRecord
 
     f = ConsumerRecord._fields
-    return f.index("offset"), f.index("timestamp"), f.index("key"), f.index("value"), f.index("headers")
+    return (f.index("offset"), f.index("timestamp"), f.index("key"), f.index("value"), f.index("headers"),
+            f.index("timestamp_type"))  # fmt: skip
 
 
-_F_OFFSET, _F_TIMESTAMP, _F_KEY, _F_VALUE, _F_HEADERS = _record_fields()
+_F_OFFSET, _F_TIMESTAMP, _F_KEY, _F_VALUE, _F_HEADERS, _F_TSTYPE = _record_fields()
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,8 @@ class IngestStats:
     feedback: int = 0
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    dlq_failures: int = 0  # rejects whose dead-letter copy failed (their rows are stored)
+    dlq_failures_by_reason: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     db_retries: int = 0
     offset_resets: int = 0
@@ -127,6 +137,7 @@ class IngestStats:
         """JSON-ready counters."""
         d = {k: v for k, v in self.__dict__.items() if k != "started_at"}
         d["rejected_by_reason"] = dict(self.rejected_by_reason)
+        d["dlq_failures_by_reason"] = dict(self.dlq_failures_by_reason)
         return d
 
     def summary(self) -> str:
@@ -134,7 +145,8 @@ class IngestStats:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected_by_reason.items())) or "none"
         return (
             f"consumed={self.consumed} stored={self.stored} duplicates={self.duplicates} feedback={self.feedback} "
-            f"rejected={self.rejected} ({reasons}) batches={self.batches} db_retries={self.db_retries} "
+            f"rejected={self.rejected} ({reasons}) dlq_failures={self.dlq_failures} batches={self.batches} "
+            f"db_retries={self.db_retries} "
             f"rate={self.consumed / el:.0f} msg/s"
         )
 
@@ -195,6 +207,7 @@ class IngestService:
         from driftloop.broker import ensure_topics
 
         k, ing = self.settings.kafka, self.settings.ingest
+        kafka_guard.install()
         if k.create_topics:
             ensure_topics(k.bootstrap_servers, [*self.topics, self.dlq_topic], k.topic_partitions, k.replication_factor)
         opts: dict[str, Any] = {
@@ -278,9 +291,15 @@ class IngestService:
             cols = list(zip(*msgs, strict=True))
             offsets = list(cols[_F_OFFSET])
             headers = cols[_F_HEADERS]
-            batch.chunks.append(RawChunk(tp.topic, tp.partition, offsets, list(cols[_F_TIMESTAMP]),
-                                         list(cols[_F_KEY]), list(cols[_F_VALUE]),
-                                         list(headers) if any(headers) else None))  # fmt: skip
+            chunk = RawChunk(tp.topic, tp.partition, offsets, list(cols[_F_TIMESTAMP]), list(cols[_F_KEY]),
+                             list(cols[_F_VALUE]), list(headers) if any(headers) else None)  # fmt: skip
+            if UNPARSEABLE in cols[_F_TSTYPE]:  # a record batch the client could not parse (see kafka_guard)
+                chunk.unparseable = {
+                    i: Unparseable.from_headers(headers[i]) for i, t in enumerate(cols[_F_TSTYPE]) if t == UNPARSEABLE
+                }
+                for info in chunk.unparseable.values():
+                    m.UNPARSEABLE_BATCHES.labels(reason=info.reason).inc()
+            batch.chunks.append(chunk)
             batch.offsets[(tp.topic, tp.partition)] = offsets[-1] + 1
             n += len(msgs)
         batch.n_messages += n
@@ -353,6 +372,10 @@ class IngestService:
             s.rejected += k
             s.rejected_by_reason[reason] = s.rejected_by_reason.get(reason, 0) + k
             m.REJECTS.labels(reason=reason).inc(k)
+        for reason, k in ev.dlq_failures_by_reason.items():
+            s.dlq_failures += k
+            s.dlq_failures_by_reason[reason] = s.dlq_failures_by_reason.get(reason, 0) + k
+            m.DLQ_FAILURES.labels(reason=reason).inc(k)
 
     def _step_failed(self, ev: StepFailed) -> None:
         """The writer died: restart it and re-read everything not committed, or give up."""

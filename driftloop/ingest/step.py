@@ -4,7 +4,7 @@ The consumer (``IngestService``) only polls Kafka and hands *raw* batches over::
 
     consumer ─► RawBatch ─► DecodeWriteStep: decode/validate/redact ─► rows streamed into COPY ─► commit
                                    │                                                                │
-                                   └─ InvalidMessage ─► DLQ + reject row              BatchWritten event ◄┘
+                                   └─ InvalidMessage ─► reject row (+ DLQ copy)       BatchWritten event ◄┘
 
 ``DecodeWriteStep`` is the same code in both placements:
 
@@ -18,6 +18,12 @@ The consumer (``IngestService``) only polls Kafka and hands *raw* batches over::
 Whatever the placement, a batch is written in one transaction together with the next offsets,
 and the consumer learns about it only through a ``BatchWritten`` event; nothing is acknowledged
 to Kafka before that.
+
+The invariant: a batch is committed only when *every* message of it is either a stored row or
+a ``rejected_messages`` row. Decoding isolates each message (a decoder bug rejects that message
+as ``internal_error``), the dead-letter copy cannot fail the batch (``driftloop.ingest.dlq``), and
+the batch is checked to be complete before it commits; a batch that is not (a bug) fails the
+step instead of being written with the whole batch's offsets.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from driftloop.ingest.decode import DecodePolicy, Decoder, InvalidMessage, Source
+from driftloop.ingest.dlq import DeadLetterSender, DlqItem, clean_headers
+from driftloop.ingest.kafka_guard import Unparseable
 from driftloop.ingest.redact import Redactor
 from driftloop.settings import Settings
 from driftloop.store.writer import Batch, BatchWriter, Row
@@ -62,7 +70,9 @@ class RawChunk:
     timestamps: list[int]
     keys: list[bytes | None]
     values: list[bytes | None]
-    headers: list[list[tuple[str, bytes]]] | None = None  # None when no message had headers
+    headers: list[list[tuple[str, bytes | None]]] | None = None  # None when no message had headers
+    #: index -> what a marker record stands for (a record batch the client could not parse)
+    unparseable: dict[int, Unparseable] | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +100,7 @@ class BatchWritten:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     committed_at: float = 0.0  # wall clock
     dropped: bool = False
+    dlq_failures_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +136,6 @@ class StepClosed:
 
 
 Event = BatchWritten | WriteRetried | BatchAbandoned | StepFailed | StepClosed
-
-
-@dataclass
-class _DlqItem:
-    raw: bytes
-    key: bytes | None
-    headers: list[tuple[str, bytes]]
-    future: Any = None
-    acked: bool = False
 
 
 def peak_rss_mb() -> float:
@@ -176,7 +178,7 @@ class DecodeWriteStep:
         self._inbox: queue.Queue[RawBatch | None] = queue.Queue()
         self.generation = 0
         self.closing = threading.Event()  # shutdown: give up a batch whose write keeps failing
-        self.producer: Any = None
+        self.dlq: DeadLetterSender | None = None
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -184,8 +186,17 @@ class DecodeWriteStep:
         from driftloop.broker import make_producer
 
         k, ing = self.settings.kafka, self.settings.ingest
-        popts = {"max_request_size": max(16 * 1024 * 1024, ing.max_message_bytes + 65536), **k.producer}
-        self.producer = make_producer(k.bootstrap_servers, **popts)
+        popts = {
+            "max_request_size": max(16 * 1024 * 1024, ing.max_message_bytes + 65536),
+            # bounded waits: a missing DLQ topic or a dead broker must cost seconds, not minutes per batch
+            "max_block_ms": int(min(ing.dlq_timeout_s, 10.0) * 1000),
+            "bootstrap_timeout_ms": int(min(ing.dlq_timeout_s, 10.0) * 1000),
+            "delivery_timeout_ms": int(ing.dlq_timeout_s * 1000),
+            "request_timeout_ms": int(max(1.0, ing.dlq_timeout_s - 1.0) * 1000),
+            **k.producer,
+        }
+        self.dlq = DeadLetterSender(lambda: make_producer(k.bootstrap_servers, **popts), self.dlq_topic,
+                                    ing.dlq_timeout_s)  # fmt: skip
         t = threading.Thread(target=self._work_loop, name="driftloop-decode-write", daemon=True)
         t.start()
         self._threads.append(t)
@@ -210,12 +221,8 @@ class DecodeWriteStep:
             log.error("the database writer is still busy after %.0fs; abandoning uncommitted batches "
                       "(they will be read again)", timeout_s)  # fmt: skip
             self.generation = sys.maxsize  # whatever is still queued is stale now
-        if self.producer is not None:
-            try:
-                self.producer.flush(timeout=10)
-                self.producer.close(timeout=5)
-            except Exception as e:
-                log.warning("closing the DLQ producer: %s", e)
+        if self.dlq is not None:
+            self.dlq.close()
 
     # -- the worker thread ----------------------------------------------------------------------
     def _work_loop(self) -> None:
@@ -248,16 +255,17 @@ class DecodeWriteStep:
                 self.emit(BatchWritten(raw.seq, raw.generation, raw.offsets, raw.n_messages, dropped=True))
                 return
             try:
-                if stream is not None:
-                    res = self.writer.write(batch, stream=stream, before_commit=lambda: self._await_dlq(batch))
-                else:
-                    self._await_dlq(batch)
-                    res = self.writer.write(batch)
+                res = self.writer.write(batch, stream=stream, before_commit=lambda: self._complete(batch))
             except Exception as e:
                 if stream is not None:
                     for _ in stream:  # finish decoding: the retries write the kept rows
                         pass
                     stream = None
+                if batch.decoded != batch.n_messages:
+                    # decoding itself broke off (a bug: every message is isolated): never write a part
+                    # of the batch with the whole batch's offsets; fail the step, nothing is committed
+                    raise RuntimeError(f"decoding stopped after {batch.decoded} of {batch.n_messages} messages: "
+                                       f"{type(e).__name__}: {e}") from e  # fmt: skip
                 attempt += 1
                 if self.closing.is_set() and attempt > 1:
                     log.error("shutting down while the write keeps failing (%s); abandoning the batch "
@@ -271,11 +279,22 @@ class DecodeWriteStep:
                 time.sleep(delay)
                 delay = min(delay * 2, ing.db_retry_max_s)
                 continue
+            dlq_failed: dict[str, int] = {}
+            for item in batch.dlq_items:
+                if item.failure_reason:
+                    dlq_failed[item.failure_reason] = dlq_failed.get(item.failure_reason, 0) + 1
             self.emit(BatchWritten(
                 raw.seq, raw.generation, raw.offsets, raw.n_messages, res.inserted, res.duplicates,
-                res.feedback_inserted, rejected, time.time(),
+                res.feedback_inserted, rejected, time.time(), dlq_failures_by_reason=dlq_failed,
             ))  # fmt: skip
             return
+
+    def _complete(self, batch: Batch) -> None:
+        """Inside the batch's transaction: check every message is accounted for, settle the DLQ copies."""
+        if batch.decoded != batch.n_messages:
+            raise RuntimeError(f"batch incomplete: {batch.decoded} of {batch.n_messages} messages decoded")
+        assert self.dlq is not None
+        self.dlq.settle(batch.dlq_items)
 
     def _decode_iter(self, raw: RawBatch, batch: Batch, rejected: dict[str, int]) -> Iterator[Row]:
         """Decode every message of ``raw``; yield interaction rows, keeping everything in ``batch``.
@@ -288,8 +307,15 @@ class DecodeWriteStep:
         inter, fb = batch.interactions, batch.feedback
         for ch in raw.chunks:
             src = Source(ch.topic, ch.partition, 0, None)  # one per chunk; the decoder copies what it keeps
-            offsets, timestamps = ch.offsets, ch.timestamps
+            offsets, timestamps, bad = ch.offsets, ch.timestamps, ch.unparseable
             for i, value in enumerate(ch.values):
+                if bad is not None and i in bad:
+                    info = bad[i]
+                    err = InvalidMessage(info.reason, f"record batch offsets {info.first_offset}..{info.last_offset} "
+                                                      f"({info.records} records) could not be parsed: {info.error}")
+                    self._reject(ch, i, err, batch, now, info)
+                    rejected[info.reason] = rejected.get(info.reason, 0) + info.records
+                    continue
                 src.offset = offsets[i]
                 src.timestamp_ms = timestamps[i]
                 try:
@@ -305,12 +331,15 @@ class DecodeWriteStep:
                     yield row
                 else:
                     fb.append(row)
+            batch.decoded += len(ch.values)
 
-    def _reject(self, ch: RawChunk, i: int, err: InvalidMessage, batch: Batch, now: datetime) -> None:
-        raw = ch.values[i] if ch.values[i] is not None else b""
-        assert raw is not None
-        offset = ch.offsets[i]
-        headers = [
+    def _reject(self, ch: RawChunk, i: int, err: InvalidMessage, batch: Batch, now: datetime,
+                unparseable: Unparseable | None = None) -> None:  # fmt: skip
+        """Record a reject row and start its dead-letter copy (which never raises)."""
+        value = ch.values[i]
+        raw = value if value is not None else b""
+        offset = ch.offsets[i] if unparseable is None else unparseable.first_offset
+        headers: list[tuple[str, bytes]] = [
             ("dlq.reason", err.reason.encode()),
             ("dlq.error", err.detail[:1000].encode("utf-8", "replace")),
             ("dlq.source.topic", ch.topic.encode()),
@@ -319,16 +348,20 @@ class DecodeWriteStep:
             ("dlq.consumer.group", self.group_id.encode()),
             ("dlq.rejected.at", now.isoformat().encode()),
         ]
-        if ch.headers is not None:
-            headers.extend((k, v) for k, v in ch.headers[i] if not k.startswith("dlq."))
-        item = _DlqItem(raw, ch.keys[i], headers)
-        self._send_dlq(item)
-        batch.dlq_futures.append(item)
+        if unparseable is not None:
+            headers += [("dlq.source.offset.last", str(unparseable.last_offset).encode()),
+                        ("dlq.format", b"kafka-record-batch")]  # fmt: skip
+        elif ch.headers is not None:
+            kept, nulls = clean_headers([(k, v) for k, v in ch.headers[i] if not k.startswith("dlq.")])
+            headers.extend(kept)
+            if nulls:  # a producer cannot send a null header value: say which ones were null
+                headers.append(("dlq.null_headers", ",".join(nulls).encode("utf-8", "replace")))
         keep = self.settings.ingest.store_raw_reject_bytes
-        batch.rejects.append({
+        row = {
             "source_topic": ch.topic,
             "source_partition": ch.partition,
             "source_offset": offset,
+            "source_offset_last": unparseable.last_offset if unparseable is not None else None,
             "reason": err.reason,
             "error": err.detail.replace("\x00", "\\x00")[:4000],
             "raw": raw[:keep] if keep else None,
@@ -336,23 +369,15 @@ class DecodeWriteStep:
             "raw_sha256": hashlib.sha256(raw).hexdigest(),
             "dlq_topic": self.dlq_topic,
             "rejected_at": now,
-        })  # fmt: skip
+            "dlq_status": None,
+            "dlq_error": None,
+        }  # fmt: skip
+        batch.rejects.append(row)
+        item = DlqItem(value, ch.keys[i], headers, row)
+        batch.dlq_items.append(item)
+        assert self.dlq is not None
+        self.dlq.send(item)
         log.debug("rejected %s[%d]@%d: %s", ch.topic, ch.partition, offset, err)
-
-    def _send_dlq(self, item: _DlqItem) -> None:
-        item.future = self.producer.send(self.dlq_topic, value=item.raw, key=item.key, headers=item.headers)
-
-    def _await_dlq(self, batch: Batch) -> None:
-        for item in batch.dlq_futures:
-            if item.acked:
-                continue
-            try:
-                item.future.get(timeout=30)
-            except Exception as e:
-                log.error("dead-letter send failed (%s); re-sending", e)
-                self._send_dlq(item)
-                raise
-            item.acked = True
 
 
 # -- placements ---------------------------------------------------------------------------------

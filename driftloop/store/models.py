@@ -95,6 +95,11 @@ rejected_messages = Table(
     Column("raw_sha256", String(64), nullable=False),
     Column("dlq_topic", String(255), nullable=True),
     Column("rejected_at", DateTime(timezone=True), nullable=False),
+    # a whole record batch the Kafka client could not parse: offsets source_offset..source_offset_last
+    Column("source_offset_last", BigInteger, nullable=True),
+    # the dead-letter copy: "sent" or "failed" (then dlq_error says why); the row is the durable record
+    Column("dlq_status", String(16), nullable=True),
+    Column("dlq_error", Text, nullable=True),
     UniqueConstraint(
         "source_topic", "source_partition", "source_offset", "raw_sha256", name="uq_rejected_messages_source"
     ),

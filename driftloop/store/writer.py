@@ -68,7 +68,8 @@ class Batch:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     n_messages: int = 0
     generation: int = 0
-    dlq_futures: list[Any] = field(default_factory=list)
+    dlq_items: list[Any] = field(default_factory=list)  # rejects on their way to the dead-letter topic
+    decoded: int = 0  # messages of the raw batch decoded so far (the batch is complete at n_messages)
 
     def __len__(self) -> int:
         return self.n_messages
@@ -105,8 +106,9 @@ class BatchWriter:
         (and fills ``batch`` as it goes: interactions, feedback, rejects). On PostgreSQL the rows
         are COPYed as they come, so the server works while the producer decodes. The iterator is
         exhausted when this returns; after an exception the caller must exhaust it before it
-        retries with the completed ``batch``. ``before_commit`` runs last inside the transaction
-        (e.g. to wait for dead-letter acknowledgements); if it raises, nothing is committed.
+        retries with the completed ``batch``. ``before_commit`` runs inside the transaction once the
+        batch is complete, before its rejects and offsets are written (it checks the batch and
+        records the dead-letter outcome on the reject rows); if it raises, nothing is committed.
         """
         now = datetime.now(UTC)
         if stream is not None and not self.is_pg:
@@ -124,6 +126,8 @@ class BatchWriter:
             else:
                 inserted = self._insert_ignore(conn, interactions, batch.interactions, ["request_id"])
                 fb = self._insert_ignore(conn, feedback, batch.feedback, ["event_key"])
+            if before_commit is not None:
+                before_commit()
             rj = self._insert_ignore(
                 conn,
                 rejected_messages,
@@ -131,8 +135,6 @@ class BatchWriter:
                 ["source_topic", "source_partition", "source_offset", "raw_sha256"],
             )
             self._store_offsets(conn, batch.offsets, now)
-            if before_commit is not None:
-                before_commit()
         return WriteResult(inserted, len(batch.interactions) - inserted, fb, rj)
 
     # -- PostgreSQL -------------------------------------------------------------------------
