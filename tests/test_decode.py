@@ -122,6 +122,10 @@ def test_sample_records_all_decode_and_pii_is_redacted() -> None:
         ("2024-05-01T10:00:00.250Z", datetime(2024, 5, 1, 10, 0, 0, 250_000, tzinfo=UTC)),
         (1714557600000, datetime(2024, 5, 1, 10, 0, tzinfo=UTC)),
         (1714557600250.0, datetime(2024, 5, 1, 10, 0, 0, 250_000, tzinfo=UTC)),
+        # RFC 3339 section 5.6: "T" and "Z" may be lowercase
+        ("2024-05-01t10:00:00z", datetime(2024, 5, 1, 10, 0, tzinfo=UTC)),
+        ("2024-05-01T10:00:00z", datetime(2024, 5, 1, 10, 0, tzinfo=UTC)),
+        ("2024-05-01t12:30:00.5+02:00", datetime(2024, 5, 1, 10, 30, 0, 500_000, tzinfo=UTC)),
     ],
 )
 def test_timestamp_formats(value: Any, expected: datetime) -> None:
@@ -387,7 +391,8 @@ def test_unknown_type_is_rejected(kind: Any) -> None:
         (b'{"request_id": "x", "prompt": ', D.INVALID_JSON, "JSON"),
         (b"", D.INVALID_JSON, "JSON"),
         (b'{"request_id": "x", "prompt": NaN}', D.INVALID_JSON, "JSON"),
-        (b'{"request_id": "x", "prompt": "a\\ud800"}', D.INVALID_JSON, "JSON"),  # lone surrogate
+        (b'{"request_id": "x", "prompt": "a\\ud800"}', D.INVALID_JSON, "lone UTF-16 surrogate escape \\ud800"),
+        (b'{"request_id": "x", "prompt": "a\\udc00b"}', D.INVALID_JSON, "surrogate"),
         (b'{"request_id": "x", "prompt": "caf\xc3\x28"}', D.INVALID_UTF8, "UTF-8"),
         (b'{"request_id": "x", "prompt": "\xed\xa0\x80"}', D.INVALID_UTF8, "UTF-8"),  # UTF-8-encoded surrogate
         (b'{"request_id": "x\xff", "prompt": "p"}', D.INVALID_UTF8, "UTF-8"),
