@@ -585,9 +585,9 @@ def check_adapter_path(name: str, path: str, roots: list[str]) -> str:
     peft reads): a symlink cannot lead out of the roots. The message repeats only what the caller sent.
     """
     written = os.path.normpath(os.path.abspath(path))
-    real = os.path.realpath(path)
+    real = os.path.realpath(path) if "\0" not in path else ""  # a NUL byte: no such path, and lstat would raise
     real_roots = [os.path.realpath(r) for r in roots]
-    ok = _inside(written, [*roots, *real_roots]) and _inside(real, real_roots)
+    ok = bool(real) and _inside(written, [*roots, *real_roots]) and _inside(real, real_roots)
     if ok and os.path.isdir(real):
         with contextlib.suppress(OSError), os.scandir(real) as entries:
             ok = all(_inside(os.path.realpath(e.path), real_roots) for e in entries)
@@ -672,7 +672,7 @@ def create_serve_app(settings: Settings, *, model_runtime: ModelRuntime | None =
     """The serving app: loads the base model (unless ``model_runtime`` is given) and the start-up adapter.
 
     The record logger starts here (``serve.log_records``); the app's shutdown flushes it (10 s at most).
-    Raises ValueError before loading anything when the host is not loopback and no API key is set.
+    Raises ValueError before loading anything when the host is not loopback and no real API key is set.
     """
     s = settings.serve
     api_key = _api_key(settings)

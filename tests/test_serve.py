@@ -315,6 +315,7 @@ def test_adapters_load_only_from_the_adapter_roots(toy: dict[str, str], tmp_path
             str(root / "sneaky"),  # a file in it resolves outside
             "/etc",
             "../../../../etc",
+            f"{root}/fam-v1\0",
         ):
             status, msg = load("x", path)
             assert status == 400, (path, status, msg)
@@ -328,7 +329,7 @@ def test_adapters_load_only_from_the_adapter_roots(toy: dict[str, str], tmp_path
         assert load("inner", str(inner))[0] == 200
         assert [a.name for a in app.state.serve.runtime.adapters()] == ["fam-v1", "inner"]
         m = c.get("/metrics").text
-        assert metric(m, "driftloop_serve_adapter_operations_total", operation="load", result="400") == 10
+        assert metric(m, "driftloop_serve_adapter_operations_total", operation="load", result="400") == 11
         assert metric(m, "driftloop_serve_adapter_operations_total", operation="load", result="ok") == 2
 
 
