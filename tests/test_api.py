@@ -114,7 +114,9 @@ def seed_ingest_extras(eng: Engine) -> None:
     with eng.begin() as c:
         c.execute(insert(rejected_messages), [
             {"source_topic": "logs", "source_partition": 0, "source_offset": i, "reason": reason, "error": "bad",
-             "raw": b"x", "raw_size": 1, "raw_sha256": f"{i:064x}", "dlq_topic": "dlq", "rejected_at": now}
+             "raw": b"x", "raw_size": 1, "raw_sha256": f"{i:064x}", "dlq_topic": "dlq", "rejected_at": now,
+             "dlq_status": "failed" if reason == "oversize" else "sent",
+             "dlq_error": "too_large: MessageSizeTooLargeError" if reason == "oversize" else None}
             for i, reason in enumerate(["invalid_json", "invalid_json", "oversize"])])  # fmt: skip
         c.execute(insert(consumer_offsets), [{"group_id": "g", "topic": "logs", "partition": p, "next_offset": 10 + p,
                                               "updated_at": now} for p in range(2)])  # fmt: skip
@@ -315,6 +317,10 @@ def test_metrics_parse_and_match_the_database(client: TestClient, seeded: Seeded
     assert val("driftloop_interactions_stored") == q(eng, "select count(*) from interactions")[0][0] == 5 * WINDOW
     assert val("driftloop_rejected_messages", reason="invalid_json") == 2
     assert val("driftloop_rejected_messages", reason="oversize") == 1
+    assert val("driftloop_rejected_messages_dlq_failed", reason="oversize") == 1
+    assert ("driftloop_rejected_messages_dlq_failed", (("reason", "invalid_json"),)) not in samples
+    im.DLQ_FAILURES.labels(reason="too_large").inc(0)  # the in-process counter of a running ingestion
+    assert "driftloop_ingest_dlq_failures_total" in client.get("/metrics").text
     assert val("driftloop_consumer_offset", group="g", topic="logs", partition="1") == 11
     for job, st, n in q(eng, "select job, status, count(*) from job_runs group by job, status"):
         assert val("driftloop_job_runs", job=job, status=st) == n

@@ -195,7 +195,11 @@ def _rejects(now: datetime) -> list[dict[str, Any]]:
         out.append({"source_topic": "logs", "source_partition": i % 2, "source_offset": 5000 + i,
                     "reason": e.value.reason, "error": e.value.detail[:4000], "raw": raw, "raw_size": len(raw),
                     "raw_sha256": hashlib.sha256(raw).hexdigest(), "dlq_topic": "logs-dlq" if i % 3 else None,
-                    "rejected_at": now - timedelta(minutes=10 * i)})  # fmt: skip
+                    "rejected_at": now - timedelta(minutes=10 * i),
+                    # one dead-letter copy refused (recorded, not lost), one whole unparseable record batch
+                    "dlq_status": "failed" if i == 1 else ("sent" if i % 3 else None),
+                    "dlq_error": "too_large: MessageSizeTooLargeError" if i == 1 else None,
+                    "source_offset_last": 5000 + i + 9 if i == 2 else None})  # fmt: skip
     assert len({r["reason"] for r in out}) >= 2, out
     return out
 

@@ -67,6 +67,16 @@ def _ingest(c: Any) -> Iterable[Metric]:
     for reason, cnt in c.execute(select(rejected_messages.c.reason, func.count()).group_by(rejected_messages.c.reason)):
         rej.add_metric([reason], float(cnt))
     yield rej
+    # rejects whose dead-letter copy failed: kept in rejected_messages, so nothing was lost (the
+    # in-process counter driftloop_ingest_dlq_failures_total{reason} says why, when ingestion runs here)
+    dlq = GaugeMetricFamily("driftloop_rejected_messages_dlq_failed",
+                            "Rejected messages stored whose dead-letter copy failed, by reject reason",
+                            labels=["reason"])  # fmt: skip
+    q_dlq = (select(rejected_messages.c.reason, func.count()).where(rejected_messages.c.dlq_status == "failed")
+             .group_by(rejected_messages.c.reason))  # fmt: skip
+    for reason, cnt in c.execute(q_dlq):
+        dlq.add_metric([reason], float(cnt))
+    yield dlq
     off = GaugeMetricFamily("driftloop_consumer_offset", "Next offset to consume, as committed with the data",
                             labels=["group", "topic", "partition"])  # fmt: skip
     q = select(consumer_offsets.c.group_id, consumer_offsets.c.topic, consumer_offsets.c.partition,
