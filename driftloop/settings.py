@@ -50,6 +50,9 @@ class DatabaseSettings(_Section):
         return v
 
 
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
 class KafkaSettings(_Section):
     """Broker, topics and kafka-python client options."""
 
@@ -83,6 +86,15 @@ class KafkaSettings(_Section):
                 except ValueError:
                     raise ValueError('looks like a JSON list but is not valid JSON; use a,b or ["a", "b"]') from None
             return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("topics", "dlq_topic")
+    @classmethod
+    def _legal_topic_names(cls, v: Any) -> Any:
+        # Kafka's rule; an illegal name would otherwise surface as a producer error on the first reject
+        for name in [v] if isinstance(v, str) else v:
+            if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+                raise ValueError(f"{name!r} is not a legal Kafka topic name (1-249 of A-Z a-z 0-9 . _ -)")
         return v
 
     @field_validator("dlq_topic")

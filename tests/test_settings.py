@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -406,3 +407,14 @@ def test_check_config_refuses_env_example_placeholders(tmp_path: Path, monkeypat
     monkeypatch.setenv("DRIFTLOOP_READ_TOKEN", TOKEN[::-1])
     code, out = check(ROOT / "deploy/driftloop.yaml")
     assert code == 0, out
+
+
+@pytest.mark.parametrize("field", ["topics", "dlq_topic"])
+@pytest.mark.parametrize("name", ["bad topic!", "", "..", "x" * 250, "logs/2026"])
+def test_illegal_kafka_topic_names_are_refused_with_the_rule(field: str, name: str) -> None:
+    value: Any = [name] if field == "topics" else name
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, kafka={field: value})
+    assert f"kafka.{field}" in str(e.value)
+    if name:
+        assert "legal Kafka topic name" in str(e.value)
