@@ -358,7 +358,8 @@ class _Req(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    seed: int | None = None
+    # torch.manual_seed takes [-2**63, 2**64); beyond that it raised and the server answered 500
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
 

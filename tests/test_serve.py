@@ -126,6 +126,10 @@ def test_completions_chat_and_models_have_openai_shapes_and_log_v1_records(toy: 
         sampled = c.post("/v1/completions", json={"model": MODEL, "prompt": "Is 4 an even number?", "max_tokens": 8,
                                                   "temperature": 0.9, "top_p": 0.9, "seed": 7})  # fmt: skip
         assert sampled.status_code == 200
+        # a seed torch cannot take is the caller's error (it was a 500)
+        for seed in (2**64, -(2**63) - 1):
+            bad = c.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2, "seed": seed})
+            assert bad.status_code == 400 and "seed" in bad.text, bad.text
 
         r = c.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 12, "messages": [
             {"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 10 minus 4?"}]})  # fmt: skip
@@ -169,7 +173,7 @@ def test_completions_chat_and_models_have_openai_shapes_and_log_v1_records(toy: 
         assert c.post("/v1/feedback", json={"request_id": body["id"]}).status_code == 400
         m = c.get("/metrics").text
         assert metric(m, "driftloop_serve_requests_total", endpoint="/v1/completions", status="200") == 4
-        assert metric(m, "driftloop_serve_requests_total", endpoint="/v1/completions", status="400") == 4
+        assert metric(m, "driftloop_serve_requests_total", endpoint="/v1/completions", status="400") == 4 + 2  # + 2 bad seeds
         assert metric(m, "driftloop_serve_tokens_total", kind="completion") >= 4
 
     recs = cap.records
