@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 from driftloop.store.models import BigId, JsonType, metadata
@@ -31,14 +32,15 @@ retrain_jobs = Table(
     Column("status", String(16), nullable=False),
     Column("trigger", JsonType, nullable=True),
     Column("stage", String(32), nullable=True),  # dataset | training | evaluating | gating | promoting | done
-    Column("progress", Float, nullable=False, default=0.0),
+    # server defaults as migration 0005 creates them (rows inserted by plain SQL get them too)
+    Column("progress", Float, nullable=False, default=0.0, server_default="0"),
     Column("message", Text, nullable=True),
     Column("error", Text, nullable=True),
     Column("logs_path", Text, nullable=True),
     Column("work_dir", Text, nullable=True),
     Column("instance", String(128), nullable=True),
     Column("pid", Integer, nullable=True),
-    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("cancel_requested", Boolean, nullable=False, default=False, server_default=false()),
     Column("dataset_hash", String(64), nullable=True),
     Column("version_id", BigInteger, nullable=True),
     Column("timings", JsonType, nullable=True),
