@@ -6,6 +6,8 @@ JSON columns are JSONB on PostgreSQL and JSON (text) on SQLite.
 
 from __future__ import annotations
 
+import importlib
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -35,6 +37,38 @@ metadata = MetaData(
     }
 )
 
+# Storage parameters of the BRIN time indexes, as migration 0006 creates them.
+BRIN_TIME_INDEX_WITH = {"pages_per_range": 32, "autosummarize": "on"}
+
+# The modules that define tables on ``metadata``, the only place that lists them: see all_metadata().
+TABLE_MODULES = (
+    "driftloop.store.models",
+    "driftloop.jobs",
+    "monitor.tables",
+    "monitor.alerts.tables",
+    "retrain.tables",
+)
+
+# Tables in driftloop's database that are not driftloop's: APScheduler creates and owns its job store
+# (driftloop.scheduler.JOBSTORE_TABLE). Autogenerate must neither model nor drop them.
+FOREIGN_TABLES = frozenset({"apscheduler_jobs"})
+
+
+def all_metadata() -> MetaData:
+    """The shared metadata with every table of the project on it (the migrations' target_metadata).
+
+    The table modules import this one, so they are imported here, lazily, not at module import time.
+    """
+    for name in TABLE_MODULES:
+        importlib.import_module(name)
+    return metadata
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic ``include_name`` hook: leave the tables of other owners (FOREIGN_TABLES) out of comparisons."""
+    return not (type_ == "table" and name in FOREIGN_TABLES)
+
+
 interactions = Table(
     "interactions",
     metadata,
@@ -60,7 +94,7 @@ interactions = Table(
     Column("ingested_at", DateTime(timezone=True), nullable=False),
     Index("ix_interactions_model_ts", "model_id", "ts"),
     # BRIN on PostgreSQL (migration 0006): rows arrive in time order; a B-tree costs ~1 us per row
-    Index("ix_interactions_ts", "ts", postgresql_using="brin"),
+    Index("ix_interactions_ts", "ts", postgresql_using="brin", postgresql_with=BRIN_TIME_INDEX_WITH),
 )
 
 feedback = Table(
@@ -78,7 +112,7 @@ feedback = Table(
     Column("metadata", JsonType, nullable=True),
     Column("ingested_at", DateTime(timezone=True), nullable=False),
     Index("ix_feedback_request_id", "request_id"),
-    Index("ix_feedback_ts", "ts", postgresql_using="brin"),
+    Index("ix_feedback_ts", "ts", postgresql_using="brin", postgresql_with=BRIN_TIME_INDEX_WITH),
 )
 
 rejected_messages = Table(
