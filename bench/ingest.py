@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -97,6 +98,8 @@ def e2e_ingest(bootstrap: str, topic: str, dlq: str, n: int, db_url: str, workdi
                 "database": {"url": db_url},
                 "kafka": {"bootstrap_servers": [bootstrap], "topics": [topic], "dlq_topic": dlq,
                           "group_id": f"bench-e2e-{uuid.uuid4().hex[:6]}"},
+                # ingestion refuses the built-in salt; a throwaway one for a throwaway database
+                "pii": {"user_id_salt": secrets.token_urlsafe(32)},
             }
         )
     )  # fmt: skip
