@@ -301,6 +301,11 @@ class Decoder:
         except UnicodeDecodeError as e:
             raise InvalidMessage(INVALID_UTF8, f"not valid UTF-8: {e.reason} at byte {e.start}") from None
         except msgspec.DecodeError as e:
+            # msgspec < 0.23 raised UnicodeDecodeError for bad UTF-8, 0.23 a DecodeError: ask Python
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as u:
+                raise InvalidMessage(INVALID_UTF8, f"not valid UTF-8: {u.reason} at byte {u.start}") from None
             lone = _lone_surrogate(raw)
             if lone is not None:  # msgspec says "Input data was truncated" for a lone high surrogate
                 raise InvalidMessage(INVALID_JSON, f"not valid JSON: lone UTF-16 surrogate escape {lone[0]} at byte "
