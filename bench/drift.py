@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     from evidently.presets import DataDriftPreset
     from sqlalchemy import insert
 
+    from driftloop.monitor.check import WindowChecker
+    from driftloop.monitor.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, compute_features
+    from driftloop.monitor.windows import due_windows
     from driftloop.settings import load_settings
     from driftloop.store.db import create_engine_from_url, migrate
     from driftloop.store.models import feedback, interactions
-    from monitor.check import WindowChecker
-    from monitor.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, compute_features
-    from monitor.windows import due_windows
 
     n = args.rows
     tmp = tempfile.TemporaryDirectory(prefix="driftloop-bench-")

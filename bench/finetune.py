@@ -163,7 +163,7 @@ def run_baseline(model_dir: Path, tok: Any, rows: list[dict[str, str]], steps: i
         TrainingArguments,
     )
 
-    from retrain.trainer import encode_example
+    from driftloop.retrain.trainer import encode_example
 
     data = []
     for r in rows:
@@ -218,7 +218,7 @@ def run_baseline(model_dir: Path, tok: Any, rows: list[dict[str, str]], steps: i
 def run_driftloop(model_dir: Path, rows: list[dict[str, str]], batch_tokens: int, seed: int, device: str,
                   work: Path) -> dict[str, Any]:  # fmt: skip
     """``retrain.trainer.train_lora`` over ``rows`` (one epoch); real tokens/s after the first report."""
-    from retrain.trainer import LoraSpec, TrainConfig, TrainProgress, train_lora
+    from driftloop.retrain.trainer import LoraSpec, TrainConfig, TrainProgress, train_lora
 
     cfg = TrainConfig(epochs=1.0, learning_rate=2e-4, batch_tokens=batch_tokens, max_length=1024, seed=seed,
                       lora=LoraSpec(r=16, alpha=32, dropout=0.05, target_modules=LORA_TARGETS))  # fmt: skip

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from connectors.abc import Promotion, PromotionError, PromotionTarget
-from connectors.config import TargetSettings
-from connectors.registry import build_target, build_targets
+from driftloop.connectors.abc import Promotion, PromotionError, PromotionTarget
+from driftloop.connectors.config import TargetSettings
+from driftloop.connectors.registry import build_target, build_targets
 
 __all__ = ["Promotion", "PromotionError", "PromotionTarget", "TargetSettings", "build_target", "build_targets"]

@@ -13,8 +13,8 @@ import socket
 import threading
 from typing import Any
 
-from connectors.abc import PROMOTED, REVERTED, Promotion, PromotionError, PromotionTarget
-from connectors.config import TargetSettings
+from driftloop.connectors.abc import PROMOTED, REVERTED, Promotion, PromotionError, PromotionTarget
+from driftloop.connectors.config import TargetSettings
 
 log = logging.getLogger("driftloop.connectors")
 

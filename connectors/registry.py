@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from connectors.abc import PromotionTarget
-from connectors.config import TargetSettings
+from driftloop.connectors.abc import PromotionTarget
+from driftloop.connectors.config import TargetSettings
 
 
 def build_target(ts: TargetSettings, *, default_bootstrap: list[str] | None = None) -> PromotionTarget:
     """The target described by ``ts``; a kafka target without bootstrap_servers uses ``default_bootstrap``."""
     if ts.type == "filesystem":
-        from connectors.filesystem import FilesystemPromotionTarget
+        from driftloop.connectors.filesystem import FilesystemPromotionTarget
 
         return FilesystemPromotionTarget(ts)
     if ts.type == "vllm":
-        from connectors.vllm import VllmPromotionTarget
+        from driftloop.connectors.vllm import VllmPromotionTarget
 
         return VllmPromotionTarget(ts)
-    from connectors.kafka_event import KafkaPromotionTarget
+    from driftloop.connectors.kafka_event import KafkaPromotionTarget
 
     bootstrap = ts.bootstrap_servers or default_bootstrap
     if not bootstrap:

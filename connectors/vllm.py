@@ -14,8 +14,8 @@ from typing import Any
 
 import requests
 
-from connectors.abc import Promotion, PromotionError, PromotionTarget
-from connectors.config import TargetSettings
+from driftloop.connectors.abc import Promotion, PromotionError, PromotionTarget
+from driftloop.connectors.config import TargetSettings
 
 log = logging.getLogger("driftloop.connectors")
 

@@ -133,10 +133,10 @@ def _register_optional() -> None:
 
     for mod, name in [
         ("driftloop.ingest.cli", None),
-        ("monitor.cli", None),
+        ("driftloop.monitor.cli", None),
         ("driftloop.daemon_cli", None),
         ("driftloop.demo", None),
-        ("retrain.cli", None),
+        ("driftloop.retrain.cli", None),
         ("driftloop.dashboards", None),
         ("driftloop.api.cli", None),
         ("driftloop.serve", None),

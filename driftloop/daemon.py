@@ -57,7 +57,7 @@ class Daemon:
             except Exception:
                 log.exception("could not mark a previous leader's unfinished runs")
             try:  # retrain jobs of a dead daemon can never finish: fail them, the champion is unchanged
-                from retrain.runner import recover_jobs
+                from driftloop.retrain.runner import recover_jobs
 
                 recover_jobs(self.engine, self.instance)
             except Exception:
@@ -158,7 +158,7 @@ class Daemon:
             self.api_server.stop()
             self.api_server = None
         try:  # a retrain in progress would hold the graceful scheduler shutdown for its whole training time
-            from retrain.runner import cancel_running
+            from driftloop.retrain.runner import cancel_running
 
             if cancel_running(self.engine, self.instance):
                 log.warning("cancelled this daemon's retrain job(s) in progress; the champion is unchanged")

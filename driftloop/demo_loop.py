@@ -95,7 +95,7 @@ class _Traffic:
     def __init__(self, url: str, model: str, logger: Any, cfg: DemoConfig) -> None:
         from rouge_score import rouge_scorer
 
-        from retrain.toy import sample_pairs
+        from driftloop.retrain.toy import sample_pairs
 
         self.url = url
         self.model = model
@@ -164,10 +164,10 @@ def run_loop_demo(data_dir: Path = Path("driftloop-data/demo"), cfg: DemoConfig 
     from driftloop.broker import LocalTansu, ensure_topics
     from driftloop.client import DriftloopLogger
     from driftloop.daemon import Daemon
+    from driftloop.retrain.toy import build_base_model
     from driftloop.serve import create_serve_app
     from driftloop.settings import load_settings
     from driftloop.store.db import create_engine_from_url, migrate
-    from retrain.toy import build_base_model
 
     cfg = cfg or DemoConfig()
     say = echo or _say

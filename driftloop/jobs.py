@@ -208,7 +208,7 @@ def abandon_runs_of_others(engine: Engine, instance: str) -> int:
 # -- the units ------------------------------------------------------------------------------------
 def drift_check_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Check every due window: drift and quality metrics in one pass (each window is read once)."""
-    (DriftCheckJob,) = optional_import("monitor.check", "DriftCheckJob")
+    (DriftCheckJob,) = optional_import("driftloop.monitor.check", "DriftCheckJob")
     res = DriftCheckJob(ctx.settings, ctx.engine).run_once(now=now)
     drifted = sum(1 for r in res if r.outcome is not None and r.outcome.drifted)
     errors = sum(1 for r in res if r.status == "error")
@@ -226,7 +226,7 @@ def quality_check_once(ctx: JobContext, now: datetime | None = None) -> str:
 
 def policy_evaluation_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Evaluate the alert policies over the newest windows; fire, resolve and notify."""
-    (AlertEvaluationJob,) = optional_import("monitor.alerts.engine", "AlertEvaluationJob")
+    (AlertEvaluationJob,) = optional_import("driftloop.monitor.alerts.engine", "AlertEvaluationJob")
     ev = AlertEvaluationJob(ctx.settings, ctx.engine).run_once(now=now)
     return f"{len(ev)} alert event(s)" + (": " + ", ".join(f"{e.event} {e.rule}" for e in ev) if ev else "")
 
@@ -241,7 +241,7 @@ def retention_once(ctx: JobContext, now: datetime | None = None) -> str:
     note = ""
     try:  # the monitor's tables are optional: without the monitor package its rows cannot exist
         drift_results, monitor_windows, window_metrics = optional_import(
-            "monitor.tables", "drift_results", "monitor_windows", "window_metrics")  # fmt: skip
+            "driftloop.monitor.tables", "drift_results", "monitor_windows", "window_metrics")  # fmt: skip
     except JobSkipped as e:
         drift_results = monitor_windows = window_metrics = None
         note = f" (monitor tables not touched: {e})"
@@ -279,7 +279,7 @@ def retention_once(ctx: JobContext, now: datetime | None = None) -> str:
 
 def retrain_check_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Evaluate the retrain policies; a triggered and allowed policy runs its retrain here (subprocess training)."""
-    (RetrainPolicyJob,) = optional_import("retrain.runner", "RetrainPolicyJob")
+    (RetrainPolicyJob,) = optional_import("driftloop.retrain.runner", "RetrainPolicyJob")
     if not ctx.settings.retrain.policies:
         return "no retrain policies"
     out = RetrainPolicyJob(ctx.settings, ctx.engine, ctx.instance).run_once(now=now)
@@ -288,7 +288,7 @@ def retrain_check_once(ctx: JobContext, now: datetime | None = None) -> str:
 
 def promotion_watch_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Compare live quality after each newest promotion with before it; roll back when worse."""
-    (PromotionWatchJob,) = optional_import("retrain.watch", "PromotionWatchJob")
+    (PromotionWatchJob,) = optional_import("driftloop.retrain.watch", "PromotionWatchJob")
     out = PromotionWatchJob(ctx.settings, ctx.engine).run_once(now=now)
     return "; ".join(f"{r.family} {r.version}: {r.status}" for r in out) or "nothing promoted to watch"
 

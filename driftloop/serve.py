@@ -506,8 +506,8 @@ class ServeState:
 
 def startup_adapter(settings: Settings) -> tuple[str, str] | None:
     """``(name, path)`` of the adapter to load at start: ``serve.adapter``, else ``serving_dir/current``."""
-    from connectors.abc import safe_name
-    from connectors.filesystem import BASE_DIR, CURRENT
+    from driftloop.connectors.abc import safe_name
+    from driftloop.connectors.filesystem import BASE_DIR, CURRENT
 
     s = settings.serve
     if s.adapter:
@@ -568,7 +568,7 @@ def adapter_roots(settings: Settings) -> list[str]:
     if s.adapter_roots is not None:
         roots = list(s.adapter_roots)
     else:
-        from retrain.runner import artifacts_dir
+        from driftloop.retrain.runner import artifacts_dir
 
         roots = [str(artifacts_dir(settings)), *([s.serving_dir] if s.serving_dir else [])]
     return [os.path.abspath(os.path.expanduser(r)) for r in roots]
@@ -799,7 +799,7 @@ def _install_routes(app: FastAPI, st: ServeState) -> None:
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> Response:
-        from retrain.trainer import format_prompt
+        from driftloop.retrain.trainer import format_prompt
 
         ts, t0 = now_rfc3339(), time.perf_counter()
         if isinstance(req.prompt, list):
@@ -831,7 +831,7 @@ def _install_routes(app: FastAPI, st: ServeState) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest) -> Response:
-        from retrain.trainer import format_prompt
+        from driftloop.retrain.trainer import format_prompt
 
         ts, t0 = now_rfc3339(), time.perf_counter()
         prompt = chat_prompt(req.messages)

@@ -19,11 +19,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from driftloop.monitor.alerts.config import AlertSettings
+from driftloop.monitor.config import MonitorSettings
+from driftloop.retrain.config import RetrainSettings
 from driftloop.scheduler_config import SchedulerSettings
 from driftloop.validation import duplicated
-from monitor.alerts.config import AlertSettings
-from monitor.config import MonitorSettings
-from retrain.config import RetrainSettings
 
 ENV_PREFIX = "DRIFTLOOP_"
 CONFIG_ENV = "DRIFTLOOP_CONFIG"
@@ -396,11 +396,11 @@ def cross_check(settings: Settings) -> list[str]:
     """Checks that span sections (e.g. alert rules naming channels that exist)."""
     problems: list[str] = []
     try:
-        from monitor.alerts.config import cross_check_alerts
+        from driftloop.monitor.alerts.config import cross_check_alerts
     except ImportError:  # pragma: no cover - filled in by the alerting module
         return problems
     problems.extend(cross_check_alerts(settings))
-    from retrain.config import cross_check_retrain
+    from driftloop.retrain.config import cross_check_retrain
 
     problems.extend(cross_check_retrain(settings))
     return problems

@@ -21,14 +21,14 @@ import pandas as pd
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from driftloop.monitor.config import MonitorSettings
+from driftloop.monitor.drift import DriftOutcome, FeatureDrift, embedding_drift, tabular_and_text_drift, verdict
+from driftloop.monitor.embeddings import EmbeddingCache
+from driftloop.monitor.features import compute_features, stable_sample, window_metrics
+from driftloop.monitor.tables import drift_results, monitor_windows
+from driftloop.monitor.tables import window_metrics as window_metrics_table
+from driftloop.monitor.windows import Reference, Window, due_windows, load_frame, models, reference_for
 from driftloop.settings import Settings
-from monitor.config import MonitorSettings
-from monitor.drift import DriftOutcome, FeatureDrift, embedding_drift, tabular_and_text_drift, verdict
-from monitor.embeddings import EmbeddingCache
-from monitor.features import compute_features, stable_sample, window_metrics
-from monitor.tables import drift_results, monitor_windows
-from monitor.tables import window_metrics as window_metrics_table
-from monitor.windows import Reference, Window, due_windows, load_frame, models, reference_for
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ def check(
 ) -> None:
     """Run one drift/quality check now and print which features drifted, by how much, and the report path."""
     setup_logging("WARNING")
-    from monitor.check import run_check
+    from driftloop.monitor.check import run_check
 
     s, eng = _engine(config)
     try:
@@ -59,6 +59,6 @@ def check(
 def register(app: typer.Typer) -> None:
     """Add the monitoring commands to the root CLI."""
     app.add_typer(monitor_app, name="monitor")
-    from monitor.alerts.cli import register as register_alerts
+    from driftloop.monitor.alerts.cli import register as register_alerts
 
     register_alerts(app)

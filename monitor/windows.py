@@ -12,9 +12,9 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, func, select, text
 
+from driftloop.monitor.config import MonitorSettings
+from driftloop.monitor.tables import monitor_windows
 from driftloop.store.models import interactions
-from monitor.config import MonitorSettings
-from monitor.tables import monitor_windows
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def run(
 ) -> None:
     """Run one retrain of POLICY now, in the foreground: dataset, training, gate, promotion."""
     setup_logging("WARNING")
-    from retrain.runner import RetrainError, RetrainPolicyJob, RetrainRunner, find_policy
+    from driftloop.retrain.runner import RetrainError, RetrainPolicyJob, RetrainRunner, find_policy
 
     s, eng = _ctx(config)
     try:
@@ -73,7 +73,7 @@ def status(
     """Show retrain jobs: status, stage, progress, timings, log path."""
     from sqlalchemy import select
 
-    from retrain.tables import retrain_jobs
+    from driftloop.retrain.tables import retrain_jobs
 
     _s, eng = _ctx(config)
     q = select(retrain_jobs).order_by(retrain_jobs.c.id.desc())
@@ -101,7 +101,7 @@ def status(
 @retrain_app.command("cancel")
 def cancel(job_id: Annotated[int, typer.Argument(help="Job id.")], config: ConfigOpt = None) -> None:
     """Ask a queued or running job to stop (the training subprocess is terminated; the champion is unchanged)."""
-    from retrain.runner import RetrainError, request_cancel
+    from driftloop.retrain.runner import RetrainError, request_cancel
 
     _s, eng = _ctx(config)
     try:
@@ -119,7 +119,7 @@ def models_list(
     config: ConfigOpt = None,
 ) -> None:
     """List versions with status and aliases."""
-    from retrain.registry import ModelRegistry
+    from driftloop.retrain.registry import ModelRegistry
 
     _s, eng = _ctx(config)
     reg = ModelRegistry(eng)
@@ -149,8 +149,8 @@ def models_show(
     config: ConfigOpt = None,
 ) -> None:
     """Show one version: lineage, dataset, config, gate decision and its audit log."""
-    from retrain.gate import GateDecision
-    from retrain.registry import ModelRegistry, RegistryError
+    from driftloop.retrain.gate import GateDecision
+    from driftloop.retrain.registry import ModelRegistry, RegistryError
 
     _s, eng = _ctx(config)
     reg = ModelRegistry(eng)
@@ -173,7 +173,7 @@ def models_show(
 
 
 def _targets(s: Any, family: str) -> list[Any]:
-    from retrain.runner import targets_for_family
+    from driftloop.retrain.runner import targets_for_family
 
     return targets_for_family(s, family)
 
@@ -187,7 +187,7 @@ def models_promote(
     actor: Annotated[str, typer.Option(help="Who (kept in the audit log).")] = "cli",
 ) -> None:
     """Promote a version to champion on every target, then in the registry (all or nothing)."""
-    from retrain.registry import ModelRegistry, RegistryError
+    from driftloop.retrain.registry import ModelRegistry, RegistryError
 
     s, eng = _ctx(config)
     reg = ModelRegistry(eng)
@@ -208,7 +208,7 @@ def models_approve(
     actor: Annotated[str, typer.Option(help="Who approves (kept in the audit log).")] = "cli",
 ) -> None:
     """Approve a version that passed the gate and waits for manual approval; promotes it."""
-    from retrain.registry import ModelRegistry, RegistryError
+    from driftloop.retrain.registry import ModelRegistry, RegistryError
 
     s, eng = _ctx(config)
     reg = ModelRegistry(eng)
@@ -230,7 +230,7 @@ def models_reject(
     actor: Annotated[str, typer.Option(help="Who.")] = "cli",
 ) -> None:
     """Reject a version waiting for approval."""
-    from retrain.registry import ModelRegistry, RegistryError
+    from driftloop.retrain.registry import ModelRegistry, RegistryError
 
     _s, eng = _ctx(config)
     reg = ModelRegistry(eng)
@@ -250,7 +250,7 @@ def models_rollback(
     actor: Annotated[str, typer.Option(help="Who.")] = "cli",
 ) -> None:
     """Serve the previous champion again on every target; the current one becomes rolled_back."""
-    from retrain.registry import ModelRegistry, RegistryError
+    from driftloop.retrain.registry import ModelRegistry, RegistryError
 
     s, eng = _ctx(config)
     reg = ModelRegistry(eng)
@@ -268,7 +268,7 @@ def models_toy(
     domain: Annotated[str, typer.Option(help="Domain the base model is trained on: A (arithmetic) or B (support).")] = "A",
 ) -> None:
     """Build a tiny local GPT-2 (tokenizer trained here, no downloads) to try serving and retraining with."""
-    from retrain.toy import DOMAINS, build_base_model
+    from driftloop.retrain.toy import DOMAINS, build_base_model
 
     if domain not in DOMAINS:
         _fail(f"unknown domain {domain!r}; use one of {list(DOMAINS)}", 2)

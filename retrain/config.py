@@ -10,9 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from connectors.config import TargetSettings
+from driftloop.connectors.config import TargetSettings
+from driftloop.monitor.alerts.grammar import ConditionError, parse_condition
 from driftloop.validation import duplicated
-from monitor.alerts.grammar import ConditionError, parse_condition
 
 GATE_METRICS = ("perplexity", "rouge_l", "bleu", "exact_match")
 
@@ -165,7 +165,7 @@ class RetrainSettings(_Section):
 
 def cross_check_retrain(settings: object) -> list[str]:
     """Policies naming unknown alert rules, targets or metrics; ``path: message`` lines."""
-    from monitor.metrics import is_known_metric
+    from driftloop.monitor.metrics import is_known_metric
 
     r: RetrainSettings = settings.retrain  # type: ignore[attr-defined]
     rules = {x.name for x in settings.alerts.rules}  # type: ignore[attr-defined]

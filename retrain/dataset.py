@@ -22,8 +22,8 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, select
 
+from driftloop.retrain.config import DataSettings
 from driftloop.store.models import feedback, interactions
-from retrain.config import DataSettings
 
 _REFUSAL_RE: re.Pattern[str] | None = None
 _NEAR_RE = re.compile(r"[\W_]+", re.UNICODE)
@@ -36,7 +36,7 @@ class DatasetError(Exception):
 def _refusal_re() -> re.Pattern[str]:
     global _REFUSAL_RE
     if _REFUSAL_RE is None:
-        from monitor.features import REFUSAL_RE
+        from driftloop.monitor.features import REFUSAL_RE
 
         _REFUSAL_RE = REFUSAL_RE
     return _REFUSAL_RE

@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
-from retrain.gate import ExampleScore
-from retrain.trainer import encode_example  # training formatting; its unlabelled prefix is the generation prompt
+from driftloop.retrain.gate import ExampleScore
+from driftloop.retrain.trainer import (
+    encode_example,  # training formatting; its unlabelled prefix is the generation prompt
+)
 
 Progress = Callable[[int, int], None]
 

@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from connectors.abc import Promotion, PromotionTarget
-from retrain.tables import model_aliases, model_events, model_versions
+from driftloop.connectors.abc import Promotion, PromotionTarget
+from driftloop.retrain.tables import model_aliases, model_events, model_versions
 
 log = logging.getLogger("driftloop.retrain.registry")
 

@@ -25,11 +25,11 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, insert, select, update
 
-from connectors.abc import PromotionTarget
-from retrain.config import PolicySettings
-from retrain.dataset import DatasetError, build_snapshot, count_eligible
-from retrain.registry import ModelRegistry, ModelVersion, PromotionFailed
-from retrain.tables import retrain_jobs
+from driftloop.connectors.abc import PromotionTarget
+from driftloop.retrain.config import PolicySettings
+from driftloop.retrain.dataset import DatasetError, build_snapshot, count_eligible
+from driftloop.retrain.registry import ModelRegistry, ModelVersion, PromotionFailed
+from driftloop.retrain.tables import retrain_jobs
 
 log = logging.getLogger("driftloop.retrain")
 
@@ -54,7 +54,7 @@ def find_policy(settings: Any, name: str) -> PolicySettings:
 
 def build_promotion_targets(settings: Any, names: list[str] | None = None) -> list[PromotionTarget]:
     """The configured targets (all, or those named), in configuration order."""
-    from connectors.registry import build_target
+    from driftloop.connectors.registry import build_target
 
     out = []
     for t in settings.retrain.targets:
@@ -219,7 +219,7 @@ class RetrainRunner:
         timings.update({f"worker_{k}": v for k, v in result.get("timings", {}).items()})
 
         self._update(job_id, stage="gating", progress=0.96)
-        from retrain.gate import ExampleScore, GateSpec, decide
+        from driftloop.retrain.gate import ExampleScore, GateSpec, decide
 
         g = policy.gate
         spec = GateSpec(primary=g.primary, min_improvement=g.min_improvement, confidence=g.confidence,
@@ -265,7 +265,7 @@ class RetrainRunner:
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
-            proc = subprocess.Popen([py, "-m", "retrain.worker", str(work)], stdout=logf, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen([py, "-m", "driftloop.retrain.worker", str(work)], stdout=logf, stderr=subprocess.STDOUT,
                                     env=env, start_new_session=True)  # fmt: skip
         finally:
             logf.close()
@@ -370,7 +370,7 @@ class RetrainPolicyJob:
 
     def triggered(self, policy: PolicySettings, now: datetime) -> dict[str, Any] | None:
         """The trigger that fired (open alerts / condition), or None."""
-        from monitor.alerts.tables import OPEN_STATES, alerts
+        from driftloop.monitor.alerts.tables import OPEN_STATES, alerts
 
         fired: dict[str, Any] = {}
         if policy.trigger.alerts:
@@ -382,8 +382,8 @@ class RetrainPolicyJob:
                 fired["alerts"] = [{"id": r.id, "rule": r.rule, "fired_at": _aware(r.fired_at).isoformat()}
                                    for r in rows]  # fmt: skip
         if policy.trigger.condition:
-            from monitor.alerts.engine import evaluate, load_points
-            from monitor.alerts.grammar import parse_condition
+            from driftloop.monitor.alerts.engine import evaluate, load_points
+            from driftloop.monitor.alerts.grammar import parse_condition
 
             pts = [p for p in load_points(self.engine, model_id=policy.model_id, per_group=3) if p.segment == ""]
             if pts:

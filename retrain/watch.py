@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
-from connectors.abc import PromotionTarget
-from retrain.registry import ModelRegistry, RegistryError
-from retrain.tables import model_events
+from driftloop.connectors.abc import PromotionTarget
+from driftloop.retrain.registry import ModelRegistry, RegistryError
+from driftloop.retrain.tables import model_events
 
 log = logging.getLogger("driftloop.retrain.watch")
 
@@ -45,8 +45,8 @@ class WatchResult:
 
 def window_values(engine: Engine, family: str, metric: str) -> list[tuple[datetime, datetime, float]]:
     """(window_start, window_end, value) of checked, whole-model windows of ``family``, oldest first."""
-    from monitor.tables import monitor_windows as mw
-    from monitor.tables import window_metrics as wm
+    from driftloop.monitor.tables import monitor_windows as mw
+    from driftloop.monitor.tables import window_metrics as wm
 
     q = (select(mw.c.window_start, mw.c.window_end, wm.c.value)
          .join(wm, wm.c.window_id == mw.c.id)
@@ -72,7 +72,7 @@ class PromotionWatchJob:
         if self._targets is not None:
             names = sorted({t for p in self.settings.retrain.policies if p.model_id == family for t in p.targets})
             return [self._targets[n] for n in (names or list(self._targets)) if n in self._targets]
-        from retrain.runner import targets_for_family
+        from driftloop.retrain.runner import targets_for_family
 
         return targets_for_family(self.settings, family)
 
@@ -143,9 +143,9 @@ class PromotionWatchJob:
 
     def _alert(self, family: str, message: str, value: float | None) -> None:
         """Open a ``retrain.rollback`` alert and tell the watch's channels."""
-        from monitor.alerts.abc import AlertFired
-        from monitor.alerts.sinks import build_sinks
-        from monitor.alerts.tables import alert_notifications, alerts
+        from driftloop.monitor.alerts.abc import AlertFired
+        from driftloop.monitor.alerts.sinks import build_sinks
+        from driftloop.monitor.alerts.tables import alert_notifications, alerts
 
         now = datetime.now(UTC)
         with self.engine.begin() as c:

@@ -38,8 +38,8 @@ def _read_jsonl(path: str | None) -> list[dict[str, Any]]:
 
 def run(work_dir: Path) -> int:
     """Train and evaluate as ``request.json`` says; return the exit code."""
-    from retrain.evaluate import evaluate_pair, load_golden_set
-    from retrain.trainer import TrainConfig, TrainingCancelled, TrainProgress, train_lora
+    from driftloop.retrain.evaluate import evaluate_pair, load_golden_set
+    from driftloop.retrain.trainer import TrainConfig, TrainingCancelled, TrainProgress, train_lora
 
     req = json.loads((work_dir / "request.json").read_text(encoding="utf-8"))
     stop = {"flag": False}

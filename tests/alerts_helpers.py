@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import Engine, insert
 
-from monitor.alerts.abc import AlertEvent, AlertSink
-from monitor.tables import monitor_windows, window_metrics
+from driftloop.monitor.alerts.abc import AlertEvent, AlertSink
+from driftloop.monitor.tables import monitor_windows, window_metrics
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

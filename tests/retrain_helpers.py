@@ -6,7 +6,7 @@ import random
 from datetime import datetime, timedelta
 from typing import Any
 
-from retrain.toy import sample_pairs
+from driftloop.retrain.toy import sample_pairs
 
 
 def toy_records(domain: str, n: int, *, start: datetime, model_id: str = "toy", prefix: str = "t", seed: int = 0,

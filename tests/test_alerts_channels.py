@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from monitor.alerts.abc import AlertEvent, AlertFired, AlertResolved
-from monitor.alerts.config import ChannelSettings
-from monitor.alerts.sinks import (
+from driftloop.monitor.alerts.abc import AlertEvent, AlertFired, AlertResolved
+from driftloop.monitor.alerts.config import ChannelSettings
+from driftloop.monitor.alerts.sinks import (
     GrafanaAnnotationSink,
     LogAlertSink,
     SlackAlertSink,

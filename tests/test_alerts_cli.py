@@ -12,10 +12,10 @@ import yaml
 from sqlalchemy import Engine, create_engine, func, select
 from typer.testing import CliRunner
 
+from driftloop.monitor.alerts.cli import register
+from driftloop.monitor.alerts.engine import AlertEvaluationJob
+from driftloop.monitor.alerts.tables import alert_notifications, alerts
 from driftloop.settings import load_settings
-from monitor.alerts.cli import register
-from monitor.alerts.engine import AlertEvaluationJob
-from monitor.alerts.tables import alert_notifications, alerts
 from tests.alerts_helpers import HttpServer, Recorder, add_window, ensure_monitor_tables
 
 

@@ -10,9 +10,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from driftloop.settings import Settings, load_settings
-from driftloop.store.db import downgrade, migrate
-from monitor.alerts.engine import (
+from driftloop.monitor.alerts.engine import (
     AlertEvaluationJob,
     WindowPoint,
     acknowledge,
@@ -22,8 +20,10 @@ from monitor.alerts.engine import (
     evaluate,
     load_points,
 )
-from monitor.alerts.grammar import parse_condition
-from monitor.alerts.tables import alert_notifications, alerts
+from driftloop.monitor.alerts.grammar import parse_condition
+from driftloop.monitor.alerts.tables import alert_notifications, alerts
+from driftloop.settings import Settings, load_settings
+from driftloop.store.db import downgrade, migrate
 from tests.alerts_helpers import T0, Broken, HttpServer, Recorder, add_window, ensure_monitor_tables
 
 # -- pure hysteresis -------------------------------------------------------------------------------

@@ -23,11 +23,11 @@ from sqlalchemy import Engine, create_engine, insert, text
 
 from driftloop.api import create_app
 from driftloop.jobs import JOBS, JobContext, run_named
+from driftloop.retrain.registry import ModelRegistry
+from driftloop.retrain.tables import retrain_jobs
 from driftloop.settings import Settings, load_settings
 from driftloop.store.db import create_engine_from_url, migrate
 from driftloop.store.models import consumer_offsets, rejected_messages
-from retrain.registry import ModelRegistry
-from retrain.tables import retrain_jobs
 from tests.alpaca import load, now_minus, store_records, to_log_records
 from tests.conftest import create_database, drop_database
 
@@ -90,7 +90,7 @@ class Seeded:
 
 def seed_registry(s: Settings, eng: Engine, tmp: Path) -> None:
     """v0 base (first champion) -> v1 promoted (champion, v0 previous) -> v2 pending approval; a finished retrain job."""
-    from retrain.runner import targets_for_family
+    from driftloop.retrain.runner import targets_for_family
 
     reg = ModelRegistry(eng)
     v0 = reg.ensure_base(MODEL, str(tmp / "base"))

@@ -18,8 +18,8 @@ from sqlalchemy import text
 
 from driftloop.api.server import ApiServer
 from driftloop.jobs import JobContext, run_named
+from driftloop.retrain.registry import ModelRegistry
 from driftloop.store.db import create_engine_from_url, migrate
-from retrain.registry import ModelRegistry
 from tests.alpaca import load, now_minus, store_records, to_log_records
 from tests.conftest import create_database, drop_database
 from tests.test_api import MODEL, WINDOW, make_settings, seed_registry

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from connectors import Promotion, PromotionError, PromotionTarget, TargetSettings, build_target, build_targets
-from connectors.filesystem import FilesystemPromotionTarget
-from connectors.kafka_event import KafkaPromotionTarget
-from connectors.vllm import LOAD, UNLOAD, VllmPromotionTarget
 from driftloop.broker import free_port
+from driftloop.connectors import Promotion, PromotionError, PromotionTarget, TargetSettings, build_target, build_targets
+from driftloop.connectors.filesystem import FilesystemPromotionTarget
+from driftloop.connectors.kafka_event import KafkaPromotionTarget
+from driftloop.connectors.vllm import LOAD, UNLOAD, VllmPromotionTarget
 from tests.vllm_stub import VllmStub
 
 FAMILY = "support-bot"

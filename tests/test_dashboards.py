@@ -206,11 +206,11 @@ def _rejects(now: datetime) -> list[dict[str, Any]]:
 
 def _registry(eng: Any, tmp: Path, now: datetime) -> None:
     """A succeeded retrain that the gate promotes, a failed one, then a rollback."""
-    from connectors.config import TargetSettings
-    from connectors.filesystem import FilesystemPromotionTarget
-    from retrain.gate import ExampleScore, GateSpec, decide
-    from retrain.registry import ModelRegistry
-    from retrain.tables import retrain_jobs
+    from driftloop.connectors.config import TargetSettings
+    from driftloop.connectors.filesystem import FilesystemPromotionTarget
+    from driftloop.retrain.gate import ExampleScore, GateSpec, decide
+    from driftloop.retrain.registry import ModelRegistry
+    from driftloop.retrain.tables import retrain_jobs
 
     rng = random.Random(5)
     champ = [ExampleScore(nll=40.0 + rng.random(), n_tokens=20, rouge_l=0.30 + 0.05 * rng.random(),
@@ -256,10 +256,10 @@ def _registry(eng: Any, tmp: Path, now: datetime) -> None:
 @pytest.fixture(scope="module")
 def scenario(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     from driftloop.jobs import JobContext, run_job
+    from driftloop.monitor.alerts.engine import AlertEvaluationJob
+    from driftloop.monitor.check import DriftCheckJob
     from driftloop.store.db import migrate
     from driftloop.store.writer import Batch, BatchWriter
-    from monitor.alerts.engine import AlertEvaluationJob
-    from monitor.check import DriftCheckJob
     from tests.alpaca import load, now_minus, store_records, to_log_records
     from tests.conftest import create_database, drop_database
 

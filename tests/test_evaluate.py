@@ -11,9 +11,9 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from retrain.evaluate import evaluate_pair, load_for_eval, load_golden_set, score_examples
-from retrain.gate import GateSpec, decide, point_value
-from retrain.toy import build_base_model, sample_pairs
+from driftloop.retrain.evaluate import evaluate_pair, load_for_eval, load_golden_set, score_examples
+from driftloop.retrain.gate import GateSpec, decide, point_value
+from driftloop.retrain.toy import build_base_model, sample_pairs
 
 
 def _rows(domain: str, n: int, seed: int) -> list[dict[str, str]]:
@@ -111,7 +111,7 @@ def test_evaluate_pair_with_a_fresh_adapter_is_identical_and_not_promoted(base_d
 
 
 def test_finetune_on_b_promotes_and_shuffled_candidate_is_rejected(base_dir: str, tmp_path: Path) -> None:
-    from retrain.trainer import TrainConfig, train_lora
+    from driftloop.retrain.trainer import TrainConfig, train_lora
 
     train = [{"prompt": p, "response": r} for p, r in sample_pairs("B", 400, seed=1)]
     cfg = TrainConfig.from_dict({"epochs": 4, "learning_rate": 3e-3, "batch_size": 16, "max_length": 96, "seed": 0,

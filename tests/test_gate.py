@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from retrain.gate import (
+from driftloop.retrain.gate import (
     METRICS,
     Comparison,
     ExampleScore,

@@ -10,16 +10,16 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
+from driftloop.monitor.check import DriftCheckJob, run_check
+from driftloop.monitor.drift import benjamini_hochberg, verdict
+from driftloop.monitor.features import compute_features, detect_language, window_metrics
+from driftloop.monitor.metrics import is_known_metric
+from driftloop.monitor.tables import drift_results, monitor_windows
+from driftloop.monitor.tables import window_metrics as wm
+from driftloop.monitor.windows import due_windows, load_frame, reference_for
 from driftloop.settings import Settings, load_settings
 from driftloop.store.db import create_engine_from_url
 from driftloop.store.models import feedback
-from monitor.check import DriftCheckJob, run_check
-from monitor.drift import benjamini_hochberg, verdict
-from monitor.features import compute_features, detect_language, window_metrics
-from monitor.metrics import is_known_metric
-from monitor.tables import drift_results, monitor_windows
-from monitor.tables import window_metrics as wm
-from monitor.windows import due_windows, load_frame, reference_for
 from tests.monitor_helpers import T0, insert_rows, interaction
 
 
@@ -147,7 +147,7 @@ def test_benjamini_hochberg_and_verdict(pg_url: str, tmp_path: Path) -> None:
     adj = benjamini_hochberg(p)
     # by hand: sorted 0.001,0.01,0.035,0.04,0.2 -> 0.005, 0.025, min(0.0583, 0.05), 0.05, 0.2
     assert np.allclose(adj, [0.025, 0.05, 0.05, 0.2, 0.005])
-    from monitor.drift import FeatureDrift
+    from driftloop.monitor.drift import FeatureDrift
 
     s = _settings(pg_url, tmp_path, fdr_alpha=0.045, drift_share=0.5).monitor
     feats = [FeatureDrift(f"f{i}", "numerical", "ks", v, 0.05, p_value=v) for i, v in enumerate(p)]

@@ -20,10 +20,10 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
+from driftloop.monitor.alerts.engine import decide, load_points
+from driftloop.monitor.alerts.grammar import parse_condition
+from driftloop.monitor.check import DriftCheckJob
 from driftloop.settings import load_settings
-from monitor.alerts.engine import decide, load_points
-from monitor.alerts.grammar import parse_condition
-from monitor.check import DriftCheckJob
 from tests.alpaca import load, now_minus, store_records, to_log_records
 from tests.ingest_helpers import produce_values, wait_for
 

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import func, select
 
+from driftloop.monitor.check import DriftCheckJob
+from driftloop.monitor.drift import contingency_p_value
+from driftloop.monitor.features import stable_sample
+from driftloop.monitor.tables import monitor_windows
+from driftloop.monitor.windows import due_windows, reference_for
 from driftloop.settings import load_settings
 from driftloop.store.db import create_engine_from_url
-from monitor.check import DriftCheckJob
-from monitor.drift import contingency_p_value
-from monitor.features import stable_sample
-from monitor.tables import monitor_windows
-from monitor.windows import due_windows, reference_for
 from tests.monitor_helpers import T0, insert_rows, interaction
 
 
@@ -95,9 +95,9 @@ def test_time_windows_resume_after_partial_runs(pg_url: str, tmp_path: Path) -> 
 
 
 def test_rare_finish_reasons_do_not_read_as_drift_in_small_windows() -> None:
-    from monitor.config import MonitorSettings
-    from monitor.drift import tabular_and_text_drift
-    from monitor.features import compute_features
+    from driftloop.monitor.config import MonitorSettings
+    from driftloop.monitor.drift import tabular_and_text_drift
+    from driftloop.monitor.features import compute_features
 
     def frame(n: int, seed: int, p: list[float]) -> pd.DataFrame:
         r = np.random.default_rng(seed)

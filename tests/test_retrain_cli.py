@@ -13,11 +13,11 @@ import yaml
 from typer.testing import CliRunner
 
 from driftloop.cli import app
+from driftloop.retrain.gate import ExampleScore
+from driftloop.retrain.registry import ModelRegistry
+from driftloop.retrain.runner import RetrainRunner
 from driftloop.settings import load_settings
 from driftloop.store.db import create_engine_from_url
-from retrain.gate import ExampleScore
-from retrain.registry import ModelRegistry
-from retrain.runner import RetrainRunner
 from tests.alpaca import store_records
 from tests.retrain_helpers import toy_records
 

@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from driftloop.retrain.config import DataSettings
+from driftloop.retrain.dataset import (
+    DatasetError,
+    build_snapshot,
+    count_eligible,
+    load_snapshot,
+    near_key,
+    select_records,
+)
 from driftloop.store.db import create_engine_from_url
-from retrain.config import DataSettings
-from retrain.dataset import DatasetError, build_snapshot, count_eligible, load_snapshot, near_key, select_records
 from tests.alpaca import store_records
 from tests.retrain_helpers import toy_records
 

@@ -24,15 +24,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-import retrain.runner as runner_mod
+import driftloop.retrain.runner as runner_mod
+from driftloop.monitor.alerts.engine import AlertEvaluationJob
+from driftloop.monitor.check import DriftCheckJob
+from driftloop.retrain.registry import ModelRegistry
+from driftloop.retrain.runner import RetrainPolicyJob, RetrainRunner, recover_jobs
+from driftloop.retrain.tables import retrain_jobs
+from driftloop.retrain.toy import build_base_model
 from driftloop.settings import load_settings
 from driftloop.store.db import create_engine_from_url
-from monitor.alerts.engine import AlertEvaluationJob
-from monitor.check import DriftCheckJob
-from retrain.registry import ModelRegistry
-from retrain.runner import RetrainPolicyJob, RetrainRunner, recover_jobs
-from retrain.tables import retrain_jobs
-from retrain.toy import build_base_model
 from tests.alpaca import now_minus
 from tests.ingest_helpers import ingest_until_idle, produce_values, wait_for
 from tests.retrain_helpers import toy_records
@@ -226,7 +226,7 @@ def test_killing_the_training_subprocess_fails_the_job_and_keeps_the_champion(
 
 def test_cancel_stops_training(pg_url: str, kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path,
                                base_model: str) -> None:  # fmt: skip
-    from retrain.runner import request_cancel
+    from driftloop.retrain.runner import request_cancel
     from tests.alpaca import store_records
 
     s = _settings(pg_url, kafka_bootstrap, topics, tmp_path, base_model, "http://127.0.0.1:9", epochs=100)
@@ -262,7 +262,7 @@ def test_daemon_survives_a_killed_training_subprocess(pg_url: str, kafka_bootstr
     import yaml
     from sqlalchemy import insert, text
 
-    from monitor.alerts.tables import alerts
+    from driftloop.monitor.alerts.tables import alerts
     from tests.alpaca import store_records
 
     s = _settings(pg_url, kafka_bootstrap, topics, tmp_path, base_model, "http://127.0.0.1:9", epochs=100)

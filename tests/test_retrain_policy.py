@@ -10,12 +10,12 @@ import pytest
 import yaml
 from sqlalchemy import insert
 
+from driftloop.monitor.alerts.tables import alerts
+from driftloop.retrain.config import PolicySettings
+from driftloop.retrain.runner import RetrainPolicyJob, RunOutcome
+from driftloop.retrain.tables import retrain_jobs
 from driftloop.settings import ConfigError, load_settings
 from driftloop.store.db import create_engine_from_url
-from monitor.alerts.tables import alerts
-from retrain.config import PolicySettings
-from retrain.runner import RetrainPolicyJob, RunOutcome
-from retrain.tables import retrain_jobs
 from tests.alpaca import store_records
 from tests.retrain_helpers import toy_records
 
@@ -146,7 +146,7 @@ def test_cooldown_max_runs_and_min_samples_under_repeated_alerts(pg_url: str, tm
 
 
 def test_condition_trigger_and_run_in_progress(pg_url: str) -> None:
-    from monitor.tables import monitor_windows, window_metrics
+    from driftloop.monitor.tables import monitor_windows, window_metrics
 
     pol = _policy(trigger={"condition": "quality.feedback_positive_rate < 0.3"}, min_new_samples=1)
     s = load_settings(None, database={"url": pg_url}, retrain={"policies": [pol]})

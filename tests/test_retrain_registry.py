@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from connectors.abc import Promotion, PromotionError, PromotionTarget
-from connectors.config import TargetSettings
-from connectors.filesystem import FilesystemPromotionTarget
+from driftloop.connectors.abc import Promotion, PromotionError, PromotionTarget
+from driftloop.connectors.config import TargetSettings
+from driftloop.connectors.filesystem import FilesystemPromotionTarget
+from driftloop.retrain.registry import ModelRegistry, PromotionFailed, RegistryError
+from driftloop.retrain.tables import model_aliases
 from driftloop.store.db import create_engine_from_url
-from retrain.registry import ModelRegistry, PromotionFailed, RegistryError
-from retrain.tables import model_aliases
 
 pytestmark = pytest.mark.integration
 

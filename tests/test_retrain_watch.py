@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from driftloop.monitor.alerts.tables import alert_notifications, alerts
+from driftloop.monitor.check import DriftCheckJob
+from driftloop.retrain.registry import ModelRegistry
+from driftloop.retrain.runner import build_promotion_targets
+from driftloop.retrain.watch import ROLLBACK_RULE, PromotionWatchJob
 from driftloop.settings import load_settings
 from driftloop.store.db import create_engine_from_url
-from monitor.alerts.tables import alert_notifications, alerts
-from monitor.check import DriftCheckJob
-from retrain.registry import ModelRegistry
-from retrain.runner import build_promotion_targets
-from retrain.watch import ROLLBACK_RULE, PromotionWatchJob
 from tests.alpaca import store_records
 from tests.retrain_helpers import toy_records
 from tests.vllm_stub import VllmStub

@@ -119,7 +119,7 @@ def _retention_settings(url: str, **retention: Any) -> Settings:
 
 @pytest.mark.parametrize("backend", ["pg", "sqlite"])
 def test_retention_deletes_only_old_rows_in_batches(backend: str, request: pytest.FixtureRequest) -> None:
-    from monitor.tables import drift_results, monitor_windows
+    from driftloop.monitor.tables import drift_results, monitor_windows
 
     url = request.getfixturevalue("pg_url" if backend == "pg" else "sqlite_url")
     s = _retention_settings(url, interactions_days=7, rejected_days=2, monitor_days=30, job_runs_days=1)

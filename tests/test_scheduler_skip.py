@@ -30,9 +30,9 @@ def _runs(ctx: jobs.JobContext) -> dict[str, Any]:
         return {r.job: r for r in c.execute(select(jobs.job_runs).order_by(jobs.job_runs.c.id))}
 
 
-@pytest.mark.parametrize(("job", "module"), [("drift_check", "monitor.check"),
-                                             ("quality_check", "monitor.check"),
-                                             ("policy_evaluation", "monitor.alerts.engine")])  # fmt: skip
+@pytest.mark.parametrize(("job", "module"), [("drift_check", "driftloop.monitor.check"),
+                                             ("quality_check", "driftloop.monitor.check"),
+                                             ("policy_evaluation", "driftloop.monitor.alerts.engine")])  # fmt: skip
 def test_missing_module_records_a_skipped_run_and_others_still_succeed(
     ctx: jobs.JobContext, monkeypatch: pytest.MonkeyPatch, job: str, module: str
 ) -> None:
@@ -55,7 +55,7 @@ def test_retention_without_the_monitor_tables_still_deletes_old_ingest_rows(
             {**base, "request_id": "old", "ts": now - timedelta(days=8), "source_offset": 1},
             {**base, "request_id": "new", "ts": now - timedelta(days=6), "source_offset": 2},
         ])  # fmt: skip
-    monkeypatch.setitem(sys.modules, "monitor.tables", None)
+    monkeypatch.setitem(sys.modules, "driftloop.monitor.tables", None)
     out = jobs.retention_once(ctx)
     assert "interactions=1" in out and "monitor tables not touched" in out and "monitor_windows" not in out
     with ctx.engine.connect() as c:

@@ -31,8 +31,8 @@ MODEL = "support-bot"
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A base model (domain A) and two different LoRA adapters (domain B, different seeds and steps)."""
-    from retrain.toy import build_base_model, sample_pairs
-    from retrain.trainer import TrainConfig, train_lora
+    from driftloop.retrain.toy import build_base_model, sample_pairs
+    from driftloop.retrain.trainer import TrainConfig, train_lora
 
     root = tmp_path_factory.mktemp("serve-toy")
     base = build_base_model(root / "base", "A", n=800, epochs=2)
@@ -98,7 +98,7 @@ def wait_for(cond: Callable[[], bool], what: str, limit_s: float = 60.0) -> None
 
 
 def test_completions_chat_and_models_have_openai_shapes_and_log_v1_records(toy: dict[str, str]) -> None:
-    from retrain.trainer import format_prompt
+    from driftloop.retrain.trainer import format_prompt
 
     cap = CapturingLogger()
     app = create_serve_app(settings_for(toy), record_logger=cap)
@@ -344,9 +344,9 @@ def test_a_vllm_promotion_of_a_retrained_adapter_loads_with_the_default_roots(
     when data_dir is, as in the demo); it loads without configuring serve.adapter_roots, elsewhere it does not."""
     import shutil
 
-    from connectors import Promotion, PromotionError, TargetSettings
-    from connectors.vllm import VllmPromotionTarget
-    from retrain.runner import artifacts_dir
+    from driftloop.connectors import Promotion, PromotionError, TargetSettings
+    from driftloop.connectors.vllm import VllmPromotionTarget
+    from driftloop.retrain.runner import artifacts_dir
 
     monkeypatch.chdir(tmp_path)
     s = settings_for(toy, adapter_roots=None, log_records=False)
@@ -473,8 +473,8 @@ def test_active_adapter_follows_loads_and_unloads(toy: dict[str, str], tmp_path:
 
 
 def test_start_up_adapter_from_the_serving_directory(toy: dict[str, str], tmp_path: Path) -> None:
-    from connectors import Promotion, TargetSettings
-    from connectors.filesystem import FilesystemPromotionTarget
+    from driftloop.connectors import Promotion, TargetSettings
+    from driftloop.connectors.filesystem import FilesystemPromotionTarget
 
     serving = tmp_path / "serving"
     fs = FilesystemPromotionTarget(TargetSettings(name="fs", type="filesystem", path=str(serving)))
@@ -523,8 +523,8 @@ class UvicornThread:
 
 
 def test_promotion_hot_swaps_adapters_under_load_without_failing_a_request(toy: dict[str, str]) -> None:
-    from connectors import Promotion, TargetSettings
-    from connectors.vllm import VllmPromotionTarget
+    from driftloop.connectors import Promotion, TargetSettings
+    from driftloop.connectors.vllm import VllmPromotionTarget
 
     cap = CapturingLogger()
     app = create_serve_app(settings_for(toy, max_new_tokens=8), record_logger=cap)

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from retrain.toy import build_base_model, build_model, sample_pairs  # noqa: E402
-from retrain.trainer import (  # noqa: E402
+from driftloop.retrain.toy import build_base_model, build_model, sample_pairs  # noqa: E402
+from driftloop.retrain.trainer import (  # noqa: E402
     CONFIG_FILE,
     LoraSpec,
     TrainConfig,

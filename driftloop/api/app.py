@@ -188,7 +188,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         return Response(render(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # -- windows and drift ----------------------------------------------------------------------
-    from monitor.tables import drift_results, monitor_windows, window_metrics
+    from driftloop.monitor.tables import drift_results, monitor_windows, window_metrics
 
     win_cols = [c for c in monitor_windows.c if c.name not in ("first_id", "last_id", "ref_start", "ref_end")]
 
@@ -244,8 +244,8 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         return FileResponse(p, media_type="text/html; charset=utf-8")
 
     # -- alerts ---------------------------------------------------------------------------------
-    from monitor.alerts.engine import acknowledge
-    from monitor.alerts.tables import OPEN_STATES, alerts
+    from driftloop.monitor.alerts.engine import acknowledge
+    from driftloop.monitor.alerts.tables import OPEN_STATES, alerts
 
     alert_cols = [c for c in alerts.c if c.name not in ("group_key", "last_notified_at")]
 
@@ -292,7 +292,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
 
     # -- jobs -----------------------------------------------------------------------------------
     from driftloop.jobs import JobContext, job_runs, run_named
-    from retrain.tables import retrain_jobs
+    from driftloop.retrain.tables import retrain_jobs
 
     @app.get("/api/v1/jobs", response_model=list[S.JobRun], tags=["jobs"], responses=ERRORS,
              summary="Scheduled-job runs, newest first")  # fmt: skip
@@ -349,7 +349,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
     def run_retrain(policy: PolicyName, who: AdminAuth,
                     force: Annotated[bool, Query(description="run even if not triggered, in cooldown or over "
                                                              "max_runs_per_day")] = False) -> S.Accepted:  # fmt: skip
-        from retrain.runner import RetrainError, RetrainPolicyJob, RetrainRunner, find_policy
+        from driftloop.retrain.runner import RetrainError, RetrainPolicyJob, RetrainRunner, find_policy
 
         try:
             p = find_policy(settings, policy)
@@ -370,7 +370,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
                             f"cancel it at /api/v1/retrain/jobs/{busy[0]}/cancel or wait")  # fmt: skip
         job_id = runner.create_job(p, trigger)
         if not background.start(f"retrain-{policy}", lambda: runner.run(p, trigger, job_id=job_id)):
-            from retrain.runner import request_cancel
+            from driftloop.retrain.runner import request_cancel
 
             request_cancel(engine, job_id)
             raise _conflict(f"a retrain of {policy} started from the API is still running")
@@ -381,7 +381,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
     @app.post("/api/v1/retrain/jobs/{job_id}/cancel", response_model=S.CancelResult, tags=["retrain"],
               responses={**ERRORS, **NOT_FOUND}, summary="Ask a queued or running retrain job to stop")  # fmt: skip
     def cancel_retrain(job_id: Id, who: AdminAuth) -> S.CancelResult:
-        from retrain.runner import RetrainError, request_cancel
+        from driftloop.retrain.runner import RetrainError, request_cancel
 
         try:
             st = request_cancel(engine, job_id)
@@ -391,9 +391,9 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         return S.CancelResult(job_id=job_id, status=st)
 
     # -- models ---------------------------------------------------------------------------------
-    from retrain.registry import ModelRegistry, RegistryError
-    from retrain.registry import ModelVersion as MV
-    from retrain.tables import model_versions
+    from driftloop.retrain.registry import ModelRegistry, RegistryError
+    from driftloop.retrain.registry import ModelVersion as MV
+    from driftloop.retrain.tables import model_versions
 
     reg = ModelRegistry(engine)
 
@@ -416,7 +416,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
             raise _not_found(str(e)) from None
 
     def targets(family: str) -> list[Any]:
-        from retrain.runner import targets_for_family
+        from driftloop.retrain.runner import targets_for_family
 
         try:
             return targets_for_family(settings, family)

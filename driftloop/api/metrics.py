@@ -87,7 +87,7 @@ def _ingest(c: Any) -> Iterable[Metric]:
 
 
 def _windows(c: Any) -> Iterable[Metric]:
-    from monitor.tables import monitor_windows as w
+    from driftloop.monitor.tables import monitor_windows as w
 
     checked = GaugeMetricFamily("driftloop_windows_checked", "Monitor windows checked, by model and status",
                                 labels=["model", "status"])  # fmt: skip
@@ -113,7 +113,7 @@ def _windows(c: Any) -> Iterable[Metric]:
 
 
 def _alerts(c: Any) -> Iterable[Metric]:
-    from monitor.alerts.tables import OPEN_STATES, alerts
+    from driftloop.monitor.alerts.tables import OPEN_STATES, alerts
 
     op = GaugeMetricFamily("driftloop_alerts_open", "Open (fired or acknowledged) alerts",
                            labels=["rule", "severity", "state"])  # fmt: skip
@@ -152,7 +152,7 @@ def _jobs(c: Any) -> Iterable[Metric]:
 
 
 def _retrain(c: Any) -> Iterable[Metric]:
-    from retrain.tables import retrain_jobs as r
+    from driftloop.retrain.tables import retrain_jobs as r
 
     jobs = GaugeMetricFamily("driftloop_retrain_jobs", "Retrain jobs by policy and status", labels=["policy", "status"])
     for pol, st, cnt in c.execute(select(r.c.policy, r.c.status, func.count()).group_by(r.c.policy, r.c.status)):
@@ -171,8 +171,8 @@ def _retrain(c: Any) -> Iterable[Metric]:
 
 
 def _models(c: Any) -> Iterable[Metric]:
-    from retrain.tables import model_aliases as a
-    from retrain.tables import model_versions as v
+    from driftloop.retrain.tables import model_aliases as a
+    from driftloop.retrain.tables import model_versions as v
 
     champ = GaugeMetricFamily("driftloop_model_champion", "1 for the champion version of each model family",
                               labels=["family", "version", "version_id"])  # fmt: skip

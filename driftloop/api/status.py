@@ -57,7 +57,7 @@ def _section(engine: Engine, fn: Any) -> str:
 
 
 def _models(engine: Engine) -> str:
-    from retrain.registry import ModelRegistry
+    from driftloop.retrain.registry import ModelRegistry
 
     reg = ModelRegistry(engine)
     rows = []
@@ -77,7 +77,7 @@ def _models(engine: Engine) -> str:
 
 
 def _alerts(engine: Engine) -> str:
-    from monitor.alerts.tables import OPEN_STATES, alerts
+    from driftloop.monitor.alerts.tables import OPEN_STATES, alerts
 
     with engine.connect() as c:
         rows = c.execute(select(alerts).where(alerts.c.state.in_(OPEN_STATES))
@@ -94,7 +94,7 @@ def _alerts(engine: Engine) -> str:
 
 
 def _drift(engine: Engine) -> str:
-    from monitor.tables import monitor_windows as w
+    from driftloop.monitor.tables import monitor_windows as w
 
     newest = select(w.c.model_id, w.c.segment, func.max(w.c.id).label("id")).group_by(w.c.model_id, w.c.segment)
     sub = newest.subquery()
@@ -115,7 +115,7 @@ def _drift(engine: Engine) -> str:
 
 
 def _retrain(engine: Engine) -> str:
-    from retrain.tables import retrain_jobs as r
+    from driftloop.retrain.tables import retrain_jobs as r
 
     with engine.connect() as c:
         rows = c.execute(select(r).order_by(r.c.id.desc()).limit(10)).mappings().all()

@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 
-import migrations
+import driftloop.migrations as migrations
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

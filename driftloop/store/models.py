@@ -44,9 +44,9 @@ BRIN_TIME_INDEX_WITH = {"pages_per_range": 32, "autosummarize": "on"}
 TABLE_MODULES = (
     "driftloop.store.models",
     "driftloop.jobs",
-    "monitor.tables",
-    "monitor.alerts.tables",
-    "retrain.tables",
+    "driftloop.monitor.tables",
+    "driftloop.monitor.alerts.tables",
+    "driftloop.retrain.tables",
 )
 
 # Tables in driftloop's database that are not driftloop's: APScheduler creates and owns its job store

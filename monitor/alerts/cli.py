@@ -88,7 +88,7 @@ def alerts_list(
     """List stored alerts, newest first."""
     from sqlalchemy import select
 
-    from monitor.alerts.tables import alerts
+    from driftloop.monitor.alerts.tables import alerts
 
     if state not in STATES:
         raise typer.BadParameter(f"must be one of {', '.join(STATES)} (got {state!r})", param_hint="--state")
@@ -125,7 +125,7 @@ def alerts_ack(
     by: Annotated[str, typer.Option("--by", help="Who acknowledges (stored with the alert).")] = "cli",
 ) -> None:
     """Acknowledge a fired alert: no more reminders; it still resolves when its condition clears."""
-    from monitor.alerts.engine import acknowledge, alert_state
+    from driftloop.monitor.alerts.engine import acknowledge, alert_state
 
     eng = _engine(config, "alerts")
     try:
@@ -153,7 +153,7 @@ def policies_test(
 
     The database is the one of --config if given, else the one in FILE (else the default).
     """
-    from monitor.alerts.engine import backtest, load_points
+    from driftloop.monitor.alerts.engine import backtest, load_points
 
     t_from, t_to = parse_time(since, "--from"), parse_time(until, "--to")
     if t_from and t_to and t_from > t_to:

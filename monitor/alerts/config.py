@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from driftloop.monitor.alerts.grammar import ConditionError, parse_condition
 from driftloop.validation import duplicated
-from monitor.alerts.grammar import ConditionError, parse_condition
 
 
 class _Section(BaseModel):
@@ -105,7 +105,7 @@ def cross_check_alerts(settings: Any) -> list[str]:
     """Rules naming unknown metrics or channels, duplicate rule names; ``path: message`` lines."""
     import difflib
 
-    from monitor.metrics import KNOWN_METRICS, is_known_metric
+    from driftloop.monitor.metrics import KNOWN_METRICS, is_known_metric
 
     a: AlertSettings = settings.alerts
     problems: list[str] = []

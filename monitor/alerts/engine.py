@@ -22,12 +22,12 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from driftloop.monitor.alerts.abc import AlertEvent, AlertFired, AlertReminded, AlertResolved, AlertSink
+from driftloop.monitor.alerts.config import RuleSettings
+from driftloop.monitor.alerts.grammar import Node, ordered_metrics, parse_condition
+from driftloop.monitor.alerts.sinks import build_sinks
+from driftloop.monitor.alerts.tables import OPEN_STATES, alert_notifications, alerts
 from driftloop.settings import Settings
-from monitor.alerts.abc import AlertEvent, AlertFired, AlertReminded, AlertResolved, AlertSink
-from monitor.alerts.config import RuleSettings
-from monitor.alerts.grammar import Node, ordered_metrics, parse_condition
-from monitor.alerts.sinks import build_sinks
-from monitor.alerts.tables import OPEN_STATES, alert_notifications, alerts
 
 log = logging.getLogger("driftloop.alerts")
 
@@ -160,8 +160,8 @@ def load_points(engine: Engine, *, since: datetime | None = None, until: datetim
     SQL (``row_number() over (partition by ...)``, PostgreSQL and SQLite >= 3.25), so the cost of a
     scheduled evaluation does not grow with the stored history.
     """
-    from monitor.tables import monitor_windows as mw
-    from monitor.tables import window_metrics as wm
+    from driftloop.monitor.tables import monitor_windows as mw
+    from driftloop.monitor.tables import window_metrics as wm
 
     conds = []
     if since is not None:

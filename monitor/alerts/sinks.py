@@ -12,8 +12,8 @@ from typing import Any
 
 import requests
 
-from monitor.alerts.abc import AlertEvent, AlertSink
-from monitor.alerts.config import ChannelSettings
+from driftloop.monitor.alerts.abc import AlertEvent, AlertSink
+from driftloop.monitor.alerts.config import ChannelSettings
 
 log = logging.getLogger("driftloop.alerts")
 
