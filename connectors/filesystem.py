@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from driftloop.connectors.abc import PROMOTED, REVERTED, Promotion, PromotionError, PromotionTarget
-from driftloop.connectors.config import TargetSettings
+from driftloop.settings.connectors import TargetSettings
 
 log = logging.getLogger("driftloop.connectors")
 

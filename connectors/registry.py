@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from driftloop.connectors.abc import PromotionTarget
-from driftloop.connectors.config import TargetSettings
+from driftloop.settings.connectors import TargetSettings
 
 
 def build_target(ts: TargetSettings, *, default_bootstrap: list[str] | None = None) -> PromotionTarget:

@@ -15,7 +15,7 @@ from typing import Any
 import requests
 
 from driftloop.connectors.abc import Promotion, PromotionError, PromotionTarget
-from driftloop.connectors.config import TargetSettings
+from driftloop.settings.connectors import TargetSettings
 
 log = logging.getLogger("driftloop.connectors")
 

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from driftloop.monitor.config import DISTANCE_METHODS, P_VALUE_METHODS, MonitorSettings
 from driftloop.monitor.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TEXT_FEATURES
+from driftloop.settings.monitor import DISTANCE_METHODS, P_VALUE_METHODS, MonitorSettings
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, func, select, text
 
-from driftloop.monitor.config import MonitorSettings
+from driftloop.settings.monitor import MonitorSettings
 from driftloop.monitor.tables import monitor_windows
 from driftloop.store.models import interactions
 

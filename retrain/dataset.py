@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, select
 
-from driftloop.retrain.config import DataSettings
+from driftloop.settings.retrain import DataSettings
 from driftloop.store.models import feedback, interactions
 
 _REFUSAL_RE: re.Pattern[str] | None = None
@@ -84,19 +84,24 @@ def _eligible_query(model_id: str, since: datetime, until: datetime, positive_mi
     )
 
 
-def count_eligible(engine: Engine, model_id: str, since: datetime, until: datetime, data: DataSettings) -> int:
-    """Records of ``model_id`` in [since, until) with positive feedback or a correction (before filtering)."""
-    q = _eligible_query(model_id, since, until, data.positive_feedback_min, data.use_corrections).subquery()
+def count_eligible(engine: Engine, model_id: str, since: datetime, until: datetime, data: DataSettings, *,
+                   positive_threshold: float) -> int:  # fmt: skip
+    """Records of ``model_id`` in [since, until) with positive feedback or a correction (before filtering).
+
+    ``positive_threshold``: ``feedback.positive_threshold`` (the one definition of positive feedback).
+    """
+    q = _eligible_query(model_id, since, until, positive_threshold, data.use_corrections).subquery()
     with engine.connect() as c:
         return int(c.execute(select(func.count(func.distinct(q.c.request_id)))).scalar_one())
 
 
 def select_records(engine: Engine, model_id: str, data: DataSettings, now: datetime | None = None,
-                   since: datetime | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:  # fmt: skip
+                   since: datetime | None = None, *,
+                   positive_threshold: float) -> tuple[list[dict[str, Any]], dict[str, int]]:  # fmt: skip
     """Eligible, filtered, de-duplicated records in time order, and counts of what was dropped and why."""
     now = now or datetime.now(UTC)
     since = since or now - timedelta(hours=data.lookback_hours)
-    q = _eligible_query(model_id, since, now, data.positive_feedback_min, data.use_corrections)
+    q = _eligible_query(model_id, since, now, positive_threshold, data.use_corrections)
     by_req: dict[str, dict[str, Any]] = {}
     with engine.connect() as c:
         for row in c.execute(q.order_by(interactions.c.ts, feedback.c.ts)).mappings():
@@ -150,13 +155,13 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
 
 
 def build_snapshot(engine: Engine, model_id: str, data: DataSettings, out_root: str | Path, *,
-                   policy: str = "manual", now: datetime | None = None) -> Snapshot:  # fmt: skip
+                   positive_threshold: float, policy: str = "manual", now: datetime | None = None) -> Snapshot:  # fmt: skip
     """Select, filter and split the records; write ``train.jsonl``, ``eval.jsonl`` and ``manifest.json``.
 
     Raises DatasetError when there is too little data to train and evaluate.
     """
     now = now or datetime.now(UTC)
-    records, dropped = select_records(engine, model_id, data, now)
+    records, dropped = select_records(engine, model_id, data, now, positive_threshold=positive_threshold)
     train, ev = split_by_time(records, data.eval_fraction)
     if len(ev) < data.min_eval_samples or not train:
         raise DatasetError(

@@ -26,10 +26,10 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, insert, select, update
 
 from driftloop.connectors.abc import PromotionTarget
-from driftloop.retrain.config import PolicySettings
 from driftloop.retrain.dataset import DatasetError, build_snapshot, count_eligible
 from driftloop.retrain.registry import ModelRegistry, ModelVersion, PromotionFailed
 from driftloop.retrain.tables import retrain_jobs
+from driftloop.settings.retrain import PolicySettings
 
 log = logging.getLogger("driftloop.retrain")
 
@@ -188,7 +188,7 @@ class RetrainRunner:
         t = time.perf_counter()
         champion = self.registry.ensure_base(policy.model_id, policy.base_model)
         snap = build_snapshot(self.engine, policy.model_id, policy.data, artifacts_dir(s) / "datasets",
-                              policy=policy.name)  # fmt: skip
+                              positive_threshold=s.feedback.positive_threshold, policy=policy.name)  # fmt: skip
         timings["dataset_s"] = round(time.perf_counter() - t, 3)
         m = snap.manifest
         self.echo(f"job {job_id}: dataset {snap.path.name}: {m['train_rows']} train / {m['eval_rows']} eval rows "
@@ -383,7 +383,7 @@ class RetrainPolicyJob:
                                    for r in rows]  # fmt: skip
         if policy.trigger.condition:
             from driftloop.monitor.alerts.engine import evaluate, load_points
-            from driftloop.monitor.alerts.grammar import parse_condition
+            from driftloop.settings.conditions import parse_condition
 
             pts = [p for p in load_points(self.engine, model_id=policy.model_id, per_group=3) if p.segment == ""]
             if pts:
@@ -417,7 +417,8 @@ class RetrainPolicyJob:
                 retrain_jobs.c.policy == policy.name, retrain_jobs.c.status == "succeeded"))).scalar()  # fmt: skip
         if last_ok is not None:
             since = max(since, _aware(last_ok))
-        n = count_eligible(self.engine, policy.model_id, since, now, policy.data)
+        n = count_eligible(self.engine, policy.model_id, since, now, policy.data,
+                           positive_threshold=self.settings.feedback.positive_threshold)
         if n < policy.min_new_samples:
             return (
                 None,

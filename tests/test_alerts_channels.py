@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 import pytest
 
 from driftloop.monitor.alerts.abc import AlertEvent, AlertFired, AlertResolved
-from driftloop.monitor.alerts.config import ChannelSettings
 from driftloop.monitor.alerts.sinks import (
     GrafanaAnnotationSink,
     LogAlertSink,
@@ -20,6 +19,7 @@ from driftloop.monitor.alerts.sinks import (
     sign,
     verify,
 )
+from driftloop.settings.alerts import ChannelSettings
 from tests.alerts_helpers import HttpServer
 
 AT = datetime(2026, 1, 1, 12, 30, tzinfo=UTC)

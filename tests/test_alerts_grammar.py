@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from driftloop.cli import app
-from driftloop.monitor.alerts.grammar import BoolOp, Compare, ConditionError, Not, ordered_metrics, parse_condition
 from driftloop.settings import ConfigError, load_settings
+from driftloop.settings.conditions import BoolOp, Compare, ConditionError, Not, ordered_metrics, parse_condition
 
 
 @pytest.mark.parametrize(

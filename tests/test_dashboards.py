@@ -206,11 +206,11 @@ def _rejects(now: datetime) -> list[dict[str, Any]]:
 
 def _registry(eng: Any, tmp: Path, now: datetime) -> None:
     """A succeeded retrain that the gate promotes, a failed one, then a rollback."""
-    from driftloop.connectors.config import TargetSettings
     from driftloop.connectors.filesystem import FilesystemPromotionTarget
     from driftloop.retrain.gate import ExampleScore, GateSpec, decide
     from driftloop.retrain.registry import ModelRegistry
     from driftloop.retrain.tables import retrain_jobs
+    from driftloop.settings.connectors import TargetSettings
 
     rng = random.Random(5)
     champ = [ExampleScore(nll=40.0 + rng.random(), n_tokens=20, rouge_l=0.30 + 0.05 * rng.random(),
@@ -389,7 +389,6 @@ def _run(conn: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         return [c.name for c in cur.description or []], list(cur.fetchall())
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("selection", ["all", "one"])
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 def test_every_query_runs_and_returns_what_its_panel_needs(scenario: Scenario, path: Path, selection: str) -> None:

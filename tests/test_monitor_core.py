@@ -13,11 +13,11 @@ from sqlalchemy import Engine, func, insert, select
 from driftloop.monitor.check import DriftCheckJob, run_check
 from driftloop.monitor.drift import benjamini_hochberg, verdict
 from driftloop.monitor.features import compute_features, detect_language, window_metrics
-from driftloop.monitor.metrics import is_known_metric
 from driftloop.monitor.tables import drift_results, monitor_windows
 from driftloop.monitor.tables import window_metrics as wm
 from driftloop.monitor.windows import due_windows, load_frame, reference_for
 from driftloop.settings import Settings, load_settings
+from driftloop.settings.metrics import is_known_metric
 from driftloop.store.db import create_engine_from_url
 from driftloop.store.models import feedback
 from tests.monitor_helpers import T0, insert_rows, interaction

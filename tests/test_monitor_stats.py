@@ -95,9 +95,9 @@ def test_time_windows_resume_after_partial_runs(pg_url: str, tmp_path: Path) -> 
 
 
 def test_rare_finish_reasons_do_not_read_as_drift_in_small_windows() -> None:
-    from driftloop.monitor.config import MonitorSettings
     from driftloop.monitor.drift import tabular_and_text_drift
     from driftloop.monitor.features import compute_features
+    from driftloop.settings.monitor import MonitorSettings
 
     def frame(n: int, seed: int, p: list[float]) -> pd.DataFrame:
         r = np.random.default_rng(seed)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.retrain.config import DataSettings
 from driftloop.retrain.dataset import (
     DatasetError,
     build_snapshot,
@@ -17,14 +16,16 @@ from driftloop.retrain.dataset import (
     near_key,
     select_records,
 )
+from driftloop.settings import FeedbackSettings
+from driftloop.settings.retrain import DataSettings
 from driftloop.store.db import create_engine_from_url
 from tests.alpaca import store_records
 from tests.retrain_helpers import toy_records
 
-pytestmark = pytest.mark.integration
+POS = FeedbackSettings().positive_threshold  # feedback.positive_threshold's default
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres), "sqlite"])
 def db(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url"))
 
@@ -50,19 +51,22 @@ def test_selection_filters_and_corrections(db: str) -> None:
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     store_records(db, _special(start), topic="special")
     eng = create_engine_from_url(db)
-    recs, dropped = select_records(eng, "toy", DataSettings())
+    recs, dropped = select_records(eng, "toy", DataSettings(), positive_threshold=POS)
     by_prompt = {r["prompt"]: r for r in recs}
     assert set(by_prompt) == {"What is 2 plus 2?", "Wrong one?"}
     assert by_prompt["Wrong one?"]["response"] == "the corrected answer"
     assert by_prompt["Wrong one?"]["source"] == "correction"
     assert dropped == {"refusal": 1, "empty": 1, "duplicate": 1, "cap": 0}
     # exact dedupe keeps the near duplicate; dedupe off keeps both
-    recs2, dropped2 = select_records(eng, "toy", DataSettings(dedupe="exact"))
+    recs2, dropped2 = select_records(eng, "toy", DataSettings(dedupe="exact"), positive_threshold=POS)
     assert len(recs2) == 3 and dropped2["duplicate"] == 0
     # corrections off: the corrected record is not eligible any more
-    recs3, _ = select_records(eng, "toy", DataSettings(use_corrections=False))
+    recs3, _ = select_records(eng, "toy", DataSettings(use_corrections=False), positive_threshold=POS)
     assert "Wrong one?" not in {r["prompt"] for r in recs3}
-    assert count_eligible(eng, "toy", start - timedelta(hours=1), datetime.now(UTC), DataSettings()) == 5
+    since = start - timedelta(hours=1)
+    assert count_eligible(eng, "toy", since, datetime.now(UTC), DataSettings(), positive_threshold=POS) == 5
+    # feedback.positive_threshold decides what is positive: at 0 the unhelpful score-0 record counts too
+    assert count_eligible(eng, "toy", since, datetime.now(UTC), DataSettings(), positive_threshold=0.0) == 6
     eng.dispose()
 
 
@@ -71,10 +75,10 @@ def test_late_feedback_event_makes_a_record_eligible(db: str) -> None:
     recs = toy_records("B", 3, start=start, good=False, correction_rate=0.0, prefix="late")
     store_records(db, recs, topic="t1")
     eng = create_engine_from_url(db)
-    assert select_records(eng, "toy", DataSettings())[0] == []
+    assert select_records(eng, "toy", DataSettings(), positive_threshold=POS)[0] == []
     store_records(db, [{"type": "feedback", "request_id": recs[1]["request_id"], "score": 0.0,
                         "correction": "fixed"}], topic="t2")  # fmt: skip
-    got = select_records(eng, "toy", DataSettings())[0]
+    got = select_records(eng, "toy", DataSettings(), positive_threshold=POS)[0]
     assert [(r["request_id"], r["response"]) for r in got] == [(recs[1]["request_id"], "fixed")]
     eng.dispose()
 
@@ -87,7 +91,7 @@ def test_snapshot_split_by_time_manifest_and_hash(db: str, tmp_path: Path) -> No
     store_records(db, [*recs, dup], topic="snap")
     eng = create_engine_from_url(db)
     data = DataSettings(eval_fraction=0.2, max_samples=250, min_eval_samples=10)
-    snap = build_snapshot(eng, "toy", data, tmp_path / "ds", policy="p1")
+    snap = build_snapshot(eng, "toy", data, tmp_path / "ds", positive_threshold=POS, policy="p1")
     m = snap.manifest
     assert m["dropped"]["cap"] == 301 - m["dropped"]["duplicate"] - 250
     assert m["rows"] == m["train_rows"] + m["eval_rows"]
@@ -100,9 +104,9 @@ def test_snapshot_split_by_time_manifest_and_hash(db: str, tmp_path: Path) -> No
     assert json.loads((snap.path / "manifest.json").read_text())["content_hash"] == snap.content_hash
     assert snap.path.name == f"p1-{snap.content_hash[:12]}"
     # same data -> same snapshot; new data -> a new version
-    assert build_snapshot(eng, "toy", data, tmp_path / "ds", policy="p1").path == snap.path
+    assert build_snapshot(eng, "toy", data, tmp_path / "ds", positive_threshold=POS, policy="p1").path == snap.path
     store_records(db, toy_records("A", 20, start=start + timedelta(hours=1), prefix="more", seed=9), topic="snap2")
-    snap2 = build_snapshot(eng, "toy", data, tmp_path / "ds", policy="p1")
+    snap2 = build_snapshot(eng, "toy", data, tmp_path / "ds", positive_threshold=POS, policy="p1")
     assert snap2.content_hash != snap.content_hash and snap.path.exists()
     eng.dispose()
 
@@ -111,5 +115,5 @@ def test_too_little_data_is_a_clear_error(db: str, tmp_path: Path) -> None:
     store_records(db, toy_records("A", 10, start=datetime.now(UTC) - timedelta(hours=1)), topic="few")
     eng = create_engine_from_url(db)
     with pytest.raises(DatasetError, match="need >= 20 eval"):
-        build_snapshot(eng, "toy", DataSettings(), tmp_path / "ds")
+        build_snapshot(eng, "toy", DataSettings(), tmp_path / "ds", positive_threshold=POS)
     eng.dispose()

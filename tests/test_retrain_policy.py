@@ -11,10 +11,10 @@ import yaml
 from sqlalchemy import insert
 
 from driftloop.monitor.alerts.tables import alerts
-from driftloop.retrain.config import PolicySettings
 from driftloop.retrain.runner import RetrainPolicyJob, RunOutcome
 from driftloop.retrain.tables import retrain_jobs
 from driftloop.settings import ConfigError, load_settings
+from driftloop.settings.retrain import PolicySettings
 from driftloop.store.db import create_engine_from_url
 from tests.alpaca import store_records
 from tests.retrain_helpers import toy_records

@@ -8,13 +8,11 @@ import pytest
 from sqlalchemy import select
 
 from driftloop.connectors.abc import Promotion, PromotionError, PromotionTarget
-from driftloop.connectors.config import TargetSettings
 from driftloop.connectors.filesystem import FilesystemPromotionTarget
 from driftloop.retrain.registry import ModelRegistry, PromotionFailed, RegistryError
 from driftloop.retrain.tables import model_aliases
+from driftloop.settings.connectors import TargetSettings
 from driftloop.store.db import create_engine_from_url
-
-pytestmark = pytest.mark.integration
 
 
 class RecordingTarget(PromotionTarget):
@@ -38,7 +36,7 @@ class RecordingTarget(PromotionTarget):
         self.serving = p.previous_version
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres), "sqlite"])
 def reg(request: pytest.FixtureRequest) -> ModelRegistry:
     url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
     return ModelRegistry(create_engine_from_url(url))

@@ -217,6 +217,32 @@ def test_check_config_single_problems(tmp_path: Path, text: str, needle: str) ->
     assert needle in out
 
 
+_POLICY = "{name: p, model_id: m, base_model: /b, trigger: {condition: drift.score > 0.5}, data: %s}"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("monitor:\n  feedback_positive_threshold: 0.7\n", "monitor.feedback_positive_threshold"),
+        ("retrain:\n  policies:\n    - " + _POLICY % "{positive_feedback_min: 0.7}\n",
+         "retrain.policies.0.data.positive_feedback_min"),
+    ],
+)  # fmt: skip
+def test_old_positive_feedback_keys_name_the_one_setting(tmp_path: Path, text: str, where: str) -> None:
+    code, out = check(write(tmp_path, text))
+    assert code == 2
+    assert f"{where}: this setting moved: set feedback.positive_threshold instead" in out
+
+
+@pytest.mark.parametrize(("value", "ok"), [(0.0, True), (1.0, True), (0.7, True), (-0.1, False), (1.5, False)])
+def test_feedback_positive_threshold_is_one_bounded_setting(value: float, ok: bool) -> None:
+    if ok:
+        assert load_settings(None, feedback={"positive_threshold": value}).feedback.positive_threshold == value
+    else:
+        with pytest.raises(ConfigError, match=r"feedback\.positive_threshold: must be"):
+            load_settings(None, feedback={"positive_threshold": value})
+
+
 def test_check_config_invalid_yaml_line_number(tmp_path: Path) -> None:
     code, out = check(write(tmp_path, "database:\n  url: x\nkafka:\n  topics: [a, b\n  dlq_topic: c\n"))
     assert code == 2

@@ -13,7 +13,7 @@ from typing import Any
 import requests
 
 from driftloop.monitor.alerts.abc import AlertEvent, AlertSink
-from driftloop.monitor.alerts.config import ChannelSettings
+from driftloop.settings.alerts import ChannelSettings
 
 log = logging.getLogger("driftloop.alerts")
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import difflib
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from driftloop.monitor.alerts.grammar import ConditionError, parse_condition
-from driftloop.validation import duplicated
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+from driftloop.settings.base import Section, duplicated
+from driftloop.settings.conditions import ConditionError, parse_condition
+from driftloop.settings.metrics import KNOWN_METRICS, is_known_metric
 
 
-class ChannelSettings(_Section):
+class ChannelSettings(Section):
     """A notification channel: ``log``, ``webhook``, ``slack`` or ``grafana``."""
 
     name: str = Field(min_length=1)
@@ -50,7 +48,7 @@ class ChannelSettings(_Section):
 _MODEL_ONLY: tuple[Literal["model", "segment"], ...] = ("model",)
 
 
-class RuleSettings(_Section):
+class RuleSettings(Section):
     """An alert rule: fire when ``condition`` held in ``windows`` of the last ``of`` windows."""
 
     name: str = Field(min_length=1, max_length=128)
@@ -85,7 +83,7 @@ def _default_channels() -> list[ChannelSettings]:
     return [ChannelSettings(name="log", type="log")]
 
 
-class AlertSettings(_Section):
+class AlertSettings(Section):
     """Alert rules and notification channels."""
 
     enabled: bool = True
@@ -101,13 +99,8 @@ class AlertSettings(_Section):
         return v
 
 
-def cross_check_alerts(settings: Any) -> list[str]:
+def cross_check_alerts(a: AlertSettings) -> list[str]:
     """Rules naming unknown metrics or channels, duplicate rule names; ``path: message`` lines."""
-    import difflib
-
-    from driftloop.monitor.metrics import KNOWN_METRICS, is_known_metric
-
-    a: AlertSettings = settings.alerts
     problems: list[str] = []
     channels = {c.name for c in a.channels}
     seen: set[str] = set()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from driftloop.settings.base import Section
 
 P_VALUE_METHODS = frozenset(
     {"ks", "chisquare", "z", "t_test", "mannw", "anderson", "fisher_exact", "cramer_von_mises", "g_test", "es",
@@ -16,11 +18,7 @@ TEXT_METHODS = frozenset({"abs_text_content_drift", "perc_text_content_drift"})
 KNOWN_METHODS = P_VALUE_METHODS | DISTANCE_METHODS | TEXT_METHODS
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class WindowSettings(_Section):
+class WindowSettings(Section):
     """Tumbling windows: by record count (ingestion order) or by time."""
 
     kind: Literal["count", "time"] = "count"
@@ -29,7 +27,7 @@ class WindowSettings(_Section):
     grace_s: float = Field(30.0, ge=0, description="a time window is checked this long after it ends")
 
 
-class ReferenceSettings(_Section):
+class ReferenceSettings(Section):
     """What a window is compared with.
 
     * ``previous``: the ``windows`` windows before it (a sliding baseline);
@@ -58,7 +56,7 @@ class ReferenceSettings(_Section):
 _TEXT_COLS: tuple[Literal["prompt", "response"], ...] = ("prompt", "response")
 
 
-class EmbeddingSettings(_Section):
+class EmbeddingSettings(Section):
     """Embedding drift on MiniLM sentence embeddings of a bounded sample per window."""
 
     enabled: bool = True
@@ -69,7 +67,7 @@ class EmbeddingSettings(_Section):
     max_tokens: int = Field(128, ge=16, le=256, description="texts are cut at this many word pieces")
 
 
-class DriftMethodSettings(_Section):
+class DriftMethodSettings(Section):
     """Evidently stattests: per group and per column (names as in Evidently: ks, psi, wasserstein, ...)."""
 
     num_method: str | None = None
@@ -95,7 +93,7 @@ class DriftMethodSettings(_Section):
         return v
 
 
-class MonitorSettings(_Section):
+class MonitorSettings(Section):
     """Windows, references, features and the drift verdict."""
 
     enabled: bool = True
@@ -110,7 +108,6 @@ class MonitorSettings(_Section):
     drift_share: float = Field(
         0.25, gt=0, le=1, description="dataset drifted when this share of features drifted (after BH)"
     )
-    feedback_positive_threshold: float = Field(0.5, description="a feedback score >= this is positive")
     text_sample: int = Field(2000, gt=10, description="rows per side for text drift (bounded cost)")
     language_sample: int = Field(200, ge=0, description="prompts per window whose language is detected")
     reports: bool = True

@@ -1,27 +1,25 @@
 """Settings of the retrain loop: policies, promotion targets and the post-promotion watch.
 
-This module imports only pydantic (no torch): the daemon validates retrain policies with
-``driftloop check-config`` even where the ``retrain`` extra is not installed.
+Imports only pydantic (no torch): ``driftloop check-config`` validates retrain policies where the
+``retrain`` extra is not installed, and the trainer and the gate take these very models.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from driftloop.connectors.config import TargetSettings
-from driftloop.monitor.alerts.grammar import ConditionError, parse_condition
-from driftloop.validation import duplicated
+from driftloop.settings.alerts import AlertSettings
+from driftloop.settings.base import Section, duplicated
+from driftloop.settings.conditions import ConditionError, parse_condition
+from driftloop.settings.connectors import TargetSettings
+from driftloop.settings.metrics import is_known_metric
 
 GATE_METRICS = ("perplexity", "rouge_l", "bleu", "exact_match")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class TriggerSettings(_Section):
+class TriggerSettings(Section):
     """When a policy wants a retrain: any of the named alerts open, or the condition true on the latest window."""
 
     alerts: list[str] = Field(default_factory=list, description="alert rule names; an open alert of one triggers")
@@ -44,11 +42,10 @@ class TriggerSettings(_Section):
         return self
 
 
-class DataSettings(_Section):
+class DataSettings(Section):
     """Which production records become training data."""
 
     lookback_hours: float = Field(24.0 * 7, gt=0, description="only records newer than this")
-    positive_feedback_min: float = Field(0.5, description="feedback score at or above which a record is 'good'")
     use_corrections: bool = Field(True, description="a feedback correction replaces the response")
     drop_refusals: bool = True
     drop_empty: bool = True
@@ -59,7 +56,7 @@ class DataSettings(_Section):
     min_eval_samples: int = Field(20, gt=0)
 
 
-class LoraSettings(_Section):
+class LoraSettings(Section):
     """LoRA adapter shape; target_modules empty = chosen per architecture."""
 
     r: int = Field(8, gt=0, le=1024)
@@ -68,7 +65,7 @@ class LoraSettings(_Section):
     target_modules: list[str] = Field(default_factory=list)
 
 
-class TrainingSettings(_Section):
+class TrainingSettings(Section):
     """Optimisation settings of one fine-tuning run."""
 
     epochs: float = Field(1.0, gt=0, le=100)
@@ -82,7 +79,7 @@ class TrainingSettings(_Section):
     timeout_minutes: float = Field(120.0, gt=0, description="the training subprocess is killed after this")
 
 
-class GateSettings(_Section):
+class GateSettings(Section):
     """The statistical promotion gate (paired bootstrap over held-out examples)."""
 
     primary: Literal["perplexity", "rouge_l", "bleu", "exact_match"] = "perplexity"
@@ -112,7 +109,7 @@ class GateSettings(_Section):
         return self
 
 
-class PolicySettings(_Section):
+class PolicySettings(Section):
     """A retrain policy: when to retrain which model family, on what data, and how to decide."""
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -131,7 +128,7 @@ class PolicySettings(_Section):
     enabled: bool = True
 
 
-class WatchSettings(_Section):
+class WatchSettings(Section):
     """Post-promotion watch: compare live quality after a promotion with the windows before it."""
 
     enabled: bool = True
@@ -143,7 +140,7 @@ class WatchSettings(_Section):
                                 description="alert channels told of a rollback (it is always logged)")  # fmt: skip
 
 
-class RetrainSettings(_Section):
+class RetrainSettings(Section):
     """The improvement loop: policies, targets, the watch and where artifacts go."""
 
     enabled: bool = True
@@ -163,13 +160,10 @@ class RetrainSettings(_Section):
         return v
 
 
-def cross_check_retrain(settings: object) -> list[str]:
+def cross_check_retrain(r: RetrainSettings, alerts: AlertSettings) -> list[str]:
     """Policies naming unknown alert rules, targets or metrics; ``path: message`` lines."""
-    from driftloop.monitor.metrics import is_known_metric
-
-    r: RetrainSettings = settings.retrain  # type: ignore[attr-defined]
-    rules = {x.name for x in settings.alerts.rules}  # type: ignore[attr-defined]
-    channels = {c.name for c in settings.alerts.channels}  # type: ignore[attr-defined]
+    rules = {x.name for x in alerts.rules}
+    channels = {c.name for c in alerts.channels}
     targets = [t.name for t in r.targets]
     problems: list[str] = []
     dup = duplicated(targets)

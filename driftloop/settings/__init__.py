@@ -16,24 +16,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from driftloop.monitor.alerts.config import AlertSettings
-from driftloop.monitor.config import MonitorSettings
-from driftloop.retrain.config import RetrainSettings
-from driftloop.scheduler_config import SchedulerSettings
-from driftloop.validation import duplicated
+from driftloop.settings.alerts import AlertSettings, cross_check_alerts
+from driftloop.settings.base import Section, duplicated
+from driftloop.settings.monitor import MonitorSettings
+from driftloop.settings.retrain import RetrainSettings, cross_check_retrain
+from driftloop.settings.scheduler import SchedulerSettings
 
 ENV_PREFIX = "DRIFTLOOP_"
 CONFIG_ENV = "DRIFTLOOP_CONFIG"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class DatabaseSettings(_Section):
+class DatabaseSettings(Section):
     """Where interactions, results and the registry live."""
 
     url: str = "sqlite:///driftloop-data/driftloop.db"
@@ -53,7 +49,7 @@ class DatabaseSettings(_Section):
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
-class KafkaSettings(_Section):
+class KafkaSettings(Section):
     """Broker, topics and kafka-python client options."""
 
     # NoDecode: env values are "a:1,b:2" (split below), not JSON (pydantic-settings' default for lists)
@@ -106,7 +102,7 @@ class KafkaSettings(_Section):
         return v
 
 
-class IngestSettings(_Section):
+class IngestSettings(Section):
     """Batching and input limits of the ingestion pipeline."""
 
     # 7500 measured best on 2 cores with ~1 KB records (bench/ingest.py: 5000 and 2500 were 5-10 % slower)
@@ -143,7 +139,7 @@ class IngestSettings(_Section):
         return v
 
 
-class PiiRule(_Section):
+class PiiRule(Section):
     """A custom redaction rule: a regular expression and its replacement."""
 
     name: str = Field(min_length=1)
@@ -167,7 +163,7 @@ _ALL_PII: tuple[BuiltinPii, ...] = ("email", "phone", "credit_card", "ip_address
 DEFAULT_USER_ID_SALT = "driftloop-default-salt-change-me"
 
 
-class PiiSettings(_Section):
+class PiiSettings(Section):
     """PII redaction applied to every stored text field."""
 
     enabled: bool = True
@@ -178,7 +174,7 @@ class PiiSettings(_Section):
     user_id_salt: str = DEFAULT_USER_ID_SALT
 
 
-class ApiToken(_Section):
+class ApiToken(Section):
     """A bearer token for the HTTP API: ``read`` may call GET endpoints, ``admin`` everything."""
 
     name: str = Field(min_length=1, max_length=64)
@@ -197,7 +193,7 @@ class ApiToken(_Section):
         return self.token if self.token else os.environ.get(self.token_env or "")
 
 
-class ApiSettings(_Section):
+class ApiSettings(Section):
     """HTTP API, status page and Prometheus metrics endpoint."""
 
     host: str = "127.0.0.1"
@@ -217,7 +213,7 @@ class ApiSettings(_Section):
         return v
 
 
-class GrafanaSettings(_Section):
+class GrafanaSettings(Section):
     """Where `driftloop dashboards push` sends the dashboards and the datasource."""
 
     url: str | None = Field(None, description="e.g. http://grafana:3000")
@@ -241,7 +237,7 @@ class GrafanaSettings(_Section):
         return v.rstrip("/") if v else v
 
 
-class ServeSettings(_Section):
+class ServeSettings(Section):
     """`driftloop serve`: the reference OpenAI-compatible server (base model + current LoRA adapter)."""
 
     host: str = "127.0.0.1"
@@ -267,6 +263,12 @@ class ServeSettings(_Section):
     )
 
 
+class FeedbackSettings(Section):
+    """What counts as positive feedback: one threshold for the quality metrics and the retrain data."""
+
+    positive_threshold: float = Field(0.5, ge=0, le=1, description="a feedback score >= this is positive")
+
+
 class Settings(BaseSettings):
     """The whole configuration of a driftloop daemon."""
 
@@ -281,6 +283,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     grafana: GrafanaSettings = Field(default_factory=GrafanaSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
@@ -322,11 +325,29 @@ _MESSAGES = {
 }
 
 
+# Keys that moved: (where the old key sat, with "*" for any list index) -> where it lives now.
+_MOVED: dict[tuple[str, ...], str] = {
+    ("monitor", "feedback_positive_threshold"): "feedback.positive_threshold",
+    ("retrain", "policies", "*", "data", "positive_feedback_min"): "feedback.positive_threshold",
+}
+
+
+def _moved_to(loc: tuple[int | str, ...]) -> str | None:
+    for old, new in _MOVED.items():
+        if len(old) == len(loc) and all(o in ("*", str(p)) for o, p in zip(old, loc, strict=True)):
+            return new
+    return None
+
+
 def format_validation_error(err: ValidationError) -> list[str]:
     """Turn a pydantic error into ``dotted.path: message`` lines."""
     out: list[str] = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        moved = _moved_to(tuple(e["loc"])) if e["type"] == "extra_forbidden" else None
+        if moved:
+            out.append(f"{path}: this setting moved: set {moved} instead (one threshold for monitoring and retraining)")
+            continue
         tmpl = _MESSAGES.get(e["type"])
         ctx = e.get("ctx") or {}
         if tmpl:
@@ -394,16 +415,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
 
 def cross_check(settings: Settings) -> list[str]:
     """Checks that span sections (e.g. alert rules naming channels that exist)."""
-    problems: list[str] = []
-    try:
-        from driftloop.monitor.alerts.config import cross_check_alerts
-    except ImportError:  # pragma: no cover - filled in by the alerting module
-        return problems
-    problems.extend(cross_check_alerts(settings))
-    from driftloop.retrain.config import cross_check_retrain
-
-    problems.extend(cross_check_retrain(settings))
-    return problems
+    return cross_check_alerts(settings.alerts) + cross_check_retrain(settings.retrain, settings.alerts)
 
 
 # -- start-up checks ----------------------------------------------------------------------------

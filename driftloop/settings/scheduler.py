@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator
+
+from driftloop.settings.base import Section
 
 
-class _Section(BaseModel):
+class _Section(Section):
+    # the old names of two intervals are accepted as aliases (validation_alias below)
     model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
 
 

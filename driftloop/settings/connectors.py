@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from driftloop.settings.base import Section
 
 _ONLY = {
     "path": ("filesystem",),
@@ -16,10 +18,8 @@ _ONLY = {
 }
 
 
-class TargetSettings(BaseModel):
+class TargetSettings(Section):
     """A promotion target: ``filesystem`` (serving directory), ``vllm`` (adapter HTTP API) or ``kafka`` (event)."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     name: str = Field(min_length=1)
     type: Literal["filesystem", "vllm", "kafka"]
