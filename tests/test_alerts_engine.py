@@ -226,7 +226,7 @@ def test_live_job_and_backtest_agree_window_by_window(pg_url: str, pg_engine: En
     assert all(r["value"] in (2500.0, 900.0) for r in fired)  # value: the first metric of the condition
 
 
-@pytest.mark.parametrize("kind", [pytest.param("pg", marks=pytest.mark.postgres), "sqlite"])
+@pytest.mark.parametrize("kind", ["pg", "sqlite"])
 def test_load_points_keeps_the_newest_windows_of_each_group(kind: str, request: pytest.FixtureRequest) -> None:
     url = request.getfixturevalue("pg_url" if kind == "pg" else "sqlite_url")
     eng = create_engine(url)
@@ -348,7 +348,7 @@ def test_lifecycle_on_sqlite(sqlite_url: str) -> None:
     eng.dispose()
 
 
-@pytest.mark.parametrize("kind", [pytest.param("pg", marks=pytest.mark.postgres), "sqlite"])
+@pytest.mark.parametrize("kind", ["pg", "sqlite"])
 def test_migration_0003_up_and_down(kind: str, empty_pg_url: str, tmp_path: Any) -> None:
     url = empty_pg_url if kind == "pg" else f"sqlite:///{tmp_path}/m.db"
     migrate(url, "0003_alerts")

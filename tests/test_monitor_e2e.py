@@ -27,7 +27,7 @@ from driftloop.settings.conditions import parse_condition
 from tests.alpaca import load, now_minus, store_records, to_log_records
 from tests.ingest_helpers import produce_values, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 POLICY = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy/policies.example.yaml").read_text())
 WINDOW = POLICY["monitor"]["window"]["size"]

@@ -38,7 +38,7 @@ from tests.ingest_helpers import ingest_until_idle, produce_values, wait_for
 from tests.retrain_helpers import toy_records
 from tests.vllm_stub import VllmStub
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WINDOW = 150
 

@@ -14,6 +14,8 @@ from driftloop import jobs
 from driftloop.settings import load_settings
 from driftloop.store.models import interactions
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def ctx(pg_url: str) -> Any:

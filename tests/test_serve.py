@@ -654,7 +654,6 @@ def broker() -> Iterator[LocalTansu]:
         b.stop()
 
 
-@pytest.mark.kafka  # its own Tansu (stopped and restarted)
 def test_kafka_outage_never_fails_requests_and_logging_resumes(toy: dict[str, str], broker: LocalTansu) -> None:
     from driftloop.broker import ensure_topics
 
