@@ -1,0 +1,1 @@
+"""The serving routes, one router per resource: completions (and chat), adapters, feedback, health."""
