@@ -33,8 +33,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
+
+from driftloop.records import (
+    INTERACTION_FIELDS,
+    FeedbackEventV1,
+    LogRecordV1,
+    now_rfc3339,
+    to_wire,
+)
+
+__all__ = ["DriftloopLogger", "LoggerStats", "RecordLogger", "feedback_record", "fit_record", "now_rfc3339",
+           "wrap_openai"]  # fmt: skip
 
 log = logging.getLogger("driftloop.client")
 
@@ -65,11 +77,6 @@ RETRIES_EXHAUSTED = "retries exhausted"
 
 _TEXT_FIELDS = ("prompt", "response", "reference", "correction", "comment", "user_id")
 _MARKER_BYTES = len(TRUNCATION_MARKER.encode())
-
-
-def now_rfc3339() -> str:
-    """The current UTC time as RFC 3339 with milliseconds and ``Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # ------------------------------------------------------------------------------------------- record size cap
@@ -223,7 +230,8 @@ def _describe(exc: BaseException | None) -> str:
 class LoggerStats:
     """Counters of a :class:`RecordLogger` since start.
 
-    ``dropped``: buffer full or closed. ``invalid``: not JSON. ``truncated``: sent cut to fit the caps.
+    ``dropped``: buffer full or closed. ``invalid``: not JSON, or a ``log`` call that is not a valid v1 record
+    (ingestion would refuse it). ``truncated``: sent cut to fit the caps.
     ``rejected``: refused for a reason of their own and dropped without retrying (``rejected_reasons``: by
     reason, e.g. ``record too large``). ``send_errors``: failed delivery attempts (retried). ``last_error``: the
     current transient problem (None once a send succeeds); ``last_rejected``: the last rejection, with detail.
@@ -328,12 +336,14 @@ class RecordLogger:
 
     # -- producer side (your request path) --------------------------------------------------------------------
 
-    def submit(self, record: Mapping[str, Any]) -> bool:
-        """Queue ``record`` (JSON-serialisable); False when it was dropped (buffer full, closed, not JSON, too large).
+    def submit(self, record: LogRecordV1 | FeedbackEventV1 | Mapping[str, Any]) -> bool:
+        """Queue ``record`` (a v1 record or any JSON object); False when it was dropped (buffer full, closed, not
+        JSON, too large).
 
         A record over the caps is truncated and queued (True); see :func:`fit_record`.
         """
         try:
+            record = to_wire(record)
             value, note = fit_record(record, self.max_record_bytes, self.max_field_chars)
             rid = record.get("request_id")
             key = str(rid).encode() if rid is not None else None
@@ -341,9 +351,7 @@ class RecordLogger:
             self._reject(TOO_LARGE, str(e))
             return False
         except (TypeError, ValueError) as e:
-            with self._cond:
-                self._invalid += 1
-            log.warning("driftloop log record dropped: not JSON-serialisable (%s)", e)
+            self.count_invalid(f"not JSON-serialisable: {e}")
             return False
         first = False
         with self._cond:
@@ -525,6 +533,12 @@ class RecordLogger:
                 self._last_error = None
         return ok, keep + unsent
 
+    def count_invalid(self, detail: str) -> None:
+        """Count a record dropped before queueing because it is not a valid v1 record (``stats().invalid``)."""
+        with self._cond:
+            self._invalid += 1
+        log.warning("driftloop log record dropped: %s", detail)
+
     def _reject(self, reason: str, detail: str) -> None:
         with self._cond:
             self._rejected[reason] += 1
@@ -602,22 +616,26 @@ class DriftloopLogger:
         on the driftloop side. Never blocks, never raises because of Kafka.
         """
         rid = request_id or uuid.uuid4().hex
-        rec: dict[str, Any] = {"request_id": rid, "timestamp": now_rfc3339(), "model_id": self.model_id}
-        if self.model_version is not None:
-            rec["model_version"] = self.model_version
+        rec: dict[str, Any] = {"request_id": rid, "timestamp": now_rfc3339(), "model_id": self.model_id,
+                               "model_version": self.model_version}  # fmt: skip
         if isinstance(prompt, str):
             rec["prompt"] = prompt
         else:
             rec["messages"] = [dict(m) for m in prompt]
-        if response is not None:
-            rec["response"] = response
+        rec["response"] = response
         if latency_ms is not None:
             rec["latency_ms"] = round(max(0.0, float(latency_ms)), 3)
         meta = {**self.metadata, **(fields.pop("metadata", None) or {})}
-        rec.update({k: v for k, v in fields.items() if v is not None})
-        if meta:
-            rec["metadata"] = meta
-        self.records.submit(rec)
+        for k, v in fields.items():
+            if v is not None:  # unknown names go to metadata, as ingestion would put them
+                (rec if k in INTERACTION_FIELDS else meta)[k] = v
+        rec["metadata"] = meta or None
+        try:
+            record = msgspec.convert(rec, LogRecordV1)
+        except msgspec.ValidationError as e:  # what ingestion would refuse for its shape: count it here
+            self.records.count_invalid(f"{rid} is not a valid v1 record: {e}")
+            return rid
+        self.records.submit(record)
         return rid
 
     def feedback(
@@ -634,7 +652,7 @@ class DriftloopLogger:
         At least one of ``score``, ``correction``, ``comment`` is required (ValueError otherwise). A
         ``feedback_id`` is generated when not given, so a retried send is stored once.
         """
-        ev = feedback_event(request_id, score=score, correction=correction, comment=comment, feedback_id=feedback_id)
+        ev = feedback_record(request_id, score=score, correction=correction, comment=comment, feedback_id=feedback_id)
         return self.records.submit(ev)
 
     def stats(self) -> LoggerStats:
@@ -656,6 +674,24 @@ class DriftloopLogger:
         self.close()
 
 
+def feedback_record(
+    request_id: str,
+    *,
+    score: float | None = None,
+    correction: str | None = None,
+    comment: str | None = None,
+    feedback_id: str | None = None,
+) -> FeedbackEventV1:
+    """A v1 feedback event; ValueError when it carries nothing. A ``feedback_id`` is generated when not given."""
+    if not request_id:
+        raise ValueError("request_id: must not be empty")
+    if score is None and correction is None and comment is None:
+        raise ValueError("feedback needs at least one of score, correction, comment")
+    return FeedbackEventV1(type="feedback", request_id=request_id, timestamp=now_rfc3339(),
+                           feedback_id=feedback_id or uuid.uuid4().hex, score=None if score is None else float(score),
+                           correction=correction, comment=comment)  # fmt: skip
+
+
 def feedback_event(
     request_id: str,
     *,
@@ -664,20 +700,9 @@ def feedback_event(
     comment: str | None = None,
     feedback_id: str | None = None,
 ) -> dict[str, Any]:
-    """A v1 feedback event (``{"type": "feedback", ...}``); ValueError when it carries nothing."""
-    if not request_id:
-        raise ValueError("request_id: must not be empty")
-    if score is None and correction is None and comment is None:
-        raise ValueError("feedback needs at least one of score, correction, comment")
-    ev: dict[str, Any] = {"type": "feedback", "request_id": request_id, "timestamp": now_rfc3339(),
-                          "feedback_id": feedback_id or uuid.uuid4().hex}  # fmt: skip
-    if score is not None:
-        ev["score"] = float(score)
-    if correction is not None:
-        ev["correction"] = correction
-    if comment is not None:
-        ev["comment"] = comment
-    return ev
+    """:func:`feedback_record` as a JSON object."""
+    return to_wire(feedback_record(request_id, score=score, correction=correction, comment=comment,
+                                   feedback_id=feedback_id))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- wrap_openai

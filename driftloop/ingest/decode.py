@@ -1,7 +1,9 @@
 """Decode and validate one Kafka message into a row, or raise InvalidMessage with a reason.
 
-The v1 log record schema is documented in the README. Decoding never raises anything but
-InvalidMessage: arbitrary bytes either become a row or a reject with a machine-readable reason.
+The v1 log record types are defined once, in :mod:`driftloop.records` (the client builds the same
+types); this module adds what only ingestion needs: limits, reasons, rows. The schema is in the
+README. Decoding never raises anything but InvalidMessage: arbitrary bytes either become a row or a
+reject with a machine-readable reason.
 """
 
 from __future__ import annotations
@@ -11,11 +13,19 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 
 from driftloop.ingest.redact import Redactor
+from driftloop.records import (
+    FEEDBACK_FIELDS,
+    INTERACTION_FIELDS,
+    ChatMessage,
+    FeedbackEventV1,
+    InlineFeedback,
+    LogRecordV1,
+)
 
 # Reasons (stable strings: they go into DLQ headers, rejected_messages.reason and metrics labels).
 OVERSIZE = "oversize"
@@ -40,67 +50,13 @@ class InvalidMessage(Exception):
         self.detail = detail
 
 
-Int32 = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
-Finite = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
-NonNeg = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-ShortStr = Annotated[str, msgspec.Meta(max_length=256)]
-
-
-class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
-    role: Annotated[str, msgspec.Meta(max_length=64)]
-    content: str | None = None
-
-
-class InlineFeedback(msgspec.Struct, forbid_unknown_fields=True):
-    score: Finite | None = None
-    comment: str | None = None
-    correction: str | None = None
-    feedback_id: Id | None = None
-
-
-class LogRecordV1(msgspec.Struct):
-    request_id: Id
-    timestamp: str | int | float | None = None
-    model_id: ShortStr | None = None
-    model_version: ShortStr | None = None
-    prompt: str | list[ChatMessage] | None = None
-    messages: list[ChatMessage] | None = None
-    response: str | None = None
-    latency_ms: NonNeg | None = None
-    tokens_in: Int32 | None = None
-    tokens_out: Int32 | None = None
-    finish_reason: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    user_id: str | None = None
-    session_id: ShortStr | None = None
-    feedback: InlineFeedback | Finite | None = None
-    reference: str | None = None
-    metadata: dict[str, Any] | None = None
-    type: str | None = None
-    schema_version: int | None = None
-
-
 class _StrictRecordV1(LogRecordV1, forbid_unknown_fields=True):
     """Fast path: records with only known fields decode straight into a struct."""
-
-
-class FeedbackEventV1(msgspec.Struct, forbid_unknown_fields=False):
-    type: str
-    request_id: Id
-    score: Finite | None = None
-    comment: str | None = None
-    correction: str | None = None
-    timestamp: str | int | float | None = None
-    feedback_id: Id | None = None
-    metadata: dict[str, Any] | None = None
 
 
 Row = dict[str, Any]
 #: ``(kind, row, inline feedback rows)``; kind is ``interaction`` or ``feedback``.
 Decoded = tuple[str, Row, list[Row]]
-
-INTERACTION_FIELDS = frozenset(LogRecordV1.__struct_fields__)
-FEEDBACK_FIELDS = frozenset(FeedbackEventV1.__struct_fields__)
 
 
 @dataclass(slots=True)
