@@ -260,15 +260,7 @@ def push(settings: Settings, directory: Path, *, api: Any = None, echo: Callable
     from grafana_client.client import GrafanaException
 
     g = settings.grafana
-    if not g.url:
-        raise DashboardError("grafana.url is not set: add `grafana: {url: http://grafana:3000}` to the config, "
-                             "set DRIFTLOOP_GRAFANA__URL or pass --url")  # fmt: skip
-    token = grafana_token(settings)
-    has_basic = "@" in g.url.split("://", 1)[1].split("/", 1)[0]
-    if not token and not has_basic:
-        raise DashboardError(f"no Grafana token: set ${g.token_env or 'GRAFANA_TOKEN'} (grafana.token_env) or "
-                             "grafana.token to a service-account token (Administration > Users and access > "
-                             "Service accounts, role Editor or Admin)")  # fmt: skip
+    token = _push_token(settings)
     dashboards = load_dashboards(directory)
     payload = datasource_payload(settings)
     res = PushResult()
@@ -282,60 +274,96 @@ def push(settings: Settings, directory: Path, *, api: Any = None, echo: Callable
     try:
         health = api.client.GET("/health")  # GET /api/health: no auth needed, says whether Grafana's DB is ok
         say(f"grafana {g.url}: version {health.get('version', '?')}, database {health.get('database', '?')}")
-        # datasource, by uid
-        try:
-            existing = api.datasource.get_datasource_by_uid(g.datasource_uid)
-        except GrafanaException as e:
-            if _status(e) != 404:
-                raise
-            existing = None
-        if existing is None:
-            api.datasource.create_datasource(payload)
-            say(f"datasource {g.datasource_uid} ({g.datasource_name}): created -> {payload['url']}/"
-                f"{payload['database']}")  # fmt: skip
-        elif existing.get("readOnly"):
-            say(f"datasource {g.datasource_uid}: provisioned from a file in this Grafana (read-only), left as is")
-        else:
-            if existing.get("type") != DATASOURCE_TYPE:
-                raise DashboardError(f"datasource uid {g.datasource_uid} exists with type {existing.get('type')!r}, "
-                                     f"not {DATASOURCE_TYPE}: set grafana.datasource_uid to another uid")  # fmt: skip
-            api.datasource.update_datasource_by_uid(g.datasource_uid, {**payload, "id": existing.get("id")})
-            say(f"datasource {g.datasource_uid} ({g.datasource_name}): updated -> {payload['url']}/"
-                f"{payload['database']}")  # fmt: skip
-        # folder, by title
-        folders = api.folder.get_all_folders() or []
-        folder = next((f for f in folders if f.get("title") == g.folder), None)
-        if folder is None:
-            folder = api.folder.create_folder(g.folder, uid=_slug(g.folder))
-            say(f"folder {g.folder!r}: created (uid {folder.get('uid')})")
-        else:
-            say(f"folder {g.folder!r}: exists (uid {folder.get('uid')})")
-        # dashboards, by uid
-        known = {h.get("uid") for h in api.search.search_dashboards(type_="dash-db", tag="driftloop") or []}
-        for path, d in dashboards:
-            body = _retarget(copy.deepcopy(d), g.datasource_uid)
-            body["id"] = None
-            try:
-                out = api.dashboard.update_dashboard({"dashboard": body, "folderUid": folder.get("uid"),
-                                                      "overwrite": True,
-                                                      "message": f"driftloop dashboards push ({path.name})"})  # fmt: skip
-            except GrafanaException as e:
-                if _status(e) == 400 and "provisioned" in str(e).lower():
-                    res.skipped.append(str(d.get("uid")))
-                    say(f"dashboard {d.get('uid')}: provisioned from files in this Grafana (it loads dashboards/ "
-                        "itself), left as is")  # fmt: skip
-                    continue
-                if _status(e) in (400, 403, 412):
-                    res.failed.append(str(d.get("uid")))
-                    say(f"dashboard {d.get('uid')}: NOT saved: {e}")
-                    continue
-                raise
-            action = "updated" if d.get("uid") in known else "created"
-            say(f"dashboard {d.get('uid')} ({d.get('title')}): {action}, version {out.get('version', '?')} -> "
-                f"{g.url}{out.get('url', '')}")  # fmt: skip
+        _push_datasource(api, settings, payload, say)
+        folder = _push_folder(api, settings, say)
+        _push_dashboards(api, settings, dashboards, folder, res, say)
     except (GrafanaException, OSError) as e:  # OSError: connection refused, DNS, TLS (niquests errors)
-        raise DashboardError(_explain(e, g.url)) from None
+        raise DashboardError(_explain(e, str(g.url))) from None
     return res
+
+
+def _push_token(settings: Settings) -> str | None:
+    """The Grafana token; DashboardError when ``grafana.url`` is unset or neither a token nor basic auth is given."""
+    g = settings.grafana
+    if not g.url:
+        raise DashboardError("grafana.url is not set: add `grafana: {url: http://grafana:3000}` to the config, "
+                             "set DRIFTLOOP_GRAFANA__URL or pass --url")  # fmt: skip
+    token = grafana_token(settings)
+    has_basic = "@" in g.url.split("://", 1)[1].split("/", 1)[0]
+    if not token and not has_basic:
+        raise DashboardError(f"no Grafana token: set ${g.token_env or 'GRAFANA_TOKEN'} (grafana.token_env) or "
+                             "grafana.token to a service-account token (Administration > Users and access > "
+                             "Service accounts, role Editor or Admin)")  # fmt: skip
+    return token
+
+
+def _push_datasource(api: Any, settings: Settings, payload: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Create or update the datasource by uid; one provisioned from a file (read-only) is left as is."""
+    from grafana_client.client import GrafanaException
+
+    g = settings.grafana
+    try:
+        existing = api.datasource.get_datasource_by_uid(g.datasource_uid)
+    except GrafanaException as e:
+        if _status(e) != 404:
+            raise
+        existing = None
+    if existing is None:
+        api.datasource.create_datasource(payload)
+        say(f"datasource {g.datasource_uid} ({g.datasource_name}): created -> {payload['url']}/"
+            f"{payload['database']}")  # fmt: skip
+    elif existing.get("readOnly"):
+        say(f"datasource {g.datasource_uid}: provisioned from a file in this Grafana (read-only), left as is")
+    else:
+        if existing.get("type") != DATASOURCE_TYPE:
+            raise DashboardError(f"datasource uid {g.datasource_uid} exists with type {existing.get('type')!r}, "
+                                 f"not {DATASOURCE_TYPE}: set grafana.datasource_uid to another uid")  # fmt: skip
+        api.datasource.update_datasource_by_uid(g.datasource_uid, {**payload, "id": existing.get("id")})
+        say(f"datasource {g.datasource_uid} ({g.datasource_name}): updated -> {payload['url']}/"
+            f"{payload['database']}")  # fmt: skip
+
+
+def _push_folder(api: Any, settings: Settings, say: Callable[[str], None]) -> Any:
+    """The folder titled ``grafana.folder``, created if missing."""
+    g = settings.grafana
+    folders = api.folder.get_all_folders() or []
+    folder = next((f for f in folders if f.get("title") == g.folder), None)
+    if folder is None:
+        folder = api.folder.create_folder(g.folder, uid=_slug(g.folder))
+        say(f"folder {g.folder!r}: created (uid {folder.get('uid')})")
+    else:
+        say(f"folder {g.folder!r}: exists (uid {folder.get('uid')})")
+    return folder
+
+
+def _push_dashboards(api: Any, settings: Settings, dashboards: list[tuple[Path, dict[str, Any]]], folder: Any,
+                     res: PushResult, say: Callable[[str], None]) -> None:  # fmt: skip
+    """Save every dashboard by uid into ``folder``; provisioned ones are skipped, refused ones recorded as failed."""
+    from grafana_client.client import GrafanaException
+
+    g = settings.grafana
+    known = {h.get("uid") for h in api.search.search_dashboards(type_="dash-db", tag="driftloop") or []}
+    for path, d in dashboards:
+        body = _retarget(copy.deepcopy(d), g.datasource_uid)
+        body["id"] = None
+        try:
+            out = api.dashboard.update_dashboard({"dashboard": body, "folderUid": folder.get("uid"),
+                                                  "overwrite": True,
+                                                  "message": f"driftloop dashboards push ({path.name})"})  # fmt: skip
+        except GrafanaException as e:
+            if _status(e) == 400 and "provisioned" in str(e).lower():
+                res.skipped.append(str(d.get("uid")))
+                say(f"dashboard {d.get('uid')}: provisioned from files in this Grafana (it loads dashboards/ "
+                    "itself), left as is")  # fmt: skip
+                continue
+            if _status(e) in (400, 403, 412):
+                res.failed.append(str(d.get("uid")))
+                say(f"dashboard {d.get('uid')}: NOT saved: {e}")
+                continue
+            raise
+        action = "updated" if d.get("uid") in known else "created"
+        say(f"dashboard {d.get('uid')} ({d.get('title')}): {action}, version {out.get('version', '?')} -> "
+            f"{g.url}{out.get('url', '')}")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ CLI
