@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from driftloop.settings import ConfigError, Settings, load_settings, startup_problems
+from driftloop import daemon_cli, dashboards, demo, serve
+from driftloop.api import cli as api_cli
+from driftloop.clikit import ConfigOpt, get_settings, refuse_unsafe
+from driftloop.ingest import cli as ingest_cli
+from driftloop.monitor import cli as monitor_cli
+from driftloop.retrain import cli as retrain_cli
 
 app = typer.Typer(
     help="driftloop: ingest production LLM logs, detect drift, alert, retrain and promote.",
@@ -19,65 +22,6 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema: upgrade, downgrade, current revision.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="YAML settings file (default: $DRIFTLOOP_CONFIG, else built-in defaults)."),
-]
-
-
-def setup_logging(level: str = "INFO") -> None:
-    """Structured-enough logging to stderr: time, level, logger, message."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    # "skipped: maximum number of running instances" is expected with coalescing; driftloop.jobs warns on overruns
-    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
-
-
-def get_settings(config: Path | None, **overrides: Any) -> Settings:
-    """Load settings or exit 2 with every problem listed."""
-    try:
-        return load_settings(config, **overrides)
-    except ConfigError as e:
-        typer.echo(f"error: invalid configuration in {e.source}:", err=True)
-        for p in e.problems:
-            typer.echo(f"  {p}", err=True)
-        raise typer.Exit(2) from None
-
-
-def refuse_unsafe(s: Settings, source: object, *, ingest: bool, api_host: str | None) -> None:
-    """Exit 2 listing every start-up problem (default salt, placeholder tokens, open reads on a public address)."""
-    problems = startup_problems(s, ingest=ingest, api_host=api_host)
-    if problems:
-        typer.echo(f"error: refusing to start with the configuration in {source}:", err=True)
-        for p in problems:
-            typer.echo(f"  {p}", err=True)
-        raise typer.Exit(2)
-
-
-def prepare(config: Path | None, log_level: str, migrate: bool, *, ingest: bool | None = True,
-            api: bool | None = False, api_host: str | None = None) -> Settings:  # fmt: skip
-    """Start-up shared by long-running commands: logging, settings, start-up checks, optional migrations.
-
-    ``ingest``/``api``: whether the command ingests / serves the API (None: as scheduler.ingest / api.enabled
-    say), so it refuses exactly what would be unsafe for it, before migrating; ``api_host`` (default api.host)
-    is where it binds.
-    """
-    setup_logging(log_level)
-    s = get_settings(config)
-    ingests = s.scheduler.ingest if ingest is None else ingest
-    serves = s.api.enabled if api is None else api
-    refuse_unsafe(s, config or "settings", ingest=ingests, api_host=(api_host or s.api.host) if serves else None)
-    if migrate:
-        from driftloop.store.db import migrate as do_migrate
-
-        do_migrate(s.database.url)
-    return s
 
 
 @app.command("check-config")
@@ -127,31 +71,10 @@ def db_current(config: ConfigOpt = None) -> None:
     typer.echo(f"current: {cur or '<empty>'}  head: {head}" + ("" if cur == head else "  (run: driftloop db upgrade)"))
 
 
-def _register_optional() -> None:
-    """Sub-commands that live in the other packages."""
-    import importlib
-
-    for mod, name in [
-        ("driftloop.ingest.cli", None),
-        ("driftloop.monitor.cli", None),
-        ("driftloop.daemon_cli", None),
-        ("driftloop.demo", None),
-        ("driftloop.retrain.cli", None),
-        ("driftloop.dashboards", None),
-        ("driftloop.api.cli", None),
-        ("driftloop.serve", None),
-    ]:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue
-            raise
-        m.register(app)
-        del name
-
-
-_register_optional()
+# Every sub-command group registers itself; they import driftloop.clikit, never this module, so importing
+# them here is no cycle.
+for _group in (ingest_cli, monitor_cli, daemon_cli, demo, retrain_cli, dashboards, api_cli, serve):
+    _group.register(app)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from driftloop.cli import ConfigOpt, get_settings, prepare, setup_logging
+from driftloop.clikit import ConfigOpt, get_settings, prepare, setup_logging
 
 jobs_app = typer.Typer(help="Scheduled jobs: list them with their recent runs, run one now.", no_args_is_help=True)
 

@@ -422,7 +422,7 @@ def push_cmd(
     url: Annotated[str | None, typer.Option("--url", help="Grafana URL (overrides grafana.url).")] = None,
 ) -> None:
     """Create or update the datasource, the folder and the dashboards in the Grafana at grafana.url."""
-    from driftloop.cli import get_settings
+    from driftloop.clikit import get_settings
 
     s = get_settings(config, **({"grafana": {"url": url}} if url else {}))
     try:

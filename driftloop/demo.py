@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import text
 
-from driftloop.cli import setup_logging
+from driftloop.clikit import setup_logging
 
 
 def _say(msg: str) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from driftloop.cli import ConfigOpt, get_settings, setup_logging
+from driftloop.clikit import ConfigOpt, get_settings, setup_logging
 
 monitor_app = typer.Typer(help="Drift and quality checks.", no_args_is_help=True)
 

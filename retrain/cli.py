@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from driftloop.cli import ConfigOpt, get_settings, setup_logging
+from driftloop.clikit import ConfigOpt, default_instance, get_settings, setup_logging
 
 retrain_app = typer.Typer(help="Retrain runs: fine-tune, gate, promote.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry: versions, champion, promotion and rollback.", no_args_is_help=True)
@@ -28,8 +28,6 @@ def _fail(msg: str, code: int = 1) -> None:
 
 
 def _instance() -> str:
-    from driftloop.jobs import default_instance
-
     return default_instance() + ":cli"
 
 

@@ -70,8 +70,8 @@ def store_records(db_url: str, records: list[dict[str, Any]], topic: str = "dire
     """Decode, redact and write records through the ingestion code path, without a broker."""
     from driftloop.ingest.decode import DecodePolicy, Decoder, Source
     from driftloop.ingest.redact import Redactor
+    from driftloop.ingest.writer import Batch, BatchWriter
     from driftloop.store.db import create_engine_from_url
-    from driftloop.store.writer import Batch, BatchWriter
 
     dec = Decoder(DecodePolicy(), Redactor())
     batch = Batch()

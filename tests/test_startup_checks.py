@@ -12,7 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from driftloop.api.server import ApiServer
-from driftloop.cli import app, prepare
+from driftloop.cli import app
+from driftloop.clikit import prepare
 from driftloop.settings import load_settings
 from driftloop.store.db import create_engine_from_url
 

@@ -12,8 +12,8 @@ from sqlalchemy import text
 from driftloop.ingest.decode import DecodePolicy, Decoder, Source
 from driftloop.ingest.redact import Redactor
 from driftloop.ingest.sample import sample_records
+from driftloop.ingest.writer import Batch, BatchWriter, Row
 from driftloop.store.db import create_engine_from_url, migrate
-from driftloop.store.writer import Batch, BatchWriter, Row
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from driftloop.cli import ConfigOpt, prepare
+from driftloop.clikit import ConfigOpt, prepare
 
 api_app = typer.Typer(help="The HTTP API: health, metrics, status page, read and admin endpoints.",
                       no_args_is_help=True)  # fmt: skip

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from driftloop.cli import ConfigOpt, get_settings, prepare
+from driftloop.clikit import ConfigOpt, get_settings, prepare
 from driftloop.ingest.produce import iter_jsonl, produce
 
 log = logging.getLogger("driftloop.cli")

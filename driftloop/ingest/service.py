@@ -53,9 +53,9 @@ from driftloop.ingest.step import (
     cpu_seconds,
     peak_rss_mb,
 )
+from driftloop.ingest.writer import BatchWriter
 from driftloop.settings import Settings
 from driftloop.store.db import create_engine_from_url
-from driftloop.store.writer import BatchWriter
 
 log = logging.getLogger("driftloop.ingest")
 

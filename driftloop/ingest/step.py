@@ -53,8 +53,9 @@ from driftloop.ingest.decode import DecodePolicy, Decoder, InvalidMessage, Sourc
 from driftloop.ingest.dlq import DeadLetterSender, DlqItem, clean_headers
 from driftloop.ingest.kafka_guard import Unparseable
 from driftloop.ingest.redact import Redactor
+from driftloop.ingest.writer import Batch, BatchWriter, Row, WriteResult
+from driftloop.retry import RetryCallState, retrying
 from driftloop.settings import Settings
-from driftloop.store.writer import Batch, BatchWriter, Row
 
 log = logging.getLogger("driftloop.ingest")
 
@@ -110,6 +111,10 @@ class WriteRetried:
     attempt: int
     delay_s: float
     error: str
+
+
+class _DecodingStopped(RuntimeError):
+    """Decoding a batch broke off: a bug, never retried (the step fails, nothing is committed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,21 +246,23 @@ class DecodeWriteStep:
 
         Rows go into the COPY as they are decoded, so PostgreSQL works on the batch while it is
         still being decoded (one thread: no hand-off between a decode and a writer thread). The
-        decoded rows are kept, so a failed first attempt is retried from them.
+        decoded rows are kept, so a failed first attempt is retried from them. Write failures are
+        retried with the project policy (:mod:`driftloop.retry`, ``db_retry_initial_s`` doubling up
+        to ``db_retry_max_s``) without a limit: nothing is committed until the batch is. On shutdown
+        the wait is cut short and a batch whose write fails again is abandoned (it is read again).
         """
         ing = self.settings.ingest
         batch = Batch(generation=raw.generation, offsets=dict(raw.offsets), n_messages=raw.n_messages)
         rejected: dict[str, int] = {}
         stream: Iterator[Row] | None = self._decode_iter(raw, batch, rejected)
-        delay = ing.db_retry_initial_s
-        attempt = 0
-        while True:
+
+        def write() -> WriteResult | None:
+            """One attempt; None when the batch is from before a rebalance (dropped, not written)."""
+            nonlocal stream
             if raw.generation < self.generation:
-                log.info("dropping a batch of %d messages from before a rebalance", raw.n_messages)
-                self.emit(BatchWritten(raw.seq, raw.generation, raw.offsets, raw.n_messages, dropped=True))
-                return
+                return None
             try:
-                res = self.writer.write(batch, stream=stream, before_commit=lambda: self._complete(batch))
+                return self.writer.write(batch, stream=stream, before_commit=lambda: self._complete(batch))
             except Exception as e:
                 if stream is not None:
                     for _ in stream:  # finish decoding: the retries write the kept rows
@@ -264,30 +271,42 @@ class DecodeWriteStep:
                 if batch.decoded != batch.n_messages:
                     # decoding itself broke off (a bug: every message is isolated): never write a part
                     # of the batch with the whole batch's offsets; fail the step, nothing is committed
-                    raise RuntimeError(f"decoding stopped after {batch.decoded} of {batch.n_messages} messages: "
-                                       f"{type(e).__name__}: {e}") from e  # fmt: skip
-                attempt += 1
-                if self.closing.is_set() and attempt > 1:
-                    log.error("shutting down while the write keeps failing (%s); abandoning the batch "
-                              "of %d messages: it was not committed and will be read again", e,
-                              raw.n_messages)  # fmt: skip
-                    self.emit(BatchAbandoned(raw.seq, raw.n_messages))
-                    return
-                first_line = (str(e).splitlines() or [type(e).__name__])[0][:300]
-                log.error("batch write failed (attempt %d, retry in %.1fs): %s", attempt, delay, first_line)
-                self.emit(WriteRetried(attempt, delay, first_line))
-                time.sleep(delay)
-                delay = min(delay * 2, ing.db_retry_max_s)
-                continue
-            dlq_failed: dict[str, int] = {}
-            for item in batch.dlq_items:
-                if item.failure_reason:
-                    dlq_failed[item.failure_reason] = dlq_failed.get(item.failure_reason, 0) + 1
-            self.emit(BatchWritten(
-                raw.seq, raw.generation, raw.offsets, raw.n_messages, res.inserted, res.duplicates,
-                res.feedback_inserted, rejected, time.time(), dlq_failures_by_reason=dlq_failed,
-            ))  # fmt: skip
+                    raise _DecodingStopped(f"decoding stopped after {batch.decoded} of {batch.n_messages} "
+                                           f"messages: {type(e).__name__}: {e}") from e  # fmt: skip
+                raise
+
+        def retried(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            delay = state.next_action.sleep if state.next_action is not None else 0.0
+            self.emit(WriteRetried(state.attempt_number, delay, first_line))
+
+        policy = retrying(what=f"batch write ({raw.n_messages} messages)", initial_s=ing.db_retry_initial_s,
+                          max_s=max(ing.db_retry_max_s, ing.db_retry_initial_s), retry_on=Exception,
+                          give_up_on=lambda e: isinstance(e, _DecodingStopped), interrupt=self.closing,
+                          stop_when=lambda st: self.closing.is_set() and st.attempt_number > 1,
+                          before_sleep=retried, logger=log, level=logging.ERROR)  # fmt: skip
+        try:
+            res = policy(write)
+        except _DecodingStopped:
+            raise
+        except Exception as e:  # the policy stopped: shutting down
+            log.error("shutting down while the write keeps failing (%s); abandoning the batch "
+                      "of %d messages: it was not committed and will be read again", e, raw.n_messages)  # fmt: skip
+            self.emit(BatchAbandoned(raw.seq, raw.n_messages))
             return
+        if res is None:
+            log.info("dropping a batch of %d messages from before a rebalance", raw.n_messages)
+            self.emit(BatchWritten(raw.seq, raw.generation, raw.offsets, raw.n_messages, dropped=True))
+            return
+        dlq_failed: dict[str, int] = {}
+        for item in batch.dlq_items:
+            if item.failure_reason:
+                dlq_failed[item.failure_reason] = dlq_failed.get(item.failure_reason, 0) + 1
+        self.emit(BatchWritten(
+            raw.seq, raw.generation, raw.offsets, raw.n_messages, res.inserted, res.duplicates,
+            res.feedback_inserted, rejected, time.time(), dlq_failures_by_reason=dlq_failed,
+        ))  # fmt: skip
 
     def _complete(self, batch: Batch) -> None:
         """Inside the batch's transaction: check every message is accounted for, settle the DLQ copies."""

@@ -29,7 +29,7 @@ def serve_command(
     import uvicorn
     from pydantic import ValidationError
 
-    from driftloop.cli import get_settings, setup_logging
+    from driftloop.clikit import get_settings, setup_logging
     from driftloop.settings import ServeSettings, format_validation_error
 
     setup_logging(log_level)

@@ -1,4 +1,4 @@
-"""Storage: SQLAlchemy models, engine creation, migrations and batch writers."""
+"""Storage: SQLAlchemy models, engine creation and migrations (the ingestion writer is driftloop.ingest.writer)."""
 
 from driftloop.store.db import create_engine_from_url, current_revision, migrate
 from driftloop.store.models import metadata

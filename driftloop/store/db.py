@@ -11,8 +11,6 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 
-import driftloop.migrations as migrations
-
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
@@ -37,9 +35,14 @@ def create_engine_from_url(url: str, *, pool_size: int = 5, echo: bool = False) 
 
 
 def alembic_config(url: str) -> Config:
-    """Alembic config pointing at the ``migrations`` package and ``url``."""
+    """Alembic config pointing at the ``driftloop.migrations`` scripts and ``url``.
+
+    Named as a package resource (Alembic's ``package:dir`` form), not imported: the scripts import the store
+    (env.py builds the engine and the table metadata), so importing them here would make store and
+    migrations import each other.
+    """
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    cfg.set_main_option("script_location", "driftloop:migrations")
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 

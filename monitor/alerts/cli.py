@@ -11,20 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-# Same option as driftloop.cli.ConfigOpt, defined here because driftloop.cli imports this module while it
-# builds the root app (importing it back at module level would be circular).
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="YAML settings file (default: $DRIFTLOOP_CONFIG, else built-in defaults)."),
-]
-
-
-def get_settings(config: Path | None) -> Any:
-    """``driftloop.cli.get_settings``: load settings or exit 2 listing the problems."""
-    from driftloop.cli import get_settings as load
-
-    return load(config)
-
+from driftloop.clikit import ConfigOpt, get_settings
 
 alerts_app = typer.Typer(help="Stored alerts: list and acknowledge.", no_args_is_help=True)
 policies_app = typer.Typer(help="Alert policies: backtest rules against stored window metrics.", no_args_is_help=True)
