@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any
 
 import requests
 
 from driftloop.connectors.abc import Promotion, PromotionError, PromotionTarget
+from driftloop.retry import Transient, attempts_made, retrying
 from driftloop.settings.connectors import TargetSettings
 
 log = logging.getLogger("driftloop.connectors")
@@ -138,33 +138,33 @@ class VllmPromotionTarget(PromotionTarget):
         return headers
 
     def _request(self, method: str, endpoint: str, body: dict[str, Any] | None) -> requests.Response:
-        """One call with retries and exponential backoff on connection errors, timeouts, 5xx and 429.
+        """One call, retried (:mod:`driftloop.retry`, ``retries``/``backoff_s`` of the target) on connection
+        errors, timeouts, 5xx and 429.
 
+        This is the only retry level of a promotion: the registry switches its targets once and relies on these.
         Returns the final answer (2xx or a 4xx the caller interprets); raises PromotionError once retries are spent.
         """
         url = self.url + endpoint
         headers = self._headers()
-        delay = self.cfg.backoff_s
-        last = ""
-        attempt = 0
-        for attempt in range(self.cfg.retries + 1):
-            try:
-                r = self.session.request(method, url, json=body, headers=headers, timeout=self.cfg.timeout_s)
-                if r.status_code < 500 and r.status_code != 429:
-                    return r
-                last = f"HTTP {r.status_code}: {server_message(r)[:300]}"
-            except requests.RequestException as e:
-                last = f"{type(e).__name__}: {e}"
-            if attempt < self.cfg.retries:
-                log.warning("%s: %s %s failed (attempt %d/%d): %s", self.name, method, url, attempt + 1,
-                            self.cfg.retries + 1, last)  # fmt: skip
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        raise PromotionError(
-            f"{self.name}: {method} {url} failed after {attempt + 1} attempt(s): {last}; "
-            "check that the vLLM server is up and reachable, then promote again",
-            target=self.name,
-        )
+
+        def call() -> requests.Response:
+            r = self.session.request(method, url, json=body, headers=headers, timeout=self.cfg.timeout_s)
+            if r.status_code >= 500 or r.status_code == 429:
+                raise Transient(f"HTTP {r.status_code}: {server_message(r)[:300]}")
+            return r
+
+        policy = retrying(what=f"{self.name}: {method} {url}", attempts=self.cfg.retries + 1,
+                          initial_s=self.cfg.backoff_s, max_s=max(30.0, self.cfg.backoff_s),
+                          retry_on=(requests.RequestException, Transient), logger=log)  # fmt: skip
+        try:
+            return policy(call)
+        except (requests.RequestException, Transient) as e:
+            last = str(e) if isinstance(e, Transient) else f"{type(e).__name__}: {e}"
+            raise PromotionError(
+                f"{self.name}: {method} {url} failed after {attempts_made(policy)} attempt(s): {last}; "
+                "check that the vLLM server is up and reachable, then promote again",
+                target=self.name,
+            ) from None
 
     def _explain(self, endpoint: str, r: requests.Response, lora_path: str | None = None) -> str:
         msg = server_message(r)

@@ -10,10 +10,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from driftloop.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,15 @@ def tansu_binary() -> str:
 
 def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
     """Block until ``host:port`` accepts TCP connections or raise TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{host}:{port} did not accept connections within {timeout:.0f}s")
+
+    def connect() -> None:
+        socket.create_connection((host, port), timeout=0.5).close()
+
+    try:
+        retrying(what=f"connecting to {host}:{port}", deadline_s=timeout, initial_s=0.05, max_s=0.05,
+                 retry_on=OSError, logger=log, level=logging.DEBUG)(connect)  # fmt: skip
+    except OSError:
+        raise TimeoutError(f"{host}:{port} did not accept connections within {timeout:.0f}s") from None
 
 
 @dataclass
@@ -132,26 +136,25 @@ def ensure_topics(
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     wanted = list(dict.fromkeys(topics))
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
+
+    def create() -> None:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
-            try:
-                existing = set(admin.list_topics())
-                missing = [t for t in wanted if t not in existing]
-                if missing:
-                    with contextlib.suppress(TopicAlreadyExistsError):
-                        admin.create_topics([NewTopic(t, partitions, replication_factor) for t in missing])
-                return
-            finally:
-                admin.close()
+            existing = set(admin.list_topics())
+            missing = [t for t in wanted if t not in existing]
+            if missing:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics([NewTopic(t, partitions, replication_factor) for t in missing])
         except TopicAlreadyExistsError:
             return
-        except (KafkaError, OSError) as e:
-            last = e
-            time.sleep(0.5)
-    raise RuntimeError(f"could not create topics {wanted} on {bootstrap}: {last}")
+        finally:
+            admin.close()
+
+    try:
+        retrying(what=f"creating topics {wanted} on {bootstrap}", deadline_s=timeout_s, initial_s=0.5, max_s=0.5,
+                 retry_on=(KafkaError, OSError), logger=log, level=logging.INFO)(create)  # fmt: skip
+    except (KafkaError, OSError) as e:
+        raise RuntimeError(f"could not create topics {wanted} on {bootstrap}: {e}") from None
 
 
 def make_producer(bootstrap: str | list[str], **overrides: Any) -> Any:

@@ -44,6 +44,7 @@ from driftloop.records import (
     now_rfc3339,
     to_wire,
 )
+from driftloop.retry import retrying
 
 __all__ = ["DriftloopLogger", "LoggerStats", "RecordLogger", "feedback_record", "fit_record", "now_rfc3339",
            "wrap_openai"]  # fmt: skip
@@ -224,6 +225,10 @@ def _describe(exc: BaseException | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the buffer
+
+
+class _Undelivered(Exception):
+    """Nothing of a batch got through (broker down): the sender waits before the next round."""
 
 
 @dataclass(frozen=True)
@@ -423,30 +428,38 @@ class RecordLogger:
     # -- sender thread ----------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = self.backoff_s
-        while True:
-            with self._cond:
-                while not self._pending and not self._closing:
-                    self._cond.wait(0.5)
-                if not self._pending or (self._closing and time.monotonic() >= self._close_deadline):
-                    return
-                batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch))]
-                self._inflight = len(batch)
-            ok, retry = self._send(batch)
-            with self._cond:
-                if retry:
-                    self._pending.extendleft(reversed(retry))
-                self._inflight = 0
-                self._cond.notify_all()
-            if ok or not retry:  # the broker works: go on at once (what failed is at the head, counted)
-                backoff = self.backoff_s
-                continue
-            wait = backoff
-            if self._closing:
-                wait = min(wait, max(0.0, self._close_deadline - time.monotonic()))
-            self._wake.clear()
-            self._wake.wait(wait)
-            backoff = min(backoff * 2, self.max_backoff_s)
+        """Drain the buffer; while nothing gets through, wait with the project's backoff (:mod:`driftloop.retry`)."""
+        policy = retrying(what=f"driftloop logger: delivering to {self.topic}", initial_s=self.backoff_s,
+                          max_s=max(self.max_backoff_s, self.backoff_s), retry_on=_Undelivered, sleep=self._pause,
+                          logger=log, level=logging.DEBUG)  # fmt: skip
+        while policy(self._round):  # each success starts a new streak: the backoff starts again at backoff_s
+            pass
+
+    def _round(self) -> bool:
+        """Send one batch; False once closed (or out of time); raise _Undelivered when nothing got through."""
+        with self._cond:
+            while not self._pending and not self._closing:
+                self._cond.wait(0.5)
+            if not self._pending or (self._closing and time.monotonic() >= self._close_deadline):
+                return False
+            batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch))]
+            self._inflight = len(batch)
+        ok, retry = self._send(batch)
+        with self._cond:
+            if retry:
+                self._pending.extendleft(reversed(retry))
+            self._inflight = 0
+            self._cond.notify_all()
+        if ok or not retry:  # the broker works: go on at once (what failed is at the head, counted)
+            return True
+        raise _Undelivered(self._last_error or "broker unreachable")
+
+    def _pause(self, seconds: float) -> None:
+        """The backoff wait: cut short by flush() and close(), never past close()'s deadline."""
+        if self._closing:
+            seconds = min(seconds, max(0.0, self._close_deadline - time.monotonic()))
+        self._wake.clear()
+        self._wake.wait(seconds)
 
     def _connect(self) -> Any:
         if self._factory is not None:

@@ -190,8 +190,7 @@ def models_promote(
     s, eng = _ctx(config)
     reg = ModelRegistry(eng)
     try:
-        v = reg.promote(reg.find(family, version).id, _targets(s, family), actor=actor, reason=reason,
-                        retries=s.retrain.promotion_retries)  # fmt: skip
+        v = reg.promote(reg.find(family, version).id, _targets(s, family), actor=actor, reason=reason)
     except RegistryError as e:
         _fail(str(e))
         return
@@ -211,8 +210,7 @@ def models_approve(
     s, eng = _ctx(config)
     reg = ModelRegistry(eng)
     try:
-        v = reg.approve(reg.find(family, version).id, _targets(s, family), actor=actor,
-                        retries=s.retrain.promotion_retries)  # fmt: skip
+        v = reg.approve(reg.find(family, version).id, _targets(s, family), actor=actor)
     except RegistryError as e:
         _fail(str(e))
         return
@@ -253,7 +251,7 @@ def models_rollback(
     s, eng = _ctx(config)
     reg = ModelRegistry(eng)
     try:
-        v = reg.rollback(family, _targets(s, family), actor=actor, reason=reason, retries=s.retrain.promotion_retries)
+        v = reg.rollback(family, _targets(s, family), actor=actor, reason=reason)
     except RegistryError as e:
         _fail(str(e))
         return

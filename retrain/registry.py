@@ -1,7 +1,8 @@
 """The model registry: versions with lineage, ``champion``/``previous`` aliases and an audit log.
 
-Promotion is consistent with serving: the targets are switched first (each with its own retries,
-the whole promotion retried ``retries`` times); if any target still fails, the ones already switched
+Promotion is consistent with serving: the targets are switched first, once (each target retries its
+own transient failures, e.g. the vLLM connector its HTTP calls; the registry does not retry on top,
+so retries are never nested); if any target still fails, the ones already switched
 are reverted and the registry is left as it was, with a ``promotion_failed`` event saying why. Only
 when every target took the new version do the aliases and statuses change, in one transaction.
 """
@@ -9,7 +10,6 @@ when every target took the new version do the aliases and statuses change, in on
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from driftloop.connectors.abc import Promotion, PromotionTarget
 from driftloop.retrain.tables import model_aliases, model_events, model_versions
+from driftloop.retry import retrying
 
 log = logging.getLogger("driftloop.retrain.registry")
 
@@ -140,24 +141,31 @@ class ModelRegistry:
 
     def register(self, family: str, base_model: str, *, adapter_path: str | None, status: str = "candidate",
                  actor: str = "driftloop", reason: str | None = None, **lineage: Any) -> ModelVersion:  # fmt: skip
-        """Add a version (label ``v<N>``, N counting the family's versions from 0) and log it."""
-        for _ in range(5):
-            try:
-                with self.engine.begin() as c:
-                    n = c.execute(select(func.count()).select_from(model_versions)
-                                  .where(model_versions.c.family == family)).scalar_one()  # fmt: skip
-                    vid = c.execute(insert(model_versions).returning(model_versions.c.id), {
-                        "family": family, "version": f"v{n}", "status": status, "base_model": base_model,
-                        "adapter_path": adapter_path, "created_at": datetime.now(UTC),
-                        **{k: lineage.get(k) for k in ("parent_id", "job_id", "policy", "dataset_hash",
-                                                       "dataset_path", "config", "metrics", "gate")},
-                    }).scalar_one()  # fmt: skip
-                    self._event(c, family, vid, "registered", actor, reason, None, status,
-                                {"version": f"v{n}", "adapter_path": adapter_path})  # fmt: skip
-                return self.get(int(vid))
-            except IntegrityError:  # two registrations raced for the same label
-                time.sleep(0.05)
-        raise RegistryError(f"could not allocate a version label for {family!r} (concurrent registrations?)")
+        """Add a version (label ``v<N>``, N counting the family's versions from 0) and log it.
+
+        Two registrations racing for the same label: the loser tries again (5 attempts in all).
+        """
+
+        def attempt() -> ModelVersion:
+            with self.engine.begin() as c:
+                n = c.execute(select(func.count()).select_from(model_versions)
+                              .where(model_versions.c.family == family)).scalar_one()  # fmt: skip
+                vid = c.execute(insert(model_versions).returning(model_versions.c.id), {
+                    "family": family, "version": f"v{n}", "status": status, "base_model": base_model,
+                    "adapter_path": adapter_path, "created_at": datetime.now(UTC),
+                    **{k: lineage.get(k) for k in ("parent_id", "job_id", "policy", "dataset_hash",
+                                                   "dataset_path", "config", "metrics", "gate")},
+                }).scalar_one()  # fmt: skip
+                self._event(c, family, vid, "registered", actor, reason, None, status,
+                            {"version": f"v{n}", "adapter_path": adapter_path})  # fmt: skip
+            return self.get(int(vid))
+
+        policy = retrying(what=f"registering a version of {family!r}", attempts=5, initial_s=0.05, max_s=0.05,
+                          retry_on=IntegrityError, logger=log, level=logging.INFO)  # fmt: skip
+        try:
+            return policy(attempt)
+        except IntegrityError:
+            raise RegistryError(f"could not allocate a version label for {family!r} (concurrent registrations?)") from None
 
     def ensure_base(self, family: str, base_model: str, actor: str = "driftloop") -> ModelVersion:
         """The family's champion; registers ``base_model`` as ``v0`` champion when the family is new."""
@@ -190,32 +198,30 @@ class ModelRegistry:
                 gate=gate, metrics=metrics))  # fmt: skip
 
     # -- promotion -------------------------------------------------------------------------------
-    def _switch(self, p: Promotion, targets: Sequence[PromotionTarget], retries: int) -> None:
-        """Apply ``p`` to every target or to none (reverting the ones done); raise PromotionFailed."""
-        last: Exception | None = None
-        for attempt in range(retries + 1):
-            done: list[PromotionTarget] = []
+    def _switch(self, p: Promotion, targets: Sequence[PromotionTarget]) -> None:
+        """Apply ``p`` to every target or to none (reverting the ones done); raise PromotionFailed.
+
+        Not retried here: each target retries its own transient failures (one retry level, see the module).
+        """
+        done: list[PromotionTarget] = []
+        for t in targets:
             try:
-                for t in targets:
-                    t.apply(p)
-                    done.append(t)
-                return
+                t.apply(p)
             except Exception as e:  # PromotionError, or a bug in a target: either way not promoted
-                last = e
-                log.error("promotion of %s %s: target %s failed (attempt %d/%d): %s", p.family, p.version,
-                          getattr(t, "name", t), attempt + 1, retries + 1, e)  # fmt: skip
+                log.error("promotion of %s %s: target %s failed: %s", p.family, p.version, getattr(t, "name", t), e)
                 for d in reversed(done):
                     try:
                         d.revert(p)
                     except Exception as re_:
                         log.error("reverting target %s after a failed promotion failed: %s", d.name, re_)
-                if attempt < retries:
-                    time.sleep(min(0.5 * 2**attempt, 5.0))
-        raise PromotionFailed(f"promotion of {p.family} {p.version} failed: {last}; serving and the registry are "
-                              "unchanged (fix the target and run `driftloop models promote` again)")  # fmt: skip
+                raise PromotionFailed(
+                    f"promotion of {p.family} {p.version} failed: {e}; serving and the registry are unchanged "
+                    "(fix the target and run `driftloop models promote` again)"
+                ) from e
+            done.append(t)
 
     def promote(self, version_id: int, targets: Sequence[PromotionTarget], *, actor: str, reason: str,
-                retries: int = 2, action: str = "promoted") -> ModelVersion:  # fmt: skip
+                action: str = "promoted") -> ModelVersion:  # fmt: skip
         """Make ``version_id`` the champion on every target, then in the registry; previous champion -> ``previous``."""
         v = self.get(version_id)
         if v.status in ("rejected", "rolled_back") and action == "promoted" and actor == "driftloop":
@@ -228,7 +234,7 @@ class ModelRegistry:
                       previous_adapter_path=champ.adapter_path if champ else None, reason=reason,
                       at=datetime.now(UTC))  # fmt: skip
         try:
-            self._switch(p, targets, retries)
+            self._switch(p, targets)
         except PromotionFailed as e:
             with self.engine.begin() as c:
                 self._event(c, v.family, v.id, "promotion_failed", actor, str(e), v.status, v.status,
@@ -257,21 +263,21 @@ class ModelRegistry:
         return v
 
     def approve(self, version_id: int, targets: Sequence[PromotionTarget], *, actor: str,
-                reason: str | None = None, retries: int = 2) -> ModelVersion:  # fmt: skip
+                reason: str | None = None) -> ModelVersion:  # fmt: skip
         """A person approves a version that passed the gate (``pending_approval``); it is promoted."""
         v = self._pending(version_id)
         self.set_status(v.id, "approved", actor, reason or "approved by a person", action="approved")
-        return self.promote(v.id, targets, actor=actor, reason=f"approved by {actor}", retries=retries)
+        return self.promote(v.id, targets, actor=actor, reason=f"approved by {actor}")
 
     def reject(self, version_id: int, *, actor: str, reason: str) -> ModelVersion:
         """A person rejects a version waiting for approval."""
         v = self._pending(version_id)
         return self.set_status(v.id, "rejected", actor, reason)
 
-    def rollback(self, family: str, targets: Sequence[PromotionTarget], *, actor: str, reason: str,
-                 retries: int = 2) -> ModelVersion:  # fmt: skip
+    def rollback(self, family: str, targets: Sequence[PromotionTarget], *, actor: str,
+                 reason: str) -> ModelVersion:  # fmt: skip
         """Serve ``previous`` again; the current champion becomes ``rolled_back``."""
         prev = self.alias(family, "previous")
         if prev is None:
             raise RegistryError(f"model {family!r} has no previous version to roll back to")
-        return self.promote(prev.id, targets, actor=actor, reason=reason, retries=retries, action="restored")
+        return self.promote(prev.id, targets, actor=actor, reason=reason, action="restored")

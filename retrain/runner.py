@@ -252,8 +252,7 @@ class RetrainRunner:
         self._update(job_id, stage="promoting", progress=0.98)
         t = time.perf_counter()
         v = self.registry.promote(version.id, self.targets(policy), actor="driftloop",
-                                  reason=f"gate passed (job {job_id}): " + "; ".join(decision.reasons)[:2000],
-                                  retries=self.settings.retrain.promotion_retries)  # fmt: skip
+                                  reason=f"gate passed (job {job_id}): " + "; ".join(decision.reasons)[:2000])
         timings["promote_s"] = round(time.perf_counter() - t, 3)
         self.echo(f"job {job_id}: promoted {v.family} {v.version} to champion")
         return RunOutcome(job_id, "succeeded", v, True, gate, f"promoted {v.version}")

@@ -124,8 +124,7 @@ class PromotionWatchJob:
         reason = f"post-promotion watch: live quality dropped: {desc}"
         self._record(family, champ.id, "watch_failed", reason, detail)
         try:
-            restored = self.registry.rollback(family, self._targets_for(family), actor="watch", reason=reason,
-                                              retries=self.settings.retrain.promotion_retries)  # fmt: skip
+            restored = self.registry.rollback(family, self._targets_for(family), actor="watch", reason=reason)
         except RegistryError as e:
             log.error("%s: rollback of %s failed: %s", family, champ.version, e)
             self._alert(family, f"{reason}; ROLLBACK FAILED: {e}", a)

@@ -76,14 +76,17 @@ def test_failed_target_leaves_serving_and_registry_unchanged(reg: ModelRegistry,
     v1 = reg.register("bot", "/models/base", adapter_path=_adapter(tmp_path, "a1"), parent_id=base.id)
     first, second = RecordingTarget("first"), RecordingTarget("second", fail=10)
     with pytest.raises(PromotionFailed, match="unchanged"):
-        reg.promote(v1.id, [first, second], actor="test", reason="try", retries=1)
+        reg.promote(v1.id, [first, second], actor="test", reason="try")
     assert reg.champion("bot").id == base.id and reg.get(v1.id).status == "candidate"
-    assert first.serving == "v0" and first.calls == ["apply v1", "revert v1"] * 2  # reverted after each attempt
+    # switched once and reverted: the registry does not retry on top of the targets' own retries
+    assert first.serving == "v0" and first.calls == ["apply v1", "revert v1"] and second.calls == ["apply v1"]
     ev = [e for e in reg.events("bot") if e["action"] == "promotion_failed"]
     assert len(ev) == 1 and "second: refused v1" in ev[0]["reason"]
-    # a target that recovers within the retries: promoted once, consistently
+    # promoting again once the target works: promoted, consistently
     flaky = RecordingTarget("flaky", fail=1)
-    reg.promote(v1.id, [first, flaky], actor="test", reason="retry", retries=2)
+    with pytest.raises(PromotionFailed, match="flaky: refused v1"):
+        reg.promote(v1.id, [first, flaky], actor="test", reason="retry")
+    reg.promote(v1.id, [first, flaky], actor="test", reason="retry")
     assert reg.champion("bot").id == v1.id and first.serving == flaky.serving == "v1"
 
 

@@ -466,8 +466,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         v = find(family, version)
         ts = targets(family)
         try:
-            v = reg.approve(v.id, ts, actor=who.actor, reason=body.reason if body else None,
-                            retries=settings.retrain.promotion_retries)  # fmt: skip
+            v = reg.approve(v.id, ts, actor=who.actor, reason=body.reason if body else None)
         except RegistryError as e:
             raise _conflict(str(e)) from None
         return version_out(v, reg.aliases(family), detail=True)
@@ -479,8 +478,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         v = find(family, version)
         try:
             v = reg.promote(v.id, targets(family), actor=who.actor,
-                            reason=(body.reason if body else None) or "manual promotion",
-                            retries=settings.retrain.promotion_retries)  # fmt: skip
+                            reason=(body.reason if body else None) or "manual promotion")
         except RegistryError as e:
             raise _conflict(str(e)) from None
         return version_out(v, reg.aliases(family), detail=True)
@@ -493,8 +491,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
             raise _not_found(f"no model family {family!r}; see /api/v1/models")
         try:
             v = reg.rollback(family, targets(family), actor=who.actor,
-                             reason=(body.reason if body else None) or "manual rollback",
-                             retries=settings.retrain.promotion_retries)  # fmt: skip
+                             reason=(body.reason if body else None) or "manual rollback")
         except RegistryError as e:
             raise _conflict(str(e)) from None
         return version_out(v, reg.aliases(family), detail=True)

@@ -13,6 +13,7 @@ from typing import Any
 import requests
 
 from driftloop.monitor.alerts.abc import AlertEvent, AlertSink
+from driftloop.retry import attempts_made, retrying
 from driftloop.settings.alerts import ChannelSettings
 
 log = logging.getLogger("driftloop.alerts")
@@ -56,6 +57,22 @@ class LogAlertSink(AlertSink):
         log.log(level, json.dumps({"alert": event.payload()}, default=str))
 
 
+class _Refused(Exception):
+    """A webhook answered with an error status (5xx and 429 are retried, other 4xx are not)."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+
+
+def _client_error(e: BaseException) -> bool:
+    return isinstance(e, _Refused) and e.status < 500 and e.status != 429
+
+
+def _text(e: BaseException) -> str:
+    return str(e) if isinstance(e, _Refused) else f"{type(e).__name__}: {e}"
+
+
 class _HttpSink(AlertSink):
     def __init__(self, cfg: ChannelSettings, session: requests.Session | None = None) -> None:
         self.name = cfg.name
@@ -63,25 +80,23 @@ class _HttpSink(AlertSink):
         self.session = session or requests.Session()
 
     def _post(self, body: bytes, headers: dict[str, str]) -> None:
-        """POST with retries and exponential backoff on connection errors and 5xx/429."""
+        """POST, retried (:mod:`driftloop.retry`) on connection errors, timeouts, 5xx and 429; other 4xx fail at once."""
         assert self.cfg.url
-        delay = self.cfg.backoff_s
-        last: str = ""
-        attempt = 0
-        for attempt in range(self.cfg.retries + 1):
-            try:
-                r = self.session.post(self.cfg.url, data=body, headers=headers, timeout=self.cfg.timeout_s)
-                if r.status_code < 300:
-                    return
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
-                if r.status_code < 500 and r.status_code != 429:
-                    break  # a client error will not get better by retrying
-            except requests.RequestException as e:
-                last = f"{type(e).__name__}: {e}"
-            if attempt < self.cfg.retries:
-                time.sleep(delay)
-                delay = min(delay * 2, 60.0)
-        raise RuntimeError(f"{self.name}: delivery to {self.cfg.url} failed after {attempt + 1} attempt(s): {last}")
+        url = self.cfg.url
+
+        def post() -> None:
+            r = self.session.post(url, data=body, headers=headers, timeout=self.cfg.timeout_s)
+            if r.status_code >= 300:
+                raise _Refused(r.status_code, f"HTTP {r.status_code}: {r.text[:200]}")
+
+        policy = retrying(what=f"alert channel {self.name}: POST {url}", attempts=self.cfg.retries + 1,
+                          initial_s=self.cfg.backoff_s, max_s=max(60.0, self.cfg.backoff_s),
+                          retry_on=(requests.RequestException, _Refused), give_up_on=_client_error, logger=log)  # fmt: skip
+        try:
+            policy(post)
+        except (requests.RequestException, _Refused) as e:
+            raise RuntimeError(f"{self.name}: delivery to {url} failed after {attempts_made(policy)} attempt(s): "
+                               f"{_text(e)}") from None  # fmt: skip
 
 
 class WebhookAlertSink(_HttpSink):
@@ -150,29 +165,28 @@ class GrafanaAnnotationSink(AlertSink):
         tags = ["driftloop", "alert", event.event, event.severity, f"rule:{event.rule}", f"model:{event.model_id}"]
         if event.segment:
             tags.append(f"segment:{event.segment}")
-        delay = self.cfg.backoff_s
-        last = ""
-        attempt = 0
-        for attempt in range(self.cfg.retries + 1):
-            try:
-                api.annotations.add_annotation(
-                    dashboard_uid=self.cfg.dashboard_uid,
-                    time_from=ms,
-                    time_to=ms,
-                    tags=tags,
-                    text=f"[{event.event}] {event.rule} on {event.model_id}: {event.message}",
-                )
-                return
-            except GrafanaClientError as e:
-                last = f"{type(e).__name__}: {e}"
-                if getattr(e, "status_code", None) != 429:
-                    break  # a bad token or dashboard will not get better by retrying
-            except (GrafanaException, OSError) as e:  # 5xx, timeouts, connection errors (niquests: OSError)
-                last = f"{type(e).__name__}: {e}"
-            if attempt < self.cfg.retries:
-                time.sleep(delay)
-                delay = min(delay * 2, 60.0)
-        raise RuntimeError(f"{self.name}: annotation at {self.cfg.url} failed after {attempt + 1} attempt(s): {last}")
+
+        def annotate() -> None:
+            api.annotations.add_annotation(
+                dashboard_uid=self.cfg.dashboard_uid,
+                time_from=ms,
+                time_to=ms,
+                tags=tags,
+                text=f"[{event.event}] {event.rule} on {event.model_id}: {event.message}",
+            )
+
+        def bad_request(e: BaseException) -> bool:  # a bad token or dashboard will not get better by retrying
+            return isinstance(e, GrafanaClientError) and getattr(e, "status_code", None) != 429
+
+        # 5xx, timeouts, connection errors (niquests: OSError); GrafanaClientError is a GrafanaException
+        policy = retrying(what=f"alert channel {self.name}: Grafana annotation", attempts=self.cfg.retries + 1,
+                          initial_s=self.cfg.backoff_s, max_s=max(60.0, self.cfg.backoff_s),
+                          retry_on=(GrafanaException, OSError), give_up_on=bad_request, logger=log)  # fmt: skip
+        try:
+            policy(annotate)
+        except (GrafanaException, OSError) as e:
+            raise RuntimeError(f"{self.name}: annotation at {self.cfg.url} failed after {attempts_made(policy)} "
+                               f"attempt(s): {_text(e)}") from None  # fmt: skip
 
 
 def build_sinks(channels: list[ChannelSettings]) -> dict[str, AlertSink]:
