@@ -15,7 +15,8 @@ import logging
 import threading
 from typing import Any
 
-from driftloop.jobs import abandon_runs_of_others, clear_context, default_instance, set_context
+from driftloop.clikit import default_instance
+from driftloop.jobs import abandon_runs_of_others, clear_context, set_context
 from driftloop.leader import LeaderElection, lock_for
 from driftloop.scheduler import make_scheduler, register_jobs
 from driftloop.settings import Settings

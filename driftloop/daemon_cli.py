@@ -84,7 +84,8 @@ def jobs_list(
 def jobs_run(name: Annotated[str, typer.Argument(help="drift_check, quality_check, policy_evaluation or retention.")],
              config: ConfigOpt = None) -> None:  # fmt: skip
     """Run one job now in this process (recorded in job_runs like a scheduled run); exit 1 if it failed."""
-    from driftloop.jobs import JOB_ALIASES, JOBS, JobContext, default_instance, resolve_job, run_job
+    from driftloop.clikit import default_instance
+    from driftloop.jobs import JOB_ALIASES, JOBS, JobContext, resolve_job, run_job
     from driftloop.store.db import create_engine_from_url
 
     setup_logging("INFO")

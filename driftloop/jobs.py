@@ -13,10 +13,7 @@ takes the daemon or the other jobs down. A run still going after its interval lo
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
-import socket
 import threading
 import time
 import traceback
@@ -41,9 +38,15 @@ from sqlalchemy import (
     update,
 )
 
+from driftloop.clikit import default_instance
+from driftloop.monitor.alerts.engine import AlertEvaluationJob
+from driftloop.monitor.check import DriftCheckJob
+from driftloop.monitor.tables import drift_results, monitor_windows, window_metrics
+from driftloop.retrain.runner import RetrainPolicyJob
+from driftloop.retrain.watch import PromotionWatchJob
 from driftloop.settings import Settings, load_settings
 from driftloop.store.db import create_engine_from_url
-from driftloop.store.models import BigId, metadata
+from driftloop.store.models import BigId, feedback, interactions, metadata, rejected_messages
 
 log = logging.getLogger("driftloop.jobs")
 
@@ -81,33 +84,8 @@ class JobSkipped(Exception):
     """Raised by a job that has nothing it may do now; recorded as ``skipped``, not ``failed``."""
 
 
-def optional_import(module: str, *names: str) -> list[Any]:
-    """``getattr(import_module(module), name)`` for each name; raise :class:`JobSkipped` if ``module`` is absent.
-
-    The monitor and alert packages are imported lazily, inside the jobs: a deployment (or a
-    development tree) without one of them still runs the other jobs, and the missing one is
-    recorded as ``skipped`` with the reason. An import error *inside* an existing module (a broken
-    dependency) is a real failure and propagates.
-    """
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and (module == e.name or module.startswith(e.name + ".")):
-            raise JobSkipped(f"module {module} is not available ({e})") from None
-        raise
-    missing = [n for n in names if not hasattr(mod, n)]
-    if missing:
-        raise JobSkipped(f"{module} has no {', '.join(missing)} (an older version of it?)")
-    return [getattr(mod, n) for n in names]
-
-
 _ctx: JobContext | None = None
 _ctx_lock = threading.Lock()
-
-
-def default_instance() -> str:
-    """``host:pid``: unique among running daemons, readable in logs and ``job_runs``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def set_context(settings: Settings, engine: Engine, instance: str | None = None,
@@ -208,7 +186,6 @@ def abandon_runs_of_others(engine: Engine, instance: str) -> int:
 # -- the units ------------------------------------------------------------------------------------
 def drift_check_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Check every due window: drift and quality metrics in one pass (each window is read once)."""
-    (DriftCheckJob,) = optional_import("driftloop.monitor.check", "DriftCheckJob")
     res = DriftCheckJob(ctx.settings, ctx.engine).run_once(now=now)
     drifted = sum(1 for r in res if r.outcome is not None and r.outcome.drifted)
     errors = sum(1 for r in res if r.status == "error")
@@ -226,30 +203,20 @@ def quality_check_once(ctx: JobContext, now: datetime | None = None) -> str:
 
 def policy_evaluation_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Evaluate the alert policies over the newest windows; fire, resolve and notify."""
-    (AlertEvaluationJob,) = optional_import("driftloop.monitor.alerts.engine", "AlertEvaluationJob")
     ev = AlertEvaluationJob(ctx.settings, ctx.engine).run_once(now=now)
     return f"{len(ev)} alert event(s)" + (": " + ", ".join(f"{e.event} {e.rule}" for e in ev) if ev else "")
 
 
 def retention_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Delete rows older than the configured retention, ``batch_size`` rows per transaction."""
-    from driftloop.store.models import feedback, interactions, rejected_messages
-
     r = ctx.settings.scheduler.retention
     now = now or datetime.now(UTC)
     done: list[str] = []
-    note = ""
-    try:  # the monitor's tables are optional: without the monitor package its rows cannot exist
-        drift_results, monitor_windows, window_metrics = optional_import(
-            "driftloop.monitor.tables", "drift_results", "monitor_windows", "window_metrics")  # fmt: skip
-    except JobSkipped as e:
-        drift_results = monitor_windows = window_metrics = None
-        note = f" (monitor tables not touched: {e})"
     plan = [
         (interactions, interactions.c.ts, r.interactions_days),
         (feedback, feedback.c.ts, r.interactions_days),
         (rejected_messages, rejected_messages.c.rejected_at, r.rejected_days),
-        *([(monitor_windows, monitor_windows.c.window_end, r.monitor_days)] if monitor_windows is not None else []),
+        (monitor_windows, monitor_windows.c.window_end, r.monitor_days),
         (job_runs, job_runs.c.started_at, r.job_runs_days),
     ]
     for table, col, days in plan:
@@ -265,8 +232,7 @@ def retention_once(ctx: JobContext, now: datetime | None = None) -> str:
                 ids = [row[0] for row in c.execute(q)]
                 if not ids:
                     break
-                if monitor_windows is not None and table is monitor_windows:  # SQLite does not cascade
-                    assert drift_results is not None and window_metrics is not None
+                if table is monitor_windows:  # SQLite does not cascade
                     c.execute(delete(drift_results).where(drift_results.c.window_id.in_(ids)))
                     c.execute(delete(window_metrics).where(window_metrics.c.window_id.in_(ids)))
                 c.execute(delete(table).where(table.c.id.in_(ids)))
@@ -274,12 +240,11 @@ def retention_once(ctx: JobContext, now: datetime | None = None) -> str:
             if len(ids) < r.batch_size:
                 break
         done.append(f"{table.name}={total}")
-    return "deleted " + (", ".join(done) if done else "nothing (retention disabled)") + note
+    return "deleted " + (", ".join(done) if done else "nothing (retention disabled)")
 
 
 def retrain_check_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Evaluate the retrain policies; a triggered and allowed policy runs its retrain here (subprocess training)."""
-    (RetrainPolicyJob,) = optional_import("driftloop.retrain.runner", "RetrainPolicyJob")
     if not ctx.settings.retrain.policies:
         return "no retrain policies"
     out = RetrainPolicyJob(ctx.settings, ctx.engine, ctx.instance).run_once(now=now)
@@ -288,7 +253,6 @@ def retrain_check_once(ctx: JobContext, now: datetime | None = None) -> str:
 
 def promotion_watch_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Compare live quality after each newest promotion with before it; roll back when worse."""
-    (PromotionWatchJob,) = optional_import("driftloop.retrain.watch", "PromotionWatchJob")
     out = PromotionWatchJob(ctx.settings, ctx.engine).run_once(now=now)
     return "; ".join(f"{r.family} {r.version}: {r.status}" for r in out) or "nothing promoted to watch"
 
