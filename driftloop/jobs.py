@@ -244,11 +244,30 @@ def retention_once(ctx: JobContext, now: datetime | None = None) -> str:
 
 
 def retrain_check_once(ctx: JobContext, now: datetime | None = None) -> str:
-    """Evaluate the retrain policies; a triggered and allowed policy runs its retrain here (subprocess training)."""
+    """Evaluate the retrain policies; a triggered and allowed policy is queued (``retrain_worker`` runs it)."""
     if not ctx.settings.retrain.policies:
         return "no retrain policies"
     out = RetrainPolicyJob(ctx.settings, ctx.engine, ctx.instance).run_once(now=now)
     return "; ".join(f"{d.policy}: {d.action} ({d.reason})" for d in out)
+
+
+def retrain_worker_once(ctx: JobContext, now: datetime | None = None) -> str:
+    """Claim queued retrain jobs and run them, one after another, while this instance leads.
+
+    Only the elected leader runs retrains: a context without a leadership fence (``driftloop jobs
+    run``, an API thread) is refused, and the fence is asked again before every claim and while a run
+    trains (a demoted leader stops its training and promotes nothing).
+    """
+    if ctx.is_leader is None:
+        raise JobSkipped("retrain jobs are run only by the elected leader of `driftloop run`; this process "
+                         "has no leader election (queue with `driftloop retrain run POLICY` instead)")  # fmt: skip
+    from driftloop.retrain.queue import RetrainWorker
+    from driftloop.retrain.runner import RetrainRunner
+
+    fence = ctx.is_leader
+    runner = RetrainRunner(ctx.settings, ctx.engine, ctx.instance, fence=fence)
+    out = RetrainWorker(ctx.settings, ctx.engine, ctx.instance, fence, runner=runner).drain()
+    return "; ".join(f"job {o.job_id}: {o.status} ({o.message[:200]})" for o in out) or "no queued retrain job"
 
 
 def promotion_watch_once(ctx: JobContext, now: datetime | None = None) -> str:
@@ -265,6 +284,7 @@ class JobSpec:
     unit: Callable[..., Any]
     interval_setting: str
     description: str
+    long_running: bool = False  # runs past its interval by design (no overrun warnings)
 
     @property
     def ref(self) -> str:
@@ -281,7 +301,9 @@ JOBS: dict[str, JobSpec] = {
         JobSpec("quality_check", quality_check_once, "quality_check_s", "quality signals (same idempotent pass)"),
         JobSpec("policy_evaluation", policy_evaluation_once, "policy_evaluation_s", "alert policies"),
         JobSpec("retention", retention_once, "retention_s", "delete rows past their retention"),
-        JobSpec("retrain_check", retrain_check_once, "retrain_check_s", "retrain policies (may train inline)"),
+        JobSpec("retrain_check", retrain_check_once, "retrain_check_s", "retrain policies (queue triggered runs)"),
+        JobSpec("retrain_worker", retrain_worker_once, "retrain_worker_s", "run queued retrain jobs (leader only)",
+                long_running=True),
         JobSpec("promotion_watch", promotion_watch_once, "promotion_watch_s", "post-promotion watch and rollback"),
     )
 }
@@ -304,7 +326,7 @@ def run_named(name: str, ctx: JobContext | None = None) -> str:
     name = resolve_job(name)
     spec = JOBS[name]
     ctx = ctx or get_context()
-    return run_job(name, spec.unit, ctx, spec.interval_s(ctx.settings) or None)
+    return run_job(name, spec.unit, ctx, None if spec.long_running else spec.interval_s(ctx.settings) or None)
 
 
 # -- what APScheduler calls (by textual reference) ------------------------------------------------
@@ -336,6 +358,11 @@ def retention() -> None:
 def retrain_check() -> None:
     """Scheduled: evaluate the retrain policies."""
     run_named("retrain_check")
+
+
+def retrain_worker() -> None:
+    """Scheduled: run queued retrain jobs."""
+    run_named("retrain_worker")
 
 
 def promotion_watch() -> None:

@@ -36,12 +36,14 @@ def run(
     policy: Annotated[str, typer.Argument(help="Retrain policy name (retrain.policies[].name).")],
     config: ConfigOpt = None,
     force: Annotated[
-        bool, typer.Option(help="Run even if not triggered, in cooldown or over max_runs_per_day.")
+        bool, typer.Option(help="Queue even if not triggered, in cooldown or over max_runs_per_day.")
     ] = False,
+    wait: Annotated[bool, typer.Option(help="Follow the job until it ends; exit 0 only if it succeeded.")] = False,
 ) -> None:
-    """Run one retrain of POLICY now, in the foreground: dataset, training, gate, promotion."""
+    """Queue one retrain of POLICY; the leader of `driftloop run` runs it (dataset, training, gate, promotion)."""
     setup_logging("WARNING")
-    from driftloop.retrain.runner import RetrainError, RetrainPolicyJob, RetrainRunner, find_policy
+    from driftloop.retrain.queue import enqueue
+    from driftloop.retrain.runner import RetrainError, RetrainPolicyJob, find_policy
 
     s, eng = _ctx(config)
     try:
@@ -49,17 +51,47 @@ def run(
     except RetrainError as e:
         _fail(str(e), 2)
         return
-    runner = RetrainRunner(s, eng, _instance(), echo=typer.echo)
     trigger: dict[str, Any] = {"kind": "manual", "forced": force}
     if not force:
-        trig, why = RetrainPolicyJob(s, eng, _instance(), runner=runner).check(p, datetime.now(UTC))
+        trig, why = RetrainPolicyJob(s, eng, _instance()).check(p, datetime.now(UTC))
         if trig is None:
             _fail(f"policy {policy} may not run now: {why} (use --force to run anyway)")
             return
         trigger = {**trig, "kind": "manual"}
-    out = runner.run(p, trigger)
-    typer.echo(f"job {out.job_id}: {out.status}: {out.message}")
-    raise typer.Exit(0 if out.status == "succeeded" else 1)
+    q = enqueue(eng, p, trigger, f"cli:{_instance()}")
+    if q.created:
+        typer.echo(f"job {q.job_id}: queued; the leader of `driftloop run` runs it")
+    else:
+        typer.echo(f"job {q.job_id} of {policy} is already {q.status}; not queued again")
+    if s.database.url.startswith("postgresql"):
+        from driftloop.leader import current_leader
+
+        if current_leader(eng, s.scheduler.leader_lock_id) is None:
+            typer.echo("note: no `driftloop run` holds the leader lock now; the job waits until one does")
+    if not wait:
+        typer.echo(f"follow it with: driftloop retrain status {q.job_id}")
+        raise typer.Exit(0 if q.created else 1)
+    raise typer.Exit(_follow(eng, q.job_id))
+
+
+def _follow(eng: Any, job_id: int, poll_s: float = 1.0) -> int:
+    """Print the job's stage and message as they change until it ends; 0 if it succeeded."""
+    import time
+
+    from driftloop.retrain.runner import TERMINAL, RetrainRunner
+
+    last = None
+    while True:
+        row = RetrainRunner.read_job(eng, job_id)
+        line = f"job {job_id}: {row['status']} {row['stage'] or ''} {100 * (row['progress'] or 0):.0f}% {row['message'] or ''}"
+        if line != last:
+            typer.echo(line.rstrip())
+            last = line
+        if row["status"] in TERMINAL:
+            if row["error"]:
+                typer.echo(f"job {job_id}: {row['status']}: {row['error']}")
+            return 0 if row["status"] == "succeeded" else 1
+        time.sleep(poll_s)
 
 
 @retrain_app.command("status")
@@ -91,7 +123,9 @@ def status(
                    f"{100 * (r['progress'] or 0):5.1f}%  created {r['created_at']:%Y-%m-%d %H:%M:%S}  "
                    f"{(r['error'] or r['message'] or '').splitlines()[0][:100] if (r['error'] or r['message']) else ''}")  # fmt: skip
         if job_id is not None:
-            typer.echo(f"  logs: {r['logs_path']}\n  timings: {r['timings']}\n  trigger: {r['trigger']}")
+            typer.echo(f"  logs: {r['logs_path']}\n  timings: {r['timings']}\n  trigger: {r['trigger']}\n"
+                       f"  requested by: {r['requested_by'] or '-'}; run by: {r['instance'] or '- (not claimed yet)'}; "
+                       f"last heartbeat: {r['heartbeat_at'] or '-'}")
             if r["error"]:
                 typer.echo(f"  error: {r['error']}")
 

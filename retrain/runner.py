@@ -1,10 +1,13 @@
 """Retrain runs: trigger checks, the job lifecycle, the training subprocess, the gate and promotion.
 
 A run is one ``retrain_jobs`` row: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` |
-``cancelled``. The daemon builds the dataset snapshot, starts ``python -m retrain.worker`` (training
-and scoring happen there, so ingestion and monitoring keep their CPU time and a crash in torch cannot
-take the daemon down), copies its progress into the row, then applies the gate, registers the
-candidate and, if the gate passed and the policy approves automatically, promotes it.
+``cancelled``. Rows are queued by :func:`~driftloop.retrain.queue.enqueue` (API, CLI, the
+``retrain_check`` job) and claimed by the leader's worker (:mod:`driftloop.retrain.queue`), which
+hands them to :meth:`RetrainRunner.execute`: it builds the dataset snapshot, starts
+``python -m driftloop.retrain.worker`` (training and scoring happen there, so ingestion and monitoring
+keep their CPU time and a crash in torch cannot take the daemon down), copies its progress into the
+row, then applies the gate, registers the candidate and, if the gate passed and the policy approves
+automatically, promotes it.
 """
 
 from __future__ import annotations
@@ -23,17 +26,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy import Engine, and_, func, select, update
 
 from driftloop.connectors.abc import PromotionTarget
 from driftloop.retrain.dataset import DatasetError, build_snapshot, count_eligible
+from driftloop.retrain.queue import enqueue
 from driftloop.retrain.registry import ModelRegistry, ModelVersion, PromotionFailed
-from driftloop.retrain.tables import retrain_jobs
+from driftloop.retrain.tables import ACTIVE_STATUSES, retrain_jobs
 from driftloop.settings.retrain import PolicySettings
 
 log = logging.getLogger("driftloop.retrain")
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+HEARTBEAT_S = 10.0  # how often a running job's heartbeat_at is refreshed
 
 
 class RetrainError(Exception):
@@ -78,14 +83,16 @@ def _aware(ts: datetime) -> datetime:
 
 
 def recover_jobs(engine: Engine, instance: str) -> int:
-    """Mark jobs left ``queued``/``running`` by another (dead) instance as failed; kill their orphan worker.
+    """Mark jobs left ``running`` by another (dead or demoted) instance as failed; kill their orphan worker.
 
-    Called when a daemon starts (and by ``driftloop retrain status``): a job whose daemon died
-    cannot finish, because only that daemon would have read its result.
+    Called by a new leader before its worker claims anything: only the leader runs jobs, so a running
+    job of another instance belongs to a leader that died (or lost its lock and cancels it), and only
+    that daemon would have read its result. Queued jobs stay queued: this leader's worker runs them.
     """
     with engine.begin() as c:
         rows = c.execute(select(retrain_jobs.c.id, retrain_jobs.c.pid, retrain_jobs.c.instance).where(
-            retrain_jobs.c.status.in_(("queued", "running")), retrain_jobs.c.instance != instance)).all()  # fmt: skip
+            retrain_jobs.c.status == "running", retrain_jobs.c.instance.is_(None) | (retrain_jobs.c.instance != instance)
+        )).all()  # fmt: skip
         for r in rows:
             if r.pid and r.instance and r.instance.split(":")[0] == os.uname().nodename:
                 # the worker notices a dead parent by itself; this is a second line of defence
@@ -93,8 +100,8 @@ def recover_jobs(engine: Engine, instance: str) -> int:
                     os.kill(int(r.pid), signal.SIGKILL)
             c.execute(update(retrain_jobs).where(retrain_jobs.c.id == r.id).values(
                 status="failed", finished_at=_now(), stage="done",
-                error=f"abandoned: the daemon running it ({r.instance}) stopped before it finished; "
-                      "the champion is unchanged. Run `driftloop retrain run POLICY` to try again."))  # fmt: skip
+                error=f"abandoned: the daemon running it ({r.instance}) stopped or lost leadership before it "
+                      "finished; the champion is unchanged. Run `driftloop retrain run POLICY` to try again."))  # fmt: skip
     if rows:
         log.warning("marked %d retrain job(s) of a stopped daemon as failed", len(rows))
     return len(rows)
@@ -113,36 +120,45 @@ class RunOutcome:
 
 
 class RetrainRunner:
-    """Runs retrain jobs for the policies of one settings tree."""
+    """Runs claimed retrain jobs of the policies of one settings tree (used by the leader's worker).
+
+    ``fence`` (the leadership check) is asked while a job runs: once it says no, the training
+    subprocess is stopped and nothing is promoted, so a demoted leader never races its successor.
+    """
 
     def __init__(self, settings: Any, engine: Engine, instance: str, *,
                  targets: Mapping[str, PromotionTarget] | None = None,
-                 echo: Callable[[str], None] | None = None) -> None:  # fmt: skip
+                 echo: Callable[[str], None] | None = None, fence: Callable[[], bool] | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.engine = engine
         self.instance = instance
         self.registry = ModelRegistry(engine)
         self._targets = dict(targets) if targets is not None else None
         self.echo = echo or (lambda s: log.info("%s", s))
+        self.fence = fence or (lambda: True)
 
     # -- job rows --------------------------------------------------------------------------------
     def _update(self, job_id: int, **values: Any) -> None:
         with self.engine.begin() as c:
             c.execute(update(retrain_jobs).where(retrain_jobs.c.id == job_id).values(**values))
 
+    def _finish(self, job_id: int, **values: Any) -> None:
+        """Record the outcome, unless the job is no longer running (a new leader marked it abandoned)."""
+        with self.engine.begin() as c:
+            c.execute(update(retrain_jobs).where(retrain_jobs.c.id == job_id, retrain_jobs.c.status == "running")
+                      .values(**values))  # fmt: skip
+
     def job(self, job_id: int) -> dict[str, Any]:
-        with self.engine.connect() as c:
+        return self.read_job(self.engine, job_id)
+
+    @staticmethod
+    def read_job(engine: Engine, job_id: int) -> dict[str, Any]:
+        """The job's row; :class:`RetrainError` if there is none."""
+        with engine.connect() as c:
             row = c.execute(select(retrain_jobs).where(retrain_jobs.c.id == job_id)).mappings().first()
         if row is None:
             raise RetrainError(f"no retrain job {job_id}; see `driftloop retrain status`")
         return dict(row)
-
-    def create_job(self, policy: PolicySettings, trigger: dict[str, Any]) -> int:
-        with self.engine.begin() as c:
-            return int(c.execute(insert(retrain_jobs).returning(retrain_jobs.c.id), {
-                "policy": policy.name, "model_id": policy.model_id, "status": "queued", "trigger": trigger,
-                "stage": "queued", "progress": 0.0, "instance": self.instance, "cancel_requested": False,
-                "created_at": _now()}).scalar_one())  # fmt: skip
 
     def targets(self, policy: PolicySettings) -> list[PromotionTarget]:
         if self._targets is not None:
@@ -150,31 +166,41 @@ class RetrainRunner:
         return build_promotion_targets(self.settings, list(policy.targets))
 
     # -- the run ---------------------------------------------------------------------------------
-    def run(self, policy: PolicySettings, trigger: dict[str, Any] | None = None,
-            job_id: int | None = None) -> RunOutcome:  # fmt: skip
-        """Run one retrain of ``policy`` to the end (dataset, training, gate, registry, promotion)."""
-        job_id = job_id or self.create_job(policy, trigger or {"kind": "manual"})
+    def execute(self, job_id: int) -> RunOutcome:
+        """Run claimed job ``job_id`` to the end (dataset, training, gate, registry, promotion).
+
+        The job must be ``running`` and claimed by this instance (:func:`~driftloop.retrain.queue.claim`).
+        """
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         work = artifacts_dir(self.settings) / "jobs" / f"job-{job_id}"
-        work.mkdir(parents=True, exist_ok=True)
-        self._update(job_id, status="running", started_at=_now(), stage="dataset", work_dir=str(work),
-                     logs_path=str(work / "train.log"), instance=self.instance)  # fmt: skip
         try:
+            row = self.job(job_id)
+            if row["status"] != "running" or row["instance"] != self.instance:
+                raise RetrainError(f"job {job_id} is {row['status']} for {row['instance'] or 'nobody'}, not claimed "
+                                   f"by {self.instance}; only the leader's worker runs queued jobs")  # fmt: skip
+        except RetrainError as e:
+            self.echo(str(e))
+            return RunOutcome(job_id, "failed", message=str(e))
+        try:
+            policy = find_policy(self.settings, row["policy"])
+            work.mkdir(parents=True, exist_ok=True)
+            self._update(job_id, stage="dataset", work_dir=str(work), logs_path=str(work / "train.log"),
+                         heartbeat_at=_now())  # fmt: skip
             out = self._run(policy, job_id, work, timings)
         except Exception as e:
             status = "cancelled" if isinstance(e, _Cancelled) else "failed"
             msg = str(e) if isinstance(e, (RetrainError, DatasetError, _Cancelled, PromotionFailed)) else (
                 f"{type(e).__name__}: {e}")  # fmt: skip
             timings["total_s"] = round(time.perf_counter() - t0, 3)
-            self._update(job_id, status=status, stage="done", finished_at=_now(), error=msg[:8000], timings=timings,
+            self._finish(job_id, status=status, stage="done", finished_at=_now(), error=msg[:8000], timings=timings,
                          pid=None)  # fmt: skip
             if status == "failed" and not isinstance(e, (RetrainError, DatasetError, PromotionFailed)):
                 log.exception("retrain job %d failed", job_id)
             self.echo(f"job {job_id} {status}: {msg}")
             return RunOutcome(job_id, status, message=msg)
         timings["total_s"] = round(time.perf_counter() - t0, 3)
-        self._update(job_id, status="succeeded", stage="done", progress=1.0, finished_at=_now(), timings=timings,
+        self._finish(job_id, status="succeeded", stage="done", progress=1.0, finished_at=_now(), timings=timings,
                      message=out.message[:2000], version_id=out.version.id if out.version else None,
                      pid=None)  # fmt: skip
         return out
@@ -182,6 +208,8 @@ class RetrainRunner:
     def _check_cancel(self, job_id: int) -> None:
         if self.job(job_id)["cancel_requested"]:
             raise _Cancelled("cancelled by request before training finished; the champion is unchanged")
+        if not self.fence():
+            raise _Cancelled(f"instance {self.instance} is no longer the leader; the champion is unchanged")
 
     def _run(self, policy: PolicySettings, job_id: int, work: Path, timings: dict[str, float]) -> RunOutcome:
         s = self.settings
@@ -199,13 +227,8 @@ class RetrainRunner:
 
         adapter_out = work / "adapter"
         tc = policy.training
-        train_config = {
-            "epochs": tc.epochs, "max_steps": tc.max_steps, "learning_rate": tc.learning_rate,
-            "batch_size": tc.batch_size, "batch_tokens": tc.batch_tokens, "max_length": tc.max_length,
-            "warmup_ratio": tc.warmup_ratio, "seed": tc.seed,
-            "lora": {"r": policy.lora.r, "alpha": policy.lora.alpha, "dropout": policy.lora.dropout,
-                     "target_modules": list(policy.lora.target_modules) or None},
-        }  # fmt: skip
+        # the policy's validated settings, as the worker hands them to retrain.trainer.train_lora
+        train_config = {**tc.model_dump(), "lora": policy.lora.model_dump()}
         request = {
             "base_model": policy.base_model, "champion_adapter": champion.adapter_path,
             "train_path": str(snap.path / "train.jsonl"), "eval_path": str(snap.path / "eval.jsonl"),
@@ -218,16 +241,15 @@ class RetrainRunner:
         timings["train_eval_s"] = round(time.perf_counter() - t, 3)
         timings.update({f"worker_{k}": v for k, v in result.get("timings", {}).items()})
 
-        self._update(job_id, stage="gating", progress=0.96)
-        from driftloop.retrain.gate import ExampleScore, GateSpec, decide
+        self._check_cancel(job_id)
+        self._update(job_id, stage="gating", progress=0.96, heartbeat_at=_now())
+        from driftloop.retrain.gate import ExampleScore, decide
 
         g = policy.gate
-        spec = GateSpec(primary=g.primary, min_improvement=g.min_improvement, confidence=g.confidence,
-                        n_bootstrap=g.n_bootstrap, guards=dict(g.guards), min_examples=g.min_examples)  # fmt: skip
         suites = {name: ([ExampleScore.from_dict(x) for x in v["champion"]],
                          [ExampleScore.from_dict(x) for x in v["candidate"]])
                   for name, v in result["scores"].items()}  # fmt: skip
-        decision = decide(suites, spec)
+        decision = decide(suites, g)
         gate = decision.to_dict()
         self.echo(f"job {job_id}: gate {'PASSED' if decision.promote else 'REJECTED'} "
                   f"(candidate vs champion {champion.version})\n{decision.summary()}")  # fmt: skip
@@ -249,7 +271,8 @@ class RetrainRunner:
             return RunOutcome(job_id, "succeeded", version, False, gate,
                               f"{version.version} passed the gate and waits for approval: "
                               f"driftloop models approve {policy.model_id} {version.version}")  # fmt: skip
-        self._update(job_id, stage="promoting", progress=0.98)
+        self._check_cancel(job_id)  # a cancelled job or a demoted leader never promotes
+        self._update(job_id, stage="promoting", progress=0.98, heartbeat_at=_now())
         t = time.perf_counter()
         v = self.registry.promote(version.id, self.targets(policy), actor="driftloop",
                                   reason=f"gate passed (job {job_id}): " + "; ".join(decision.reasons)[:2000])
@@ -272,6 +295,7 @@ class RetrainRunner:
         self.echo(f"job {job_id}: training subprocess pid {proc.pid}, log {work / 'train.log'}")
         deadline = time.monotonic() + timeout_s
         last_msg = None
+        last_beat = time.monotonic()
         cancelled = False
         while True:
             try:
@@ -282,9 +306,13 @@ class RetrainRunner:
             prog = _read_progress(work)
             if prog and prog.get("message") != last_msg:
                 last_msg = prog.get("message")
+                last_beat = time.monotonic()
                 self._update(job_id, stage=prog.get("stage"), progress=0.05 + 0.9 * float(prog.get("progress", 0)),
-                             message=str(last_msg)[:2000])  # fmt: skip
-            if not cancelled and self.job(job_id)["cancel_requested"]:
+                             message=str(last_msg)[:2000], heartbeat_at=_now())  # fmt: skip
+            elif time.monotonic() - last_beat >= HEARTBEAT_S:
+                last_beat = time.monotonic()
+                self._update(job_id, heartbeat_at=_now())
+            if not cancelled and (self.job(job_id)["cancel_requested"] or not self.fence()):
                 cancelled = True
                 proc.terminate()
             if time.monotonic() > deadline:
@@ -321,26 +349,34 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 def request_cancel(engine: Engine, job_id: int) -> str:
-    """Ask a queued or running job to stop; returns its status after the request."""
+    """Ask a queued or running job to stop; returns its status after the request.
+
+    A queued job is cancelled at once, unless the worker claimed it a moment ago (the update is
+    guarded by ``status = 'queued'``): then its runner sees ``cancel_requested`` and stops it.
+    """
     with engine.begin() as c:
         row = c.execute(select(retrain_jobs.c.status).where(retrain_jobs.c.id == job_id)).first()
         if row is None:
             raise RetrainError(f"no retrain job {job_id}; see `driftloop retrain status`")
         if row.status in TERMINAL:
             return str(row.status)
-        c.execute(update(retrain_jobs).where(retrain_jobs.c.id == job_id).values(cancel_requested=True))
-        if row.status == "queued":
-            c.execute(update(retrain_jobs).where(retrain_jobs.c.id == job_id).values(
-                status="cancelled", finished_at=_now(), stage="done", error="cancelled before it started"))  # fmt: skip
+        queued = c.execute(update(retrain_jobs).where(retrain_jobs.c.id == job_id, retrain_jobs.c.status == "queued")
+                           .values(status="cancelled", finished_at=_now(), stage="done", cancel_requested=True,
+                                   error="cancelled before it started")).rowcount  # fmt: skip
+        if queued:
             return "cancelled"
+        c.execute(update(retrain_jobs).where(retrain_jobs.c.id == job_id, retrain_jobs.c.status.in_(ACTIVE_STATUSES))
+                  .values(cancel_requested=True))  # fmt: skip
     return "cancelling"
 
 
 def cancel_running(engine: Engine, instance: str) -> int:
-    """Ask every queued/running job of ``instance`` to stop (daemon shutdown); returns how many."""
+    """Ask every job ``instance`` is running to stop (daemon shutdown, lost leadership); returns how many.
+
+    Queued jobs stay queued for the next leader.
+    """
     with engine.begin() as c:
-        n = c.execute(update(retrain_jobs).where(retrain_jobs.c.status.in_(("queued", "running")),
-                                                 retrain_jobs.c.instance == instance)
+        n = c.execute(update(retrain_jobs).where(retrain_jobs.c.status == "running", retrain_jobs.c.instance == instance)
                       .values(cancel_requested=True)).rowcount  # fmt: skip
     return int(n or 0)
 
@@ -348,52 +384,51 @@ def cancel_running(engine: Engine, instance: str) -> int:
 # -- the scheduled job ----------------------------------------------------------------------------
 @dataclass
 class PolicyDecision:
-    """Why a policy did or did not start a run on this evaluation."""
+    """Why a policy did or did not queue a run on this evaluation."""
 
     policy: str
-    action: str  # started | skipped
+    action: str  # queued | skipped
     reason: str
-    outcome: RunOutcome | None = None
+    job_id: int | None = None
 
 
 class RetrainPolicyJob:
-    """Scheduled: for each policy, if triggered and allowed (cooldown, runs per day, new data), run a retrain."""
+    """Scheduled: for each policy, if triggered and allowed (cooldown, runs per day, new data), queue a retrain.
 
-    def __init__(self, settings: Any, engine: Engine, instance: str, *,
-                 launch: Callable[[PolicySettings, dict[str, Any]], RunOutcome] | None = None,
-                 runner: RetrainRunner | None = None) -> None:  # fmt: skip
+    It never runs one: the leader's worker (:class:`~driftloop.retrain.queue.RetrainWorker`) does.
+    """
+
+    def __init__(self, settings: Any, engine: Engine, instance: str) -> None:
         self.settings = settings
         self.engine = engine
-        self.runner = runner or RetrainRunner(settings, engine, instance)
-        self.launch = launch or (lambda p, trig: self.runner.run(p, trig))
+        self.instance = instance
 
     def triggered(self, policy: PolicySettings, now: datetime) -> dict[str, Any] | None:
-        """The trigger that fired (open alerts / condition), or None."""
-        from driftloop.monitor.alerts.tables import OPEN_STATES, alerts
+        """The trigger that fired, or None: the policy's open alerts, as the alert engine left them.
 
+        ``trigger.alerts`` names configured rules; ``trigger.condition`` is evaluated by the engine as
+        the implicit rule ``retrain.trigger.<policy>`` (same hysteresis, same ``alerts`` rows). Nothing
+        is evaluated here.
+        """
+        from driftloop.monitor.alerts.engine import open_alerts, trigger_rule_name
+
+        implicit = trigger_rule_name(policy.name) if policy.trigger.condition else None
+        rules = [*policy.trigger.alerts, *([implicit] if implicit else [])]
         fired: dict[str, Any] = {}
-        if policy.trigger.alerts:
-            with self.engine.connect() as c:
-                rows = c.execute(select(alerts.c.id, alerts.c.rule, alerts.c.fired_at).where(
-                    alerts.c.rule.in_(policy.trigger.alerts), alerts.c.model_id == policy.model_id,
-                    alerts.c.state.in_(OPEN_STATES))).all()  # fmt: skip
-            if rows:
-                fired["alerts"] = [{"id": r.id, "rule": r.rule, "fired_at": _aware(r.fired_at).isoformat()}
-                                   for r in rows]  # fmt: skip
-        if policy.trigger.condition:
-            from driftloop.monitor.alerts.engine import evaluate, load_points
-            from driftloop.settings.conditions import parse_condition
-
-            pts = [p for p in load_points(self.engine, model_id=policy.model_id, per_group=3) if p.segment == ""]
-            if pts:
-                v = evaluate(parse_condition(policy.trigger.condition), pts, 1, 1)
-                if v.decision == "firing":
-                    fired["condition"] = {"condition": policy.trigger.condition,
-                                          "window_end": pts[-1].window_end.isoformat()}  # fmt: skip
+        for a in open_alerts(self.engine, rules, policy.model_id):
+            if a.rule == implicit:
+                fired["condition"] = {"condition": policy.trigger.condition, "alert_id": a.id,
+                                      "fired_at": a.fired_at.isoformat(), "message": a.message}  # fmt: skip
+            else:
+                fired.setdefault("alerts", []).append({"id": a.id, "rule": a.rule, "fired_at": a.fired_at.isoformat()})
         return {"kind": "policy", **fired} if fired else None
 
     def check(self, policy: PolicySettings, now: datetime) -> tuple[dict[str, Any] | None, str]:
-        """(trigger, "") when a run may start now, else (None, why not)."""
+        """(trigger, "") when a run may be queued now, else (None, why not).
+
+        Whether a run is already queued or running is not checked here: the queue's unique index
+        decides that when the job is enqueued.
+        """
         if not policy.enabled:
             return None, "disabled"
         trig = self.triggered(policy, now)
@@ -402,8 +437,6 @@ class RetrainPolicyJob:
         with self.engine.connect() as c:
             jobs = c.execute(select(retrain_jobs.c.status, retrain_jobs.c.created_at).where(
                 retrain_jobs.c.policy == policy.name).order_by(retrain_jobs.c.created_at.desc())).all()  # fmt: skip
-        if any(j.status in ("queued", "running") for j in jobs):
-            return None, "a run of this policy is already in progress"
         if jobs and now - _aware(jobs[0].created_at) < timedelta(minutes=policy.cooldown_minutes):
             left = timedelta(minutes=policy.cooldown_minutes) - (now - _aware(jobs[0].created_at))
             return None, f"cooldown: last run started {_aware(jobs[0].created_at).isoformat()}, {left} left"
@@ -426,7 +459,7 @@ class RetrainPolicyJob:
         return {**trig, "eligible": n}, ""
 
     def run_once(self, now: datetime | None = None) -> list[PolicyDecision]:
-        """Evaluate every policy once; run (synchronously) those that may start."""
+        """Evaluate every policy once; queue a run of those that may start."""
         now = now or _now()
         out: list[PolicyDecision] = []
         if not self.settings.retrain.enabled:
@@ -434,15 +467,19 @@ class RetrainPolicyJob:
         for policy in self.settings.retrain.policies:
             try:
                 trig, why = self.check(policy, now)
+                if trig is None:
+                    log.debug("retrain policy %s: %s", policy.name, why)
+                    out.append(PolicyDecision(policy.name, "skipped", why))
+                    continue
+                q = enqueue(self.engine, policy, trig, f"scheduler:{self.instance}")
             except Exception as e:  # one broken policy never stops the others
                 log.exception("retrain policy %s: trigger check failed", policy.name)
                 out.append(PolicyDecision(policy.name, "skipped", f"check failed: {e}"))
                 continue
-            if trig is None:
-                log.debug("retrain policy %s: %s", policy.name, why)
-                out.append(PolicyDecision(policy.name, "skipped", why))
+            if not q.created:
+                out.append(PolicyDecision(policy.name, "skipped", f"a run of this policy is already in progress "
+                                                                  f"(job {q.job_id}, {q.status})", q.job_id))  # fmt: skip
                 continue
-            log.info("retrain policy %s triggered: %s", policy.name, trig)
-            outcome = self.launch(policy, trig)
-            out.append(PolicyDecision(policy.name, "started", outcome.message or outcome.status, outcome))
+            log.info("retrain policy %s triggered: %s; job %d queued", policy.name, trig, q.job_id)
+            out.append(PolicyDecision(policy.name, "queued", f"job {q.job_id} queued", q.job_id))
         return out

@@ -1,4 +1,7 @@
-"""Registry and retrain-job tables (on driftloop's shared metadata); created by migration 0005_retrain."""
+"""Registry and retrain-job tables (on driftloop's shared metadata).
+
+Created by migration 0005_retrain; the queue's columns and partial unique index by 0008_retrain_queue.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +19,15 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 
 from driftloop.store.models import BigId, JsonType, metadata
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE_STATUSES = ("queued", "running")
+# At most one active job per policy: enforced by a partial unique index (migration 0008, both dialects).
+ACTIVE_PREDICATE = "status IN ('queued', 'running')"
 VERSION_STATUSES = ("candidate", "pending_approval", "rejected", "approved", "promoted", "retired", "rolled_back")
 
 retrain_jobs = Table(
@@ -38,7 +45,8 @@ retrain_jobs = Table(
     Column("error", Text, nullable=True),
     Column("logs_path", Text, nullable=True),
     Column("work_dir", Text, nullable=True),
-    Column("instance", String(128), nullable=True),
+    Column("instance", String(128), nullable=True),  # the daemon that claimed (runs) it
+    Column("requested_by", String(128), nullable=True),  # who enqueued it: api:<actor>, cli:<host:pid>, scheduler:...
     Column("pid", Integer, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False, server_default=false()),
     Column("dataset_hash", String(64), nullable=True),
@@ -47,11 +55,20 @@ retrain_jobs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("claimed_at", DateTime(timezone=True), nullable=True),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=True),  # the run is alive (updated while it runs)
     CheckConstraint(
         "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="ck_retrain_jobs_status"
     ),
     Index("ix_retrain_jobs_policy_created", "policy", "created_at"),
     Index("ix_retrain_jobs_status", "status"),
+    Index(
+        "uq_retrain_jobs_active_policy",
+        "policy",
+        unique=True,
+        postgresql_where=text(ACTIVE_PREDICATE),
+        sqlite_where=text(ACTIVE_PREDICATE),
+    ),
 )
 
 model_versions = Table(

@@ -141,28 +141,12 @@ class PromotionWatchJob:
                                              "at": datetime.now(UTC)})  # fmt: skip
 
     def _alert(self, family: str, message: str, value: float | None) -> None:
-        """Open a ``retrain.rollback`` alert and tell the watch's channels."""
-        from driftloop.monitor.alerts.abc import AlertFired
+        """Raise a ``retrain.rollback`` alert through the alert engine, to the watch's channels."""
+        from driftloop.monitor.alerts.engine import fire_alert
         from driftloop.monitor.alerts.sinks import build_sinks
-        from driftloop.monitor.alerts.tables import alert_notifications, alerts
 
         now = datetime.now(UTC)
-        with self.engine.begin() as c:
-            aid = c.execute(insert(alerts).returning(alerts.c.id), {
-                "rule": ROLLBACK_RULE, "group_key": f"{family}|{now.isoformat()}", "model_id": family,
-                "segment": "", "severity": "critical", "state": "fired", "condition": "post-promotion watch",
-                "message": message, "value": value, "fired_at": now, "last_evaluated_at": now,
-                "notify_count": 0})  .scalar_one()  # fmt: skip
-        ev = AlertFired(int(aid), ROLLBACK_RULE, family, "", "critical", "post-promotion watch", message, value, now)
         sinks = self._sinks if self._sinks is not None else build_sinks(self.settings.alerts.channels)
-        rows = []
-        for name in self.settings.retrain.watch.channels:
-            ok, err = True, None
-            try:
-                sinks[name].send(ev)
-            except Exception as e:
-                ok, err = False, f"{type(e).__name__}: {e}"[:2000]
-            rows.append({"alert_id": aid, "channel": name, "event": "fired", "ok": ok, "error": err, "at": now})
-        if rows:
-            with self.engine.begin() as c:
-                c.execute(insert(alert_notifications), rows)
+        fire_alert(self.engine, sinks, self.settings.retrain.watch.channels, rule=ROLLBACK_RULE, model_id=family,
+                   group_key=f"{family}|{now.isoformat()}", severity="critical", condition="post-promotion watch",
+                   message=message, value=value, now=now)  # fmt: skip

@@ -38,7 +38,8 @@ PolicyName = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-
 ModelFilter = Annotated[str | None, Query(min_length=1, max_length=256, pattern=_NAME, description="model_id")]
 NameFilter = Annotated[str | None, Query(min_length=1, max_length=128, pattern=_NAME)]
 # The names of driftloop.jobs.JOBS (a test keeps the two in step).
-JobName = Literal["drift_check", "quality_check", "policy_evaluation", "retention", "retrain_check", "promotion_watch"]
+JobName = Literal["drift_check", "quality_check", "policy_evaluation", "retention", "retrain_check", "retrain_worker",
+                  "promotion_watch"]
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": S.ErrorOut, "description": "no or invalid bearer token (or none configured)"},
@@ -345,38 +346,31 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
 
     @app.post("/api/v1/retrain/{policy}/run", response_model=S.Accepted, status_code=status.HTTP_202_ACCEPTED,
               tags=["retrain"], responses={**ERRORS, **NOT_FOUND, **CONFLICT},
-              summary="Start a retrain of a policy in the background")  # fmt: skip
+              summary="Queue a retrain of a policy (the leader's worker runs it)")  # fmt: skip
     def run_retrain(policy: PolicyName, who: AdminAuth,
                     force: Annotated[bool, Query(description="run even if not triggered, in cooldown or over "
                                                              "max_runs_per_day")] = False) -> S.Accepted:  # fmt: skip
-        from driftloop.retrain.runner import RetrainError, RetrainPolicyJob, RetrainRunner, find_policy
+        from driftloop.retrain.queue import enqueue
+        from driftloop.retrain.runner import RetrainError, RetrainPolicyJob, find_policy
 
         try:
             p = find_policy(settings, policy)
         except RetrainError as e:
             raise _not_found(str(e)) from None
-        runner = RetrainRunner(settings, engine, instance)
         trigger: dict[str, Any] = {"kind": "manual", "forced": force, "by": who.actor}
         if not force:
-            trig, why = RetrainPolicyJob(settings, engine, instance, runner=runner).check(p, datetime.now(UTC))
+            trig, why = RetrainPolicyJob(settings, engine, instance).check(p, datetime.now(UTC))
             if trig is None:
                 raise _conflict(f"policy {policy} may not run now: {why} (add ?force=true to run anyway)")
             trigger = {**trig, "kind": "manual", "by": who.actor}
-        with engine.connect() as c:
-            busy = c.execute(select(retrain_jobs.c.id).where(retrain_jobs.c.policy == policy,
-                             retrain_jobs.c.status.in_(("queued", "running")))).first()  # fmt: skip
-        if busy is not None:
-            raise _conflict(f"retrain job {busy[0]} of policy {policy} is still queued or running; "
-                            f"cancel it at /api/v1/retrain/jobs/{busy[0]}/cancel or wait")  # fmt: skip
-        job_id = runner.create_job(p, trigger)
-        if not background.start(f"retrain-{policy}", lambda: runner.run(p, trigger, job_id=job_id)):
-            from driftloop.retrain.runner import request_cancel
-
-            request_cancel(engine, job_id)
-            raise _conflict(f"a retrain of {policy} started from the API is still running")
-        log.info("retrain job %d of %s started by %s", job_id, policy, who.actor)
-        return S.Accepted(job="retrain", job_id=job_id,
-                          detail=f"retrain job {job_id} queued; follow it at /api/v1/retrain/jobs/{job_id}")  # fmt: skip
+        q = enqueue(engine, p, trigger, who.actor)
+        if not q.created:
+            raise _conflict(f"retrain job {q.job_id} of policy {policy} is still {q.status}; "
+                            f"cancel it at /api/v1/retrain/jobs/{q.job_id}/cancel or wait")  # fmt: skip
+        log.info("retrain job %d of %s queued by %s", q.job_id, policy, who.actor)
+        return S.Accepted(job="retrain", job_id=q.job_id,
+                          detail=f"retrain job {q.job_id} queued; the leader runs it; "
+                                 f"follow it at /api/v1/retrain/jobs/{q.job_id}")  # fmt: skip
 
     @app.post("/api/v1/retrain/jobs/{job_id}/cancel", response_model=S.CancelResult, tags=["retrain"],
               responses={**ERRORS, **NOT_FOUND}, summary="Ask a queued or running retrain job to stop")  # fmt: skip

@@ -118,7 +118,8 @@ class RetrainJob(BaseModel):
     message: str | None
     error: str | None
     logs_path: str | None
-    instance: str | None
+    instance: str | None = Field(description="the daemon (leader) that claimed and runs it; null while queued")
+    requested_by: str | None = Field(None, description="who queued it: api:<actor>, cli:<host:pid>, scheduler:<instance>")
     cancel_requested: bool
     dataset_hash: str | None
     version_id: int | None
@@ -126,6 +127,8 @@ class RetrainJob(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    claimed_at: datetime | None = None
+    heartbeat_at: datetime | None = Field(None, description="last sign of life of the run (while running)")
 
 
 class ModelVersion(BaseModel):

@@ -34,7 +34,8 @@ class SchedulerSettings(_Section):
                                        validation_alias=AliasChoices("policy_evaluation_s", "alert_evaluation_s"),
                                        description="evaluate alert policies")  # fmt: skip
     retention_s: float = Field(3600, ge=0, description="delete rows older than the retention")
-    retrain_check_s: float = Field(60, ge=0, description="evaluate retrain policies (a triggered run happens inline)")
+    retrain_check_s: float = Field(60, ge=0, description="evaluate retrain policies (a triggered run is queued)")
+    retrain_worker_s: float = Field(5, ge=0, description="leader: claim and run queued retrain jobs (0: none run)")
     promotion_watch_s: float = Field(60, ge=0, description="post-promotion watch (automatic rollback)")
     misfire_grace_s: int = Field(60, gt=0, description="a run late by more than this is skipped, not run late")
     leader_lock_id: int = Field(0x44524654, ge=-(2**63), lt=2**63,
@@ -46,7 +47,7 @@ class SchedulerSettings(_Section):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @field_validator("drift_check_s", "quality_check_s", "policy_evaluation_s", "retention_s", "retrain_check_s",
-                     "promotion_watch_s")
+                     "retrain_worker_s", "promotion_watch_s")
     @classmethod
     def _interval_sane(cls, v: float) -> float:
         if 0 < v < 0.1:

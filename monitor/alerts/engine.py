@@ -8,6 +8,12 @@ Hysteresis: a rule fires when its condition held in at least N (``windows``) of 
 and windows where the condition is unknown (a metric it names is missing) are skipped: they count
 neither as true nor as false, and the look-back goes past them. An open alert resolves when the
 condition held in none of the last M windows with data; in between the state holds (no flapping).
+
+Besides the configured rules the engine evaluates *implicit* rules that other sections ask for
+(:func:`implicit_rules`: a retrain policy's ``trigger.condition``), so every condition over windows
+goes through the same hysteresis and leaves the same ``alerts`` rows. Alerts raised by other parts of
+driftloop (the post-promotion watch's rollback) go through :func:`fire_alert`, which records and
+notifies them as the engine does its own.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from driftloop.monitor.alerts.abc import AlertEvent, AlertFired, AlertReminded, AlertResolved, AlertSink
@@ -152,6 +158,109 @@ def backtest(rules: Sequence[RuleSettings], points: Sequence[WindowPoint]) -> li
     return sorted(out, key=lambda t: (t.at, t.rule, t.group))
 
 
+TRIGGER_RULE_PREFIX = "retrain.trigger."
+
+
+def trigger_rule_name(policy: str) -> str:
+    """The implicit rule that evaluates retrain policy ``policy``'s ``trigger.condition``."""
+    return (TRIGGER_RULE_PREFIX + policy)[:128]
+
+
+@dataclass(frozen=True)
+class ScopedRule:
+    """A rule and, for an implicit rule, the one model whose whole-model windows it looks at."""
+
+    rule: RuleSettings
+    model_id: str | None = None
+
+    def applies(self, p: WindowPoint) -> bool:
+        return self.model_id is None or (p.model_id == self.model_id and p.segment == "")
+
+
+def implicit_rules(settings: Settings) -> list[ScopedRule]:
+    """Rules that other sections ask the engine to evaluate.
+
+    Each enabled retrain policy with a ``trigger.condition`` becomes rule ``retrain.trigger.<policy>``
+    over its model's whole-model windows, with the rule defaults (1 of 1 window, no channels: it
+    triggers a retrain, it pages nobody). The retrain loop reads its open alert like any other.
+    """
+    out = []
+    r = settings.retrain
+    for p in r.policies if r.enabled else []:
+        if p.enabled and p.trigger.condition:
+            rule = RuleSettings(name=trigger_rule_name(p.name), condition=p.trigger.condition, severity="info",
+                                channels=[], cooldown_minutes=0,
+                                description=f"trigger.condition of retrain policy {p.name}")  # fmt: skip
+            out.append(ScopedRule(rule, p.model_id))
+    return out
+
+
+@dataclass(frozen=True)
+class OpenAlert:
+    """An alert that fired and has not resolved (``fired`` or ``acknowledged``)."""
+
+    id: int
+    rule: str
+    model_id: str
+    state: str
+    message: str
+    fired_at: datetime
+
+
+def open_alerts(engine: Engine, rules: Sequence[str], model_id: str | None = None) -> list[OpenAlert]:
+    """Open alerts of ``rules`` (of ``model_id`` if given), oldest first: what fired, per the engine."""
+    if not rules:
+        return []
+    q = select(alerts.c.id, alerts.c.rule, alerts.c.model_id, alerts.c.state, alerts.c.message, alerts.c.fired_at
+               ).where(alerts.c.rule.in_(list(rules)), alerts.c.state.in_(OPEN_STATES)).order_by(alerts.c.id)  # fmt: skip
+    if model_id is not None:
+        q = q.where(alerts.c.model_id == model_id)
+    with engine.connect() as conn:
+        return [OpenAlert(r.id, r.rule, r.model_id, r.state, r.message, _aware(r.fired_at)) for r in conn.execute(q)]
+
+
+def notify(engine: Engine, sinks: Mapping[str, AlertSink], channels: Sequence[str], ev: AlertEvent) -> None:
+    """Send ``ev`` to each of ``channels``; record every outcome. Never raises for a channel."""
+    results: list[dict[str, Any]] = []
+    for name in channels:
+        sink = sinks.get(name)
+        ok, err = True, None
+        if sink is None:
+            ok, err = False, f"channel {name!r} is not configured"
+        else:
+            try:
+                sink.send(ev)
+            except Exception as e:  # one failing channel never blocks the others
+                ok, err = False, f"{type(e).__name__}: {e}"[:2000]
+                log.error("alert channel %s failed for %s: %s", name, ev.rule, err)
+        results.append({"alert_id": ev.alert_id, "channel": name, "event": ev.event, "ok": ok, "error": err,
+                        "at": datetime.now(UTC)})  # fmt: skip
+    with engine.begin() as conn:
+        if results:
+            conn.execute(insert(alert_notifications), results)
+        conn.execute(update(alerts).where(alerts.c.id == ev.alert_id).values(
+            notify_count=alerts.c.notify_count + 1, last_notified_at=ev.at))  # fmt: skip
+
+
+def fire_alert(engine: Engine, sinks: Mapping[str, AlertSink], channels: Sequence[str], *, rule: str,
+               model_id: str, group_key: str, severity: str, condition: str, message: str,
+               value: float | None = None, now: datetime | None = None) -> AlertFired:  # fmt: skip
+    """Open an alert raised outside the rules (e.g. ``retrain.rollback``) and notify ``channels``.
+
+    The row and the notifications are those of a rule's alert, so the API, the status page and the
+    dashboards show it alike. ``group_key`` is unique per open alert of ``rule`` (partial unique index).
+    """
+    now = now or datetime.now(UTC)
+    with engine.begin() as conn:
+        aid = conn.execute(insert(alerts).returning(alerts.c.id), {
+            "rule": rule, "group_key": group_key, "model_id": model_id, "segment": "", "severity": severity,
+            "state": "fired", "condition": condition, "message": message, "value": value, "fired_at": now,
+            "last_evaluated_at": now, "notify_count": 0}).scalar_one()  # fmt: skip
+    ev = AlertFired(int(aid), rule, model_id, "", severity, condition, message, value, now)
+    notify(engine, sinks, channels, ev)
+    return ev
+
+
 def load_points(engine: Engine, *, since: datetime | None = None, until: datetime | None = None,
                 model_id: str | None = None, per_group: int | None = None) -> list[WindowPoint]:  # fmt: skip
     """Checked windows with their metrics, oldest first.
@@ -223,14 +332,16 @@ class AlertEvaluationJob:
         if not a.enabled:
             return []
         now = now or datetime.now(UTC)
-        self._close_orphans(now)
-        if not a.rules:
+        scoped = [ScopedRule(r) for r in a.rules] + implicit_rules(self.settings)
+        self._close_orphans(now, [sr.rule.name for sr in scoped])
+        if not scoped:
             return []
         # Enough history for N of M even when a few windows lack data or are skipped.
-        depth = max(r.of for r in a.rules) * 3 + 5
+        depth = max(sr.rule.of for sr in scoped) * 3 + 5
         points = load_points(self.engine, per_group=depth)
         events: list[AlertEvent] = []
-        for rule in a.rules:
+        for sr in scoped:
+            rule = sr.rule
             try:
                 node = parse_condition(rule.condition)
             except ValueError:  # validated at load time; guard anyway
@@ -238,7 +349,8 @@ class AlertEvaluationJob:
                 continue
             groups: dict[tuple[str, str, str], list[WindowPoint]] = defaultdict(list)
             for p in points:
-                groups[group_key(rule, p.model_id, p.segment)].append(p)
+                if sr.applies(p):
+                    groups[group_key(rule, p.model_id, p.segment)].append(p)
             for key, hist in groups.items():
                 try:
                     ev = self._evaluate(rule, node, key, hist, now)
@@ -249,15 +361,15 @@ class AlertEvaluationJob:
                     events.append(ev)
         return events
 
-    def _close_orphans(self, now: datetime) -> None:
+    def _close_orphans(self, now: datetime, names: list[str]) -> None:
         """Resolve open alerts whose rule is no longer in the policy (without notifying): nothing else would."""
-        names = [r.name for r in self.settings.alerts.rules]
         msg = "closed: its rule is no longer in the alert policy"
         with self.engine.begin() as conn:
             res = conn.execute(
-                # retrain.* alerts (e.g. retrain.rollback) are raised by the retrain loop, not by a rule
+                # other retrain.* alerts (retrain.rollback) are raised by the retrain loop, not by a rule
                 update(alerts).where(alerts.c.state.in_(OPEN_STATES), alerts.c.rule.not_in(names),
-                                     alerts.c.rule.not_like("retrain.%"))
+                                     or_(alerts.c.rule.not_like("retrain.%"),
+                                         alerts.c.rule.like(TRIGGER_RULE_PREFIX + "%")))
                 .values(state="resolved", resolved_at=now, last_evaluated_at=now, message=msg)
             )  # fmt: skip
         if res.rowcount:
@@ -344,25 +456,7 @@ class AlertEvaluationJob:
 
     def _notify(self, rule: RuleSettings, ev: AlertEvent) -> None:
         """Send ``ev`` to each channel of ``rule``; record every outcome. Never raises for a channel."""
-        results: list[dict[str, Any]] = []
-        for name in rule.channels:
-            sink = self.sinks.get(name)
-            ok, err = True, None
-            if sink is None:
-                ok, err = False, f"channel {name!r} is not configured"
-            else:
-                try:
-                    sink.send(ev)
-                except Exception as e:  # one failing channel never blocks the others
-                    ok, err = False, f"{type(e).__name__}: {e}"[:2000]
-                    log.error("alert channel %s failed for %s: %s", name, rule.name, err)
-            results.append({"alert_id": ev.alert_id, "channel": name, "event": ev.event, "ok": ok, "error": err,
-                            "at": datetime.now(UTC)})  # fmt: skip
-        with self.engine.begin() as conn:
-            if results:
-                conn.execute(insert(alert_notifications), results)
-            conn.execute(update(alerts).where(alerts.c.id == ev.alert_id).values(
-                notify_count=alerts.c.notify_count + 1, last_notified_at=ev.at))  # fmt: skip
+        notify(self.engine, self.sinks, rule.channels, ev)
 
 
 def acknowledge(engine: Engine, alert_id: int, by: str, now: datetime | None = None) -> bool:
