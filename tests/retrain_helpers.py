@@ -36,3 +36,16 @@ def toy_records(domain: str, n: int, *, start: datetime, model_id: str = "toy", 
             "tokens_out": len(resp.split()), "finish_reason": "stop", "feedback": fb,
         })  # fmt: skip
     return out
+
+
+def run_retrain(settings: Any, engine: Any, policy: Any, trigger: dict[str, Any], runner: Any = None) -> Any:
+    """Queue a run of ``policy`` and run it as the leader's worker does; its outcome."""
+    from driftloop.retrain.queue import RetrainWorker, enqueue
+    from driftloop.retrain.runner import RetrainRunner
+
+    runner = runner or RetrainRunner(settings, engine, "leader")
+    q = enqueue(engine, policy, trigger, "test")
+    assert q.created, f"a run of {policy.name} is already {q.status} (job {q.job_id})"
+    out = RetrainWorker(settings, engine, runner.instance, lambda: True, runner=runner).run_once()
+    assert out is not None and out.job_id == q.job_id, out
+    return out

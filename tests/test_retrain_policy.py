@@ -8,13 +8,12 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select, update
 
 from driftloop.monitor.alerts.tables import alerts
-from driftloop.retrain.runner import RetrainPolicyJob, RunOutcome
+from driftloop.retrain.runner import RetrainPolicyJob
 from driftloop.retrain.tables import retrain_jobs
 from driftloop.settings import ConfigError, load_settings
-from driftloop.settings.retrain import PolicySettings
 from driftloop.store.db import create_engine_from_url
 from tests.alpaca import store_records
 from tests.retrain_helpers import toy_records
@@ -97,24 +96,24 @@ def _open_alert(eng: Any, rule: str = "quality-drop", model: str = "toy") -> Non
                                    "notify_count": 0})  # fmt: skip
 
 
+def _finish_queued(eng: Any, created_at: datetime) -> None:
+    """What the leader's worker records for a run, without training: the queued job succeeded."""
+    with eng.begin() as c:
+        c.execute(update(retrain_jobs).where(retrain_jobs.c.status == "queued").values(
+            status="succeeded", progress=1.0, created_at=created_at, finished_at=datetime.now(UTC)))  # fmt: skip
+
+
 def test_cooldown_max_runs_and_min_samples_under_repeated_alerts(pg_url: str, tmp_path: Path) -> None:
     s = load_settings(None, database={"url": pg_url}, alerts={"rules": RULES},
                       retrain={"policies": [_policy()]})  # fmt: skip
     eng = create_engine_from_url(pg_url)
-    launched: list[dict[str, Any]] = []
-
-    def launch(p: PolicySettings, trig: dict[str, Any]) -> RunOutcome:
-        now = datetime.now(UTC)
-        with eng.begin() as c:  # what RetrainRunner records, without training
-            jid = c.execute(insert(retrain_jobs).returning(retrain_jobs.c.id), {
-                "policy": p.name, "model_id": p.model_id, "status": "succeeded", "trigger": trig,
-                "progress": 1.0, "cancel_requested": False, "created_at": clock["now"], "finished_at": now,
-            }).scalar_one()  # fmt: skip
-        launched.append(trig)
-        return RunOutcome(jid, "succeeded", message="fake run")
-
     clock = {"now": datetime.now(UTC)}
-    job = RetrainPolicyJob(s, eng, "test", launch=launch)
+    job = RetrainPolicyJob(s, eng, "test")
+
+    def queued() -> list[dict[str, Any]]:
+        with eng.connect() as c:
+            return [dict(r) for r in c.execute(select(retrain_jobs).where(retrain_jobs.c.status == "queued")).mappings()]
+
     assert job.run_once(clock["now"])[0].reason == "not triggered"
     _open_alert(eng)
     d = job.run_once(clock["now"])[0]
@@ -122,8 +121,14 @@ def test_cooldown_max_runs_and_min_samples_under_repeated_alerts(pg_url: str, tm
     store_records(pg_url, toy_records("B", 200, start=clock["now"] - timedelta(minutes=30), good=False,
                                       correction_rate=0.5), topic="b1")  # fmt: skip
     d = job.run_once(clock["now"])[0]
-    assert d.action == "started" and launched[-1]["alerts"][0]["rule"] == "quality-drop"
-    assert launched[-1]["eligible"] >= 50
+    assert d.action == "queued" and d.job_id is not None
+    (q,) = queued()  # the scheduler only queues: the leader's worker runs it
+    assert q["id"] == d.job_id and q["requested_by"] == "scheduler:test" and q["instance"] is None
+    assert q["trigger"]["alerts"][0]["rule"] == "quality-drop" and q["trigger"]["eligible"] >= 50
+    # while it is queued, a second evaluation queues nothing more (cooldown from its creation)
+    d = job.run_once(clock["now"])[0]
+    assert d.action == "skipped" and len(queued()) == 1
+    _finish_queued(eng, clock["now"])
     # the alert stays open: every evaluation within the cooldown is refused
     for minutes in (1, 10, 59):
         d = job.run_once(clock["now"] + timedelta(minutes=minutes))[0]
@@ -134,38 +139,59 @@ def test_cooldown_max_runs_and_min_samples_under_repeated_alerts(pg_url: str, tm
     assert d.action == "skipped" and "new eligible" in d.reason
     store_records(pg_url, toy_records("B", 200, start=clock["now"] - timedelta(minutes=5), good=False,
                                       correction_rate=0.5, prefix="b2", seed=2), topic="b2")  # fmt: skip
-    assert job.run_once(clock["now"])[0].action == "started"
+    assert job.run_once(clock["now"])[0].action == "queued"
+    _finish_queued(eng, clock["now"])
     # third run within 24 h: max_runs_per_day = 2
     clock["now"] += timedelta(minutes=61)
     store_records(pg_url, toy_records("B", 200, start=clock["now"] - timedelta(minutes=5), good=False,
                                       correction_rate=0.5, prefix="b3", seed=3), topic="b3")  # fmt: skip
     d = job.run_once(clock["now"])[0]
     assert d.action == "skipped" and "max_runs_per_day" in d.reason
-    assert len(launched) == 2
+    with eng.connect() as c:
+        assert c.execute(select(func.count()).select_from(retrain_jobs)).scalar() == 2
     eng.dispose()
 
 
-def test_condition_trigger_and_run_in_progress(pg_url: str) -> None:
+def test_condition_trigger_goes_through_the_alert_engine_and_run_in_progress(pg_url: str) -> None:
+    from driftloop.monitor.alerts.engine import AlertEvaluationJob, trigger_rule_name
     from driftloop.monitor.tables import monitor_windows, window_metrics
 
     pol = _policy(trigger={"condition": "quality.feedback_positive_rate < 0.3"}, min_new_samples=1)
     s = load_settings(None, database={"url": pg_url}, retrain={"policies": [pol]})
     eng = create_engine_from_url(pg_url)
     now = datetime.now(UTC)
-    with eng.begin() as c:
-        wid = c.execute(insert(monitor_windows).returning(monitor_windows.c.id), {
-            "model_id": "toy", "segment": "", "window_kind": "count", "window_index": 0, "window_start": now,
-            "window_end": now, "n_records": 100, "ref_kind": "previous", "ref_n": 0, "status": "ok",
-            "created_at": now}).scalar_one()  # fmt: skip
-        c.execute(insert(window_metrics), {"window_id": wid, "model_id": "toy", "segment": "", "window_end": now,
-                                           "name": "quality.feedback_positive_rate", "value": 0.1})  # fmt: skip
-        c.execute(insert(retrain_jobs), {"policy": "toy-retrain", "model_id": "toy", "status": "running",
-                                         "progress": 0.3, "cancel_requested": False,
-                                         "created_at": now - timedelta(days=2)})  # fmt: skip
+
+    def window(value: float, at: datetime, model: str = "toy", index: int = 0) -> None:
+        with eng.begin() as c:
+            wid = c.execute(insert(monitor_windows).returning(monitor_windows.c.id), {
+                "model_id": model, "segment": "", "window_kind": "count", "window_index": index, "window_start": at,
+                "window_end": at, "n_records": 100, "ref_kind": "previous", "ref_n": 0, "status": "ok",
+                "created_at": at}).scalar_one()  # fmt: skip
+            c.execute(insert(window_metrics), {"window_id": wid, "model_id": model, "segment": "", "window_end": at,
+                                               "name": "quality.feedback_positive_rate", "value": value})  # fmt: skip
+
+    window(0.1, now)
+    window(0.1, now, model="other")  # another model's windows never trigger this policy
     store_records(pg_url, toy_records("B", 20, start=now - timedelta(minutes=5), good=False), topic="c1")
-    job = RetrainPolicyJob(s, eng, "test", launch=lambda p, t: pytest.fail("must not launch"))
-    trig = job.triggered(s.retrain.policies[0], now)
+    job = RetrainPolicyJob(s, eng, "test")
+    policy = s.retrain.policies[0]
+    # the retrain loop evaluates nothing itself: until the engine has fired the implicit rule, no trigger
+    assert job.triggered(policy, now) is None
+    ev = AlertEvaluationJob(s, eng).run_once(now)
+    assert [(e.event, e.rule, e.model_id) for e in ev] == [("fired", trigger_rule_name("toy-retrain"), "toy")]
+    trig = job.triggered(policy, now)
     assert trig is not None and trig["condition"]["condition"].startswith("quality.feedback_positive_rate")
+    assert trig["condition"]["alert_id"] == ev[0].alert_id
+    # a run in progress: the queue's unique index keeps it the only one
+    with eng.begin() as c:
+        running = c.execute(insert(retrain_jobs).returning(retrain_jobs.c.id), {
+            "policy": "toy-retrain", "model_id": "toy", "status": "running", "progress": 0.3,
+            "cancel_requested": False, "instance": "leader", "created_at": now - timedelta(days=2)}).scalar_one()  # fmt: skip
     d = job.run_once(now)[0]
-    assert d.action == "skipped" and "already in progress" in d.reason
+    assert d.action == "skipped" and "already in progress" in d.reason and d.job_id == running
+    # the engine resolves the implicit alert when the condition clears: the trigger is gone
+    window(0.9, now + timedelta(minutes=1), index=1)
+    ev = AlertEvaluationJob(s, eng).run_once(now + timedelta(minutes=1))
+    assert [(e.event, e.rule) for e in ev] == [("resolved", trigger_rule_name("toy-retrain"))]
+    assert job.triggered(policy, now) is None
     eng.dispose()
