@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import ConsumerRebalanceListener
+from kafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 from sqlalchemy import Engine
 
 from driftloop.ingest import kafka_guard
@@ -153,6 +154,19 @@ class IngestStats:
 
 class _Stop(Exception):
     pass
+
+
+@dataclass
+class _Loop:
+    """Flags and timers of one ``IngestService.run`` loop (monotonic seconds)."""
+
+    max_pending: int
+    poll_gap_s: float
+    paused: bool = False
+    last_poll: float = field(default_factory=time.monotonic)
+    last_progress: float = field(default_factory=time.monotonic)
+    last_lag: float = field(default_factory=time.monotonic)
+    last_topic_check: float = field(default_factory=time.monotonic)
 
 
 class IngestService:
@@ -432,8 +446,6 @@ class IngestService:
                 beyond[tp] = pos
             m.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos, 0))
         if beyond:
-            from kafka.errors import OffsetOutOfRangeError
-
             self._offset_out_of_range(OffsetOutOfRangeError(beyond))
 
     def lag(self) -> int | None:
@@ -456,100 +468,23 @@ class IngestService:
         shutdown_timeout_s: float = 15.0,
     ) -> IngestStats:
         """Consume until ``stop`` is set (or idle for ``stop_when_idle_s`` with no lag)."""
-        from kafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
-
         self._stop = stop
         self._current = self._new_batch()
         self._state = self.batch_policy.new_state()
         self._pending = None
         self._start_pipeline()
-        max_pending = self.settings.ingest.max_pending_batches
         # longest wait for the writer without polling: well inside max.poll.interval.ms
         poll_gap_s = self.settings.kafka.consumer.get("max_poll_interval_ms", 300_000) / 1000 / 4
-        paused = False
-        last_poll = time.monotonic()
-        last_progress = last_lag = last_topic_check = time.monotonic()
+        loop = _Loop(max_pending=self.settings.ingest.max_pending_batches, poll_gap_s=poll_gap_s)
         self.idle_since = time.monotonic()
         try:
             self._make_clients()
             log.info("ingesting %s into %s as group %r (decode + write: %s)", self.topics,
                      self.engine.url.render_as_string(hide_password=True), self.group_id,
                      self.pipeline_kind)  # fmt: skip
-            while not stop.is_set():
-                self._drain_events()
-                if stop.is_set():  # the writer failed for good
-                    break
-                now = time.monotonic()
-                if self._pending is not None:
-                    if self._in_flight < max_pending:
-                        self._submit(self._pending)
-                        self._pending = None
-                    elif now - last_poll < poll_gap_s:
-                        # the writer is behind: wait for it (kafka-python heartbeats on its own thread)
-                        self._drain_events(wait_s=0.05)
-                        continue
-                    else:
-                        # behind for long (e.g. the database is down): stay in the group without fetching
-                        if not paused and self._assigned:
-                            self.consumer.pause(*self._assigned)
-                            paused = True
-                            log.info("writer is behind; pausing consumption")
-                        self.consumer.poll(timeout_ms=50)
-                        last_poll = time.monotonic()
-                        continue
-                if paused:
-                    self.consumer.resume(*self.consumer.paused())
-                    paused = False
-                try:
-                    records = self.consumer.poll(timeout_ms=100)
-                    last_poll = time.monotonic()
-                except OffsetOutOfRangeError as e:
-                    self._offset_out_of_range(e)
-                    continue
-                except NoOffsetForPartitionError as e:
-                    log.warning("no stored or committed offset for %s; starting at the beginning", e)
-                    self.consumer.seek_to_beginning()
-                    continue
-                n = self._add(records, self._current) if records else 0
-                if n:
-                    if self.stats.first_message_at is None:
-                        self.stats.first_message_at = time.time()
-                    self.stats.consumed += n
-                    m.CONSUMED.inc(n)
-                    self._state.add(n)
-                    self.idle_since = now
-                if self._state.should_flush() and self._pending is None:
-                    self._pending = self._current
-                    self._current = self._new_batch()
-                    self._state.reset()
-                now = time.monotonic()
-                if now - last_lag > 1.0:
-                    self._update_lag()
-                    last_lag = now
-                if progress_every_s and now - last_progress >= progress_every_s:
-                    log.info("progress: %s", self.stats.summary())
-                    last_progress = now
-                if now - last_topic_check > 10.0:
-                    last_topic_check = now
-                    if not self._assigned and self.settings.kafka.create_topics:
-                        self._recreate_topics()
-                if (
-                    stop_when_idle_s is not None
-                    and self._pending is None
-                    and self._state.size == 0
-                    and self._in_flight == 0
-                    and now - self.idle_since >= stop_when_idle_s
-                    and self._assigned
-                    and self.lag() == 0
-                ):
-                    log.info("idle for %.1fs with no lag; stopping", stop_when_idle_s)
-                    break
-            # graceful shutdown: hand over what we have, give the writer a bounded time
-            if self._writer_error is None:
-                if self._pending is not None:
-                    self._submit(self._pending)
-                if self._current.n_messages:
-                    self._submit(self._current)
+            while not stop.is_set() and self._turn(loop, stop_when_idle_s, progress_every_s):
+                pass
+            self._hand_over()
         finally:
             self._stop.set()
             self._finish_pipeline(shutdown_timeout_s)
@@ -558,6 +493,108 @@ class IngestService:
             raise RuntimeError(f"database writer failed: {self._writer_error}") from self._writer_error
         log.info("stopped: %s", self.stats.summary())
         return self.stats
+
+    def _turn(self, loop: _Loop, stop_when_idle_s: float | None, progress_every_s: float | None) -> bool:
+        """One turn of the main loop: events, the pending batch, a poll, housekeeping; False to stop."""
+        self._drain_events()
+        if self._stop.is_set():  # the writer failed for good
+            return False
+        now = time.monotonic()
+        if self._pending is not None and self._wait_for_writer(loop, self._pending, now):
+            return True
+        records = self._poll(loop)
+        if records is None:
+            return True
+        self._take(records, now)
+        now = time.monotonic()
+        self._housekeeping(loop, now, progress_every_s)
+        if stop_when_idle_s is not None and self._idle_for(stop_when_idle_s, now):
+            log.info("idle for %.1fs with no lag; stopping", stop_when_idle_s)
+            return False
+        return True
+
+    def _wait_for_writer(self, loop: _Loop, pending: RawBatch, now: float) -> bool:
+        """Hand ``pending`` over if the writer has room; else wait for it (True: do not poll now)."""
+        if self._in_flight < loop.max_pending:
+            self._submit(pending)
+            self._pending = None
+            return False
+        if now - loop.last_poll < loop.poll_gap_s:
+            # the writer is behind: wait for it (kafka-python heartbeats on its own thread)
+            self._drain_events(wait_s=0.05)
+            return True
+        # behind for long (e.g. the database is down): stay in the group without fetching
+        if not loop.paused and self._assigned:
+            self.consumer.pause(*self._assigned)
+            loop.paused = True
+            log.info("writer is behind; pausing consumption")
+        self.consumer.poll(timeout_ms=50)
+        loop.last_poll = time.monotonic()
+        return True
+
+    def _poll(self, loop: _Loop) -> dict[Any, list[Any]] | None:
+        """Fetched records (resuming paused partitions first); None after an offset reset."""
+        if loop.paused:
+            self.consumer.resume(*self.consumer.paused())
+            loop.paused = False
+        try:
+            records: dict[Any, list[Any]] = self.consumer.poll(timeout_ms=100)
+            loop.last_poll = time.monotonic()
+        except OffsetOutOfRangeError as e:
+            self._offset_out_of_range(e)
+            return None
+        except NoOffsetForPartitionError as e:
+            log.warning("no stored or committed offset for %s; starting at the beginning", e)
+            self.consumer.seek_to_beginning()
+            return None
+        return records
+
+    def _take(self, records: dict[Any, list[Any]], now: float) -> None:
+        """Add fetched records to the current batch; make it the pending one when the policy says flush."""
+        n = self._add(records, self._current) if records else 0
+        if n:
+            if self.stats.first_message_at is None:
+                self.stats.first_message_at = time.time()
+            self.stats.consumed += n
+            m.CONSUMED.inc(n)
+            self._state.add(n)
+            self.idle_since = now
+        if self._state.should_flush() and self._pending is None:
+            self._pending = self._current
+            self._current = self._new_batch()
+            self._state.reset()
+
+    def _housekeeping(self, loop: _Loop, now: float, progress_every_s: float | None) -> None:
+        """Lag (every second), progress lines, and topics re-created while none is assigned (every 10 s)."""
+        if now - loop.last_lag > 1.0:
+            self._update_lag()
+            loop.last_lag = now
+        if progress_every_s and now - loop.last_progress >= progress_every_s:
+            log.info("progress: %s", self.stats.summary())
+            loop.last_progress = now
+        if now - loop.last_topic_check > 10.0:
+            loop.last_topic_check = now
+            if not self._assigned and self.settings.kafka.create_topics:
+                self._recreate_topics()
+
+    def _idle_for(self, idle_s: float, now: float) -> bool:
+        """Nothing pending, buffered or in flight for ``idle_s``, partitions assigned and no lag."""
+        return (
+            self._pending is None
+            and self._state.size == 0
+            and self._in_flight == 0
+            and now - self.idle_since >= idle_s
+            and bool(self._assigned)
+            and self.lag() == 0
+        )
+
+    def _hand_over(self) -> None:
+        """Graceful shutdown: hand what was read to the writer (it gets a bounded time in ``_finish_pipeline``)."""
+        if self._writer_error is None:
+            if self._pending is not None:
+                self._submit(self._pending)
+            if self._current.n_messages:
+                self._submit(self._current)
 
     def _finish_pipeline(self, timeout: float) -> None:
         if self.pipeline is not None:
