@@ -218,15 +218,16 @@ def run_baseline(model_dir: Path, tok: Any, rows: list[dict[str, str]], steps: i
 def run_driftloop(model_dir: Path, rows: list[dict[str, str]], batch_tokens: int, seed: int, device: str,
                   work: Path) -> dict[str, Any]:  # fmt: skip
     """``retrain.trainer.train_lora`` over ``rows`` (one epoch); real tokens/s after the first report."""
-    from driftloop.retrain.trainer import LoraSpec, TrainConfig, TrainProgress, train_lora
+    from driftloop.retrain.trainer import TrainProgress, train_lora
+    from driftloop.settings.retrain import LoraSettings, TrainingSettings
 
-    cfg = TrainConfig(epochs=1.0, learning_rate=2e-4, batch_tokens=batch_tokens, max_length=1024, seed=seed,
-                      lora=LoraSpec(r=16, alpha=32, dropout=0.05, target_modules=LORA_TARGETS))  # fmt: skip
+    cfg = TrainingSettings(epochs=1.0, learning_rate=2e-4, batch_tokens=batch_tokens, max_length=1024, seed=seed)
+    lora = LoraSettings(r=16, alpha=32, dropout=0.05, target_modules=list(LORA_TARGETS))
     seen: list[TrainProgress] = []
     # a rough step count to pick the report interval (one report = one host sync)
     approx_steps = max(1, sum(len(r["prompt"].split()) + len(r["response"].split()) + 1 for r in rows) // batch_tokens)
     log_every = 5 if approx_steps >= 20 else 1
-    res = train_lora(str(model_dir), rows, str(work / "adapter"), cfg, progress=seen.append, device=device,
+    res = train_lora(str(model_dir), rows, str(work / "adapter"), cfg, lora, progress=seen.append, device=device,
                      log_every=log_every)  # fmt: skip
     a, b = seen[0], seen[-1]
     if b.step == a.step:

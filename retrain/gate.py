@@ -3,7 +3,7 @@
 Pure numpy + stdlib (no torch): the daemon gates the scores that the training subprocess wrote as JSON.
 
 A candidate is promoted when, on the ``heldout`` suite, the lower end of the paired bootstrap interval of
-the primary metric's improvement lies above ``GateSpec.min_improvement``; no guard metric regresses beyond
+the primary metric's improvement lies above ``GateSettings.min_improvement``; no guard metric regresses beyond
 its tolerance on any suite; the primary is not worse on the other suites (e.g. ``golden``); and the
 held-out suite has at least ``min_examples`` examples. Improvements are oriented so that positive means
 "candidate better": for perplexity the relative reduction ``1 - ppl_cand / ppl_champ``, for the other
@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from driftloop.settings.retrain import GateSettings
 
 HELDOUT = "heldout"
 
@@ -64,44 +66,6 @@ class ExampleScore:
 
 
 ExampleScores = Sequence[ExampleScore]
-
-
-@dataclass(frozen=True)
-class GateSpec:
-    """What the gate requires; see the module docstring."""
-
-    primary: str = "perplexity"
-    min_improvement: float = 0.0
-    confidence: float = 0.95
-    n_bootstrap: int = 2000
-    guards: Mapping[str, float] = field(default_factory=lambda: {"rouge_l": 0.02})
-    seed: int = 0
-    min_examples: int = 20
-
-    def __post_init__(self) -> None:
-        if self.primary not in METRICS:
-            raise ValueError(f"unknown primary metric {self.primary!r}; use one of {list(METRICS)}")
-        if not math.isfinite(self.min_improvement):
-            raise ValueError(f"min_improvement must be finite (got {self.min_improvement})")
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence must lie in (0, 1) (got {self.confidence})")
-        if self.n_bootstrap < 100:
-            raise ValueError(f"n_bootstrap must be >= 100 (got {self.n_bootstrap})")
-        if self.min_examples < 1:
-            raise ValueError(f"min_examples must be >= 1 (got {self.min_examples})")
-        for k, tol in self.guards.items():
-            if k not in METRICS:
-                raise ValueError(f"unknown guard metric {k!r}; use one of {list(METRICS)}")
-            if not (math.isfinite(tol) and tol >= 0):
-                raise ValueError(f"guard {k}: tolerance must be a finite number >= 0 (got {tol})")
-        if self.primary in self.guards:
-            raise ValueError(f"{self.primary} is the primary metric; remove it from guards")
-        object.__setattr__(self, "guards", {k: float(v) for k, v in self.guards.items()})
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["guards"] = dict(self.guards)
-        return d
 
 
 @dataclass(frozen=True)
@@ -259,7 +223,7 @@ def _fmt_ci(c: Comparison) -> str:
     return f"improvement {c.improvement:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}]"
 
 
-def decide(suites: Mapping[str, tuple[ExampleScores, ExampleScores]], spec: GateSpec) -> GateDecision:
+def decide(suites: Mapping[str, tuple[ExampleScores, ExampleScores]], spec: GateSettings) -> GateDecision:
     """Compare champion and candidate on every suite and decide whether to promote the candidate.
 
     ``suites`` maps a suite name to ``(champion_scores, candidate_scores)`` aligned by example; the primary's
@@ -319,4 +283,4 @@ def decide(suites: Mapping[str, tuple[ExampleScores, ExampleScores]], spec: Gate
                                     f"({c.champion:.4g} -> {c.candidate:.4g})")  # fmt: skip
     promote = not failures
     return GateDecision(promote=promote, primary=spec.primary, reasons=passes + unchecked if promote else failures,
-                        comparisons=comparisons, spec=spec.to_dict(), notes=notes if promote else unchecked + notes)  # fmt: skip
+                        comparisons=comparisons, spec=spec.model_dump(), notes=notes if promote else unchecked + notes)  # fmt: skip

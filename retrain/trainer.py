@@ -1,7 +1,8 @@
 """LoRA supervised fine-tuning: driftloop's own training loop (no ``transformers.Trainer``).
 
-Imports only torch, transformers, peft and the standard library, so it also runs on a GPU machine
-whose image lacks driftloop's other dependencies.
+Takes the validated settings models that ``driftloop check-config`` checks (``TrainingSettings`` and
+``LoraSettings`` of ``retrain.policies[]``): one definition of every limit. Besides torch, transformers and
+peft it needs only driftloop.settings (pydantic), so it also runs on a GPU machine with just those installed.
 
 Why it is faster than a plain PEFT + ``Trainer`` run:
 
@@ -30,12 +31,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from driftloop.settings.retrain import LoraSettings, TrainingSettings
 
 CONFIG_FILE = "driftloop_train_config.json"
 IGNORE_INDEX = -100
@@ -51,119 +54,19 @@ _PLAIN_HEAD = frozenset({"gpt2", "llama", "qwen2", "qwen3", "mistral", "phi3"})
 # --------------------------------------------------------------------------------------------- config
 
 
-def _check_int(name: str, value: Any, lo: int, allow: tuple[int, ...] = ()) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}: must be an integer, got {value!r}")
-    if value not in allow and value < lo:
-        extra = f" (or {', '.join(map(str, allow))})" if allow else ""
-        raise ValueError(f"{name}: must be >= {lo}{extra}, got {value}")
+def save_train_config(directory: str | os.PathLike[str], training: TrainingSettings, lora: LoraSettings) -> Path:
+    """Write ``driftloop_train_config.json`` (``{"training": ..., "lora": ...}``) into ``directory``."""
+    path = Path(directory) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"training": training.model_dump(), "lora": lora.model_dump()}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
-def _check_float(name: str, value: Any, *, gt: float | None = None, ge: float | None = None,
-                 lt: float | None = None) -> None:  # fmt: skip
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name}: must be a finite number, got {value!r}")
-    if gt is not None and not value > gt:
-        raise ValueError(f"{name}: must be > {gt}, got {value}")
-    if ge is not None and not value >= ge:
-        raise ValueError(f"{name}: must be >= {ge}, got {value}")
-    if lt is not None and not value < lt:
-        raise ValueError(f"{name}: must be < {lt}, got {value}")
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """LoRA adapter shape. ``target_modules=None`` picks them per architecture (:func:`default_target_modules`)."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        _check_int("lora.r", self.r, 1)
-        _check_float("lora.alpha", self.alpha, gt=0)
-        _check_float("lora.dropout", self.dropout, ge=0.0, lt=1.0)
-        tm = self.target_modules
-        if tm is not None:
-            if isinstance(tm, str) or not all(isinstance(t, str) and t for t in tm) or not tm:
-                raise ValueError(f"lora.target_modules: must be a non-empty list of module names or null, got {tm!r}")
-            object.__setattr__(self, "target_modules", tuple(tm))
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one LoRA SFT run; validated on construction (errors name the field)."""
-
-    epochs: float = 1.0
-    max_steps: int = -1
-    learning_rate: float = 2e-4
-    batch_size: int = 8
-    batch_tokens: int = 0
-    max_length: int = 512
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    seed: int = 0
-    grad_clip: float = 1.0
-    lora: LoraSpec = field(default_factory=LoraSpec)
-
-    def __post_init__(self) -> None:
-        _check_float("epochs", self.epochs, gt=0)
-        _check_int("max_steps", self.max_steps, 1, allow=(-1,))
-        _check_float("learning_rate", self.learning_rate, gt=0)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("batch_tokens", self.batch_tokens, 0)
-        _check_int("max_length", self.max_length, 2)
-        _check_float("warmup_ratio", self.warmup_ratio, ge=0.0, lt=1.0)
-        _check_float("weight_decay", self.weight_decay, ge=0.0)
-        _check_int("seed", self.seed, 0)
-        _check_float("grad_clip", self.grad_clip, ge=0.0)
-        if isinstance(self.lora, Mapping):
-            object.__setattr__(self, "lora", _lora_from_dict(self.lora))
-        elif not isinstance(self.lora, LoraSpec):
-            raise ValueError(f"lora: must be a LoraSpec or a mapping, got {type(self.lora).__name__}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (``lora`` nested, ``target_modules`` a list or None)."""
-        d = asdict(self)
-        tm = d["lora"]["target_modules"]
-        d["lora"]["target_modules"] = list(tm) if tm is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (they are usually typos)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{unknown[0]}: unknown training setting (known: {', '.join(sorted(known))})")
-        kw = dict(d)
-        if "lora" in kw and isinstance(kw["lora"], Mapping):
-            kw["lora"] = _lora_from_dict(kw["lora"])
-        return cls(**kw)
-
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``driftloop_train_config.json`` into ``directory`` (beside the adapter); return its path."""
-        path = Path(directory) / CONFIG_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> TrainConfig:
-        """Read the config that :meth:`save` wrote into ``directory``."""
-        return cls.from_dict(json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8")))
-
-
-def _lora_from_dict(d: Mapping[str, Any]) -> LoraSpec:
-    known = {f.name for f in fields(LoraSpec)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"lora.{unknown[0]}: unknown LoRA setting (known: {', '.join(sorted(known))})")
-    kw = dict(d)
-    if kw.get("target_modules") is not None:
-        kw["target_modules"] = tuple(kw["target_modules"])
-    return LoraSpec(**kw)
+def load_train_config(directory: str | os.PathLike[str]) -> tuple[TrainingSettings, LoraSettings]:
+    """The settings :func:`save_train_config` wrote into ``directory``, validated again."""
+    data = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
+    return TrainingSettings.model_validate(data["training"]), LoraSettings.model_validate(data["lora"])
 
 
 @dataclass(frozen=True)
@@ -289,7 +192,7 @@ class _Batch:
     tokens: int  # real tokens
 
 
-def _plan_epoch(lengths: Sequence[int], cfg: TrainConfig, rng: random.Random) -> list[_Batch]:
+def _plan_epoch(lengths: Sequence[int], cfg: TrainingSettings, rng: random.Random) -> list[_Batch]:
     """One epoch of length-grouped batches, in random order."""
     order = list(range(len(lengths)))
     rng.shuffle(order)
@@ -317,7 +220,7 @@ def _plan_epoch(lengths: Sequence[int], cfg: TrainConfig, rng: random.Random) ->
     return batches
 
 
-def _plan(lengths: Sequence[int], cfg: TrainConfig) -> tuple[list[_Batch], int]:
+def _plan(lengths: Sequence[int], cfg: TrainingSettings) -> tuple[list[_Batch], int]:
     """All optimizer steps of the run and the number of steps in one epoch."""
     rng = random.Random(cfg.seed)
     first = _plan_epoch(lengths, cfg, rng)
@@ -409,7 +312,8 @@ def train_lora(
     base_model_dir: str,
     train_rows: Sequence[Mapping[str, str]],
     out_dir: str,
-    cfg: TrainConfig,
+    cfg: TrainingSettings,
+    lora: LoraSettings | None = None,
     *,
     progress: Callable[[TrainProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -422,11 +326,12 @@ def train_lora(
     PEFT adapter (``save_pretrained``) and ``driftloop_train_config.json``; nothing is written if the run
     fails or ``should_stop()`` (checked before every step) returns True, which raises
     :class:`TrainingCancelled`. ``progress`` is called every ``log_every`` steps and after the last.
-    Deterministic for a given ``cfg.seed`` on CPU.
+    Deterministic for a given ``cfg.seed`` on CPU. ``lora``: the adapter's shape (default ``LoraSettings()``).
     """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
 
+    lora = lora or LoraSettings()
     if not train_rows:
         raise ValueError("train_rows: no training examples")
     if log_every < 1:
@@ -447,8 +352,8 @@ def train_lora(
     total = len(plan)
 
     model = _load_base(base_model_dir, dev, dtype)
-    targets = list(cfg.lora.target_modules) if cfg.lora.target_modules else default_target_modules(model)
-    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+    targets = list(lora.target_modules) if lora.target_modules else default_target_modules(model)
+    lcfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=targets, fan_in_fan_out=_needs_fan_in_fan_out(model, targets),
                       bias="none", task_type="CAUSAL_LM")  # fmt: skip
     torch.manual_seed(cfg.seed)
@@ -506,20 +411,20 @@ def train_lora(
         torch.cuda.synchronize(dev)
     loop_s = time.perf_counter() - t_loop
 
-    _save_adapter(model, cfg, Path(out_dir))
+    _save_adapter(model, cfg, lora, Path(out_dir))
     return TrainResult(adapter_dir=str(out_dir), steps=total, train_tokens=tokens,
                        tokens_per_s=tokens / loop_s if loop_s > 0 else 0.0, final_loss=last_loss,
                        duration_s=time.perf_counter() - t_start, device=str(dev),
                        dtype=str(dtype).removeprefix("torch."))  # fmt: skip
 
 
-def _save_adapter(model: Any, cfg: TrainConfig, out: Path) -> None:
+def _save_adapter(model: Any, cfg: TrainingSettings, lora: LoraSettings, out: Path) -> None:
     """Save into a temporary sibling directory, then move the files into ``out`` (no half-written adapter)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(str(tmp))
-        cfg.save(tmp)
+        save_train_config(tmp, cfg, lora)
         out.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
             os.replace(f, out / f.name)

@@ -39,7 +39,8 @@ def _read_jsonl(path: str | None) -> list[dict[str, Any]]:
 def run(work_dir: Path) -> int:
     """Train and evaluate as ``request.json`` says; return the exit code."""
     from driftloop.retrain.evaluate import evaluate_pair, load_golden_set
-    from driftloop.retrain.trainer import TrainConfig, TrainingCancelled, TrainProgress, train_lora
+    from driftloop.retrain.trainer import TrainingCancelled, TrainProgress, train_lora
+    from driftloop.settings.retrain import LoraSettings, TrainingSettings
 
     req = json.loads((work_dir / "request.json").read_text(encoding="utf-8"))
     stop = {"flag": False}
@@ -67,12 +68,14 @@ def run(work_dir: Path) -> int:
         report("training", 0.8 * frac, f"step {p.step}/{p.total_steps} loss {p.loss:.4f}",
                step=p.step, total_steps=p.total_steps, loss=p.loss, tokens=p.tokens)  # fmt: skip
 
-    cfg = TrainConfig.from_dict(req["train_config"])
+    settings = dict(req["train_config"])  # TrainingSettings fields and "lora": what the runner validated
+    lora = LoraSettings.model_validate(settings.pop("lora"))
+    cfg = TrainingSettings.model_validate(settings)
     train_rows = _read_jsonl(req["train_path"])
     report("training", 0.0, f"training on {len(train_rows)} examples")
     log.info("training %s on %d examples -> %s", req["base_model"], len(train_rows), req["adapter_out"])
     try:
-        tr = train_lora(req["base_model"], train_rows, req["adapter_out"], cfg, progress=on_progress,
+        tr = train_lora(req["base_model"], train_rows, req["adapter_out"], cfg, lora, progress=on_progress,
                         should_stop=should_stop)  # fmt: skip
     except TrainingCancelled:
         log.warning("training cancelled")

@@ -207,17 +207,18 @@ def _rejects(now: datetime) -> list[dict[str, Any]]:
 def _registry(eng: Any, tmp: Path, now: datetime) -> None:
     """A succeeded retrain that the gate promotes, a failed one, then a rollback."""
     from driftloop.connectors.filesystem import FilesystemPromotionTarget
-    from driftloop.retrain.gate import ExampleScore, GateSpec, decide
+    from driftloop.retrain.gate import ExampleScore, decide
     from driftloop.retrain.registry import ModelRegistry
     from driftloop.retrain.tables import retrain_jobs
     from driftloop.settings.connectors import TargetSettings
+    from driftloop.settings.retrain import GateSettings
 
     rng = random.Random(5)
     champ = [ExampleScore(nll=40.0 + rng.random(), n_tokens=20, rouge_l=0.30 + 0.05 * rng.random(),
                           bleu=10 + rng.random()) for _ in range(30)]  # fmt: skip
     cand = [ExampleScore(nll=c.nll * 0.6, n_tokens=20, rouge_l=(c.rouge_l or 0) + 0.2, bleu=(c.bleu or 0) + 8)
             for c in champ]  # fmt: skip
-    gate = decide({"heldout": (champ, cand)}, GateSpec(n_bootstrap=200)).to_dict()
+    gate = decide({"heldout": (champ, cand)}, GateSettings(n_bootstrap=200)).to_dict()
     assert gate["promote"], gate["reasons"]
     with eng.begin() as c:
         ok_job, failed_job = (
@@ -246,7 +247,7 @@ def _registry(eng: Any, tmp: Path, now: datetime) -> None:
         c.execute(update(retrain_jobs).where(retrain_jobs.c.id == ok_job).values(version_id=v1.id))
     fs = FilesystemPromotionTarget(TargetSettings(name="serving", type="filesystem", path=str(tmp / "serving")))
     reg.promote(v1.id, [fs], actor="driftloop", reason="gate passed")
-    bad = decide({"heldout": (champ, champ)}, GateSpec(n_bootstrap=200)).to_dict()
+    bad = decide({"heldout": (champ, champ)}, GateSettings(n_bootstrap=200)).to_dict()
     assert not bad["promote"]
     v2 = reg.register(MODEL, "/models/base", adapter_path=None, parent_id=v1.id, job_id=failed_job, gate=bad)
     reg.set_status(v2.id, "rejected", actor="driftloop", reason="gate failed")

@@ -12,8 +12,9 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from driftloop.retrain.evaluate import evaluate_pair, load_for_eval, load_golden_set, score_examples
-from driftloop.retrain.gate import GateSpec, decide, point_value
+from driftloop.retrain.gate import decide, point_value
 from driftloop.retrain.toy import build_base_model, sample_pairs
+from driftloop.settings.retrain import GateSettings
 
 
 def _rows(domain: str, n: int, seed: int) -> list[dict[str, str]]:
@@ -106,19 +107,20 @@ def test_evaluate_pair_with_a_fresh_adapter_is_identical_and_not_promoted(base_d
         assert [x.output for x in ch] == [x.output for x in ca]
         assert [x.nll for x in ch] == pytest.approx([x.nll for x in ca], abs=1e-4)
     assert seen[-1] == (104, 104) and [d for d, _ in seen] == sorted(d for d, _ in seen)
-    d = decide(scores, GateSpec())
+    d = decide(scores, GateSettings())
     assert not d.promote and "does not lie above" in d.reasons[0]
 
 
 def test_finetune_on_b_promotes_and_shuffled_candidate_is_rejected(base_dir: str, tmp_path: Path) -> None:
-    from driftloop.retrain.trainer import TrainConfig, train_lora
+    from driftloop.retrain.trainer import train_lora
+    from driftloop.settings.retrain import LoraSettings, TrainingSettings
 
     train = [{"prompt": p, "response": r} for p, r in sample_pairs("B", 400, seed=1)]
-    cfg = TrainConfig.from_dict({"epochs": 4, "learning_rate": 3e-3, "batch_size": 16, "max_length": 96, "seed": 0,
-                                 "lora": {"r": 16, "alpha": 32, "dropout": 0.0}})  # fmt: skip
-    good = train_lora(base_dir, train, str(tmp_path / "good"), cfg).adapter_dir
+    cfg = TrainingSettings(epochs=4, learning_rate=3e-3, batch_size=16, max_length=96, seed=0)
+    lora = LoraSettings(r=16, alpha=32, dropout=0.0)
+    good = train_lora(base_dir, train, str(tmp_path / "good"), cfg, lora).adapter_dir
     heldout = _rows("B", 60, seed=99)
-    spec = GateSpec(n_bootstrap=1000)
+    spec = GateSettings(n_bootstrap=1000)
     scores = evaluate_pair(base_dir, None, good, {"heldout": heldout}, max_new_tokens=24, max_length=96)
     d = decide(scores, spec)
     assert d.promote, d.summary()

@@ -12,11 +12,11 @@ from driftloop.retrain.gate import (
     Comparison,
     ExampleScore,
     GateDecision,
-    GateSpec,
     decide,
     paired_bootstrap,
     point_value,
 )
+from driftloop.settings.retrain import GateSettings
 
 
 def _scores(nll: np.ndarray, tokens: np.ndarray, rouge: np.ndarray | None = None,
@@ -47,7 +47,7 @@ def _pair(n: int = 300, *, nll_factor: float = 1.0, rouge_shift: float = 0.0, no
 
 def test_clearly_better_candidate_passes() -> None:
     champ, cand = _pair(nll_factor=0.8)
-    d = decide({"heldout": (champ, cand)}, GateSpec())
+    d = decide({"heldout": (champ, cand)}, GateSettings())
     assert d.promote, d.reasons
     c = d.comparison("perplexity")
     assert c is not None and c.ci_low > 0 and c.ci_low <= c.improvement <= c.ci_high
@@ -63,7 +63,7 @@ def test_clearly_better_candidate_passes() -> None:
 
 def test_identical_models_do_not_promote() -> None:
     champ, _ = _pair()
-    d = decide({"heldout": (champ, list(champ))}, GateSpec())
+    d = decide({"heldout": (champ, list(champ))}, GateSettings())
     assert not d.promote
     c = d.comparison("perplexity")
     assert c is not None and c.ci_low <= 0 <= c.ci_high
@@ -75,61 +75,61 @@ def test_exchangeable_models_interval_contains_zero() -> None:
     champ, cand = _pair(nll_factor=1.0, noise=0.2, seed=3)
     _imp, lo, hi = paired_bootstrap(champ, cand, "perplexity", n_bootstrap=2000, confidence=0.95, seed=0)
     assert lo < 0 < hi
-    assert not decide({"heldout": (champ, cand)}, GateSpec()).promote
+    assert not decide({"heldout": (champ, cand)}, GateSettings()).promote
 
 
 def test_better_primary_but_guard_regression_rejected() -> None:
     champ, cand = _pair(nll_factor=0.8, rouge_shift=-0.08)
-    d = decide({"heldout": (champ, cand)}, GateSpec(guards={"rouge_l": 0.02}))
+    d = decide({"heldout": (champ, cand)}, GateSettings(guards={"rouge_l": 0.02}))
     assert not d.promote
     assert d.comparison("perplexity").ci_low > 0  # type: ignore[union-attr]
     assert len(d.reasons) == 1
     assert d.reasons[0].startswith("rouge_l on heldout regressed by 0.0")
     assert "> tolerance 0.020" in d.reasons[0]
     # within a looser tolerance the same candidate passes
-    assert decide({"heldout": (champ, cand)}, GateSpec(guards={"rouge_l": 0.2})).promote
+    assert decide({"heldout": (champ, cand)}, GateSettings(guards={"rouge_l": 0.2})).promote
 
 
 def test_golden_suite_regression_rejects() -> None:
     champ, cand = _pair(nll_factor=0.8)
     g_champ, g_cand = _pair(n=30, nll_factor=1.1, rouge_shift=-0.1, seed=5)
-    d = decide({"heldout": (champ, cand), "golden": (g_champ, g_cand)}, GateSpec())
+    d = decide({"heldout": (champ, cand), "golden": (g_champ, g_cand)}, GateSettings())
     assert not d.promote
     assert any(r.startswith("perplexity on golden got worse") for r in d.reasons)
     assert any(r.startswith("rouge_l on golden regressed by") for r in d.reasons)
     assert not any("heldout" in r for r in d.reasons)
     # a golden suite that is not worse passes with a reason
-    ok = decide({"heldout": (champ, cand), "golden": _pair(n=30, nll_factor=0.9, seed=5)}, GateSpec())
+    ok = decide({"heldout": (champ, cand), "golden": _pair(n=30, nll_factor=0.9, seed=5)}, GateSettings())
     assert ok.promote and any("perplexity on golden: not worse" in r for r in ok.reasons)
 
 
 def test_too_few_examples_rejects() -> None:
     champ, cand = _pair(n=10, nll_factor=0.5)
-    d = decide({"heldout": (champ, cand)}, GateSpec(min_examples=20))
+    d = decide({"heldout": (champ, cand)}, GateSettings(min_examples=20))
     assert not d.promote
     assert "heldout: only 10 examples, the gate needs at least 20" in d.reasons
-    assert decide({"heldout": (champ, cand)}, GateSpec(min_examples=10)).promote
+    assert decide({"heldout": (champ, cand)}, GateSettings(min_examples=10)).promote
 
 
 def test_missing_suite_and_uncomputed_metrics() -> None:
     champ, cand = _pair(nll_factor=0.8)
-    assert not decide({"golden": (champ, cand)}, GateSpec()).promote
+    assert not decide({"golden": (champ, cand)}, GateSettings()).promote
     # generation off: rouge/bleu/exact match are None -> guard noted as unchecked, perplexity still decides
     strip = [[ExampleScore(s.nll, s.n_tokens) for s in x] for x in (champ, cand)]
-    d = decide({"heldout": (strip[0], strip[1])}, GateSpec())
+    d = decide({"heldout": (strip[0], strip[1])}, GateSettings())
     assert d.promote
     assert any("rouge_l on heldout: not computed" in r for r in d.reasons)
     assert any("bleu on heldout: not computed, skipped" in n for n in d.notes)
     assert [c.metric for c in d.comparisons] == ["perplexity"]
     # a primary that was not computed cannot pass
-    d2 = decide({"heldout": (strip[0], strip[1])}, GateSpec(primary="rouge_l", guards={}))
+    d2 = decide({"heldout": (strip[0], strip[1])}, GateSettings(primary="rouge_l", guards={}))
     assert not d2.promote and "cannot be tested" in d2.reasons[0]
 
 
 def test_min_improvement_threshold() -> None:
     champ, cand = _pair(n=500, nll_factor=0.9)  # about 10 % lower perplexity
-    assert decide({"heldout": (champ, cand)}, GateSpec(min_improvement=0.05)).promote
-    d = decide({"heldout": (champ, cand)}, GateSpec(min_improvement=0.2))
+    assert decide({"heldout": (champ, cand)}, GateSettings(min_improvement=0.05)).promote
+    d = decide({"heldout": (champ, cand)}, GateSettings(min_improvement=0.2))
     assert not d.promote and "the required 0.200" in d.reasons[0]
 
 
@@ -164,8 +164,8 @@ def test_bootstrap_deterministic_given_seed() -> None:
     r7 = paired_bootstrap(champ, cand, "perplexity", n_bootstrap=500, confidence=0.9, seed=7)
     r8 = paired_bootstrap(champ, cand, "perplexity", n_bootstrap=500, confidence=0.9, seed=8)
     assert r8[0] == r7[0] and r8[1:] != r7[1:]  # same point estimate, another resampling
-    d1 = decide({"heldout": (champ, cand)}, GateSpec(seed=3))
-    d2 = decide({"heldout": (champ, cand)}, GateSpec(seed=3))
+    d1 = decide({"heldout": (champ, cand)}, GateSettings(seed=3))
+    d2 = decide({"heldout": (champ, cand)}, GateSettings(seed=3))
     assert d1 == d2
 
 
@@ -179,12 +179,12 @@ def test_paired_bootstrap_input_errors() -> None:
         paired_bootstrap([ExampleScore(1.0, 1)] * 3, [ExampleScore(1.0, 1)] * 3, "bleu", n_bootstrap=100,
                          confidence=0.95, seed=0)  # fmt: skip
     with pytest.raises(ValueError, match="do not align"):
-        decide({"heldout": (champ, cand[:-1])}, GateSpec())
+        decide({"heldout": (champ, cand[:-1])}, GateSettings())
 
 
 def test_decision_round_trip() -> None:
     champ, cand = _pair(nll_factor=0.8)
-    d = decide({"heldout": (champ, cand), "golden": _pair(n=25, seed=9)}, GateSpec(guards={"rouge_l": 0.01,
+    d = decide({"heldout": (champ, cand), "golden": _pair(n=25, seed=9)}, GateSettings(guards={"rouge_l": 0.01,
                                                                                           "bleu": 1.0}))  # fmt: skip
     blob = json.loads(json.dumps(d.to_dict()))
     back = GateDecision.from_dict(blob)
@@ -201,7 +201,7 @@ def test_decision_round_trip() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"primary": "accuracy"}, "unknown primary"),
+        ({"primary": "accuracy"}, "primary"),
         ({"guards": {"meteor": 0.1}}, "unknown guard"),
         ({"guards": {"rouge_l": -0.1}}, "tolerance"),
         ({"primary": "rouge_l"}, "remove it from guards"),
@@ -210,16 +210,17 @@ def test_decision_round_trip() -> None:
         ({"n_bootstrap": 50}, "n_bootstrap"),
         ({"min_examples": 0}, "min_examples"),
         ({"min_improvement": float("nan")}, "min_improvement"),
+        ({"guards": {"rouge_l": float("inf")}}, "tolerance must be a finite number"),
     ],
 )
 def test_spec_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        GateSpec(**kwargs)
+        GateSettings(**kwargs)
 
 
 def test_spec_guards_copied() -> None:
     guards = {"rouge_l": 0.05}
-    spec = GateSpec(primary="bleu", guards=guards)
+    spec = GateSettings(primary="bleu", guards=guards)
     guards["exact_match"] = 0.1
     assert dict(spec.guards) == {"rouge_l": 0.05}
-    assert GateSpec().to_dict()["guards"] == {"rouge_l": 0.02}
+    assert GateSettings().model_dump()["guards"] == {"rouge_l": 0.02}

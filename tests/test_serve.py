@@ -32,14 +32,15 @@ MODEL = "support-bot"
 def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A base model (domain A) and two different LoRA adapters (domain B, different seeds and steps)."""
     from driftloop.retrain.toy import build_base_model, sample_pairs
-    from driftloop.retrain.trainer import TrainConfig, train_lora
+    from driftloop.retrain.trainer import train_lora
+    from driftloop.settings.retrain import TrainingSettings
 
     root = tmp_path_factory.mktemp("serve-toy")
     base = build_base_model(root / "base", "A", n=800, epochs=2)
     rows = [{"prompt": p, "response": r} for p, r in sample_pairs("B", 60)]
     out = {"base": str(base), "root": str(root)}
     for name, seed, steps in (("a1", 1, 20), ("a2", 2, 30)):
-        cfg = TrainConfig(max_steps=steps, learning_rate=3e-3, batch_size=8, max_length=64, seed=seed)
+        cfg = TrainingSettings(max_steps=steps, learning_rate=3e-3, batch_size=8, max_length=64, seed=seed)
         train_lora(str(base), rows, str(root / name), cfg)
         out[name] = str(root / name)
     return out

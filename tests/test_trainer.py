@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -16,15 +17,17 @@ pytest.importorskip("peft")
 from driftloop.retrain.toy import build_base_model, build_model, sample_pairs  # noqa: E402
 from driftloop.retrain.trainer import (  # noqa: E402
     CONFIG_FILE,
-    LoraSpec,
-    TrainConfig,
     TrainingCancelled,
     TrainProgress,
     default_target_modules,
     encode_example,
     format_prompt,
+    load_train_config,
+    save_train_config,
     train_lora,
 )
+from driftloop.settings import ConfigError, format_validation_error, load_settings  # noqa: E402
+from driftloop.settings.retrain import LoraSettings, TrainingSettings  # noqa: E402
 
 CHAT_TEMPLATE = "{% for m in messages %}<|user|> {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
 
@@ -64,40 +67,44 @@ def _rows(domain: str, n: int, seed: int) -> list[dict[str, str]]:
         ({"seed": -1}, "seed"),
         ({"grad_clip": -1.0}, "grad_clip"),
         ({"batch_size": 2.5}, "batch_size"),
-        ({"lora": LoraSpec(r=8)}, None),
+        ({"bogus": 1}, "bogus"),
     ],
 )
-def test_config_validation_names_the_field(kwargs: dict, field: str | None) -> None:
-    if field is None:
-        TrainConfig(**kwargs)
-        return
-    with pytest.raises(ValueError, match=rf"^{field}: "):
-        TrainConfig(**kwargs)
+def test_config_validation_names_the_field(kwargs: dict, field: str) -> None:
+    """The trainer takes the policy's TrainingSettings: its limits are the ones check-config enforces."""
+    with pytest.raises(ValidationError) as e:
+        TrainingSettings(**kwargs)
+    assert format_validation_error(e.value)[0].startswith(f"{field}: ")
 
 
-def test_lora_validation_names_the_field() -> None:
-    with pytest.raises(ValueError, match=r"^lora\.r: "):
-        LoraSpec(r=0)
-    with pytest.raises(ValueError, match=r"^lora\.dropout: "):
-        LoraSpec(dropout=1.0)
-    with pytest.raises(ValueError, match=r"^lora\.target_modules: "):
-        LoraSpec(target_modules=())
-    with pytest.raises(ValueError, match=r"^lora\.r: "):
-        TrainConfig.from_dict({"lora": {"r": -2}})
-    with pytest.raises(ValueError, match=r"^bogus: unknown"):
-        TrainConfig.from_dict({"bogus": 1})
+@pytest.mark.parametrize(("kwargs", "field"), [({"r": 0}, "r"), ({"dropout": 1.0}, "dropout"),
+                                               ({"target_modules": [""]}, "target_modules")])  # fmt: skip
+def test_lora_validation_names_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        LoraSettings(**kwargs)
+    assert format_validation_error(e.value)[0].startswith(f"{field}: ")
+
+
+def test_check_config_refuses_what_the_trainer_would() -> None:
+    """One definition: a training setting the trainer cannot take is refused at load, with its policy path."""
+    policy = {"name": "p", "model_id": "m", "base_model": "/b", "trigger": {"condition": "drift.score > 0.5"}}
+    bad = {**policy, "training": {"max_steps": 0}, "lora": {"dropout": 1.0}}
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, retrain={"policies": [bad]})
+    assert any(p.startswith("retrain.policies.0.training.max_steps: ") for p in e.value.problems)
+    assert any(p.startswith("retrain.policies.0.lora.dropout: ") for p in e.value.problems)
+    ok = load_settings(None, retrain={"policies": [{**policy, "training": {"max_steps": 5}}]}).retrain.policies[0]
+    assert isinstance(ok.training, TrainingSettings) and isinstance(ok.lora, LoraSettings)
 
 
 def test_config_save_load_round_trip(tmp_path: Path) -> None:
-    cfg = TrainConfig(epochs=2.5, max_steps=40, learning_rate=1e-3, batch_tokens=4096, seed=7,
-                      lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=("c_attn", "c_fc")))  # fmt: skip
-    path = cfg.save(tmp_path)
+    cfg = TrainingSettings(epochs=2.5, max_steps=40, learning_rate=1e-3, batch_tokens=4096, seed=7)
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["c_attn", "c_fc"])
+    path = save_train_config(tmp_path, cfg, lora)
     assert path == tmp_path / CONFIG_FILE
     data = json.loads(path.read_text())
-    assert data["lora"]["target_modules"] == ["c_attn", "c_fc"]
-    assert TrainConfig.load(tmp_path) == cfg
-    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    assert TrainConfig.from_dict({}) == TrainConfig()
+    assert data["lora"]["target_modules"] == ["c_attn", "c_fc"] and data["training"]["max_steps"] == 40
+    assert load_train_config(tmp_path) == (cfg, lora)
 
 
 # ---------------------------------------------------------------------------------------- encoding
@@ -191,16 +198,16 @@ def test_train_lora_lowers_perplexity_on_the_new_domain(base_dir: Path, tok: Any
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfg = TrainConfig(epochs=2, learning_rate=3e-3, batch_tokens=768, warmup_ratio=0.05, seed=3,
-                      lora=LoraSpec(r=8, alpha=16, dropout=0.0))  # fmt: skip
+    cfg = TrainingSettings(epochs=2, learning_rate=3e-3, batch_tokens=768, warmup_ratio=0.05, seed=3)
+    lora = LoraSettings(r=8, alpha=16, dropout=0.0)
     seen: list[TrainProgress] = []
     out = tmp_path / "adapter"
-    res = train_lora(str(base_dir), _rows("B", 300, seed=1), str(out), cfg, progress=seen.append, device="cpu",
-                     log_every=5)  # fmt: skip
+    res = train_lora(str(base_dir), _rows("B", 300, seed=1), str(out), cfg, lora, progress=seen.append,
+                     device="cpu", log_every=5)  # fmt: skip
 
     assert res.adapter_dir == str(out) and res.device == "cpu" and res.dtype == "float32"
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
-    assert TrainConfig.load(out) == cfg
+    assert load_train_config(out) == (cfg, lora)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
     # progress: every 5 steps and after the last, monotone, tokens add up
     assert seen and seen[-1].step == res.steps == seen[-1].total_steps
@@ -221,7 +228,7 @@ def test_train_lora_lowers_perplexity_on_the_new_domain(base_dir: Path, tok: Any
 
 
 def test_train_lora_is_deterministic_on_cpu(base_dir: Path, tmp_path: Path) -> None:
-    cfg = TrainConfig(max_steps=4, learning_rate=1e-3, batch_size=8, seed=5)
+    cfg = TrainingSettings(max_steps=4, learning_rate=1e-3, batch_size=8, seed=5)
     rows = _rows("B", 64, seed=2)
     a = train_lora(str(base_dir), rows, str(tmp_path / "a"), cfg, device="cpu", log_every=2)
     b = train_lora(str(base_dir), rows, str(tmp_path / "b"), cfg, device="cpu", log_every=2)
@@ -242,7 +249,7 @@ def test_should_stop_cancels_and_leaves_no_adapter(base_dir: Path, tmp_path: Pat
     seen: list[TrainProgress] = []
     out = tmp_path / "adapter"
     with pytest.raises(TrainingCancelled):
-        train_lora(str(base_dir), _rows("B", 64, seed=2), str(out), TrainConfig(batch_size=4), progress=seen.append,
+        train_lora(str(base_dir), _rows("B", 64, seed=2), str(out), TrainingSettings(batch_size=4), progress=seen.append,
                    should_stop=stop, device="cpu", log_every=1)  # fmt: skip
     assert [p.step for p in seen] == [1, 2, 3]
     assert not out.exists()
@@ -251,7 +258,7 @@ def test_should_stop_cancels_and_leaves_no_adapter(base_dir: Path, tmp_path: Pat
 
 def test_train_lora_rejects_empty_rows(base_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="train_rows"):
-        train_lora(str(base_dir), [], str(tmp_path / "x"), TrainConfig(), device="cpu")
+        train_lora(str(base_dir), [], str(tmp_path / "x"), TrainingSettings(), device="cpu")
 
 
 def test_untrained_model_builds(tmp_path: Path) -> None:

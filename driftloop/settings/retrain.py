@@ -6,6 +6,7 @@ Imports only pydantic (no torch): ``driftloop check-config`` validates retrain p
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -57,37 +58,54 @@ class DataSettings(Section):
 
 
 class LoraSettings(Section):
-    """LoRA adapter shape; target_modules empty = chosen per architecture."""
+    """LoRA adapter shape; target_modules empty = chosen per architecture. ``retrain.trainer`` takes it."""
 
     r: int = Field(8, gt=0, le=1024)
     alpha: int = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=list)
+    target_modules: list[str] = Field(default_factory=list, description="module names; empty: per architecture")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        if not all(name.strip() for name in v):
+            raise ValueError("module names must not be empty")
+        return v
 
 
 class TrainingSettings(Section):
-    """Optimisation settings of one fine-tuning run."""
+    """Optimisation settings of one fine-tuning run; ``retrain.trainer.train_lora`` takes it."""
 
     epochs: float = Field(1.0, gt=0, le=100)
-    max_steps: int = Field(-1, ge=-1, description=">0 overrides epochs")
+    max_steps: int = Field(-1, ge=-1, description="-1: train for epochs; >0: exactly this many steps")
     learning_rate: float = Field(2e-4, gt=0, lt=1)
     batch_size: int = Field(8, gt=0)
     batch_tokens: int = Field(0, ge=0, description=">0: token-budget batching (real tokens per step)")
     max_length: int = Field(512, gt=8)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    seed: int = 0
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, ge=0, allow_inf_nan=False, description="max gradient norm; 0: no clipping")
+    seed: int = Field(0, ge=0)
     timeout_minutes: float = Field(120.0, gt=0, description="the training subprocess is killed after this")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("must be -1 (train for epochs) or a number of steps >= 1")
+        return v
 
 
 class GateSettings(Section):
-    """The statistical promotion gate (paired bootstrap over held-out examples)."""
+    """The statistical promotion gate (paired bootstrap over held-out examples); ``retrain.gate.decide`` takes it."""
 
     primary: Literal["perplexity", "rouge_l", "bleu", "exact_match"] = "perplexity"
-    min_improvement: float = Field(0.0, description="lower bound the primary's interval must exceed")
+    min_improvement: float = Field(0.0, allow_inf_nan=False, description="lower bound the primary's interval must exceed")
     confidence: float = Field(0.95, gt=0.5, lt=1)
     n_bootstrap: int = Field(2000, ge=100, le=100_000)
     guards: dict[str, float] = Field(default_factory=lambda: {"rouge_l": 0.02})
     min_examples: int = Field(20, gt=0)
+    seed: int = Field(0, description="bootstrap random seed: the same scores and seed give the same decision")
     golden_set: str | None = Field(None, description="JSONL of {prompt, reference}: a pinned evaluation suite")
     max_new_tokens: int = Field(64, gt=0, le=4096)
     generate: bool = Field(True, description="generate answers for ROUGE-L/BLEU/exact match (perplexity needs none)")
@@ -98,8 +116,8 @@ class GateSettings(Section):
         for k, tol in v.items():
             if k not in GATE_METRICS:
                 raise ValueError(f"unknown guard metric {k!r}; use one of {list(GATE_METRICS)}")
-            if tol < 0:
-                raise ValueError(f"guard {k}: tolerance must be >= 0 (got {tol})")
+            if not (math.isfinite(tol) and tol >= 0):
+                raise ValueError(f"guard {k}: tolerance must be a finite number >= 0 (got {tol})")
         return v
 
     @model_validator(mode="after")
