@@ -21,6 +21,7 @@ from driftloop.leader import LeaderElection, lock_for
 from driftloop.scheduler import make_scheduler, register_jobs
 from driftloop.settings import Settings
 from driftloop.store.db import create_engine_from_url
+from driftloop.store.feedback import store_feedback_threshold
 
 log = logging.getLogger("driftloop.daemon")
 
@@ -108,9 +109,21 @@ class Daemon:
         self.api_server = srv
         log.info("HTTP API at %s/ (status page), %s/docs, %s/metrics", url, url, url)
 
+    def _store_feedback_threshold(self) -> None:
+        """Store ``feedback.positive_threshold`` for the view ``feedback_latest``: Grafana's panels read the
+        database, not this YAML (the monitor and the dataset builder store it again on every run)."""
+        value = self.settings.feedback.positive_threshold
+        try:
+            if store_feedback_threshold(self.engine, value):
+                log.info("feedback.positive_threshold %s stored for the dashboards (feedback_settings)", value)
+        except Exception as e:  # the daemon runs on; the next monitor run stores it again
+            log.warning("could not store feedback.positive_threshold in feedback_settings (is the database at "
+                        "the newest migration? driftloop db upgrade): %s", e)  # fmt: skip
+
     def run(self, stop: threading.Event) -> int:
         self._stop = stop
         set_context(self.settings, self.engine, self.instance, is_leader=self.is_leader)
+        self._store_feedback_threshold()
         threads: list[threading.Thread] = []
         ingest_stop = threading.Event()
         if self.ingest:

@@ -28,6 +28,7 @@ from driftloop.monitor.tables import drift_results, monitor_windows
 from driftloop.monitor.tables import window_metrics as window_metrics_table
 from driftloop.monitor.windows import Reference, Window, due_windows, load_frame, models, reference_for
 from driftloop.settings import Settings
+from driftloop.store.feedback import store_feedback_threshold
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,13 @@ class WindowChecker:
     def check(self, win: Window, *, persist: bool = True, report: bool | None = None) -> WindowResult:
         t0 = time.perf_counter()
         s = self.s
+        # the view feedback_latest decides what is positive; it applies the stored threshold
+        store_feedback_threshold(self.engine, self.positive_threshold)
         with self.engine.connect() as conn:
             ref = reference_for(conn, s, win)
             cur_df = load_frame(conn, win.ids)
             ref_df = load_frame(conn, ref.ids) if ref.n else pd.DataFrame()
-        feats = (compute_features(cur_df, self.positive_threshold, s.language_sample, seed=win.index)
+        feats = (compute_features(cur_df, s.language_sample, seed=win.index)
                  if len(cur_df) else pd.DataFrame())  # fmt: skip
         metrics: dict[str, float | None] = window_metrics(feats, cur_df) if len(cur_df) else {"volume.records": 0.0}
         res = WindowResult(win, ref, "ok", metrics=metrics)
@@ -104,7 +107,7 @@ class WindowChecker:
             res.status, res.error = "insufficient_data", f"reference has {ref.n} records < {s.min_window_size}"
         else:
             try:
-                ref_feats = compute_features(ref_df, self.positive_threshold, s.language_sample, seed=win.index)
+                ref_feats = compute_features(ref_df, s.language_sample, seed=win.index)
                 res.outcome = self._drift(feats, ref_feats, win, cur_df["id"], ref_df["id"])
                 if report if report is not None else s.reports:
                     res.report_path = self._save_report(res)

@@ -98,12 +98,13 @@ def detect_languages(texts: pd.Series, sample: int, seed: int = 0, max_chars: in
     return out
 
 
-def compute_features(df: pd.DataFrame, positive_threshold: float = 0.5, language_sample: int = 300,
-                     seed: int = 0) -> pd.DataFrame:  # fmt: skip
+def compute_features(df: pd.DataFrame, language_sample: int = 300, seed: int = 0) -> pd.DataFrame:
     """Feature frame (one row per interaction) from a frame of stored interactions.
 
-    Expects columns prompt, response, latency_ms, tokens_in, tokens_out, finish_reason and
-    feedback_score (latest feedback per request, NaN when none).
+    Expects columns prompt, response, latency_ms, tokens_in, tokens_out, finish_reason,
+    feedback_score (latest feedback per request, NaN when none) and feedback_positive (whether that
+    feedback is positive, as the view ``feedback_latest`` decides: see driftloop.store.feedback;
+    positive feedback is defined there only, not here). Without feedback_positive it is missing.
     """
     prompt = df["prompt"].fillna("").astype(str)
     response = df["response"].fillna("").astype(str)
@@ -121,8 +122,9 @@ def compute_features(df: pd.DataFrame, positive_threshold: float = 0.5, language
     out["is_apology"] = response.map(lambda s: "yes" if APOLOGY_RE.search(s[:600]) else "no")
     out["is_empty"] = np.where(response.str.strip().str.len() == 0, "yes", "no")
     out["has_feedback"] = np.where(out["feedback_score"].notna(), "yes", "no")
-    out["feedback_positive"] = np.where(
-        out["feedback_score"].notna(), (out["feedback_score"] >= positive_threshold).astype(float), np.nan
+    # 1.0 / 0.0 / NaN from True / False (0/1 on SQLite) / None
+    out["feedback_positive"] = (
+        pd.to_numeric(df["feedback_positive"], errors="coerce").astype(float) if "feedback_positive" in df else np.nan
     )
     out["prompt"] = prompt
     out["response"] = response

@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, func, select
 
-from driftloop.settings.monitor import MonitorSettings
 from driftloop.monitor.tables import monitor_windows
+from driftloop.settings.monitor import MonitorSettings
+from driftloop.store.feedback import feedback_latest
 from driftloop.store.models import interactions
 
 
@@ -202,24 +203,23 @@ def reference_for(conn: Connection, s: MonitorSettings, win: Window) -> Referenc
     return Reference(ref.kind, ids, min(ts) if ts else None, max(ts) if ts else None)
 
 
-_FRAME_SQL = """
-SELECT i.id, i.ts, i.model_version, i.prompt, i.response, i.latency_ms, i.tokens_in, i.tokens_out,
-       i.finish_reason, i.reference,
-       (SELECT f.score FROM feedback f WHERE f.request_id = i.request_id AND f.score IS NOT NULL
-        ORDER BY f.ts DESC, f.id DESC LIMIT 1) AS feedback_score
-FROM interactions i WHERE i.id IN ({ids})
-"""
+def _frame_query(ids: tuple[int, ...]) -> Any:
+    """Interactions with their latest scored feedback and whether it is positive (the feedback_latest view)."""
+    i, fl = interactions.c, feedback_latest.c
+    cols = [i.id, i.ts, i.model_version, i.prompt, i.response, i.latency_ms, i.tokens_in, i.tokens_out,
+            i.finish_reason, i.reference, fl.score.label("feedback_score"), fl.positive.label("feedback_positive")]  # fmt: skip
+    j = interactions.outerjoin(feedback_latest, fl.request_id == i.request_id)
+    return select(*cols).select_from(j).where(i.id.in_(ids))
+
+
+FRAME_COLUMNS = ["id", "ts", "model_version", "prompt", "response", "latency_ms", "tokens_in", "tokens_out",
+                 "finish_reason", "reference", "feedback_score", "feedback_positive"]  # fmt: skip
 
 
 def load_frame(conn: Connection, ids: tuple[int, ...], chunk: int = 5000) -> pd.DataFrame:
-    """Interactions with their latest feedback score, for the given ids."""
-    parts = []
-    for k in range(0, len(ids), chunk):
-        part = ids[k : k + chunk]
-        sql = _FRAME_SQL.format(ids=",".join(str(int(i)) for i in part))
-        parts.append(pd.read_sql_query(text(sql), conn))
-    cols = ["id", "ts", "model_version", "prompt", "response", "latency_ms", "tokens_in", "tokens_out",
-            "finish_reason", "reference", "feedback_score"]  # fmt: skip
+    """Interactions with their latest feedback score and ``feedback_positive`` (True/False, None without
+    feedback) for the given ids, as the view ``feedback_latest`` defines them (driftloop.store.feedback)."""
+    parts = [pd.read_sql_query(_frame_query(ids[k : k + chunk]), conn) for k in range(0, len(ids), chunk)]
     if not parts:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=FRAME_COLUMNS)
     return pd.concat(parts, ignore_index=True).sort_values("id").reset_index(drop=True)

@@ -1,6 +1,7 @@
 """Build a versioned training snapshot from production traffic.
 
-Eligible records are interactions of the policy's model with positive feedback or a correction (the
+Eligible records are interactions of the policy's model whose latest scored feedback is positive (the view
+``feedback_latest``, the definition the monitor and the dashboards share) or that have a correction (the
 correction replaces the response). Refusals, empties and exact or near duplicates are dropped, the
 newest ``eval_fraction`` is held out for evaluation (split by time, and an evaluation prompt that
 also occurs in training is dropped from evaluation), and the result is written as JSONL plus a
@@ -20,9 +21,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, and_, func, null, or_, select
 
 from driftloop.settings.retrain import DataSettings
+from driftloop.store.feedback import feedback_latest, store_feedback_threshold
 from driftloop.store.models import feedback, interactions
 
 _REFUSAL_RE: re.Pattern[str] | None = None
@@ -65,22 +67,27 @@ class Snapshot:
         return str(self.manifest["content_hash"])
 
 
-def _eligible_query(model_id: str, since: datetime, until: datetime, positive_min: float, use_corrections: bool) -> Any:
-    cond = feedback.c.score >= positive_min
+def _eligible_query(model_id: str, since: datetime, until: datetime, use_corrections: bool) -> Any:
+    """Interactions of ``model_id`` in [since, until) whose feedback is positive (the view
+    ``feedback_latest``, the one definition shared with the monitor and the dashboards) or, with
+    ``use_corrections``, that have a correction: one row per correction, oldest first."""
+    i, fl = interactions.c, feedback_latest.c
+    j = interactions.outerjoin(feedback_latest, fl.request_id == i.request_id)
+    cond: Any = fl.positive
+    corr_cols: list[Any] = [null().label("correction")]
+    order: list[Any] = [i.ts, i.request_id]
     if use_corrections:
-        cond = or_(cond, and_(feedback.c.correction.is_not(None), feedback.c.correction != ""))
+        corr = feedback.alias("corr")
+        j = j.outerjoin(corr, and_(corr.c.request_id == i.request_id, corr.c.correction.is_not(None),
+                                   corr.c.correction != ""))  # fmt: skip
+        cond = or_(cond, corr.c.id.is_not(None))
+        corr_cols = [corr.c.correction]
+        order += [corr.c.ts, corr.c.id]
     return (
-        select(
-            interactions.c.request_id,
-            interactions.c.ts,
-            interactions.c.prompt,
-            interactions.c.response,
-            feedback.c.score,
-            feedback.c.correction,
-            feedback.c.ts.label("fb_ts"),
-        )
-        .join(feedback, feedback.c.request_id == interactions.c.request_id)
-        .where(interactions.c.model_id == model_id, interactions.c.ts >= since, interactions.c.ts < until, cond)
+        select(i.request_id, i.ts, i.prompt, i.response, *corr_cols)
+        .select_from(j)
+        .where(i.model_id == model_id, i.ts >= since, i.ts < until, cond)
+        .order_by(*order)
     )
 
 
@@ -88,9 +95,11 @@ def count_eligible(engine: Engine, model_id: str, since: datetime, until: dateti
                    positive_threshold: float) -> int:  # fmt: skip
     """Records of ``model_id`` in [since, until) with positive feedback or a correction (before filtering).
 
-    ``positive_threshold``: ``feedback.positive_threshold`` (the one definition of positive feedback).
+    ``positive_threshold``: ``feedback.positive_threshold``, stored for the view first
+    (driftloop.store.feedback.store_feedback_threshold).
     """
-    q = _eligible_query(model_id, since, until, positive_threshold, data.use_corrections).subquery()
+    store_feedback_threshold(engine, positive_threshold)
+    q = _eligible_query(model_id, since, until, data.use_corrections).order_by(None).subquery()
     with engine.connect() as c:
         return int(c.execute(select(func.count(func.distinct(q.c.request_id)))).scalar_one())
 
@@ -98,17 +107,22 @@ def count_eligible(engine: Engine, model_id: str, since: datetime, until: dateti
 def select_records(engine: Engine, model_id: str, data: DataSettings, now: datetime | None = None,
                    since: datetime | None = None, *,
                    positive_threshold: float) -> tuple[list[dict[str, Any]], dict[str, int]]:  # fmt: skip
-    """Eligible, filtered, de-duplicated records in time order, and counts of what was dropped and why."""
+    """Eligible, filtered, de-duplicated records in time order, and counts of what was dropped and why.
+
+    Eligible: the request's latest scored feedback is positive (``positive_threshold``, stored for the
+    view first), or it has a correction (the newest one replaces the response).
+    """
     now = now or datetime.now(UTC)
     since = since or now - timedelta(hours=data.lookback_hours)
-    q = _eligible_query(model_id, since, now, positive_threshold, data.use_corrections)
+    store_feedback_threshold(engine, positive_threshold)
+    q = _eligible_query(model_id, since, now, data.use_corrections)
     by_req: dict[str, dict[str, Any]] = {}
     with engine.connect() as c:
-        for row in c.execute(q.order_by(interactions.c.ts, feedback.c.ts)).mappings():
+        for row in c.execute(q).mappings():
             rec = by_req.setdefault(row["request_id"], {
                 "request_id": row["request_id"], "ts": _aware(row["ts"]), "prompt": row["prompt"],
                 "response": row["response"] or "", "source": "feedback"})  # fmt: skip
-            if data.use_corrections and row["correction"]:
+            if row["correction"]:
                 rec["response"] = row["correction"]  # the latest correction wins (rows are in feedback time order)
                 rec["source"] = "correction"
     dropped = {"refusal": 0, "empty": 0, "duplicate": 0, "cap": 0}
@@ -175,7 +189,7 @@ def build_snapshot(engine: Engine, model_id: str, data: DataSettings, out_root: 
         "rows": len(train) + len(ev), "train_rows": len(train), "eval_rows": len(ev),
         "time_range": {"from": records[0]["ts"].isoformat(), "to": records[-1]["ts"].isoformat(),
                        "train_until": train[-1]["ts"].isoformat(), "eval_from": ev[0]["ts"].isoformat()},
-        "filters": data.model_dump(), "dropped": dropped,
+        "filters": {**data.model_dump(), "positive_threshold": positive_threshold}, "dropped": dropped,
         "sources": {s: sum(1 for r in records if r["source"] == s) for s in ("feedback", "correction")},
     }  # fmt: skip
     final = Path(out_root) / f"{policy}-{digest[:12]}"

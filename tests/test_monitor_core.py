@@ -122,7 +122,7 @@ def test_features_and_latest_feedback(engine: Engine, pg_url: str, tmp_path: Pat
                                      "score": 1.0, "source": "event", "ingested_at": now})  # fmt: skip
     with engine.connect() as c:
         raw = load_frame(c, tuple(range(1, 5)))
-    f = compute_features(raw, 0.5, language_sample=10)
+    f = compute_features(raw, language_sample=10)
     assert list(f["prompt_chars"]) == [float(len(str(r["prompt"]))) for r in rows]
     assert f.loc[0, "prompt_tokens"] == 7.0  # 6 words + "?"
     assert list(f["is_refusal"]) == ["no", "yes", "no", "no"]

@@ -43,6 +43,7 @@ BRIN_TIME_INDEX_WITH = {"pages_per_range": 32, "autosummarize": "on"}
 # The modules that define tables on ``metadata``, the only place that lists them: see all_metadata().
 TABLE_MODULES = (
     "driftloop.store.models",
+    "driftloop.store.feedback",
     "driftloop.jobs",
     "driftloop.monitor.tables",
     "driftloop.monitor.alerts.tables",
