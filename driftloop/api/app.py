@@ -127,7 +127,7 @@ def _broker_reachable(servers: list[str], timeout: float) -> tuple[bool, str]:
 
 def create_app(settings: Settings, engine: Engine, *, instance: str | None = None) -> FastAPI:
     """The API over ``engine`` with ``settings`` (tokens, retrain policies, targets, jobs)."""
-    from driftloop.jobs import default_instance
+    from driftloop.clikit import default_instance
 
     instance = instance or default_instance() + ":api"
     api = settings.api
