@@ -119,3 +119,25 @@ def test_too_little_data_is_a_clear_error(db: str, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="need >= 20 eval"):
         build_snapshot(eng, "toy", DataSettings(), tmp_path / "ds", positive_threshold=POS)
     eng.dispose()
+
+
+def test_the_latest_score_decides(db: str) -> None:
+    """Positive is a request's latest scored feedback (the view feedback_latest, the definition the monitor
+    and the dashboards share): a record rated 1 and later 0 is no longer eligible (it was under the former
+    rule, any score >= positive_feedback_min); a record rated 0 and later 1 is."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    good = toy_records("A", 2, start=start, good=True, prefix="regood")
+    bad = toy_records("B", 1, start=start + timedelta(seconds=5), good=False, correction_rate=0.0, prefix="rebad")
+    store_records(db, good + bad, topic="rated")
+    eng = create_engine_from_url(db)
+
+    def eligible() -> set[str]:
+        return {r["request_id"] for r in select_records(eng, "toy", DataSettings(), positive_threshold=POS)[0]}
+
+    assert eligible() == {good[0]["request_id"], good[1]["request_id"]}
+    later = (start + timedelta(minutes=30)).isoformat().replace("+00:00", "Z")
+    store_records(db, [{"type": "feedback", "request_id": good[0]["request_id"], "score": 0.0, "timestamp": later},
+                       {"type": "feedback", "request_id": bad[0]["request_id"], "score": 1.0, "timestamp": later}],
+                  topic="rerated")  # fmt: skip
+    assert eligible() == {good[1]["request_id"], bad[0]["request_id"]}
+    eng.dispose()
