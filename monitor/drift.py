@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from driftloop.monitor.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TEXT_FEATURES
 from driftloop.settings.monitor import DISTANCE_METHODS, P_VALUE_METHODS, MonitorSettings
@@ -58,18 +59,17 @@ class DriftOutcome:
 
 
 def benjamini_hochberg(pvalues: list[float]) -> list[float]:
-    """Benjamini-Hochberg adjusted p-values (monotone, capped at 1), in input order."""
-    m = len(pvalues)
-    if m == 0:
-        return []
-    order = sorted(range(m), key=lambda i: pvalues[i])
-    adjusted = [0.0] * m
-    running = 1.0
-    for rank in range(m, 0, -1):
-        i = order[rank - 1]
-        running = min(running, pvalues[i] * m / rank)
-        adjusted[i] = min(running, 1.0)
-    return adjusted
+    """Benjamini-Hochberg adjusted p-values (monotone, capped at 1), in input order.
+
+    scipy.stats.false_discovery_control does the adjustment. A NaN p-value (a test that could not be computed)
+    stays NaN and is not counted among the tests, so it neither drifts nor dilutes the others.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    known = ~np.isnan(p)
+    if known.any():
+        out[known] = stats.false_discovery_control(np.clip(p[known], 0.0, 1.0), method="bh")
+    return [float(x) for x in out]
 
 
 def _is_p_value(method: str) -> bool:

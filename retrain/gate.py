@@ -1,6 +1,6 @@
 """The statistical promotion gate: paired bootstrap of champion vs candidate per-example scores.
 
-Pure numpy + stdlib (no torch): the daemon gates the scores that the training subprocess wrote as JSON.
+numpy and scipy.stats (no torch): the daemon gates the scores that the training subprocess wrote as JSON.
 
 A candidate is promoted when, on the ``heldout`` suite, the lower end of the paired bootstrap interval of
 the primary metric's improvement lies above ``GateSettings.min_improvement``; no guard metric regresses beyond
@@ -13,11 +13,13 @@ metrics the difference of means ``candidate - champion``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from driftloop.settings.retrain import GateSettings
 
@@ -172,7 +174,8 @@ def paired_bootstrap(champion: ExampleScores, candidate: ExampleScores, metric: 
 
     Each replicate draws one resample of example indices and evaluates the metric for both models on that
     same resample (paired), so per-example difficulty cancels. Perplexity is computed at corpus level per
-    replicate (ratio of summed NLL to summed tokens). Percentile interval at ``confidence``.
+    replicate (ratio of summed NLL to summed tokens). Percentile interval at ``confidence``, computed by
+    ``scipy.stats.bootstrap(paired=True)`` with a generator seeded by ``seed`` (the same seed, the same interval).
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; use one of {list(METRICS)}")
@@ -183,39 +186,45 @@ def paired_bootstrap(champion: ExampleScores, candidate: ExampleScores, metric: 
         raise ValueError("no examples to compare")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1) (got {confidence})")
-    rng = np.random.default_rng(seed)
+    statistic: Callable[..., np.ndarray]
     if metric == "perplexity":
         nll = np.array([[s.nll for s in champion], [s.nll for s in candidate]], dtype=np.float64)
         tok = np.array([[s.n_tokens for s in champion], [s.n_tokens for s in candidate]], dtype=np.float64)
         if tok[0].sum() <= 0 or tok[1].sum() <= 0:
             raise ValueError("perplexity needs reference tokens (all n_tokens are 0)")
 
-        def stat(nll_s: np.ndarray, tok_s: np.ndarray) -> np.ndarray:
-            # 1 - ppl_cand / ppl_champ = 1 - exp(mean_nll_cand - mean_nll_champ)
+        def ppl_reduction(nll_a: np.ndarray, tok_a: np.ndarray, nll_b: np.ndarray, tok_b: np.ndarray,
+                          axis: int = -1) -> np.ndarray:  # fmt: skip
+            # 1 - ppl_cand / ppl_champ = 1 - exp(mean_nll_cand - mean_nll_champ), corpus level per resample
             with np.errstate(divide="ignore", invalid="ignore"):
-                return 1.0 - np.exp(nll_s[1] / tok_s[1] - nll_s[0] / tok_s[0])
+                return 1.0 - np.exp(nll_b.sum(axis) / tok_b.sum(axis) - nll_a.sum(axis) / tok_a.sum(axis))
 
-        point = float(stat(nll.sum(axis=1), tok.sum(axis=1)))
-        reps = []
-        step = max(1, _CHUNK_ENTRIES // n)
-        for start in range(0, n_bootstrap, step):
-            idx = rng.integers(0, n, size=(min(step, n_bootstrap - start), n))
-            reps.append(stat(nll[:, idx].sum(axis=2), tok[:, idx].sum(axis=2)))
-        boot = np.concatenate(reps)
+        data: tuple[np.ndarray, ...] = (nll[0], tok[0], nll[1], tok[1])
+        statistic = ppl_reduction
+        point = float(ppl_reduction(nll[0], tok[0], nll[1], tok[1]))
     else:
         a, b = _values(champion, metric), _values(candidate, metric)
         if a is None or b is None:
             raise ValueError(f"{metric} was not computed for every example")
-        diff = b - a  # paired: the mean difference on a resample is candidate mean - champion mean on it
-        point = float(diff.mean())
-        reps = []
-        step = max(1, _CHUNK_ENTRIES // n)
-        for start in range(0, n_bootstrap, step):
-            idx = rng.integers(0, n, size=(min(step, n_bootstrap - start), n))
-            reps.append(diff[idx].mean(axis=1))
-        boot = np.concatenate(reps)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.nanquantile(boot, [alpha, 1.0 - alpha])
+
+        def mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+            return np.asarray(b.mean(axis) - a.mean(axis))
+
+        data = (a, b)
+        statistic = mean_difference
+        point = float(mean_difference(a, b))
+    if n == 1:  # nothing to resample (scipy needs two observations)
+        return point, point, point
+    # the examples are resampled together (paired); batches of replicates bound the index matrix's size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # identical scores: a zero-width interval
+        res = stats.bootstrap(data, statistic, paired=True, vectorized=True, n_resamples=n_bootstrap,
+                              batch=max(1, _CHUNK_ENTRIES // n), confidence_level=confidence, method="percentile",
+                              rng=np.random.default_rng(seed))  # fmt: skip
+    lo, hi = res.confidence_interval
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # a resample without reference tokens: leave it out
+        alpha = (1.0 - confidence) / 2.0
+        lo, hi = np.nanquantile(res.bootstrap_distribution, [alpha, 1.0 - alpha])
     return point, float(lo), float(hi)
 
 
