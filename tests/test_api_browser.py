@@ -24,7 +24,7 @@ from tests.alpaca import load, now_minus, store_records, to_log_records
 from tests.conftest import create_database, drop_database
 from tests.test_api import MODEL, WINDOW, make_settings, seed_registry
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.browser
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")) if p
                  and Path(p).exists()), None)  # fmt: skip

@@ -120,7 +120,7 @@ class KafkaEnv(Env):
         return last["lora_name"] if last["event"] == "ModelPromoted" else last["previous_lora_name"]
 
 
-@pytest.fixture(params=["filesystem", "vllm", pytest.param("kafka", marks=pytest.mark.integration)])
+@pytest.fixture(params=["filesystem", "vllm", pytest.param("kafka", marks=pytest.mark.kafka)])
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
     if request.param == "filesystem":
         ts = TargetSettings(name="fs", type="filesystem", path=str(tmp_path / "serve"))
@@ -444,7 +444,6 @@ def test_vllm_models_listing_like_vllm(tmp_path: Path) -> None:
 # -- Kafka -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.integration
 def test_kafka_events_on_the_topic(kafka_bootstrap: str, tmp_path: Path) -> None:
     topic = f"promotions-{uuid.uuid4().hex[:8]}"
     t = KafkaPromotionTarget(

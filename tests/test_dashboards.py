@@ -390,7 +390,6 @@ def _run(conn: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         return [c.name for c in cur.description or []], list(cur.fetchall())
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("selection", ["all", "one"])
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 def test_every_query_runs_and_returns_what_its_panel_needs(scenario: Scenario, path: Path, selection: str) -> None:

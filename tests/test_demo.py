@@ -8,7 +8,7 @@ import pytest
 
 from driftloop.demo_loop import DemoConfig, run_loop_demo
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]  # the demo starts its own Tansu
 
 
 def test_demo_reduced_mode_closes_the_loop(tmp_path: Path) -> None:

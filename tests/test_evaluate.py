@@ -13,7 +13,7 @@ pytest.importorskip("peft")
 
 from driftloop.retrain.evaluate import evaluate_pair, load_for_eval, load_golden_set, score_examples
 from driftloop.retrain.gate import decide, point_value
-from driftloop.retrain.toy import build_base_model, sample_pairs
+from driftloop.retrain.toy import sample_pairs
 from driftloop.settings.retrain import GateSettings
 
 
@@ -22,8 +22,8 @@ def _rows(domain: str, n: int, seed: int) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(build_base_model(tmp_path_factory.mktemp("base"), "A", n=800, epochs=2))
+def base_dir(toy_base_model: Path) -> str:
+    return str(toy_base_model)  # the session's toy model (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def test_domain_a_much_lower_perplexity_and_better_answers(base: tuple[object, o
     assert sum(bool(s.output) for s in a) > 30
     assert point_value(a, "rouge_l") > point_value(b, "rouge_l") + 0.2
     assert point_value(a, "bleu") > point_value(b, "bleu")
-    assert all(s.exact_match in (0.0, 1.0) and 0 <= s.bleu <= 100 for s in a)  # type: ignore[operator]
+    # sacrebleu scores a perfect answer 100.00000000000004: the bound allows float rounding
+    assert all(s.exact_match in (0.0, 1.0) and 0 <= s.bleu <= 100 + 1e-9 for s in a)  # type: ignore[operator]
     assert calls[-1] == (80, 80) and [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
@@ -111,6 +112,7 @@ def test_evaluate_pair_with_a_fresh_adapter_is_identical_and_not_promoted(base_d
     assert not d.promote and "does not lie above" in d.reasons[0]
 
 
+@pytest.mark.slow  # trains two LoRA adapters and evaluates both (~40 s on 2 cores)
 def test_finetune_on_b_promotes_and_shuffled_candidate_is_rejected(base_dir: str, tmp_path: Path) -> None:
     from driftloop.retrain.trainer import train_lora
     from driftloop.settings.retrain import LoraSettings, TrainingSettings

@@ -19,8 +19,6 @@ from prometheus_client import REGISTRY
 from driftloop.broker import free_port
 from tests.ingest_helpers import ingest_until_idle, read_topic, records, rows, scalar, settings_for
 
-pytestmark = pytest.mark.integration
-
 ck = pytest.importorskip("confluent_kafka")
 
 

@@ -31,8 +31,6 @@ from tests.ingest_helpers import (
     write_config,
 )
 
-pytestmark = pytest.mark.integration
-
 
 def test_20k_records_stored_exactly_once(pg_url: str, kafka_bootstrap: str, topics: dict[str, str]) -> None:
     values = records(20_000, seed=1)

@@ -14,7 +14,7 @@ from driftloop.store.db import migrate
 from tests.ingest_helpers import produce_values, records, scalar, settings_for, wait_for
 from tests.pg_private import PrivatePostgres
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.postgres, pytest.mark.kafka]  # private PostgreSQL/Tansu servers of their own too
 
 
 @pytest.fixture

@@ -14,8 +14,6 @@ from driftloop.retrain.tables import model_aliases
 from driftloop.settings.connectors import TargetSettings
 from driftloop.store.db import create_engine_from_url
 
-pytestmark = pytest.mark.integration
-
 
 class RecordingTarget(PromotionTarget):
     """Remembers what it serves; fails the next ``fail`` applies."""
@@ -38,7 +36,7 @@ class RecordingTarget(PromotionTarget):
         self.serving = p.previous_version
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres), "sqlite"])
 def reg(request: pytest.FixtureRequest) -> ModelRegistry:
     url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
     return ModelRegistry(create_engine_from_url(url))

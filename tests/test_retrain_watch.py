@@ -21,8 +21,6 @@ from tests.alpaca import store_records
 from tests.retrain_helpers import toy_records
 from tests.vllm_stub import VllmStub
 
-pytestmark = pytest.mark.integration
-
 WINDOW = 120
 
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from sqlalchemy import create_engine, select
 from typer.testing import CliRunner
@@ -16,8 +15,6 @@ from typer.testing import CliRunner
 from driftloop.cli import app
 from driftloop.jobs import job_runs
 from tests.ingest_helpers import wait_for
-
-pytestmark = pytest.mark.integration
 
 
 def _cfg(tmp_path: Path, url: str, **sched: object) -> Path:

@@ -17,8 +17,6 @@ from driftloop.store.db import downgrade, migrate
 from driftloop.store.models import feedback, interactions, rejected_messages
 from tests.ingest_helpers import wait_for
 
-pytestmark = pytest.mark.integration
-
 BOOM_CALLS: list[float] = []
 
 
@@ -117,7 +115,7 @@ def _retention_settings(url: str, **retention: Any) -> Settings:
     return load_settings(None, database={"url": url}, scheduler={"retention": {"batch_size": 3, **retention}})
 
 
-@pytest.mark.parametrize("backend", ["pg", "sqlite"])
+@pytest.mark.parametrize("backend", [pytest.param("pg", marks=pytest.mark.postgres), "sqlite"])
 def test_retention_deletes_only_old_rows_in_batches(backend: str, request: pytest.FixtureRequest) -> None:
     from driftloop.monitor.tables import drift_results, monitor_windows
 
@@ -182,7 +180,7 @@ def test_retention_zero_days_keeps_everything(pg_url: str) -> None:
     eng.dispose()
 
 
-@pytest.mark.parametrize("backend", ["pg", "sqlite"])
+@pytest.mark.parametrize("backend", [pytest.param("pg", marks=pytest.mark.postgres), "sqlite"])
 def test_migration_0004_upgrades_and_downgrades(backend: str, request: pytest.FixtureRequest, tmp_path: Any) -> None:
     url = request.getfixturevalue("empty_pg_url") if backend == "pg" else f"sqlite:///{tmp_path}/m.db"
     migrate(url)

@@ -12,14 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from sqlalchemy import Engine, create_engine, text
 
 from driftloop.leader import FileLeaderLock, LeaderElection, PostgresLeaderLock, current_leader, lock_for
 from tests.ingest_helpers import wait_for
-
-pytestmark = pytest.mark.integration
 
 KEY = 0x44524654
 

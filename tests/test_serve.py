@@ -29,14 +29,16 @@ MODEL = "support-bot"
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def toy(tmp_path_factory: pytest.TempPathFactory, toy_base_model: Path) -> dict[str, str]:
     """A base model (domain A) and two different LoRA adapters (domain B, different seeds and steps)."""
-    from driftloop.retrain.toy import build_base_model, sample_pairs
+    import shutil
+
+    from driftloop.retrain.toy import sample_pairs
     from driftloop.retrain.trainer import train_lora
     from driftloop.settings.retrain import TrainingSettings
 
     root = tmp_path_factory.mktemp("serve-toy")
-    base = build_base_model(root / "base", "A", n=800, epochs=2)
+    base = shutil.copytree(toy_base_model, root / "base")  # the session's toy model, inside the adapter root
     rows = [{"prompt": p, "response": r} for p, r in sample_pairs("B", 60)]
     out = {"base": str(base), "root": str(root)}
     for name, seed, steps in (("a1", 1, 20), ("a2", 2, 30)):
@@ -655,6 +657,7 @@ def broker() -> Iterator[LocalTansu]:
         b.stop()
 
 
+@pytest.mark.kafka  # its own Tansu (stopped and restarted)
 def test_kafka_outage_never_fails_requests_and_logging_resumes(toy: dict[str, str], broker: LocalTansu) -> None:
     from driftloop.broker import ensure_topics
 

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from driftloop.retrain.toy import build_base_model, build_model, sample_pairs  # noqa: E402
+from driftloop.retrain.toy import build_model, sample_pairs  # noqa: E402
 from driftloop.retrain.trainer import (  # noqa: E402
     CONFIG_FILE,
     TrainingCancelled,
@@ -33,9 +33,9 @@ CHAT_TEMPLATE = "{% for m in messages %}<|user|> {{ m['content'] }}\n{% endfor %
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny GPT-2 trained on domain A (the champion the adapter starts from)."""
-    return build_base_model(tmp_path_factory.mktemp("base") / "model", "A", n=800, epochs=2)
+def base_dir(toy_base_model: Path) -> Path:
+    """A tiny GPT-2 trained on domain A (the champion the adapter starts from): the session's toy model."""
+    return toy_base_model
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from driftloop.ingest.writer import Batch, BatchWriter, Row
 from driftloop.store.db import create_engine_from_url, migrate
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres), "sqlite"])
 def db_url(request: pytest.FixtureRequest) -> str:
     url: str = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
     migrate(url)
