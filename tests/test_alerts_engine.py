@@ -12,11 +12,11 @@ from sqlalchemy.exc import IntegrityError
 
 from driftloop.monitor.alerts.engine import (
     AlertEvaluationJob,
-    Verdict,
     WindowPoint,
     acknowledge,
     alert_state,
     backtest,
+    decide,
     evaluate,
     load_points,
 )
@@ -54,17 +54,17 @@ NODE = parse_condition("drift.score > 0.3")
     ],
 )
 def test_n_of_m(values: list[float | None], n: int, m: int, expected: tuple[str, int, int]) -> None:
-    assert evaluate(NODE, _points(values), n, m) == Verdict(*expected)  # type: ignore[arg-type]
+    assert decide(NODE, _points(values), n, m) == expected
 
 
 def test_insufficient_data_windows_are_neither_true_nor_false() -> None:
     pts = _points([0.9, 0.9])
     pts += [WindowPoint(9, "m", "", T0 + timedelta(hours=1), "insufficient_data", {"drift.score": 0.0})]
-    assert evaluate(NODE, pts, 2, 2) == Verdict("firing", 2, 2)  # the unusable newest window is looked past
+    assert decide(NODE, pts, 2, 2) == ("firing", 2, 2)  # the unusable newest window is looked past
     only_bad = _points([0.9, 0.9], status="insufficient_data")
-    assert evaluate(NODE, only_bad, 1, 1).decision == "no_data"
+    assert decide(NODE, only_bad, 1, 1)[0] == "no_data"
     errors = _points([0.9], status="error")
-    assert evaluate(NODE, errors, 1, 1).decision == "no_data"
+    assert decide(NODE, errors, 1, 1)[0] == "no_data"
 
 
 def test_evaluate_accepts_plain_metric_dicts_and_reports_latest_window() -> None:
@@ -226,7 +226,7 @@ def test_live_job_and_backtest_agree_window_by_window(pg_url: str, pg_engine: En
     assert all(r["value"] in (2500.0, 900.0) for r in fired)  # value: the first metric of the condition
 
 
-@pytest.mark.parametrize("kind", ["pg", "sqlite"])
+@pytest.mark.parametrize("kind", [pytest.param("pg", marks=pytest.mark.postgres), "sqlite"])
 def test_load_points_keeps_the_newest_windows_of_each_group(kind: str, request: pytest.FixtureRequest) -> None:
     url = request.getfixturevalue("pg_url" if kind == "pg" else "sqlite_url")
     eng = create_engine(url)
@@ -348,7 +348,7 @@ def test_lifecycle_on_sqlite(sqlite_url: str) -> None:
     eng.dispose()
 
 
-@pytest.mark.parametrize("kind", ["pg", "sqlite"])
+@pytest.mark.parametrize("kind", [pytest.param("pg", marks=pytest.mark.postgres), "sqlite"])
 def test_migration_0003_up_and_down(kind: str, empty_pg_url: str, tmp_path: Any) -> None:
     url = empty_pg_url if kind == "pg" else f"sqlite:///{tmp_path}/m.db"
     migrate(url, "0003_alerts")

@@ -31,8 +31,6 @@ from driftloop.store.models import consumer_offsets, rejected_messages
 from tests.alpaca import load, now_minus, store_records, to_log_records
 from tests.conftest import create_database, drop_database
 
-pytestmark = pytest.mark.integration
-
 ADMIN = "admin-token-" + "a" * 20
 READ = "read-token-" + "r" * 20
 MODEL = "assistant"

@@ -21,8 +21,6 @@ from driftloop.store.db import create_engine_from_url
 from tests.alpaca import store_records
 from tests.retrain_helpers import toy_records
 
-pytestmark = pytest.mark.integration
-
 
 def _config(tmp: Path, pg_url: str, approval: str = "manual") -> Path:
     cfg = {

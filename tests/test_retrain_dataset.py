@@ -22,12 +22,10 @@ from driftloop.store.db import create_engine_from_url
 from tests.alpaca import store_records
 from tests.retrain_helpers import toy_records
 
-pytestmark = pytest.mark.integration
-
 POS = FeedbackSettings().positive_threshold  # feedback.positive_threshold's default
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres), "sqlite"])
 def db(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url"))
 

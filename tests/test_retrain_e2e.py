@@ -30,7 +30,6 @@ from driftloop.monitor.check import DriftCheckJob
 from driftloop.retrain.registry import ModelRegistry
 from driftloop.retrain.runner import RetrainPolicyJob, RetrainRunner, recover_jobs
 from driftloop.retrain.tables import retrain_jobs
-from driftloop.retrain.toy import build_base_model
 from driftloop.settings import load_settings
 from driftloop.store.db import create_engine_from_url
 from tests.alpaca import now_minus
@@ -38,14 +37,14 @@ from tests.ingest_helpers import ingest_until_idle, produce_values, wait_for
 from tests.retrain_helpers import toy_records
 from tests.vllm_stub import VllmStub
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 WINDOW = 150
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(build_base_model(tmp_path_factory.mktemp("base") / "toy-base", "A", n=1500, epochs=3))
+def base_model(toy_base_model: Path) -> str:
+    return str(toy_base_model)  # the session's toy model (tests/conftest.py)
 
 
 def _settings(pg_url: str, kafka: str, topics: dict[str, str], tmp: Path, base: str, vllm_url: str,

@@ -11,8 +11,6 @@ from driftloop.jobs import JOBS
 from driftloop.scheduler import make_scheduler, register_jobs
 from driftloop.settings import Settings, load_settings
 
-pytestmark = pytest.mark.integration
-
 
 def _settings(url: str, **sched: Any) -> Settings:
     return load_settings(None, database={"url": url}, scheduler=sched)
@@ -22,7 +20,7 @@ def _enabled(s: Settings) -> set[str]:
     return {n for n, spec in JOBS.items() if spec.interval_s(s)}
 
 
-@pytest.mark.parametrize("backend", ["pg", "sqlite"])
+@pytest.mark.parametrize("backend", [pytest.param("pg", marks=pytest.mark.postgres), "sqlite"])
 def test_jobs_survive_a_restart_without_duplicates(backend: str, request: pytest.FixtureRequest) -> None:
     url = request.getfixturevalue("pg_url" if backend == "pg" else "sqlite_url")
     s = _settings(url, quality_check_s=120)
