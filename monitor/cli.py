@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from driftloop.clikit import ConfigOpt, get_settings, setup_logging
+from driftloop.store.timestamps import utc
 
 monitor_app = typer.Typer(help="Drift and quality checks.", no_args_is_help=True)
 
@@ -27,7 +28,7 @@ def _when(v: str | None) -> datetime | None:
         t = datetime.fromisoformat(v)
     except ValueError:
         raise typer.BadParameter(f"{v!r} is not an ISO 8601 time (e.g. 2026-11-28T10:00:00Z)") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    return utc(t)
 
 
 @monitor_app.command("check")

@@ -16,6 +16,7 @@ from driftloop.monitor.tables import monitor_windows
 from driftloop.settings.monitor import MonitorSettings
 from driftloop.store.feedback import feedback_latest
 from driftloop.store.models import interactions
+from driftloop.store.timestamps import utc
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,6 @@ class Reference:
     @property
     def n(self) -> int:
         return len(self.ids)
-
-
-def _aware(ts: Any) -> datetime:
-    if isinstance(ts, str):
-        ts = datetime.fromisoformat(ts)
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return ts
 
 
 def segment_of(meta: Any, keys: list[str]) -> str:
@@ -103,7 +96,7 @@ def _last_checked(conn: Connection, model_id: str, kind: str) -> dict[str, tuple
     q = select(mw.segment, mw.window_index, mw.window_end, mw.last_id).join(
         newest, (newest.c.segment == mw.segment) & (newest.c.idx == mw.window_index)
     ).where(mw.model_id == model_id, mw.window_kind == kind)
-    return {r[0]: (int(r[1]), _aware(r[2]), r[3]) for r in conn.execute(q).all()}
+    return {r[0]: (int(r[1]), utc(r[2]), r[3]) for r in conn.execute(q).all()}
 
 
 def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: datetime | None = None) -> list[Window]:
@@ -121,7 +114,7 @@ def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: dateti
         by_seg: dict[str, list[tuple[int, datetime]]] = defaultdict(list)
         for r in rows:
             seg = segment_of(r[2], s.segment_keys) if s.segment_keys else ""
-            rts = _aware(r[1])
+            rts = utc(r[1])
             prev = done.get(seg)
             if prev is not None and (rts, int(r[0])) <= (prev[1], prev[2] or 0):
                 continue
@@ -142,7 +135,7 @@ def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: dateti
         horizon = now - timedelta(seconds=w.grace_s)
         by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
         for r in rows:
-            rts = _aware(r[1])
+            rts = utc(r[1])
             idx = math.floor(rts.timestamp() / secs)
             seg = segment_of(r[2], s.segment_keys) if s.segment_keys else ""
             if seg in done and idx <= done[seg][0]:
@@ -199,7 +192,7 @@ def reference_for(conn: Connection, s: MonitorSettings, win: Window) -> Referenc
         q = base.where(c.model_version == ref.model_version).order_by(c.id)
         rows = _take(conn, q, s.segment_keys, win.segment, ref.records)
     ids = tuple(sorted(int(r[0]) for r in rows))
-    ts = [_aware(r[1]) for r in rows]
+    ts = [utc(r[1]) for r in rows]
     return Reference(ref.kind, ids, min(ts) if ts else None, max(ts) if ts else None)
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import Engine, and_, func, null, or_, select
 from driftloop.settings.retrain import DataSettings
 from driftloop.store.feedback import feedback_latest, store_feedback_threshold
 from driftloop.store.models import feedback, interactions
+from driftloop.store.timestamps import utc
 
 _REFUSAL_RE: re.Pattern[str] | None = None
 _NEAR_RE = re.compile(r"[\W_]+", re.UNICODE)
@@ -47,10 +48,6 @@ def _refusal_re() -> re.Pattern[str]:
 def near_key(text: str) -> str:
     """Case-, whitespace- and punctuation-insensitive key (near-duplicate detection)."""
     return _NEAR_RE.sub(" ", text.casefold()).strip()
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -120,7 +117,7 @@ def select_records(engine: Engine, model_id: str, data: DataSettings, now: datet
     with engine.connect() as c:
         for row in c.execute(q).mappings():
             rec = by_req.setdefault(row["request_id"], {
-                "request_id": row["request_id"], "ts": _aware(row["ts"]), "prompt": row["prompt"],
+                "request_id": row["request_id"], "ts": utc(row["ts"]), "prompt": row["prompt"],
                 "response": row["response"] or "", "source": "feedback"})  # fmt: skip
             if row["correction"]:
                 rec["response"] = row["correction"]  # the latest correction wins (rows are in feedback time order)

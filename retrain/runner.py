@@ -34,6 +34,7 @@ from driftloop.retrain.queue import enqueue
 from driftloop.retrain.registry import ModelRegistry, ModelVersion, PromotionFailed
 from driftloop.retrain.tables import ACTIVE_STATUSES, retrain_jobs
 from driftloop.settings.retrain import PolicySettings
+from driftloop.store.timestamps import utc
 
 log = logging.getLogger("driftloop.retrain")
 
@@ -76,10 +77,6 @@ def targets_for_family(settings: Any, family: str) -> list[PromotionTarget]:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def recover_jobs(engine: Engine, instance: str) -> int:
@@ -437,10 +434,10 @@ class RetrainPolicyJob:
         with self.engine.connect() as c:
             jobs = c.execute(select(retrain_jobs.c.status, retrain_jobs.c.created_at).where(
                 retrain_jobs.c.policy == policy.name).order_by(retrain_jobs.c.created_at.desc())).all()  # fmt: skip
-        if jobs and now - _aware(jobs[0].created_at) < timedelta(minutes=policy.cooldown_minutes):
-            left = timedelta(minutes=policy.cooldown_minutes) - (now - _aware(jobs[0].created_at))
-            return None, f"cooldown: last run started {_aware(jobs[0].created_at).isoformat()}, {left} left"
-        today = [j for j in jobs if now - _aware(j.created_at) < timedelta(days=1)]
+        if jobs and now - utc(jobs[0].created_at) < timedelta(minutes=policy.cooldown_minutes):
+            left = timedelta(minutes=policy.cooldown_minutes) - (now - utc(jobs[0].created_at))
+            return None, f"cooldown: last run started {utc(jobs[0].created_at).isoformat()}, {left} left"
+        today = [j for j in jobs if now - utc(j.created_at) < timedelta(days=1)]
         if len(today) >= policy.max_runs_per_day:
             return None, f"max_runs_per_day reached ({len(today)} run(s) in the last 24 h)"
         since = now - timedelta(hours=policy.data.lookback_hours)
@@ -448,7 +445,7 @@ class RetrainPolicyJob:
             last_ok = c.execute(select(func.max(retrain_jobs.c.created_at)).where(and_(
                 retrain_jobs.c.policy == policy.name, retrain_jobs.c.status == "succeeded"))).scalar()  # fmt: skip
         if last_ok is not None:
-            since = max(since, _aware(last_ok))
+            since = max(since, utc(last_ok))
         n = count_eligible(self.engine, policy.model_id, since, now, policy.data,
                            positive_threshold=self.settings.feedback.positive_threshold)
         if n < policy.min_new_samples:

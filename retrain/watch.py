@@ -20,15 +20,12 @@ from sqlalchemy import Engine, insert, select
 from driftloop.connectors.abc import PromotionTarget
 from driftloop.retrain.registry import ModelRegistry, RegistryError
 from driftloop.retrain.tables import model_events
+from driftloop.store.timestamps import utc
 
 log = logging.getLogger("driftloop.retrain.watch")
 
 ROLLBACK_RULE = "retrain.rollback"
 _DONE = ("watch_passed", "watch_failed")
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -54,7 +51,7 @@ def window_values(engine: Engine, family: str, metric: str) -> list[tuple[dateti
                 wm.c.value.is_not(None))
          .order_by(mw.c.window_end, mw.c.id))  # fmt: skip
     with engine.connect() as c:
-        return [(_aware(r[0]), _aware(r[1]), float(r[2])) for r in c.execute(q)]
+        return [(utc(r[0]), utc(r[1]), float(r[2])) for r in c.execute(q)]
 
 
 class PromotionWatchJob:
@@ -100,7 +97,7 @@ class PromotionWatchJob:
         promoted = [e for e in evs if e["action"] in ("promoted", "approved_promoted")]
         if not promoted or any(e["action"] in _DONE or e["action"] == "restored" for e in evs):
             return None
-        at = _aware(promoted[-1]["at"])
+        at = utc(promoted[-1]["at"])
         vals = window_values(self.engine, family, w.metric)
         before = [v for s, e, v in vals if e <= at][-w.windows :]
         after = [v for s, e, v in vals if s >= at][: w.windows]

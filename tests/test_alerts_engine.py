@@ -12,11 +12,11 @@ from sqlalchemy.exc import IntegrityError
 
 from driftloop.monitor.alerts.engine import (
     AlertEvaluationJob,
+    Verdict,
     WindowPoint,
     acknowledge,
     alert_state,
     backtest,
-    decide,
     evaluate,
     load_points,
 )
@@ -54,17 +54,17 @@ NODE = parse_condition("drift.score > 0.3")
     ],
 )
 def test_n_of_m(values: list[float | None], n: int, m: int, expected: tuple[str, int, int]) -> None:
-    assert decide(NODE, _points(values), n, m) == expected
+    assert evaluate(NODE, _points(values), n, m) == Verdict(*expected)  # type: ignore[arg-type]
 
 
 def test_insufficient_data_windows_are_neither_true_nor_false() -> None:
     pts = _points([0.9, 0.9])
     pts += [WindowPoint(9, "m", "", T0 + timedelta(hours=1), "insufficient_data", {"drift.score": 0.0})]
-    assert decide(NODE, pts, 2, 2) == ("firing", 2, 2)  # the unusable newest window is looked past
+    assert evaluate(NODE, pts, 2, 2) == Verdict("firing", 2, 2)  # the unusable newest window is looked past
     only_bad = _points([0.9, 0.9], status="insufficient_data")
-    assert decide(NODE, only_bad, 1, 1)[0] == "no_data"
+    assert evaluate(NODE, only_bad, 1, 1).decision == "no_data"
     errors = _points([0.9], status="error")
-    assert decide(NODE, errors, 1, 1)[0] == "no_data"
+    assert evaluate(NODE, errors, 1, 1).decision == "no_data"
 
 
 def test_evaluate_accepts_plain_metric_dicts_and_reports_latest_window() -> None:

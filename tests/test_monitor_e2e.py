@@ -20,7 +20,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from driftloop.monitor.alerts.engine import decide, load_points
+from driftloop.monitor.alerts.engine import evaluate, load_points
 from driftloop.monitor.check import DriftCheckJob
 from driftloop.settings import load_settings
 from driftloop.settings.conditions import parse_condition
@@ -110,7 +110,7 @@ def test_drift_detected_through_kafka_and_driftloop_run(
         for model in ("assistant-quality", "assistant-input"):
             pts = [p for p in load_points(eng, model_id=model) if p.segment == ""]
             for i in range(len(pts)):
-                if decide(node, pts[: i + 1], rule.windows, rule.of)[0] == "firing":
+                if evaluate(node, pts[: i + 1], rule.windows, rule.of).decision == "firing":
                     first[(rule.name, model)] = index[pts[i].window_id]
                     break
     assert {(r, m) for r, m, _ in fired} >= {("quality-drop", "assistant-quality"), ("dataset-drift", "assistant-input")}
@@ -158,7 +158,8 @@ def test_no_drift_false_alarm_rate_over_40_windows(pg_url: str) -> None:
         hist = points[: i + 1]
         if hist[-1].status != "ok":
             continue
-        if any(decide(parse_condition(r.condition), hist, r.windows, r.of)[0] == "firing" for r in s.alerts.rules):
+        if any(evaluate(parse_condition(r.condition), hist, r.windows, r.of).decision == "firing"
+               for r in s.alerts.rules):
             alarmed += 1
     drifted = sum(r.outcome.drifted for r in ok if r.outcome)
     rate = alarmed / len(ok)

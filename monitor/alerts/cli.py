@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from driftloop.clikit import ConfigOpt, get_settings
+from driftloop.store.timestamps import utc
 
 alerts_app = typer.Typer(help="Stored alerts: list and acknowledge.", no_args_is_help=True)
 policies_app = typer.Typer(help="Alert policies: backtest rules against stored window metrics.", no_args_is_help=True)
@@ -56,7 +57,7 @@ def parse_time(v: str | None, option: str) -> datetime | None:
         raise typer.BadParameter(
             f"{v!r} is not an ISO 8601 time (e.g. 2026-11-28T10:00:00Z or 2026-11-28)", param_hint=option
         ) from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    return utc(t)
 
 
 def _ts(v: datetime | None) -> str:

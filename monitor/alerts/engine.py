@@ -34,6 +34,7 @@ from driftloop.monitor.alerts.tables import OPEN_STATES, alert_notifications, al
 from driftloop.settings import Settings
 from driftloop.settings.alerts import RuleSettings
 from driftloop.settings.conditions import Node, ordered_metrics, parse_condition
+from driftloop.store.timestamps import utc
 
 log = logging.getLogger("driftloop.alerts")
 
@@ -52,7 +53,9 @@ class WindowPoint:
     metrics: dict[str, float | None]
 
 
-Window = WindowPoint | Mapping[str, float | None]
+#: What :func:`evaluate` reads of a window: a :class:`WindowPoint`, or a bare metrics mapping (an ``ok`` window).
+#: The window itself is :class:`driftloop.monitor.windows.Window`.
+PointLike = WindowPoint | Mapping[str, float | None]
 
 
 @dataclass(frozen=True)
@@ -62,19 +65,19 @@ class Verdict:
     decision: Decision
     hits: int  # windows among the last ``known`` where the condition held
     known: int  # windows with data looked at (<= M)
-    latest: Window | None = field(default=None, compare=False)  # newest window with a known result
+    latest: PointLike | None = field(default=None, compare=False)  # newest window with a known result
 
 
-def _unpack(w: Window) -> tuple[str, Mapping[str, float | None]]:
+def _unpack(w: PointLike) -> tuple[str, Mapping[str, float | None]]:
     if isinstance(w, WindowPoint):
         return w.status, w.metrics
     return "ok", w
 
 
-def evaluate(node: Node, history: Sequence[Window], n: int, m: int) -> Verdict:
+def evaluate(node: Node, history: Sequence[PointLike], n: int, m: int) -> Verdict:
     """Apply N-of-M hysteresis to ``history`` (oldest first); plain dicts count as ``ok`` windows."""
     known: list[bool] = []
-    latest: Window | None = None
+    latest: PointLike | None = None
     for w in reversed(history):
         status, metrics = _unpack(w)
         if status != "ok":
@@ -95,12 +98,6 @@ def evaluate(node: Node, history: Sequence[Window], n: int, m: int) -> Verdict:
     if hits == 0:
         return Verdict("clear", 0, len(known), latest)
     return Verdict("hold", hits, len(known), latest)
-
-
-def decide(node: Node, points: Sequence[Window], n: int, m: int) -> tuple[Decision, int, int]:
-    """``(decision, hits, known)`` of :func:`evaluate`."""
-    v = evaluate(node, points, n, m)
-    return v.decision, v.hits, v.known
 
 
 def describe(rule: RuleSettings, node: Node, verdict: Verdict) -> tuple[str, float | None]:
@@ -216,7 +213,7 @@ def open_alerts(engine: Engine, rules: Sequence[str], model_id: str | None = Non
     if model_id is not None:
         q = q.where(alerts.c.model_id == model_id)
     with engine.connect() as conn:
-        return [OpenAlert(r.id, r.rule, r.model_id, r.state, r.message, _aware(r.fired_at)) for r in conn.execute(q)]
+        return [OpenAlert(r.id, r.rule, r.model_id, r.state, r.message, utc(r.fired_at)) for r in conn.execute(q)]
 
 
 def notify(engine: Engine, sinks: Mapping[str, AlertSink], channels: Sequence[str], ev: AlertEvent) -> None:
@@ -304,14 +301,10 @@ def load_points(engine: Engine, *, since: datetime | None = None, until: datetim
             for r in conn.execute(select(wm.c.window_id, wm.c.name, wm.c.value).where(wm.c.window_id.in_(chunk))):
                 metrics[r.window_id][r.name] = r.value
     pts = [
-        WindowPoint(w.id, w.model_id, w.segment or "", _aware(w.window_end), w.status, metrics.get(w.id, {}))
+        WindowPoint(w.id, w.model_id, w.segment or "", utc(w.window_end), w.status, metrics.get(w.id, {}))
         for w in wins
     ]
     return sorted(pts, key=lambda p: (p.window_end, p.window_id))
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 class AlertEvaluationJob:
@@ -414,7 +407,7 @@ class AlertEvaluationJob:
                     ).scalar_one()  # fmt: skip
                     ev = AlertFired(aid, rule.name, model_id, segment, rule.severity, rule.condition, msg, value,
                                     now, extra)  # fmt: skip
-                    notify = last_note is None or now - _aware(last_note) >= cooldown
+                    notify = last_note is None or now - utc(last_note) >= cooldown
                     if not notify:
                         log.info("alert %s for %s fired again within its cooldown; not notified", rule.name, gk)
                 else:
@@ -427,11 +420,11 @@ class AlertEvaluationJob:
                         # that cooldown is over, tell the channels it fired (not "still firing": the last
                         # thing they heard may have been a resolution).
                         last_note = self._last_notified(conn, rule.name, gk)
-                        if last_note is None or now - _aware(last_note) >= cooldown:
+                        if last_note is None or now - utc(last_note) >= cooldown:
                             ev = AlertFired(open_row["id"], rule.name, model_id, segment, rule.severity,
                                             rule.condition, msg, value, now, extra)  # fmt: skip
                             notify = True
-                    elif cooldown and now - _aware(open_row["last_notified_at"] or open_row["fired_at"]) >= cooldown:
+                    elif cooldown and now - utc(open_row["last_notified_at"] or open_row["fired_at"]) >= cooldown:
                         ev = AlertReminded(open_row["id"], rule.name, model_id, segment, rule.severity,
                                            rule.condition, msg, value, now, extra)  # fmt: skip
                         notify = True
