@@ -113,7 +113,6 @@ def test_evaluate_pair_with_a_fresh_adapter_is_identical_and_not_promoted(base_d
 
 
 @pytest.mark.slow  # trains two LoRA adapters and evaluates both (~40 s on 2 cores)
-@pytest.mark.slow  # trains two LoRA adapters and evaluates both (~40 s on 2 cores)
 def test_finetune_on_b_promotes_and_shuffled_candidate_is_rejected(base_dir: str, tmp_path: Path) -> None:
     from driftloop.retrain.trainer import train_lora
     from driftloop.settings.retrain import LoraSettings, TrainingSettings
