@@ -1,0 +1,1 @@
+"""The API's routers, one per resource; each module's ``router(deps)`` builds its router for one app."""
