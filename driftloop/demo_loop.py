@@ -30,7 +30,10 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from driftloop.settings import Settings
 
 log = logging.getLogger("driftloop.demo")
 
@@ -154,185 +157,47 @@ class _Traffic:
                     self.happy[domain].append(int(good))
 
 
+@dataclass
+class _Services:
+    """What the demo started; ``stop`` stops all of it, whatever happened."""
+
+    broker: Any
+    stop_daemon: threading.Event = field(default_factory=threading.Event)
+    servers: list[Any] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+    traffic: _Traffic | None = None
+    logger: Any = None
+
+    def stop(self) -> None:
+        if self.traffic is not None:
+            self.traffic.stop.set()
+            for th in self.traffic.threads:
+                th.join(timeout=60)
+        if self.logger is not None:
+            self.logger.close(timeout=5.0)
+        self.stop_daemon.set()
+        for s in self.servers:
+            s.should_exit = True
+        for th in self.threads:
+            th.join(timeout=60)
+        self.broker.stop()
+
+
 def run_loop_demo(data_dir: Path = Path("driftloop-data/demo"), cfg: DemoConfig | None = None,
                   keep_running: bool = False, echo: Any = None) -> Timeline:  # fmt: skip
     """Run the live loop; return the timeline (also printed)."""
-    import httpx
-    import uvicorn
-    from sqlalchemy import text
-
-    from driftloop.broker import LocalTansu, ensure_topics
-    from driftloop.client import DriftloopLogger
-    from driftloop.daemon import Daemon
-    from driftloop.retrain.toy import build_base_model
-    from driftloop.serve import create_serve_app
-    from driftloop.settings import load_settings
-    from driftloop.store.db import create_engine_from_url, migrate
+    from driftloop.broker import LocalTansu
 
     cfg = cfg or DemoConfig()
     say = echo or _say
-    # the demo narrates; the services' own warnings (overrunning 2 s job intervals, broker reconnects) go quiet
-    for name in ("driftloop.jobs", "apscheduler", "kafka", "driftloop.ingest", "driftloop.alerts", "monitor",
-                 "driftloop.retrain", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    _quiet_services()
     if data_dir.exists():
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
-    db_url = f"sqlite:///{data_dir / 'driftloop.db'}"
     tl = Timeline()
-    stop_daemon = threading.Event()
-    servers: list[Any] = []
-    threads: list[threading.Thread] = []
-    traffic: _Traffic | None = None
-    logger: Any = None
-    broker = LocalTansu(log_path=str(data_dir / "tansu.log"))
-    t_start = time.time()
+    svc = _Services(LocalTansu(log_path=str(data_dir / "tansu.log")))
     try:
-        say("[1/6] starting a local Kafka-compatible broker (Tansu) and the embedded database")
-        broker.start()
-        migrate(db_url)
-        say(f"      broker {broker.bootstrap}, database {db_url}")
-        say("[2/6] building a tiny GPT-2 and training it on domain A (arithmetic questions); no downloads")
-        t = time.time()
-        base = build_base_model(data_dir / "models" / "base", "A", n=1500, epochs=3, seed=cfg.seed)
-        say(f"      base model ready in {time.time() - t:.0f}s: {base}")
-        serve_port, api_port = _free_port(), _free_port()
-        serve_url = f"http://127.0.0.1:{serve_port}"
-        w = cfg.window
-        settings = load_settings(
-            None,
-            database={"url": db_url},
-            data_dir=str(data_dir),
-            kafka={"bootstrap_servers": [broker.bootstrap], "group_id": "driftloop-demo", "topic_partitions": 1},
-            ingest={"batch_max_ms": 200},
-            monitor={"window": {"kind": "count", "size": w}, "min_window_size": min(100, w),
-                     "reference": {"kind": "previous", "windows": 2}, "reports": cfg.reports,
-                     "reports_dir": str(data_dir / "reports"),
-                     "embeddings": {"enabled": cfg.embeddings, "sample": min(100, w)}, "language_sample": 0},
-            alerts={"rules": [
-                {"name": "quality-drop", "condition": "quality.feedback_positive_rate < 0.3", "windows": 1, "of": 1,
-                 "severity": "critical"},
-                {"name": "dataset-drift", "condition": "drift.drifted == 1", "windows": 1, "of": 2},
-            ]},
-            scheduler={"drift_check_s": 2, "policy_evaluation_s": 2, "retrain_check_s": 2, "promotion_watch_s": 2,
-                       "retention_s": 0, "leader_retry_s": 0.5},
-            api={"host": "127.0.0.1", "port": api_port},
-            serve={"host": "127.0.0.1", "port": serve_port, "base_model": str(base), "model_id": "support-bot",
-                   "serving_dir": str(data_dir / "serving"), "max_new_tokens": 32},
-            retrain={
-                "targets": [{"name": "serving-dir", "type": "filesystem", "path": str(data_dir / "serving")},
-                            {"name": "server", "type": "vllm", "url": serve_url}],
-                "policies": [{
-                    "name": "support-bot-retrain", "model_id": "support-bot", "base_model": str(base),
-                    "trigger": {"alerts": ["quality-drop"]}, "min_new_samples": cfg.min_new_samples,
-                    "cooldown_minutes": 30,
-                    "data": {"eval_fraction": 0.25, "min_eval_samples": 20, "lookback_hours": 24},
-                    "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-                    "training": {"epochs": cfg.epochs, "learning_rate": 3e-3, "batch_size": 16, "max_length": 96},
-                    "gate": {"n_bootstrap": 1000, "min_examples": 20, "max_new_tokens": 32},
-                    "targets": ["serving-dir", "server"],
-                }],
-                "watch": {"windows": cfg.recovery_windows, "tolerance": 0.1},
-            },
-        )  # fmt: skip
-        ensure_topics(broker.bootstrap, [settings.kafka.topics[0], settings.kafka.dlq_topic], partitions=1)
-
-        say(f"[3/6] starting the model server (OpenAI-compatible + vLLM adapter endpoints) at {serve_url}")
-        serve_app = create_serve_app(settings)
-        for app, port, name in ((serve_app, serve_port, "serve"),):
-            server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-            th = threading.Thread(target=server.run, name=f"demo-{name}", daemon=True)
-            th.start()
-            servers.append(server)
-            threads.append(th)
-        _wait_http(f"{serve_url}/v1/models", 60)
-        say(f"[4/6] starting the daemon: ingestion, checks every window of {w}, alerts, retrain policy, watch, "
-            f"API + status page at http://127.0.0.1:{api_port}/")  # fmt: skip
-        daemon = Daemon(settings, ingest=True, instance="demo")
-        dth = threading.Thread(target=daemon.run, args=(stop_daemon,), name="demo-daemon", daemon=True)
-        dth.start()
-        threads.append(dth)
-
-        logger = DriftloopLogger([broker.bootstrap], settings.kafka.topics[0], model_id="support-bot")
-        traffic = _Traffic(serve_url, "support-bot", logger, cfg)
-        tl.t0 = time.time()
-        traffic.start()
-        say(f"[5/6] traffic: domain A (what the model knows) for {cfg.windows_before_shift} windows, then domain B")
-        eng = create_engine_from_url(db_url)
-        seen_windows = 0
-        deadline = time.time() + cfg.timeout_s
-        promoted_at: float | None = None
-        while time.time() < deadline:
-            time.sleep(1.0)
-            with eng.connect() as c:
-                q = lambda sql, **kw: c.execute(text(sql), kw).all()  # noqa: E731
-                n_rec = q("select count(*) from interactions")[0][0]
-                if traffic.shift_at is None and n_rec >= cfg.windows_before_shift * w:
-                    traffic.shift()
-                    tl.mark("drift_onset", traffic.shift_at)
-                    say(f"  t={tl.events['drift_onset']:6.1f}s  >>> traffic shifts to domain B (account support)")
-                wins = q("select w.window_index, w.status, w.drifted, w.drift_score, m.value, w.created_at, w.window_start "
-                         "from monitor_windows w left join window_metrics m on m.window_id = w.id "
-                         "and m.name = 'quality.feedback_positive_rate' where w.model_id = 'support-bot' "
-                         "order by w.window_index")  # fmt: skip
-                for idx, status, drifted, score, pos, _created, _start in wins[seen_windows:]:
-                    say(f"  t={time.time() - tl.t0:6.1f}s  window {idx}: {status}, drift score "
-                        f"{(score or 0):.2f}{' DRIFT' if drifted else ''}, users happy "
-                        f"{'-' if pos is None else f'{pos:.0%}'}  ({n_rec} records stored)")  # fmt: skip
-                seen_windows = len(wins)
-                for rule, fired in q("select rule, fired_at from alerts order by id"):
-                    if tl.mark(f"alert:{rule}", _ts(fired)):
-                        say(f"  t={tl.events[f'alert:{rule}']:6.1f}s  ALERT {rule} fired")
-                        if rule == "quality-drop" or rule == "dataset-drift":
-                            tl.mark("detected", _ts(fired))
-                for jid, stage, started, msg in q(
-                        "select id, stage, started_at, message from retrain_jobs order by id"):
-                    if started and tl.mark("retrain_started", _ts(started)):
-                        say(f"  t={tl.events['retrain_started']:6.1f}s  retrain job {jid} started "
-                            "(dataset from corrected/liked traffic, LoRA in a subprocess)")  # fmt: skip
-                    key = f"job{jid}:{stage}"
-                    if stage in ("training", "evaluating", "gating", "promoting") and tl.mark(key):
-                        say(f"  t={tl.events[key]:6.1f}s  retrain job {jid}: {stage} ({msg or ''})"[:160])
-                for action, version, at, reason in q(
-                        "select e.action, v.version, e.at, e.reason from model_events e "
-                        "left join model_versions v on v.id = e.version_id order by e.id"):  # fmt: skip
-                    if action == "gate_passed" and tl.mark("gate_passed", _ts(at)):
-                        say(f"  t={tl.events['gate_passed']:6.1f}s  gate PASSED for {version}: {reason}"[:400])
-                    elif action == "gate_rejected" and tl.mark("gate_rejected", _ts(at)):
-                        say(f"  t={tl.events['gate_rejected']:6.1f}s  gate REJECTED {version}: {reason}"[:400])
-                    elif action == "promoted" and version != "v0" and tl.mark("promoted", _ts(at)):
-                        promoted_at = _ts(at)
-                        say(f"  t={tl.events['promoted']:6.1f}s  PROMOTED {version}: serving dir switched, "
-                            "server asked to hot-load the adapter")  # fmt: skip
-                    elif action == "rolled_back" and tl.mark("rolled_back", _ts(at)):
-                        say(f"  t={tl.events['rolled_back']:6.1f}s  ROLLED BACK {version}: {reason}"[:300])
-                    elif action == "watch_passed" and tl.mark("watch_passed", _ts(at)):
-                        say(f"  t={tl.events['watch_passed']:6.1f}s  post-promotion watch passed: {reason}"[:300])
-                if promoted_at is not None and "hot_loaded" not in tl.events:
-                    models = httpx.get(f"{serve_url}/v1/models", timeout=5).json()
-                    if any(m.get("parent") for m in models.get("data", [])):
-                        tl.mark("hot_loaded")
-                        say(f"  t={tl.events['hot_loaded']:6.1f}s  the server serves the new adapter (no restart)")
-                if promoted_at is not None:
-                    # windows that started after the promotion (the query above already has their start)
-                    after = [(w[4], _ts(w[5])) for w in wins if w[4] is not None and _ts(w[6]) >= promoted_at]
-                    if after and "recovered" not in tl.events and after[0][0] >= 0.5:
-                        tl.mark("recovered", after[0][1])
-                        say(f"  t={tl.events['recovered']:6.1f}s  quality recovered: users happy {after[0][0]:.0%}")
-                    if len(after) >= cfg.recovery_windows and "recovered" in tl.events:
-                        break
-        else:
-            say(f"  the demo did not complete within {cfg.timeout_s:.0f}s; stopping (see the logs in {data_dir})")
-        traffic.stop.set()
-        tl.quality = _quality(eng, promoted_at, tl)
-        tl.details.update({"requests": traffic.sent, "failed_requests": traffic.failed,
-                           "database": db_url, "api": f"http://127.0.0.1:{api_port}/",
-                           "reports": [r[0] for r in eng.connect().execute(text(
-                               "select report_path from monitor_windows where report_path is not null "
-                               "order by window_index desc limit 3")).all()],
-                           "total_s": round(time.time() - t_start, 1)})  # fmt: skip
-        _summary(tl, say)
+        _run(svc, tl, data_dir, cfg, say)
         if keep_running:
             say("\n--keep-running: services stay up; Ctrl-C stops them")
             while True:
@@ -342,18 +207,240 @@ def run_loop_demo(data_dir: Path = Path("driftloop-data/demo"), cfg: DemoConfig 
         say("\ninterrupted: stopping everything the demo started")
         return tl
     finally:
-        if traffic is not None:
-            traffic.stop.set()
-            for th in traffic.threads:
-                th.join(timeout=60)
-        if logger is not None:
-            logger.close(timeout=5.0)
-        stop_daemon.set()
-        for s in servers:
-            s.should_exit = True
-        for th in threads:
-            th.join(timeout=60)
-        broker.stop()
+        svc.stop()
+
+
+def _quiet_services() -> None:
+    """The demo narrates; the services' own warnings (overrunning 2 s job intervals, broker reconnects) go quiet."""
+    for name in ("driftloop.jobs", "apscheduler", "kafka", "driftloop.ingest", "driftloop.alerts", "monitor",
+                 "driftloop.retrain", "transformers"):  # fmt: skip
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _run(svc: _Services, tl: Timeline, data_dir: Path, cfg: DemoConfig, say: Any) -> None:
+    """Steps 1 to 6: broker and database, base model, server, daemon, traffic followed to recovery, summary."""
+    from sqlalchemy import text
+
+    from driftloop.broker import ensure_topics
+    from driftloop.client import DriftloopLogger
+    from driftloop.retrain.toy import build_base_model
+    from driftloop.store.db import create_engine_from_url, migrate
+
+    db_url = f"sqlite:///{data_dir / 'driftloop.db'}"
+    t_start = time.time()
+    say("[1/6] starting a local Kafka-compatible broker (Tansu) and the embedded database")
+    svc.broker.start()
+    migrate(db_url)
+    say(f"      broker {svc.broker.bootstrap}, database {db_url}")
+    say("[2/6] building a tiny GPT-2 and training it on domain A (arithmetic questions); no downloads")
+    t = time.time()
+    base = build_base_model(data_dir / "models" / "base", "A", n=1500, epochs=3, seed=cfg.seed)
+    say(f"      base model ready in {time.time() - t:.0f}s: {base}")
+    serve_port, api_port = _free_port(), _free_port()
+    serve_url = f"http://127.0.0.1:{serve_port}"
+    settings = _demo_settings(cfg, data_dir, db_url, svc.broker.bootstrap, base, serve_port, api_port)
+    ensure_topics(svc.broker.bootstrap, [settings.kafka.topics[0], settings.kafka.dlq_topic], partitions=1)
+    _start_services(svc, settings, serve_url, api_port, cfg.window, say)
+    svc.logger = DriftloopLogger([svc.broker.bootstrap], settings.kafka.topics[0], model_id="support-bot")
+    traffic = svc.traffic = _Traffic(serve_url, "support-bot", svc.logger, cfg)
+    tl.t0 = time.time()
+    traffic.start()
+    say(f"[5/6] traffic: domain A (what the model knows) for {cfg.windows_before_shift} windows, then domain B")
+    eng = create_engine_from_url(db_url)
+    watcher = _Watcher(tl, say, cfg, traffic, serve_url)
+    if not _follow(watcher, eng, cfg.timeout_s):
+        say(f"  the demo did not complete within {cfg.timeout_s:.0f}s; stopping (see the logs in {data_dir})")
+    traffic.stop.set()
+    tl.quality = _quality(eng, watcher.promoted_at, tl)
+    tl.details.update({"requests": traffic.sent, "failed_requests": traffic.failed,
+                       "database": db_url, "api": f"http://127.0.0.1:{api_port}/",
+                       "reports": [r[0] for r in eng.connect().execute(text(
+                           "select report_path from monitor_windows where report_path is not null "
+                           "order by window_index desc limit 3")).all()],
+                       "total_s": round(time.time() - t_start, 1)})  # fmt: skip
+    _summary(tl, say)
+
+
+def _demo_settings(cfg: DemoConfig, data_dir: Path, db_url: str, bootstrap: str, base: Any, serve_port: int,
+                   api_port: int) -> Settings:  # fmt: skip
+    """The demo's settings: small windows, 2 s jobs, two alert rules, one retrain policy promoting to the server."""
+    from driftloop.settings import load_settings
+
+    serve_url = f"http://127.0.0.1:{serve_port}"
+    w = cfg.window
+    return load_settings(
+        None,
+        database={"url": db_url},
+        data_dir=str(data_dir),
+        kafka={"bootstrap_servers": [bootstrap], "group_id": "driftloop-demo", "topic_partitions": 1},
+        ingest={"batch_max_ms": 200},
+        monitor={"window": {"kind": "count", "size": w}, "min_window_size": min(100, w),
+                 "reference": {"kind": "previous", "windows": 2}, "reports": cfg.reports,
+                 "reports_dir": str(data_dir / "reports"),
+                 "embeddings": {"enabled": cfg.embeddings, "sample": min(100, w)}, "language_sample": 0},
+        alerts={"rules": [
+            {"name": "quality-drop", "condition": "quality.feedback_positive_rate < 0.3", "windows": 1, "of": 1,
+             "severity": "critical"},
+            {"name": "dataset-drift", "condition": "drift.drifted == 1", "windows": 1, "of": 2},
+        ]},
+        scheduler={"drift_check_s": 2, "policy_evaluation_s": 2, "retrain_check_s": 2, "promotion_watch_s": 2,
+                   "retention_s": 0, "leader_retry_s": 0.5},
+        api={"host": "127.0.0.1", "port": api_port},
+        serve={"host": "127.0.0.1", "port": serve_port, "base_model": str(base), "model_id": "support-bot",
+               "serving_dir": str(data_dir / "serving"), "max_new_tokens": 32},
+        retrain={
+            "targets": [{"name": "serving-dir", "type": "filesystem", "path": str(data_dir / "serving")},
+                        {"name": "server", "type": "vllm", "url": serve_url}],
+            "policies": [{
+                "name": "support-bot-retrain", "model_id": "support-bot", "base_model": str(base),
+                "trigger": {"alerts": ["quality-drop"]}, "min_new_samples": cfg.min_new_samples,
+                "cooldown_minutes": 30,
+                "data": {"eval_fraction": 0.25, "min_eval_samples": 20, "lookback_hours": 24},
+                "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+                "training": {"epochs": cfg.epochs, "learning_rate": 3e-3, "batch_size": 16, "max_length": 96},
+                "gate": {"n_bootstrap": 1000, "min_examples": 20, "max_new_tokens": 32},
+                "targets": ["serving-dir", "server"],
+            }],
+            "watch": {"windows": cfg.recovery_windows, "tolerance": 0.1},
+        },
+    )  # fmt: skip
+
+
+def _start_services(svc: _Services, settings: Settings, serve_url: str, api_port: int, window: int,
+                    say: Any) -> None:  # fmt: skip
+    """Steps 3 and 4: the model server (uvicorn in a thread), then the daemon with its API."""
+    import uvicorn
+
+    from driftloop.daemon import Daemon
+    from driftloop.serve import create_serve_app
+
+    say(f"[3/6] starting the model server (OpenAI-compatible + vLLM adapter endpoints) at {serve_url}")
+    serve_app = create_serve_app(settings)
+    for app, port, name in ((serve_app, settings.serve.port, "serve"),):
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        th = threading.Thread(target=server.run, name=f"demo-{name}", daemon=True)
+        th.start()
+        svc.servers.append(server)
+        svc.threads.append(th)
+    _wait_http(f"{serve_url}/v1/models", 60)
+    say(f"[4/6] starting the daemon: ingestion, checks every window of {window}, alerts, retrain policy, watch, "
+        f"API + status page at http://127.0.0.1:{api_port}/")  # fmt: skip
+    daemon = Daemon(settings, ingest=True, instance="demo")
+    dth = threading.Thread(target=daemon.run, args=(svc.stop_daemon,), name="demo-daemon", daemon=True)
+    dth.start()
+    svc.threads.append(dth)
+
+
+def _follow(watcher: _Watcher, eng: Any, timeout_s: float) -> bool:
+    """Narrate the loop once a second until quality recovered (True) or ``timeout_s`` passed (False)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        time.sleep(1.0)
+        with eng.connect() as c:
+            if watcher.step(c):
+                return True
+    return False
+
+
+class _Watcher:
+    """Follows the loop in the database and narrates it: windows, alerts, retrain jobs, registry events, recovery."""
+
+    def __init__(self, tl: Timeline, say: Any, cfg: DemoConfig, traffic: _Traffic, serve_url: str) -> None:
+        self.tl, self.say, self.cfg, self.traffic, self.serve_url = tl, say, cfg, traffic, serve_url
+        self.seen_windows = 0
+        self.promoted_at: float | None = None
+
+    def step(self, c: Any) -> bool:
+        """One look at the database (connection ``c``); True once quality recovered for enough windows."""
+        from sqlalchemy import text
+
+        def q(sql: str, **kw: Any) -> list[Any]:
+            return list(c.execute(text(sql), kw).all())
+
+        n_rec = q("select count(*) from interactions")[0][0]
+        self._shift(n_rec)
+        wins = self._windows(q, n_rec)
+        self._alerts(q)
+        self._jobs(q)
+        self._events(q)
+        self._hot_loaded()
+        return self._recovered(wins)
+
+    def _shift(self, n_rec: int) -> None:
+        tl, traffic = self.tl, self.traffic
+        if traffic.shift_at is None and n_rec >= self.cfg.windows_before_shift * self.cfg.window:
+            traffic.shift()
+            tl.mark("drift_onset", traffic.shift_at)
+            self.say(f"  t={tl.events['drift_onset']:6.1f}s  >>> traffic shifts to domain B (account support)")
+
+    def _windows(self, q: Any, n_rec: int) -> list[Any]:
+        wins: list[Any] = q("select w.window_index, w.status, w.drifted, w.drift_score, m.value, w.created_at, "
+                            "w.window_start from monitor_windows w left join window_metrics m on m.window_id = w.id "
+                            "and m.name = 'quality.feedback_positive_rate' where w.model_id = 'support-bot' "
+                            "order by w.window_index")  # fmt: skip
+        for idx, status, drifted, score, pos, _created, _start in wins[self.seen_windows :]:
+            self.say(f"  t={time.time() - self.tl.t0:6.1f}s  window {idx}: {status}, drift score "
+                     f"{(score or 0):.2f}{' DRIFT' if drifted else ''}, users happy "
+                     f"{'-' if pos is None else f'{pos:.0%}'}  ({n_rec} records stored)")  # fmt: skip
+        self.seen_windows = len(wins)
+        return wins
+
+    def _alerts(self, q: Any) -> None:
+        tl = self.tl
+        for rule, fired in q("select rule, fired_at from alerts order by id"):
+            if tl.mark(f"alert:{rule}", _ts(fired)):
+                self.say(f"  t={tl.events[f'alert:{rule}']:6.1f}s  ALERT {rule} fired")
+                if rule == "quality-drop" or rule == "dataset-drift":
+                    tl.mark("detected", _ts(fired))
+
+    def _jobs(self, q: Any) -> None:
+        tl = self.tl
+        for jid, stage, started, msg in q("select id, stage, started_at, message from retrain_jobs order by id"):
+            if started and tl.mark("retrain_started", _ts(started)):
+                self.say(f"  t={tl.events['retrain_started']:6.1f}s  retrain job {jid} started "
+                         "(dataset from corrected/liked traffic, LoRA in a subprocess)")  # fmt: skip
+            key = f"job{jid}:{stage}"
+            if stage in ("training", "evaluating", "gating", "promoting") and tl.mark(key):
+                self.say(f"  t={tl.events[key]:6.1f}s  retrain job {jid}: {stage} ({msg or ''})"[:160])
+
+    def _events(self, q: Any) -> None:
+        tl, say = self.tl, self.say
+        for action, version, at, reason in q(
+                "select e.action, v.version, e.at, e.reason from model_events e "
+                "left join model_versions v on v.id = e.version_id order by e.id"):  # fmt: skip
+            if action == "gate_passed" and tl.mark("gate_passed", _ts(at)):
+                say(f"  t={tl.events['gate_passed']:6.1f}s  gate PASSED for {version}: {reason}"[:400])
+            elif action == "gate_rejected" and tl.mark("gate_rejected", _ts(at)):
+                say(f"  t={tl.events['gate_rejected']:6.1f}s  gate REJECTED {version}: {reason}"[:400])
+            elif action == "promoted" and version != "v0" and tl.mark("promoted", _ts(at)):
+                self.promoted_at = _ts(at)
+                say(f"  t={tl.events['promoted']:6.1f}s  PROMOTED {version}: serving dir switched, "
+                    "server asked to hot-load the adapter")  # fmt: skip
+            elif action == "rolled_back" and tl.mark("rolled_back", _ts(at)):
+                say(f"  t={tl.events['rolled_back']:6.1f}s  ROLLED BACK {version}: {reason}"[:300])
+            elif action == "watch_passed" and tl.mark("watch_passed", _ts(at)):
+                say(f"  t={tl.events['watch_passed']:6.1f}s  post-promotion watch passed: {reason}"[:300])
+
+    def _hot_loaded(self) -> None:
+        import httpx
+
+        if self.promoted_at is not None and "hot_loaded" not in self.tl.events:
+            models = httpx.get(f"{self.serve_url}/v1/models", timeout=5).json()
+            if any(m.get("parent") for m in models.get("data", [])):
+                self.tl.mark("hot_loaded")
+                self.say(f"  t={self.tl.events['hot_loaded']:6.1f}s  the server serves the new adapter (no restart)")
+
+    def _recovered(self, wins: list[Any]) -> bool:
+        tl, promoted_at = self.tl, self.promoted_at
+        if promoted_at is None:
+            return False
+        # windows that started after the promotion (the query above already has their start)
+        after = [(w[4], _ts(w[5])) for w in wins if w[4] is not None and _ts(w[6]) >= promoted_at]
+        if after and "recovered" not in tl.events and after[0][0] >= 0.5:
+            tl.mark("recovered", after[0][1])
+            self.say(f"  t={tl.events['recovered']:6.1f}s  quality recovered: users happy {after[0][0]:.0%}")
+        return len(after) >= self.cfg.recovery_windows and "recovered" in tl.events
 
 
 def _ts(v: Any) -> float:
