@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ from typer.testing import CliRunner
 
 from driftloop.cli import app
 from driftloop.retrain.gate import ExampleScore
+from driftloop.retrain.queue import RetrainWorker, enqueue
 from driftloop.retrain.registry import ModelRegistry
 from driftloop.retrain.runner import RetrainRunner
 from driftloop.settings import load_settings
 from driftloop.store.db import create_engine_from_url
 from tests.alpaca import store_records
+from tests.ingest_helpers import wait_for
 from tests.retrain_helpers import toy_records
 
 
@@ -59,6 +62,11 @@ def _fake_training(monkeypatch: pytest.MonkeyPatch, better: bool) -> None:
     monkeypatch.setattr(RetrainRunner, "_train_subprocess", fake)
 
 
+def _leader(s: Any, eng: Any) -> RetrainWorker:
+    """The worker of the daemon that leads (here: always)."""
+    return RetrainWorker(s, eng, "leader", lambda: True)
+
+
 def test_manual_approval_path_and_model_commands(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _config(tmp_path, pg_url)
     store_records(pg_url, toy_records("B", 300, start=datetime.now(UTC) - timedelta(hours=1), good=False), "t")
@@ -70,10 +78,16 @@ def test_manual_approval_path_and_model_commands(pg_url: str, tmp_path: Path, mo
 
     _fake_training(monkeypatch, better=True)
     r = cli.invoke(app, ["retrain", "run", "toy-retrain", "--force", "--config", str(cfg)])
-    assert r.exit_code == 0, r.output
-    assert "gate PASSED" in r.output and "waits for approval" in r.output and "models approve toy v1" in r.output
+    assert r.exit_code == 0 and "job 1: queued" in r.output and "retrain status 1" in r.output, r.output
+    r = cli.invoke(app, ["retrain", "run", "toy-retrain", "--force", "--config", str(cfg)])
+    assert r.exit_code == 1 and "job 1 of toy-retrain is already queued" in r.output, r.output
     s = load_settings(cfg)
-    reg = ModelRegistry(create_engine_from_url(s.database.url))
+    eng = create_engine_from_url(s.database.url)
+    reg = ModelRegistry(eng)
+    assert reg.versions("toy") == []  # the CLI only queued: nothing ran
+    out = _leader(s, eng).run_once()
+    assert out.job_id == 1 and out.status == "succeeded"
+    assert "waits for approval" in out.message and "models approve toy v1" in out.message
     assert reg.find("toy", "v1").status == "pending_approval" and reg.champion("toy").version == "v0"
     assert not (tmp_path / "serving" / "current").exists()
 
@@ -89,10 +103,13 @@ def test_manual_approval_path_and_model_commands(pg_url: str, tmp_path: Path, mo
     assert [e["actor"] for e in reg.events("toy", reg.find("toy", "v1").id) if e["action"] in ("approved", "promoted")] \
         == ["alice", "alice"]  # fmt: skip
 
-    # a worse candidate is rejected by the gate and cannot be approved
+    # a worse candidate is rejected by the gate and cannot be approved; --wait follows the job to its end
     _fake_training(monkeypatch, better=False)
-    r = cli.invoke(app, ["retrain", "run", "toy-retrain", "--force", "--config", str(cfg)])
-    assert r.exit_code == 0 and "gate REJECTED" in r.output and "perplexity on heldout" in r.output, r.output
+    worker = threading.Thread(target=lambda: wait_for(lambda: _leader(s, eng).run_once() is not None, 60, "a job"))
+    worker.start()
+    r = cli.invoke(app, ["retrain", "run", "toy-retrain", "--force", "--wait", "--config", str(cfg)])
+    worker.join(60)
+    assert r.exit_code == 0 and ": succeeded done 100% gate rejected v2" in r.output, r.output
     assert reg.find("toy", "v2").status == "rejected"
     r = cli.invoke(app, ["models", "approve", "toy", "v2", "--config", str(cfg)])
     assert r.exit_code == 1 and "rejected" in r.output
@@ -110,7 +127,7 @@ def test_cancel_a_queued_job_and_unknown_job(pg_url: str, tmp_path: Path) -> Non
     cfg = _config(tmp_path, pg_url)
     s = load_settings(cfg)
     runner = RetrainRunner(s, create_engine_from_url(s.database.url), "test")
-    jid = runner.create_job(s.retrain.policies[0], {"kind": "manual"})
+    jid = enqueue(runner.engine, s.retrain.policies[0], {"kind": "manual"}, "test").job_id
     cli = CliRunner()
     r = cli.invoke(app, ["retrain", "cancel", str(jid), "--config", str(cfg)])
     assert r.exit_code == 0 and "cancelled" in r.output

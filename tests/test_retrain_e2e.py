@@ -2,7 +2,7 @@
 
 A base model trained on domain A serves; traffic shifts to domain B through Kafka (Tansu); users mark
 the answers bad and correct some of them. Monitoring sees the quality drop, the alert triggers the
-retrain policy, the LoRA candidate is trained in a subprocess, the paired-bootstrap gate compares it
+retrain policy (queued, then run by the leader's worker), the LoRA candidate is trained in a subprocess, the paired-bootstrap gate compares it
 with the champion on held-out recent traffic, and the promotion reaches the filesystem target and a
 real local HTTP server that speaks vLLM's adapter endpoints. Then a deliberately bad candidate
 (trained on shuffled responses) is rejected, and killing a training subprocess leaves a failed job
@@ -27,6 +27,7 @@ from sqlalchemy import select
 import driftloop.retrain.runner as runner_mod
 from driftloop.monitor.alerts.engine import AlertEvaluationJob
 from driftloop.monitor.check import DriftCheckJob
+from driftloop.retrain.queue import RetrainWorker
 from driftloop.retrain.registry import ModelRegistry
 from driftloop.retrain.runner import RetrainPolicyJob, RetrainRunner, recover_jobs
 from driftloop.retrain.tables import retrain_jobs
@@ -34,7 +35,7 @@ from driftloop.settings import load_settings
 from driftloop.store.db import create_engine_from_url
 from tests.alpaca import now_minus
 from tests.ingest_helpers import ingest_until_idle, produce_values, wait_for
-from tests.retrain_helpers import toy_records
+from tests.retrain_helpers import run_retrain, toy_records
 from tests.vllm_stub import VllmStub
 
 pytestmark = pytest.mark.slow
@@ -101,15 +102,14 @@ def test_alert_triggers_retrain_gate_promotes_to_filesystem_and_vllm(
         events = AlertEvaluationJob(s, eng).run_once()
         assert any(e.rule == "quality-drop" and e.event == "fired" for e in events)
 
-        # the policy job sees the alert and runs the whole retrain
+        # the policy job sees the alert and queues a retrain; the leader's worker runs all of it
         lines: list[str] = []
         runner = RetrainRunner(s, eng, "test-daemon", echo=lines.append)
-        decisions = RetrainPolicyJob(s, eng, "test-daemon", runner=runner).run_once()
+        (d,) = RetrainPolicyJob(s, eng, "test-daemon").run_once()
+        assert d.action == "queued", d.reason
+        out = RetrainWorker(s, eng, "test-daemon", lambda: True, runner=runner).run_once()
         print("\n".join(lines))
-        (d,) = decisions
-        assert d.action == "started", d.reason
-        out = d.outcome
-        assert out is not None and out.status == "succeeded", out.message
+        assert out is not None and out.job_id == d.job_id and out.status == "succeeded", out
         assert out.promoted, out.message
         gate = out.gate
         assert gate is not None and gate["promote"]
@@ -150,7 +150,7 @@ def test_alert_triggers_retrain_gate_promotes_to_filesystem_and_vllm(
             return snap
 
         monkeypatch.setattr(runner_mod, "build_snapshot", shuffled)
-        bad = runner.run(s.retrain.policies[0], {"kind": "manual", "note": "shuffled responses"})
+        bad = run_retrain(s, eng, s.retrain.policies[0], {"kind": "manual", "note": "shuffled responses"}, runner)
         print("\n".join(lines[-2:]))
         assert bad.status == "succeeded" and not bad.promoted and bad.version is not None
         assert bad.version.status == "rejected"
@@ -185,7 +185,7 @@ def test_killing_the_training_subprocess_fails_the_job_and_keeps_the_champion(
         runner = RetrainRunner(s, eng, "daemon-1")
         policy = s.retrain.policies[0]
         result: dict[str, Any] = {}
-        th = threading.Thread(target=lambda: result.update(out=runner.run(policy, {"kind": "manual"})))
+        th = threading.Thread(target=lambda: result.update(out=run_retrain(s, eng, policy, {"kind": "manual"}, runner)))
         th.start()
 
         def training() -> bool:
@@ -208,7 +208,7 @@ def test_killing_the_training_subprocess_fails_the_job_and_keeps_the_champion(
         assert not (tmp_path / "serving" / "current").exists()
         # the same runner (the daemon) still works: a short run completes
         s2 = _settings(pg_url, kafka_bootstrap, topics, tmp_path, base_model, vllm.url, epochs=1, max_steps=3)
-        again = RetrainRunner(s2, eng, "daemon-1").run(s2.retrain.policies[0], {"kind": "manual"})
+        again = run_retrain(s2, eng, s2.retrain.policies[0], {"kind": "manual"}, RetrainRunner(s2, eng, "daemon-1"))
         assert again.status == "succeeded" and again.version is not None
 
         # a daemon killed mid-run leaves a `running` row: the next daemon marks it failed
@@ -233,7 +233,8 @@ def test_cancel_stops_training(pg_url: str, kafka_bootstrap: str, topics: dict[s
     eng = create_engine_from_url(pg_url)
     runner = RetrainRunner(s, eng, "daemon-1")
     result: dict[str, Any] = {}
-    th = threading.Thread(target=lambda: result.update(out=runner.run(s.retrain.policies[0], {"kind": "manual"})))
+    th = threading.Thread(target=lambda: result.update(out=run_retrain(s, eng, s.retrain.policies[0], {"kind": "manual"},
+                                                                       runner)))  # fmt: skip
     th.start()
     wait_for(lambda: _stage(eng) == "training", 120, "training")
     time.sleep(1.0)
@@ -267,7 +268,8 @@ def test_daemon_survives_a_killed_training_subprocess(pg_url: str, kafka_bootstr
     s = _settings(pg_url, kafka_bootstrap, topics, tmp_path, base_model, "http://127.0.0.1:9", epochs=100)
     cfg = s.model_dump(mode="json", include={"database", "kafka", "alerts", "retrain", "data_dir"})
     cfg["scheduler"] = {"ingest": False, "drift_check_s": 0, "policy_evaluation_s": 0, "retention_s": 0,
-                        "promotion_watch_s": 0, "retrain_check_s": 1, "leader_retry_s": 0.5}  # fmt: skip
+                        "promotion_watch_s": 0, "retrain_check_s": 1, "retrain_worker_s": 1,
+                        "leader_retry_s": 0.5}  # fmt: skip
     cfg["api"] = {"enabled": False}
     path = tmp_path / "daemon.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -37,7 +37,7 @@ def test_jobs_survive_a_restart_without_duplicates(backend: str, request: pytest
     sched2.start(paused=True)
     jobs2 = sched2.get_jobs()
     assert {j.id for j in jobs2} == _enabled(s) == {"drift_check", "quality_check", "policy_evaluation", "retention",
-                                                    "retrain_check", "promotion_watch"}
+                                                    "retrain_check", "retrain_worker", "promotion_watch"}
     assert {j.id: j.next_run_time for j in jobs2} == first
     assert {j.id: j.func_ref for j in jobs2} == {n: f"driftloop.jobs:{n}" for n in first}
     assert all(j.coalesce and j.max_instances == 1 and j.misfire_grace_time == s.scheduler.misfire_grace_s
@@ -67,13 +67,13 @@ def test_changed_disabled_and_unknown_jobs_are_reconciled(pg_url: str) -> None:
     assert done["window_check"].startswith("removed") and done["retention"].startswith("removed")
     assert done["drift_check"].startswith("replaced") and done["policy_evaluation"].startswith("replaced")
     got = {j.id: j for j in sched2.get_jobs()}
-    assert set(got) == {"drift_check", "policy_evaluation", "retrain_check", "promotion_watch"}
+    assert set(got) == {"drift_check", "policy_evaluation", "retrain_check", "retrain_worker", "promotion_watch"}
     assert got["drift_check"].trigger.interval.total_seconds() == 15
     assert {j.misfire_grace_time for j in got.values()} == {7}
     sched2.shutdown(wait=False)
     with eng.connect() as c:
         ids = {r[0] for r in c.execute(text("select id from apscheduler_jobs"))}
-    assert ids == {"drift_check", "policy_evaluation", "retrain_check", "promotion_watch"}
+    assert ids == {"drift_check", "policy_evaluation", "retrain_check", "retrain_worker", "promotion_watch"}
     eng.dispose()
 
 
