@@ -71,14 +71,6 @@ def enqueue(engine: Engine, policy: PolicySettings, trigger: dict[str, Any], req
     raise RuntimeError(f"could not enqueue a retrain of {policy.name}: its active job kept changing")
 
 
-def active_job(engine: Engine, policy: str) -> int | None:
-    """The id of the policy's queued or running job, if any."""
-    with engine.connect() as c:
-        jid = c.execute(select(retrain_jobs.c.id).where(retrain_jobs.c.policy == policy,
-                                                        retrain_jobs.c.status.in_(ACTIVE_STATUSES))).scalar()  # fmt: skip
-    return None if jid is None else int(jid)
-
-
 def claim_next(conn: Connection, instance: str, now: datetime | None = None) -> int | None:
     """In the caller's transaction: take the oldest queued job for ``instance``; its id, or None.
 
