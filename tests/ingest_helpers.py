@@ -19,21 +19,13 @@ from sqlalchemy import create_engine, text
 from driftloop.ingest.produce import produce
 from driftloop.ingest.sample import sample_records
 from driftloop.ingest.service import IngestService, IngestStats
-from driftloop.settings import Settings, load_settings
+from driftloop.settings import Settings
+from tests.helpers import make_settings
 
 
 def settings_for(db_url: str, bootstrap: str, topics: dict[str, str], **ingest: Any) -> Settings:
-    return load_settings(
-        None,
-        database={"url": db_url},
-        kafka={
-            "bootstrap_servers": [bootstrap],
-            "topics": [topics["logs"]],
-            "dlq_topic": topics["dlq"],
-            "group_id": f"g-{topics['logs']}",
-        },
-        ingest=ingest or {},
-    )
+    """Ingestion settings: :func:`tests.helpers.make_settings` with the ``ingest`` section as keywords."""
+    return make_settings(db_url, bootstrap=bootstrap, topics=topics, ingest=ingest)
 
 
 def write_config(path: Path, settings: Settings) -> Path:

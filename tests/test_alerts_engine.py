@@ -21,10 +21,11 @@ from driftloop.monitor.alerts.engine import (
     load_points,
 )
 from driftloop.monitor.alerts.tables import alert_notifications, alerts
-from driftloop.settings import Settings, load_settings
+from driftloop.settings import load_settings
 from driftloop.settings.conditions import parse_condition
 from driftloop.store.db import downgrade, migrate
 from tests.alerts_helpers import T0, Broken, HttpServer, Recorder, add_window, ensure_monitor_tables
+from tests.helpers import make_settings
 
 # -- pure hysteresis -------------------------------------------------------------------------------
 
@@ -100,9 +101,7 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
-def _settings(url: str, rules: list[dict[str, Any]], channels: list[dict[str, Any]] | None = None) -> Settings:
-    chans = channels or [{"name": "rec", "type": "log"}, {"name": "broken", "type": "log"}]
-    return load_settings(None, database={"url": url}, alerts={"channels": chans, "rules": rules})
+CHANNELS = [{"name": "rec", "type": "log"}, {"name": "broken", "type": "log"}]
 
 
 QUALITY = {"name": "quality", "condition": "quality.feedback_positive_rate < 0.3", "windows": 2, "of": 3,
@@ -117,7 +116,7 @@ def _rows(eng: Engine, table: Any = alerts) -> list[Any]:
 def test_fire_dedup_cooldown_reminder_ack_resolve(pg_url: str, pg_engine: Engine) -> None:
     eng = pg_engine
     rec = Recorder()
-    job = AlertEvaluationJob(_settings(pg_url, [QUALITY]), eng, sinks={"rec": rec, "broken": Broken()})
+    job = AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [QUALITY]}), eng, sinks={"rec": rec, "broken": Broken()})
     t = datetime(2026, 1, 1, 12, tzinfo=UTC)
     add_window(eng, 0, {"quality.feedback_positive_rate": 0.5})
     add_window(eng, 1, {"quality.feedback_positive_rate": 0.1})
@@ -165,7 +164,7 @@ def test_refire_within_cooldown_is_stored_but_not_notified(pg_url: str, pg_engin
     eng = pg_engine
     rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["rec"], "cooldown_minutes": 60}
     rec = Recorder()
-    job = AlertEvaluationJob(_settings(pg_url, [rule]), eng, sinks={"rec": rec})
+    job = AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [rule]}), eng, sinks={"rec": rec})
     t = datetime(2026, 1, 1, 12, tzinfo=UTC)
     for i, (v, minute) in enumerate([(0.9, 0), (0.1, 10), (0.9, 20), (0.1, 30), (0.9, 90)]):
         add_window(eng, i, {"drift.score": v})
@@ -180,7 +179,7 @@ def test_quiet_refire_is_announced_as_fired_once_the_cooldown_is_over(pg_url: st
     eng = pg_engine
     rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["rec"], "cooldown_minutes": 60}
     rec = Recorder()
-    job = AlertEvaluationJob(_settings(pg_url, [rule]), eng, sinks={"rec": rec})
+    job = AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [rule]}), eng, sinks={"rec": rec})
     t = datetime(2026, 1, 1, 12, tzinfo=UTC)
     steps = [(0.9, 0), (0.1, 10), (0.9, 20), (0.9, 50), (0.9, 70), (0.9, 100), (0.9, 130)]
     kinds = []
@@ -205,7 +204,7 @@ def test_live_job_and_backtest_agree_window_by_window(pg_url: str, pg_engine: En
     rnd = random.Random(7)
     rule = {"name": "q", "condition": "latency.p95_ms > 2000 and quality.feedback_positive_rate < 0.5",
             "windows": 2, "of": 3, "channels": ["rec"], "cooldown_minutes": 0}  # fmt: skip
-    s = _settings(pg_url, [rule])
+    s = make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [rule]})
     job = AlertEvaluationJob(s, pg_engine, sinks={"rec": Recorder()})
     live: list[tuple[str, datetime]] = []
     for i in range(40):
@@ -253,14 +252,14 @@ def test_open_alerts_of_removed_rules_are_closed_quietly(pg_url: str, pg_engine:
     keep = {"name": "keep", "condition": "drift.score > 0.3", "channels": ["rec"]}
     gone = {"name": "gone", "condition": "drift.score > 0.1", "channels": ["rec"]}
     add_window(pg_engine, 0, {"drift.score": 0.9})
-    AlertEvaluationJob(_settings(pg_url, [keep, gone]), pg_engine, sinks={"rec": Recorder()}).run_once()
+    AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [keep, gone]}), pg_engine, sinks={"rec": Recorder()}).run_once()
     assert sorted((r["rule"], r["state"]) for r in _rows(pg_engine)) == [("gone", "fired"), ("keep", "fired")]
     rec = Recorder()
-    assert AlertEvaluationJob(_settings(pg_url, [keep]), pg_engine, sinks={"rec": rec}).run_once() == []
+    assert AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [keep]}), pg_engine, sinks={"rec": rec}).run_once() == []
     rows = {r["rule"]: r for r in _rows(pg_engine)}
     assert (rows["keep"]["state"], rows["gone"]["state"]) == ("fired", "resolved")
     assert "no longer in the alert policy" in rows["gone"]["message"] and rec.events == []
-    AlertEvaluationJob(_settings(pg_url, []), pg_engine, sinks={}).run_once()  # no rules at all
+    AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": []}), pg_engine, sinks={}).run_once()  # no rules at all
     assert {r["state"] for r in _rows(pg_engine)} == {"resolved"}
 
 
@@ -268,7 +267,7 @@ def test_insufficient_data_and_missing_metrics_neither_fire_nor_resolve(pg_url: 
     eng = pg_engine
     rec = Recorder()
     rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["rec"]}
-    job = AlertEvaluationJob(_settings(pg_url, [rule]), eng, sinks={"rec": rec})
+    job = AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [rule]}), eng, sinks={"rec": rec})
     add_window(eng, 0, {"drift.score": 0.9}, status="insufficient_data")
     assert job.run_once() == []
     add_window(eng, 1, {"drift.score": 0.9})
@@ -286,7 +285,7 @@ def test_grouping_per_model_and_per_segment(pg_url: str, pg_engine: Engine) -> N
     eng = pg_engine
     per_model = {"name": "m", "condition": "latency.p95_ms > 2000", "channels": ["rec"]}
     per_seg = {"name": "s", "condition": "latency.p95_ms > 2000", "channels": ["rec"], "group_by": ["model", "segment"]}
-    job = AlertEvaluationJob(_settings(pg_url, [per_model, per_seg]), eng, sinks={"rec": Recorder()})
+    job = AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [per_model, per_seg]}), eng, sinks={"rec": Recorder()})
     add_window(eng, 0, {"latency.p95_ms": 2500.0}, model="a", segment="eu")
     add_window(eng, 0, {"latency.p95_ms": 2600.0}, model="a", segment="us")
     add_window(eng, 0, {"latency.p95_ms": 100.0}, model="b", segment="eu")
@@ -314,7 +313,7 @@ def test_webhook_channel_end_to_end_records_delivery(pg_url: str, pg_engine: Eng
                  {"name": "dead", "type": "webhook", "url": "http://127.0.0.1:9/nothing", "retries": 1,
                   "backoff_s": 0.01, "timeout_s": 2}]  # fmt: skip
         rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["dead", "ops"], "severity": "info"}
-        job = AlertEvaluationJob(_settings(pg_url, [rule], chans), pg_engine)
+        job = AlertEvaluationJob(make_settings(pg_url, alerts={"channels": chans, "rules": [rule]}), pg_engine)
         add_window(pg_engine, 0, {"drift.score": 0.42})
         assert [type(e).__name__ for e in job.run_once()] == ["AlertFired"]
     finally:
@@ -335,7 +334,7 @@ def test_lifecycle_on_sqlite(sqlite_url: str) -> None:
     eng = create_engine(sqlite_url)
     rec = Recorder()
     rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["rec"], "windows": 1, "of": 2}
-    job = AlertEvaluationJob(_settings(sqlite_url, [rule]), eng, sinks={"rec": rec})
+    job = AlertEvaluationJob(make_settings(sqlite_url, alerts={"channels": CHANNELS, "rules": [rule]}), eng, sinks={"rec": rec})
     add_window(eng, 0, {"drift.score": 0.9})
     job.run_once()
     job.run_once()

@@ -44,6 +44,7 @@ from driftloop.dashboards import (
 from driftloop.settings import load_settings
 from tests.grafana_macros import ALL, MacroError, TimeRange, Variable, dashboard_variables, expand
 from tests.grafana_recorder import GrafanaRecorder
+from tests.helpers import make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DASH_DIR = ROOT / "dashboards"
@@ -425,16 +426,12 @@ def test_every_query_runs_and_returns_what_its_panel_needs(scenario: Scenario, p
 PG_URL = "postgresql+psycopg://driftloop:urlpw@db.internal:5433/driftloop?sslmode=require"
 
 
-def _settings(grafana_url: str | None, **grafana: Any) -> Any:
-    return load_settings(None, database={"url": PG_URL}, grafana={"url": grafana_url, **grafana})
-
-
 def test_push_upserts_datasource_folder_and_dashboards_idempotently(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRAFANA_TOKEN", "glsa_test")
     monkeypatch.setenv("DRIFTLOOP_PG_PASSWORD", "from-env")
     with GrafanaRecorder("glsa_test") as g:
         lines: list[str] = []
-        res = push(_settings(g.url), DASH_DIR, echo=lines.append)
+        res = push(make_settings(PG_URL, grafana={"url": g.url}), DASH_DIR, echo=lines.append)
         assert not res.failed and lines == res.lines
         assert all(r.headers.get("Authorization") == "Bearer glsa_test" for r in g.requests)
         (ds,) = [r.body for r in g.calls("POST", "/api/datasources")]
@@ -454,7 +451,7 @@ def test_push_upserts_datasource_folder_and_dashboards_idempotently(monkeypatch:
 
         # again: the datasource is updated in place, the folder reused, each dashboard gets a new version
         lines2: list[str] = []
-        push(_settings(g.url), DASH_DIR, echo=lines2.append)
+        push(make_settings(PG_URL, grafana={"url": g.url}), DASH_DIR, echo=lines2.append)
         assert len(g.calls("POST", "/api/datasources")) == 1 and len(g.calls("POST", "/api/folders")) == 1
         (put,) = g.calls("PUT", "/api/datasources/uid/driftloop-pg")
         assert put.body["url"] == "db.internal:5433" and put.body["id"] == g.state.datasources["driftloop-pg"]["id"]
@@ -479,7 +476,7 @@ def test_push_upserts_datasource_folder_and_dashboards_idempotently(monkeypatch:
 def test_push_points_dashboards_at_a_renamed_datasource(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DRIFTLOOP_PG_PASSWORD", raising=False)
     with GrafanaRecorder("t0k") as g:
-        push(_settings(g.url, token="t0k", datasource_uid="prod-pg", folder="LLM ops"), DASH_DIR, echo=lambda _: None)
+        push(make_settings(PG_URL, grafana={"url": g.url, "token": "t0k", "datasource_uid": "prod-pg", "folder": "LLM ops"}), DASH_DIR, echo=lambda _: None)
         ds = g.state.datasources["prod-pg"]
         assert ds["secureJsonFields"] == {"password": True}  # from database.url when the env var is unset
         assert [f["uid"] for f in g.state.folders.values()] == ["llm-ops"]
@@ -489,7 +486,7 @@ def test_push_points_dashboards_at_a_renamed_datasource(monkeypatch: pytest.Monk
         g.state.dashboards["driftloop-drift"]["provisioned"] = True
         g.state.datasources["prod-pg"]["readOnly"] = True
         lines: list[str] = []
-        res = push(_settings(g.url, token="t0k", datasource_uid="prod-pg"), DASH_DIR, echo=lines.append)
+        res = push(make_settings(PG_URL, grafana={"url": g.url, "token": "t0k", "datasource_uid": "prod-pg"}), DASH_DIR, echo=lines.append)
         assert res.skipped == ["driftloop-drift"] and not res.failed
         assert "datasource prod-pg: provisioned from a file in this Grafana (read-only), left as is" in lines
         assert not g.calls("PUT")
@@ -498,17 +495,17 @@ def test_push_points_dashboards_at_a_renamed_datasource(monkeypatch: pytest.Monk
 def test_push_errors_say_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("GRAFANA_TOKEN", raising=False)
     with pytest.raises(DashboardError, match=r"grafana\.url is not set"):
-        push(_settings(None), DASH_DIR)
+        push(make_settings(PG_URL, grafana={"url": None}), DASH_DIR)
     with pytest.raises(DashboardError, match=r"no Grafana token: set \$GRAFANA_TOKEN"):
-        push(_settings("http://127.0.0.1:9"), DASH_DIR)
+        push(make_settings(PG_URL, grafana={"url": "http://127.0.0.1:9"}), DASH_DIR)
     with GrafanaRecorder("right") as g:
         with pytest.raises(DashboardError, match=r"refused the credentials.*GRAFANA_TOKEN"):
-            push(_settings(g.url, token="wrong"), DASH_DIR, echo=lambda _: None)
+            push(make_settings(PG_URL, grafana={"url": g.url, "token": "wrong"}), DASH_DIR, echo=lambda _: None)
         assert not g.calls("POST")
         with pytest.raises(DashboardError, match=r"no \*\.json dashboards"):
-            push(_settings(g.url, token="right"), tmp_path, echo=lambda _: None)
+            push(make_settings(PG_URL, grafana={"url": g.url, "token": "right"}), tmp_path, echo=lambda _: None)
     with pytest.raises(DashboardError, match=r"cannot reach Grafana at http://127\.0\.0\.1:9"):
-        push(_settings("http://127.0.0.1:9", token="x", timeout_s=2), DASH_DIR, echo=lambda _: None)
+        push(make_settings(PG_URL, grafana={"url": "http://127.0.0.1:9", "token": "x", "timeout_s": 2}), DASH_DIR, echo=lambda _: None)
     sqlite = load_settings(None, database={"url": "sqlite:///x.db"}, grafana={"url": "http://g:3000", "token": "t"})
     with pytest.raises(DashboardError, match=r"set grafana\.datasource_url"):
         datasource_payload(sqlite)
