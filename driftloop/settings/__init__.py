@@ -3,6 +3,12 @@
 Sources, highest priority first: keyword arguments, ``DRIFTLOOP_*`` environment variables
 (nested with ``__``, e.g. ``DRIFTLOOP_INGEST__BATCH_SIZE=2000``), the YAML file, defaults.
 Every section forbids unknown keys so a typo is an error, not a silently ignored setting.
+
+The bottom layer of driftloop (it imports nothing above it): this module holds the root ``Settings``, the
+loaders and the start-up checks; the sections that are a subsystem's own live beside it (``monitor``,
+``alerts``, ``retrain``, ``scheduler``, ``connectors``), with what their validation needs: the alert
+condition grammar (``conditions``) and the catalogue of metric names (``metrics``). The code that runs a
+subsystem takes these models as they are (e.g. the trainer ``TrainingSettings``, the gate ``GateSettings``).
 """
 
 from __future__ import annotations

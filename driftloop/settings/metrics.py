@@ -1,7 +1,8 @@
 """Names of the per-window metrics that monitoring records and alert conditions may reference.
 
 The monitor writes one row per (window, metric) into ``window_metrics``; alert rules name these metrics.
-``drift.feature.<feature>`` gives the per-feature drift score of any monitored feature.
+``drift.feature.<feature>`` gives the per-feature drift score of any monitored feature. Kept with the
+settings because check-config's cross-checks name unknown metrics in rules, triggers and the watch.
 """
 
 from __future__ import annotations
