@@ -224,3 +224,13 @@ def test_spec_guards_copied() -> None:
     guards["exact_match"] = 0.1
     assert dict(spec.guards) == {"rouge_l": 0.05}
     assert GateSettings().model_dump()["guards"] == {"rouge_l": 0.02}
+
+
+def test_the_settings_name_exactly_the_metrics_the_gate_computes() -> None:
+    """check-config validates primary and guards against GATE_METRICS; the gate computes METRICS: one list."""
+    from typing import get_args
+
+    from driftloop.settings.retrain import GATE_METRICS
+
+    assert set(GATE_METRICS) == set(METRICS)
+    assert set(get_args(GateSettings.model_fields["primary"].annotation)) == set(METRICS)
