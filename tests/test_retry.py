@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,12 @@ def test_iterating_the_attempts_works_like_calling() -> None:
     assert fn.calls == 2
     with pytest.raises(ValueError, match="attempts must be >= 1"):
         retrying(what="x", attempts=0, initial_s=0, max_s=0)
+
+
+def test_the_removed_whole_promotion_retry_setting_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from driftloop.settings import ConfigError, load_settings
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("retrain:\n  promotion_retries: 3\n")
+    with pytest.raises(ConfigError, match=r"retrain.promotion_retries: this setting was removed: .*one retry level"):
+        load_settings(cfg)

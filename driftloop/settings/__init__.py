@@ -338,6 +338,13 @@ _MOVED: dict[tuple[str, ...], str] = {
 }
 
 
+# Keys that were removed -> why, and what to set instead.
+_REMOVED: dict[tuple[str, ...], str] = {
+    ("retrain", "promotion_retries"): "removed: a promotion is no longer retried as a whole on top of the targets' "
+    "own retries (one retry level); set targets[].retries and backoff_s",
+}
+
+
 def _moved_to(loc: tuple[int | str, ...]) -> str | None:
     for old, new in _MOVED.items():
         if len(old) == len(loc) and all(o in ("*", str(p)) for o, p in zip(old, loc, strict=True)):
@@ -353,6 +360,10 @@ def format_validation_error(err: ValidationError) -> list[str]:
         moved = _moved_to(tuple(e["loc"])) if e["type"] == "extra_forbidden" else None
         if moved:
             out.append(f"{path}: this setting moved: set {moved} instead (one threshold for monitoring and retraining)")
+            continue
+        removed = _REMOVED.get(tuple(str(p) for p in e["loc"])) if e["type"] == "extra_forbidden" else None
+        if removed:
+            out.append(f"{path}: this setting was {removed}")
             continue
         tmpl = _MESSAGES.get(e["type"])
         ctx = e.get("ctx") or {}

@@ -166,7 +166,6 @@ class RetrainSettings(Section):
     targets: list[TargetSettings] = Field(default_factory=list)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     artifacts_dir: str | None = Field(None, description="datasets, adapters and logs (default: <data_dir>/retrain)")
-    promotion_retries: int = Field(2, ge=0, le=10, description="whole-promotion retries after a target fails")
     python: str | None = Field(None, description="interpreter for the training subprocess (default: this one)")
 
     @field_validator("policies")
