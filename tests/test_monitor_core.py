@@ -16,19 +16,20 @@ from driftloop.monitor.features import compute_features, detect_language, window
 from driftloop.monitor.tables import drift_results, monitor_windows
 from driftloop.monitor.tables import window_metrics as wm
 from driftloop.monitor.windows import due_windows, load_frame, reference_for
-from driftloop.settings import Settings, load_settings
+from driftloop.settings import Settings
 from driftloop.settings.metrics import is_known_metric
 from driftloop.store.db import create_engine_from_url
 from driftloop.store.models import feedback
+from tests.helpers import make_settings
 from tests.monitor_helpers import T0, insert_rows, interaction
 
 
 def _settings(url: str, tmp_path: Path, **monitor: object) -> Settings:
+    """Small count windows, no reports, embeddings or text drift unless ``monitor`` says."""
     base: dict[str, object] = {"window": {"kind": "count", "size": 100}, "reference": {"kind": "previous", "windows": 2},
                                "min_window_size": 50, "reports": False, "reports_dir": str(tmp_path / "reports"),
                                "embeddings": {"enabled": False}, "text_drift": False}  # fmt: skip
-    base.update(monitor)
-    return load_settings(None, database={"url": url}, monitor=base)
+    return make_settings(url, monitor=base | monitor)
 
 
 @pytest.fixture

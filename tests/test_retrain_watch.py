@@ -15,9 +15,9 @@ from driftloop.monitor.check import DriftCheckJob
 from driftloop.retrain.registry import ModelRegistry
 from driftloop.retrain.runner import build_promotion_targets
 from driftloop.retrain.watch import ROLLBACK_RULE, PromotionWatchJob
-from driftloop.settings import load_settings
 from driftloop.store.db import create_engine_from_url
 from tests.alpaca import store_records
+from tests.helpers import make_settings
 from tests.retrain_helpers import toy_records
 from tests.vllm_stub import VllmStub
 
@@ -25,9 +25,8 @@ WINDOW = 120
 
 
 def _settings(pg_url: str, tmp: Path, vllm_url: str) -> Any:
-    return load_settings(
-        None,
-        database={"url": pg_url},
+    return make_settings(
+        pg_url,
         monitor={"window": {"kind": "count", "size": WINDOW}, "min_window_size": 100, "reports": False,
                  "embeddings": {"enabled": False}, "text_drift": False, "language_sample": 0},
         retrain={"targets": [{"name": "serving", "type": "filesystem", "path": str(tmp / "serving")},

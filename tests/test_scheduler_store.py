@@ -10,10 +10,7 @@ from sqlalchemy import create_engine, text
 from driftloop.jobs import JOBS
 from driftloop.scheduler import make_scheduler, register_jobs
 from driftloop.settings import Settings, load_settings
-
-
-def _settings(url: str, **sched: Any) -> Settings:
-    return load_settings(None, database={"url": url}, scheduler=sched)
+from tests.helpers import make_settings
 
 
 def _enabled(s: Settings) -> set[str]:
@@ -23,7 +20,7 @@ def _enabled(s: Settings) -> set[str]:
 @pytest.mark.parametrize("backend", [pytest.param("pg", marks=pytest.mark.postgres), "sqlite"])
 def test_jobs_survive_a_restart_without_duplicates(backend: str, request: pytest.FixtureRequest) -> None:
     url = request.getfixturevalue("pg_url" if backend == "pg" else "sqlite_url")
-    s = _settings(url, quality_check_s=120)
+    s = make_settings(url, scheduler={"quality_check_s": 120})
     eng = create_engine(url)
     sched = make_scheduler(eng, s)
     sched.start(paused=True)
@@ -52,7 +49,7 @@ def test_jobs_survive_a_restart_without_duplicates(backend: str, request: pytest
 
 
 def test_changed_disabled_and_unknown_jobs_are_reconciled(pg_url: str) -> None:
-    s = _settings(pg_url)
+    s = make_settings(pg_url)
     eng = create_engine(pg_url)
     sched = make_scheduler(eng, s)
     sched.start(paused=True)
@@ -60,7 +57,7 @@ def test_changed_disabled_and_unknown_jobs_are_reconciled(pg_url: str) -> None:
     sched.add_job("driftloop.jobs:retention", "interval", seconds=5, id="window_check")  # e.g. an old name
     sched.shutdown(wait=False)
 
-    s2 = _settings(pg_url, drift_check_s=15, retention_s=0, misfire_grace_s=7)
+    s2 = make_settings(pg_url, scheduler={"drift_check_s": 15, "retention_s": 0, "misfire_grace_s": 7})
     sched2 = make_scheduler(eng, s2)
     sched2.start(paused=True)
     done = register_jobs(sched2, s2)
