@@ -77,6 +77,7 @@ def _table_calls() -> dict[str, set[str]]:
     return found
 
 
+@pytest.mark.source  # scans the source folders for Table(...) calls
 def test_all_metadata_has_every_table() -> None:
     md = all_metadata()
     calls = _table_calls()

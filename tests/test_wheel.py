@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.source
 
 pytest.importorskip("build", reason="the dev extra's `build` builds the wheel")
 
