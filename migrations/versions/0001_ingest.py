@@ -1,7 +1,5 @@
 """ingest tables: interactions, feedback, rejected_messages, consumer_offsets
 
-Revision ID: 0001_ingest
-Revises:
 Create Date: 2026-11-28
 """
 
@@ -9,16 +7,11 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects.postgresql import JSONB
+
+from driftloop.migrations.coltypes import TS, BigId, J
 
 revision = "0001_ingest"
 down_revision = None
-branch_labels = None
-depends_on = None
-
-J = sa.JSON().with_variant(JSONB(), "postgresql")
-BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:

@@ -1,7 +1,5 @@
 """monitoring tables: monitor_windows, drift_results, window_metrics
 
-Revision ID: 0002_monitor
-Revises: 0001_ingest
 Create Date: 2026-11-28
 """
 
@@ -10,13 +8,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from driftloop.migrations.coltypes import TS, BigId
+
 revision = "0002_monitor"
 down_revision = "0001_ingest"
-branch_labels = None
-depends_on = None
-
-BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:

@@ -1,7 +1,5 @@
 """alert tables: alerts, alert_notifications
 
-Revision ID: 0003_alerts
-Revises: 0002_monitor
 Create Date: 2026-11-28
 """
 
@@ -10,13 +8,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from driftloop.migrations.coltypes import TS, BigId
+
 revision = "0003_alerts"
 down_revision = "0002_monitor"
-branch_labels = None
-depends_on = None
 
-BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-TS = sa.DateTime(timezone=True)
 OPEN_PREDICATE = "state IN ('fired', 'acknowledged')"
 
 

@@ -1,7 +1,5 @@
 """scheduler: job_runs (one row per job run; APScheduler creates its own apscheduler_jobs table)
 
-Revision ID: 0004_scheduler
-Revises: 0003_alerts
 Create Date: 2026-11-28
 """
 
@@ -10,13 +8,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from driftloop.migrations.coltypes import TS, BigId
+
 revision = "0004_scheduler"
 down_revision = "0003_alerts"
-branch_labels = None
-depends_on = None
-
-BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:

@@ -1,7 +1,5 @@
 """retrain: retrain_jobs, model_versions, model_aliases, model_events (the model registry)
 
-Revision ID: 0005_retrain
-Revises: 0004_scheduler
 Create Date: 2026-11-28
 """
 
@@ -9,16 +7,11 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects.postgresql import JSONB
+
+from driftloop.migrations.coltypes import TS, BigId, J
 
 revision = "0005_retrain"
 down_revision = "0004_scheduler"
-branch_labels = None
-depends_on = None
-
-BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-TS = sa.DateTime(timezone=True)
-J = sa.JSON().with_variant(JSONB(), "postgresql")
 
 
 def upgrade() -> None:

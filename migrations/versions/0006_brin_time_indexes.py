@@ -6,8 +6,6 @@ monitor windows) nearly as well as a B-tree while costing almost nothing per ins
 ``autosummarize`` keeps the newest block ranges summarized without waiting for VACUUM.
 The per-model ``(model_id, ts)`` B-tree stays. SQLite keeps its B-tree indexes (no BRIN there).
 
-Revision ID: 0006_brin_time_indexes
-Revises: 0005_retrain
 Create Date: 2026-11-29
 """
 
@@ -17,8 +15,6 @@ from alembic import op
 
 revision = "0006_brin_time_indexes"
 down_revision = "0005_retrain"
-branch_labels = None
-depends_on = None
 
 _INDEXES = (("ix_interactions_ts", "interactions"), ("ix_feedback_ts", "feedback"))
 

@@ -7,8 +7,6 @@
   the dead-letter copy is a side path that may fail (too large, missing topic, broker down)
   without stopping ingestion, and its failure is kept here.
 
-Revision ID: 0007_reject_ranges_dlq
-Revises: 0006_brin_time_indexes
 Create Date: 2026-11-29
 """
 
@@ -19,8 +17,6 @@ from alembic import op
 
 revision = "0007_reject_ranges_dlq"
 down_revision = "0006_brin_time_indexes"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

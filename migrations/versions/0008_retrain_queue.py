@@ -8,8 +8,6 @@
 * ``claimed_at`` and ``heartbeat_at``: when the leader's worker claimed the job (``instance`` is the
   claimer) and when it last reported that the run is alive.
 
-Revision ID: 0008_retrain_queue
-Revises: 0007_reject_ranges_dlq
 Create Date: 2026-11-29
 """
 
@@ -20,8 +18,6 @@ from alembic import op
 
 revision = "0008_retrain_queue"
 down_revision = "0007_reject_ranges_dlq"
-branch_labels = None
-depends_on = None
 
 ACTIVE = "status IN ('queued', 'running')"
 

@@ -13,8 +13,6 @@ feedback up by ``request_id`` (index) instead of ranking the whole feedback tabl
 (bench/feedback_view.py measures both). The threshold is an uncorrelated scalar subquery (evaluated
 once); without the row ``positive`` is NULL, never silently true or false.
 
-Revision ID: 0009_feedback_positive
-Revises: 0008_retrain_queue
 Create Date: 2026-11-29
 """
 
@@ -27,8 +25,6 @@ from alembic import op
 
 revision = "0009_feedback_positive"
 down_revision = "0008_retrain_queue"
-branch_labels = None
-depends_on = None
 
 DEFAULT_POSITIVE_THRESHOLD = 0.5
 
