@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from driftloop.clikit import ConfigOpt, default_instance, get_settings, setup_logging
 
+if TYPE_CHECKING:
+    from driftloop.retrain.registry import ModelRegistry, ModelVersion
+
 retrain_app = typer.Typer(help="Retrain runs: fine-tune, gate, promote.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry: versions, champion, promotion and rollback.", no_args_is_help=True)
+FamilyArg = Annotated[str, typer.Argument(help="Model family.")]
+VersionArg = Annotated[str, typer.Argument(help="Version label (v3) or id.")]
 
 
 def _ctx(config: Path | None) -> tuple[Any, Any]:
@@ -22,7 +28,7 @@ def _ctx(config: Path | None) -> tuple[Any, Any]:
     return s, create_engine_from_url(s.database.url)
 
 
-def _fail(msg: str, code: int = 1) -> None:
+def _fail(msg: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
 
@@ -176,8 +182,8 @@ def models_list(
 
 @models_app.command("show")
 def models_show(
-    family: Annotated[str, typer.Argument(help="Model family.")],
-    version: Annotated[str, typer.Argument(help="Version label (v3) or id.")],
+    family: FamilyArg,
+    version: VersionArg,
     config: ConfigOpt = None,
 ) -> None:
     """Show one version: lineage, dataset, config, gate decision and its audit log."""
@@ -210,85 +216,67 @@ def _targets(s: Any, family: str) -> list[Any]:
     return targets_for_family(s, family)
 
 
+def _registry_change(config: Path | None, change: Callable[[Any, ModelRegistry], ModelVersion]) -> ModelVersion:
+    """Run one registry change (promote, approve, reject, rollback) on the configured database; a
+    RegistryError (unknown version, wrong status, a target refused) exits 1 with its message."""
+    from driftloop.retrain.registry import ModelRegistry, RegistryError
+
+    s, eng = _ctx(config)
+    try:
+        return change(s, ModelRegistry(eng))
+    except RegistryError as e:
+        _fail(str(e))
+
+
 @models_app.command("promote")
 def models_promote(
-    family: Annotated[str, typer.Argument(help="Model family.")],
-    version: Annotated[str, typer.Argument(help="Version label (v3) or id.")],
+    family: FamilyArg,
+    version: VersionArg,
     config: ConfigOpt = None,
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "manual promotion",
     actor: Annotated[str, typer.Option(help="Who (kept in the audit log).")] = "cli",
 ) -> None:
     """Promote a version to champion on every target, then in the registry (all or nothing)."""
-    from driftloop.retrain.registry import ModelRegistry, RegistryError
-
-    s, eng = _ctx(config)
-    reg = ModelRegistry(eng)
-    try:
-        v = reg.promote(reg.find(family, version).id, _targets(s, family), actor=actor, reason=reason)
-    except RegistryError as e:
-        _fail(str(e))
-        return
+    v = _registry_change(
+        config, lambda s, reg: reg.promote(reg.find(family, version).id, _targets(s, family), actor=actor, reason=reason)
+    )
     typer.echo(f"{family} {v.version} is the champion")
 
 
 @models_app.command("approve")
 def models_approve(
-    family: Annotated[str, typer.Argument(help="Model family.")],
-    version: Annotated[str, typer.Argument(help="Version label (v3) or id.")],
+    family: FamilyArg,
+    version: VersionArg,
     config: ConfigOpt = None,
     actor: Annotated[str, typer.Option(help="Who approves (kept in the audit log).")] = "cli",
 ) -> None:
     """Approve a version that passed the gate and waits for manual approval; promotes it."""
-    from driftloop.retrain.registry import ModelRegistry, RegistryError
-
-    s, eng = _ctx(config)
-    reg = ModelRegistry(eng)
-    try:
-        v = reg.approve(reg.find(family, version).id, _targets(s, family), actor=actor)
-    except RegistryError as e:
-        _fail(str(e))
-        return
+    v = _registry_change(config, lambda s, reg: reg.approve(reg.find(family, version).id, _targets(s, family), actor=actor))
     typer.echo(f"{family} {v.version} approved and promoted")
 
 
 @models_app.command("reject")
 def models_reject(
-    family: Annotated[str, typer.Argument(help="Model family.")],
-    version: Annotated[str, typer.Argument(help="Version label (v3) or id.")],
+    family: FamilyArg,
+    version: VersionArg,
     config: ConfigOpt = None,
     reason: Annotated[str, typer.Option(help="Why.")] = "rejected by a person",
     actor: Annotated[str, typer.Option(help="Who.")] = "cli",
 ) -> None:
     """Reject a version waiting for approval."""
-    from driftloop.retrain.registry import ModelRegistry, RegistryError
-
-    _s, eng = _ctx(config)
-    reg = ModelRegistry(eng)
-    try:
-        v = reg.reject(reg.find(family, version).id, actor=actor, reason=reason)
-    except RegistryError as e:
-        _fail(str(e))
-        return
+    v = _registry_change(config, lambda _s, reg: reg.reject(reg.find(family, version).id, actor=actor, reason=reason))
     typer.echo(f"{family} {v.version} rejected")
 
 
 @models_app.command("rollback")
 def models_rollback(
-    family: Annotated[str, typer.Argument(help="Model family.")],
+    family: FamilyArg,
     config: ConfigOpt = None,
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "manual rollback",
     actor: Annotated[str, typer.Option(help="Who.")] = "cli",
 ) -> None:
     """Serve the previous champion again on every target; the current one becomes rolled_back."""
-    from driftloop.retrain.registry import ModelRegistry, RegistryError
-
-    s, eng = _ctx(config)
-    reg = ModelRegistry(eng)
-    try:
-        v = reg.rollback(family, _targets(s, family), actor=actor, reason=reason)
-    except RegistryError as e:
-        _fail(str(e))
-        return
+    v = _registry_change(config, lambda s, reg: reg.rollback(family, _targets(s, family), actor=actor, reason=reason))
     typer.echo(f"{family}: rolled back; {v.version} is the champion again")
 
 

@@ -113,6 +113,12 @@ def test_manual_approval_path_and_model_commands(pg_url: str, tmp_path: Path, mo
     assert reg.find("toy", "v2").status == "rejected"
     r = cli.invoke(app, ["models", "approve", "toy", "v2", "--config", str(cfg)])
     assert r.exit_code == 1 and "rejected" in r.output
+    r = cli.invoke(app, ["models", "reject", "toy", "v2", "--config", str(cfg)])
+    assert r.exit_code == 1 and "toy v2 is rejected, not pending_approval" in r.output, r.output
+    r = cli.invoke(app, ["models", "promote", "toy", "v9", "--config", str(cfg)])
+    assert r.exit_code == 1 and "has no version 'v9'" in r.output, r.output
+    r = cli.invoke(app, ["models", "promote", "toy", "v1", "--config", str(cfg)])
+    assert r.exit_code == 1 and "toy v1 is already the champion" in r.output, r.output
 
     r = cli.invoke(app, ["models", "rollback", "toy", "--reason", "bad answers", "--config", str(cfg)])
     assert r.exit_code == 0 and "v0 is the champion again" in r.output
