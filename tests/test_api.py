@@ -265,6 +265,14 @@ def test_read_endpoints_return_the_seeded_data(client: TestClient, seeded: Seede
     assert client.get("/api/v1/models/nope/versions").status_code == 404
     rj = client.get("/api/v1/retrain/jobs").json()
     assert rj and rj[-1]["timings"]["train_eval_s"] == 42.25
+    assert client.get("/api/v1/retrain/jobs", params={"policy": rj[0]["policy"]}).json() == rj
+    assert client.get("/api/v1/retrain/jobs", params={"policy": "nope"}).json() == []
+    assert client.get(f"/api/v1/retrain/jobs/{rj[0]['id']}").json() == rj[0]
+    r = client.get("/api/v1/retrain/jobs/987654")
+    assert r.status_code == 404 and "no retrain job 987654; list them at /api/v1/retrain/jobs" in r.text
+    assert [w["id"] for w in client.get("/api/v1/windows", params={"status": "ok"}).json()] == [w["id"] for w in ok]
+    r = client.get("/api/v1/alerts/987654")
+    assert r.status_code == 404 and "no alert 987654; list them at /api/v1/alerts" in r.text
     jobs = client.get("/api/v1/jobs", params={"job": "drift_check"}).json()
     assert jobs and jobs[0]["status"] == "succeeded"
     assert client.get("/api/v1/jobs", params={"job": "nope"}).status_code == 422

@@ -22,9 +22,8 @@ from driftloop.api.params import (
     NameFilter,
     Offset,
     conflict,
-    not_found,
-    row,
 )
+from driftloop.api.queries import fetch_one, fetch_rows, newest_page
 from driftloop.monitor.alerts.engine import acknowledge
 from driftloop.monitor.alerts.tables import OPEN_STATES, alerts
 
@@ -34,11 +33,8 @@ ALERT_COLS = [c for c in alerts.c if c.name not in ("group_key", "last_notified_
 
 
 def get_alert_row(engine: Engine, alert_id: int) -> dict[str, Any]:
-    with engine.connect() as c:
-        r = c.execute(select(*ALERT_COLS).where(alerts.c.id == alert_id)).mappings().first()
-    if r is None:
-        raise not_found(f"no alert {alert_id}; list them at /api/v1/alerts")
-    return row(r)
+    q = select(*ALERT_COLS).where(alerts.c.id == alert_id)
+    return fetch_one(engine, q, f"no alert {alert_id}; list them at /api/v1/alerts")
 
 
 def router(d: ApiDeps) -> APIRouter:
@@ -54,17 +50,12 @@ def router(d: ApiDeps) -> APIRouter:
                                      Query(description="open = fired or acknowledged")] = None,
                     model: ModelFilter = None, rule: NameFilter = None,
                     limit: Limit = 100, offset: Offset = 0) -> list[dict[str, Any]]:  # fmt: skip
-        q = select(*ALERT_COLS).order_by(alerts.c.id.desc()).limit(limit).offset(offset)
+        q = newest_page(ALERT_COLS, alerts.c.id, limit, offset, (alerts.c.model_id, model), (alerts.c.rule, rule))
         if state == "open":
             q = q.where(alerts.c.state.in_(OPEN_STATES))
         elif state:
             q = q.where(alerts.c.state == state)
-        if model:
-            q = q.where(alerts.c.model_id == model)
-        if rule:
-            q = q.where(alerts.c.rule == rule)
-        with engine.connect() as c:
-            return [row(r) for r in c.execute(q).mappings()]
+        return fetch_rows(engine, q)
 
     @routes.get("/api/v1/alerts/{alert_id}", response_model=S.Alert, tags=["alerts"],
                 responses={**ERRORS, **NOT_FOUND})  # fmt: skip

@@ -7,12 +7,12 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, status
-from sqlalchemy import select
 
 from driftloop.api import schemas as S
 from driftloop.api.auth import Principal
 from driftloop.api.deps import ApiDeps
-from driftloop.api.params import CONFLICT, ERRORS, JobName, Limit, Offset, conflict, row
+from driftloop.api.params import CONFLICT, ERRORS, JobName, Limit, Offset, conflict
+from driftloop.api.queries import fetch_rows, newest_page
 from driftloop.jobs import JobContext, job_runs, run_named
 
 log = logging.getLogger("driftloop.api")
@@ -29,13 +29,8 @@ def router(d: ApiDeps) -> APIRouter:
                       status_: Annotated[Literal["running", "succeeded", "failed", "skipped"] | None,
                                          Query(alias="status")] = None,
                       limit: Limit = 100, offset: Offset = 0) -> list[dict[str, Any]]:  # fmt: skip
-        q = select(job_runs).order_by(job_runs.c.id.desc()).limit(limit).offset(offset)
-        if job:
-            q = q.where(job_runs.c.job == job)
-        if status_:
-            q = q.where(job_runs.c.status == status_)
-        with d.engine.connect() as c:
-            return [row(r) for r in c.execute(q).mappings()]
+        q = newest_page([job_runs], job_runs.c.id, limit, offset, (job_runs.c.job, job), (job_runs.c.status, status_))
+        return fetch_rows(d.engine, q)
 
     @routes.post("/api/v1/checks/run", response_model=S.Accepted, status_code=status.HTTP_202_ACCEPTED,
                  tags=["jobs"], responses={**ERRORS, **CONFLICT},

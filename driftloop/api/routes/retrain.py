@@ -24,8 +24,8 @@ from driftloop.api.params import (
     PolicyName,
     conflict,
     not_found,
-    row,
 )
+from driftloop.api.queries import fetch_one, fetch_rows, newest_page
 from driftloop.retrain.tables import retrain_jobs
 
 log = logging.getLogger("driftloop.api")
@@ -71,22 +71,15 @@ def router(d: ApiDeps) -> APIRouter:
                           status_: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
                                              Query(alias="status")] = None,
                           limit: Limit = 100, offset: Offset = 0) -> list[dict[str, Any]]:  # fmt: skip
-        q = select(*RJ_COLS).order_by(retrain_jobs.c.id.desc()).limit(limit).offset(offset)
-        if policy:
-            q = q.where(retrain_jobs.c.policy == policy)
-        if status_:
-            q = q.where(retrain_jobs.c.status == status_)
-        with engine.connect() as c:
-            return [row(r) for r in c.execute(q).mappings()]
+        q = newest_page(RJ_COLS, retrain_jobs.c.id, limit, offset, (retrain_jobs.c.policy, policy),
+                        (retrain_jobs.c.status, status_))  # fmt: skip
+        return fetch_rows(engine, q)
 
     @routes.get("/api/v1/retrain/jobs/{job_id}", response_model=S.RetrainJob, tags=["retrain"],
                 responses={**ERRORS, **NOT_FOUND})  # fmt: skip
     def get_retrain_job(job_id: Id, _: ReadAuth) -> dict[str, Any]:
-        with engine.connect() as c:
-            r = c.execute(select(*RJ_COLS).where(retrain_jobs.c.id == job_id)).mappings().first()
-        if r is None:
-            raise not_found(f"no retrain job {job_id}; list them at /api/v1/retrain/jobs")
-        return row(r)
+        q = select(*RJ_COLS).where(retrain_jobs.c.id == job_id)
+        return fetch_one(engine, q, f"no retrain job {job_id}; list them at /api/v1/retrain/jobs")
 
     @routes.post("/api/v1/retrain/{policy}/run", response_model=S.Accepted, status_code=status.HTTP_202_ACCEPTED,
                  tags=["retrain"], responses={**ERRORS, **NOT_FOUND, **CONFLICT},

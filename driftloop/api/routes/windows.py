@@ -13,6 +13,7 @@ from driftloop.api import schemas as S
 from driftloop.api.auth import Principal
 from driftloop.api.deps import ApiDeps
 from driftloop.api.params import ERRORS, NOT_FOUND, Id, Limit, ModelFilter, Offset, not_found, row
+from driftloop.api.queries import fetch_rows, newest_page
 from driftloop.monitor.tables import drift_results, monitor_windows, window_metrics
 
 WIN_COLS = [c for c in monitor_windows.c if c.name not in ("first_id", "last_id", "ref_start", "ref_end")]
@@ -37,13 +38,9 @@ def router(d: ApiDeps) -> APIRouter:
                      status_: Annotated[Literal["ok", "insufficient_data", "error"] | None,
                                         Query(alias="status")] = None,
                      limit: Limit = 100, offset: Offset = 0) -> list[dict[str, Any]]:  # fmt: skip
-        q = select(*WIN_COLS).order_by(monitor_windows.c.id.desc()).limit(limit).offset(offset)
-        if model:
-            q = q.where(monitor_windows.c.model_id == model)
-        if status_:
-            q = q.where(monitor_windows.c.status == status_)
-        with engine.connect() as c:
-            return [window_out(public_url, r) for r in c.execute(q).mappings()]
+        q = newest_page(WIN_COLS, monitor_windows.c.id, limit, offset, (monitor_windows.c.model_id, model),
+                        (monitor_windows.c.status, status_))  # fmt: skip
+        return [window_out(public_url, r) for r in fetch_rows(engine, q)]
 
     @routes.get("/api/v1/windows/{window_id}", response_model=S.WindowDetail, tags=["monitoring"],
                 responses={**ERRORS, **NOT_FOUND}, summary="One window with its metrics")  # fmt: skip
