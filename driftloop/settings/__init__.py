@@ -26,7 +26,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from driftloop.settings.alerts import AlertSettings, cross_check_alerts
-from driftloop.settings.base import Section, duplicated
+from driftloop.settings.base import Section, unique_names
 from driftloop.settings.monitor import MonitorSettings
 from driftloop.settings.retrain import RetrainSettings, cross_check_retrain
 from driftloop.settings.scheduler import SchedulerSettings
@@ -205,18 +205,12 @@ class ApiSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8600, ge=0, lt=65536, description="0 picks a free port")
     enabled: bool = True
-    tokens: list[ApiToken] = Field(default_factory=list, description="bearer tokens; none: mutating endpoints refuse")
+    tokens: Annotated[list[ApiToken], unique_names("token")] = Field(
+        default_factory=list, description="bearer tokens; none: mutating endpoints refuse"
+    )
     read_requires_token: bool = Field(False, description="GET endpoints need a token too (the status page as well)")
     public_reads: bool = Field(False, description="open reads on a non-loopback api.host, on purpose")
     public_url: str | None = Field(None, description="external base URL, used in links (e.g. in alerts)")
-
-    @field_validator("tokens")
-    @classmethod
-    def _unique_tokens(cls, v: list[ApiToken]) -> list[ApiToken]:
-        dup = duplicated(t.name for t in v)
-        if dup:
-            raise ValueError(f"duplicate token name(s): {dup}")
-        return v
 
 
 class GrafanaSettings(Section):

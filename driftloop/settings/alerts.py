@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import difflib
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from driftloop.settings.base import Section, duplicated
-from driftloop.settings.conditions import ConditionError, parse_condition
+from driftloop.settings.base import ConditionText, Section, unique_names
+from driftloop.settings.conditions import parse_condition
 from driftloop.settings.metrics import KNOWN_METRICS, is_known_metric
 
 
@@ -52,7 +52,7 @@ class RuleSettings(Section):
     """An alert rule: fire when ``condition`` held in ``windows`` of the last ``of`` windows."""
 
     name: str = Field(min_length=1, max_length=128)
-    condition: str
+    condition: ConditionText
     windows: int = Field(1, gt=0, description="N: windows in which the condition must hold")
     of: int = Field(1, gt=0, description="M: among the last M windows with data")
     severity: Literal["info", "warning", "critical"] = "warning"
@@ -60,15 +60,6 @@ class RuleSettings(Section):
     cooldown_minutes: float = Field(30.0, ge=0)
     group_by: list[Literal["model", "segment"]] = Field(default_factory=lambda: list(_MODEL_ONLY))
     description: str = ""
-
-    @field_validator("condition")
-    @classmethod
-    def _parses(cls, v: str) -> str:
-        try:
-            parse_condition(v)
-        except ConditionError as e:
-            raise ValueError(str(e)) from None
-        return v
 
     @model_validator(mode="after")
     def _n_of_m(self) -> RuleSettings:
@@ -87,16 +78,8 @@ class AlertSettings(Section):
     """Alert rules and notification channels."""
 
     enabled: bool = True
-    channels: list[ChannelSettings] = Field(default_factory=_default_channels)
+    channels: Annotated[list[ChannelSettings], unique_names("channel")] = Field(default_factory=_default_channels)
     rules: list[RuleSettings] = Field(default_factory=list)
-
-    @field_validator("channels")
-    @classmethod
-    def _unique_channels(cls, v: list[ChannelSettings]) -> list[ChannelSettings]:
-        dup = duplicated(c.name for c in v)
-        if dup:
-            raise ValueError(f"duplicate channel name(s): {dup}")
-        return v
 
 
 def cross_check_alerts(a: AlertSettings) -> list[str]:

@@ -164,19 +164,19 @@ class _Parser:
             raise ConditionError(f"unexpected {t[1]!r} (missing 'and'/'or'?)", self.text, t[2])
         return node
 
-    def or_expr(self) -> Node:
-        args = [self.and_expr()]
-        while (t := self.peek()) and t[0] == "or":
+    def chain(self, op: str, operand: Callable[[], Node]) -> Node:
+        """``operand (op operand)*``: one operand as is, several as one BoolOp."""
+        args = [operand()]
+        while (t := self.peek()) and t[0] == op:
             self.i += 1
-            args.append(self.and_expr())
-        return args[0] if len(args) == 1 else BoolOp("or", tuple(args))
+            args.append(operand())
+        return args[0] if len(args) == 1 else BoolOp(op, tuple(args))
+
+    def or_expr(self) -> Node:
+        return self.chain("or", self.and_expr)
 
     def and_expr(self) -> Node:
-        args = [self.not_expr()]
-        while (t := self.peek()) and t[0] == "and":
-            self.i += 1
-            args.append(self.not_expr())
-        return args[0] if len(args) == 1 else BoolOp("and", tuple(args))
+        return self.chain("and", self.not_expr)
 
     def not_expr(self) -> Node:
         self.depth += 1

@@ -7,13 +7,13 @@ Imports only pydantic (no torch): ``driftloop check-config`` validates retrain p
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from driftloop.settings.alerts import AlertSettings
-from driftloop.settings.base import Section, duplicated
-from driftloop.settings.conditions import ConditionError, parse_condition
+from driftloop.settings.base import ConditionText, Section, duplicated, unique_names
+from driftloop.settings.conditions import parse_condition
 from driftloop.settings.connectors import TargetSettings
 from driftloop.settings.metrics import is_known_metric
 
@@ -24,17 +24,7 @@ class TriggerSettings(Section):
     """When a policy wants a retrain: any of the named alerts open, or the condition true on the latest window."""
 
     alerts: list[str] = Field(default_factory=list, description="alert rule names; an open alert of one triggers")
-    condition: str | None = Field(None, description="a condition over the latest window's metrics (alert grammar)")
-
-    @field_validator("condition")
-    @classmethod
-    def _parses(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                parse_condition(v)
-            except ConditionError as e:
-                raise ValueError(str(e)) from None
-        return v
+    condition: ConditionText | None = Field(None, description="a condition over the latest window's metrics (alert grammar)")
 
     @model_validator(mode="after")
     def _something(self) -> TriggerSettings:
@@ -162,19 +152,11 @@ class RetrainSettings(Section):
     """The improvement loop: policies, targets, the watch and where artifacts go."""
 
     enabled: bool = True
-    policies: list[PolicySettings] = Field(default_factory=list)
+    policies: Annotated[list[PolicySettings], unique_names("policy")] = Field(default_factory=list)
     targets: list[TargetSettings] = Field(default_factory=list)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     artifacts_dir: str | None = Field(None, description="datasets, adapters and logs (default: <data_dir>/retrain)")
     python: str | None = Field(None, description="interpreter for the training subprocess (default: this one)")
-
-    @field_validator("policies")
-    @classmethod
-    def _unique(cls, v: list[PolicySettings]) -> list[PolicySettings]:
-        dup = duplicated(p.name for p in v)
-        if dup:
-            raise ValueError(f"duplicate policy name(s): {dup}")
-        return v
 
 
 def cross_check_retrain(r: RetrainSettings, alerts: AlertSettings) -> list[str]:
