@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,6 +18,7 @@ from sqlalchemy import Engine, func, select, text
 
 log = logging.getLogger("driftloop.api.metrics")
 
+F = TypeVar("F", GaugeMetricFamily, CounterMetricFamily)
 # Above this many rows PostgreSQL's planner estimate replaces count(*) for driftloop_interactions_stored.
 EXACT_COUNT_MAX = 1_000_000
 
@@ -45,6 +46,16 @@ class DatabaseCollector(Collector):
                 ("retrain", _retrain), ("models", _models)]  # fmt: skip
 
 
+def _grouped_count(c: Any, family: F, *cols: Any, where: Any = None) -> F:
+    """``family`` with a sample per group of ``cols`` (its labels, in that order): the group's row count."""
+    q = select(*cols, func.count()).group_by(*cols)
+    if where is not None:
+        q = q.where(where)
+    for *labels, cnt in c.execute(q):
+        family.add_metric([str(x) for x in labels], float(cnt))
+    return family
+
+
 def _ingest(c: Any) -> Iterable[Metric]:
     from driftloop.store.models import consumer_offsets, interactions, rejected_messages
 
@@ -64,19 +75,13 @@ def _ingest(c: Any) -> Iterable[Metric]:
     yield last
     rej = GaugeMetricFamily("driftloop_rejected_messages", "Rejected (dead-lettered) messages stored, by reason",
                             labels=["reason"])  # fmt: skip
-    for reason, cnt in c.execute(select(rejected_messages.c.reason, func.count()).group_by(rejected_messages.c.reason)):
-        rej.add_metric([reason], float(cnt))
-    yield rej
+    yield _grouped_count(c, rej, rejected_messages.c.reason)
     # rejects whose dead-letter copy failed: kept in rejected_messages, so nothing was lost (the
     # in-process counter driftloop_ingest_dlq_failures_total{reason} says why, when ingestion runs here)
     dlq = GaugeMetricFamily("driftloop_rejected_messages_dlq_failed",
                             "Rejected messages stored whose dead-letter copy failed, by reject reason",
                             labels=["reason"])  # fmt: skip
-    q_dlq = (select(rejected_messages.c.reason, func.count()).where(rejected_messages.c.dlq_status == "failed")
-             .group_by(rejected_messages.c.reason))  # fmt: skip
-    for reason, cnt in c.execute(q_dlq):
-        dlq.add_metric([reason], float(cnt))
-    yield dlq
+    yield _grouped_count(c, dlq, rejected_messages.c.reason, where=rejected_messages.c.dlq_status == "failed")
     off = GaugeMetricFamily("driftloop_consumer_offset", "Next offset to consume, as committed with the data",
                             labels=["group", "topic", "partition"])  # fmt: skip
     q = select(consumer_offsets.c.group_id, consumer_offsets.c.topic, consumer_offsets.c.partition,
@@ -91,9 +96,7 @@ def _windows(c: Any) -> Iterable[Metric]:
 
     checked = GaugeMetricFamily("driftloop_windows_checked", "Monitor windows checked, by model and status",
                                 labels=["model", "status"])  # fmt: skip
-    for model, st, cnt in c.execute(select(w.c.model_id, w.c.status, func.count()).group_by(w.c.model_id, w.c.status)):
-        checked.add_metric([model, st], float(cnt))
-    yield checked
+    yield _grouped_count(c, checked, w.c.model_id, w.c.status)
     newest = (select(w.c.model_id, w.c.segment, func.max(w.c.id).label("id"))
               .where(w.c.status == "ok").group_by(w.c.model_id, w.c.segment).subquery())  # fmt: skip
     rows = c.execute(select(w.c.model_id, w.c.segment, w.c.drift_score, w.c.drifted, w.c.window_end, w.c.id)
@@ -117,16 +120,10 @@ def _alerts(c: Any) -> Iterable[Metric]:
 
     op = GaugeMetricFamily("driftloop_alerts_open", "Open (fired or acknowledged) alerts",
                            labels=["rule", "severity", "state"])  # fmt: skip
-    q = (select(alerts.c.rule, alerts.c.severity, alerts.c.state, func.count()).where(alerts.c.state.in_(OPEN_STATES))
-         .group_by(alerts.c.rule, alerts.c.severity, alerts.c.state))  # fmt: skip
-    for rule, sev, st, cnt in c.execute(q):
-        op.add_metric([rule, sev, st], float(cnt))
-    yield op
+    yield _grouped_count(c, op, alerts.c.rule, alerts.c.severity, alerts.c.state, where=alerts.c.state.in_(OPEN_STATES))
     fired = CounterMetricFamily("driftloop_alerts_fired", "Alerts fired since the database was created",
                                 labels=["rule"])  # fmt: skip
-    for rule, cnt in c.execute(select(alerts.c.rule, func.count()).group_by(alerts.c.rule)):
-        fired.add_metric([rule], float(cnt))
-    yield fired
+    yield _grouped_count(c, fired, alerts.c.rule)
 
 
 def _jobs(c: Any) -> Iterable[Metric]:
@@ -134,9 +131,7 @@ def _jobs(c: Any) -> Iterable[Metric]:
 
     runs = GaugeMetricFamily("driftloop_job_runs", "Recorded scheduled-job runs (within retention), by job and status",
                              labels=["job", "status"])  # fmt: skip
-    for job, st, cnt in c.execute(select(j.c.job, j.c.status, func.count()).group_by(j.c.job, j.c.status)):
-        runs.add_metric([job, st], float(cnt))
-    yield runs
+    yield _grouped_count(c, runs, j.c.job, j.c.status)
     newest = select(j.c.job, func.max(j.c.id).label("id")).where(j.c.status != "running").group_by(j.c.job).subquery()
     rows = c.execute(select(j.c.job, j.c.status, j.c.duration_s, j.c.finished_at)
                      .join(newest, newest.c.id == j.c.id)).all()  # fmt: skip
@@ -155,9 +150,7 @@ def _retrain(c: Any) -> Iterable[Metric]:
     from driftloop.retrain.tables import retrain_jobs as r
 
     jobs = GaugeMetricFamily("driftloop_retrain_jobs", "Retrain jobs by policy and status", labels=["policy", "status"])
-    for pol, st, cnt in c.execute(select(r.c.policy, r.c.status, func.count()).group_by(r.c.policy, r.c.status)):
-        jobs.add_metric([pol, st], float(cnt))
-    yield jobs
+    yield _grouped_count(c, jobs, r.c.policy, r.c.status)
     newest = (select(r.c.policy, func.max(r.c.id).label("id")).where(r.c.status.in_(("succeeded", "failed", "cancelled")))
               .group_by(r.c.policy).subquery())  # fmt: skip
     dur = GaugeMetricFamily("driftloop_retrain_duration_seconds",
@@ -182,9 +175,7 @@ def _models(c: Any) -> Iterable[Metric]:
     yield champ
     vers = GaugeMetricFamily("driftloop_model_versions", "Registered model versions by family and status",
                              labels=["family", "status"])  # fmt: skip
-    for fam, st, cnt in c.execute(select(v.c.family, v.c.status, func.count()).group_by(v.c.family, v.c.status)):
-        vers.add_metric([fam, st], float(cnt))
-    yield vers
+    yield _grouped_count(c, vers, v.c.family, v.c.status)
 
 
 class _Forward(Collector):
