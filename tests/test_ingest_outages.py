@@ -11,6 +11,7 @@ import pytest
 from driftloop.broker import LocalTansu, ensure_topics
 from driftloop.ingest.service import IngestService
 from driftloop.store.db import migrate
+from tests.conftest import service_missing
 from tests.ingest_helpers import produce_values, records, scalar, settings_for, wait_for
 from tests.pg_private import PrivatePostgres
 
@@ -22,7 +23,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
     try:
         pg = PrivatePostgres()
     except (FileNotFoundError, OSError) as e:  # pragma: no cover - no server binaries
-        pytest.skip(f"cannot run a private PostgreSQL: {e}")
+        service_missing(f"cannot run a private PostgreSQL: {e}")
     pg.start()
     try:
         yield pg
