@@ -131,23 +131,23 @@ def test_grammar_alphabet_fuzz(text: str) -> None:
 # -- check-config -----------------------------------------------------------------------------
 
 
-def _write(tmp_path: Path, alerts: dict[str, object]) -> Path:
+def _check_config(tmp_path: Path, exit_code: int, alerts: dict[str, object]) -> tuple[Path, str]:
+    """Run `driftloop check-config` on a file with this ``alerts`` section; (the file, the output)."""
     p = tmp_path / "policy.yaml"
     p.write_text(yaml.safe_dump({"alerts": alerts}))
-    return p
+    res = CliRunner().invoke(app, ["check-config", str(p)])
+    assert res.exit_code == exit_code, res.output
+    return p, res.output
 
 
 def test_check_config_reports_syntax_with_path_column_and_caret(tmp_path: Path) -> None:
-    cfg = _write(tmp_path, {"rules": [
+    _, out = _check_config(tmp_path, 2, {"rules": [
         {"name": "ok", "condition": "drift.score > 0.3"},
         {"name": "bad", "condition": "drift.score >> 0.3"},
         {"name": "evil", "condition": "__import__('os').system('id')"},
         {"name": "nm", "condition": "drift.score > 0.1", "windows": 3, "of": 2},
         {"name": "sev", "condition": "drift.score > 0.1", "severity": "page"},
     ]})  # fmt: skip
-    res = CliRunner().invoke(app, ["check-config", str(cfg)])
-    assert res.exit_code == 2
-    out = res.output
     assert "alerts.rules.1.condition: expected a number, got '>' at column 14" in out
     assert 'alerts.rules.2.condition: unexpected character "\'" at column 12' in out
     assert "alerts.rules.3: windows (3) cannot exceed of (2)" in out
@@ -156,7 +156,7 @@ def test_check_config_reports_syntax_with_path_column_and_caret(tmp_path: Path) 
 
 
 def test_check_config_rejects_unknown_metrics_channels_and_duplicates(tmp_path: Path) -> None:
-    cfg = _write(tmp_path, {
+    _, out = _check_config(tmp_path, 2, {
         "channels": [{"name": "log", "type": "log"}, {"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/h"}],
         "rules": [
             {"name": "a", "condition": "drift.scor > 0.3", "channels": ["ops"]},
@@ -164,9 +164,6 @@ def test_check_config_rejects_unknown_metrics_channels_and_duplicates(tmp_path: 
             {"name": "a", "condition": "drift.feature.latency_ms > 0.2"},
         ],
     })  # fmt: skip
-    res = CliRunner().invoke(app, ["check-config", str(cfg)])
-    assert res.exit_code == 2
-    out = res.output
     assert "alerts.rules.0.condition: unknown metric 'drift.scor'; did you mean 'drift.score'?" in out
     assert "alerts.rules.1.condition: unknown metric 'banana'" in out
     assert "alerts.rules.1.channels.0: unknown channel 'pager'; configured: ['log', 'ops']" in out
@@ -176,15 +173,13 @@ def test_check_config_rejects_unknown_metrics_channels_and_duplicates(tmp_path: 
 
 
 def test_valid_policy_loads(tmp_path: Path) -> None:
-    cfg = _write(tmp_path, {
+    cfg, _ = _check_config(tmp_path, 0, {
         "channels": [{"name": "log", "type": "log"}, {"name": "ops", "type": "webhook", "url": "https://x.example/h",
                                                        "secret_env": "OPS_SECRET"}],
         "rules": [{"name": "q", "condition": "quality.feedback_positive_rate < 0.6", "windows": 2, "of": 3,
                    "severity": "critical", "channels": ["log", "ops"], "cooldown_minutes": 10,
                    "group_by": ["model", "segment"]}],
     })  # fmt: skip
-    res = CliRunner().invoke(app, ["check-config", str(cfg)])
-    assert res.exit_code == 0, res.output
     s = load_settings(cfg)
     assert s.alerts.rules[0].group_by == ["model", "segment"]
 

@@ -147,20 +147,22 @@ def test_contract_apply_serves_the_new_version(env: Env) -> None:
     assert env.serving() == f"{FAMILY}-v2"
 
 
-def test_contract_apply_twice_is_idempotent(env: Env) -> None:
+def _serve_v1_then_v2(env: Env) -> Promotion:
+    """Apply v1, then v2 over it (the promotion returned, to apply or revert again)."""
     a1, a2 = make_adapter(env.tmp, "a1"), make_adapter(env.tmp, "a2")
     env.apply(promo("v1", a1))
     p = promo("v2", a2, "v1", a1)
     env.apply(p)
-    env.apply(p)
+    return p
+
+
+def test_contract_apply_twice_is_idempotent(env: Env) -> None:
+    env.apply(_serve_v1_then_v2(env))
     assert env.serving() == f"{FAMILY}-v2"
 
 
 def test_contract_revert_returns_to_previous(env: Env) -> None:
-    a1, a2 = make_adapter(env.tmp, "a1"), make_adapter(env.tmp, "a2")
-    env.apply(promo("v1", a1))
-    p = promo("v2", a2, "v1", a1)
-    env.apply(p)
+    p = _serve_v1_then_v2(env)
     env.revert(p)
     assert env.serving() == f"{FAMILY}-v1"
     env.revert(p)  # idempotent
