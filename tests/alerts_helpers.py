@@ -6,11 +6,12 @@ import hashlib
 import hmac
 import json
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, create_engine, insert
 
 from driftloop.monitor.alerts.abc import AlertEvent, AlertSink
 from driftloop.monitor.tables import monitor_windows, window_metrics
@@ -23,6 +24,14 @@ def ensure_monitor_tables(engine: Engine) -> None:
     from driftloop.store.models import metadata
 
     metadata.create_all(engine, tables=[monitor_windows, window_metrics], checkfirst=True)
+
+
+def monitor_engine(url: str) -> Iterator[Engine]:
+    """The body of an engine fixture: an engine on ``url`` with the monitor tables, disposed after the test."""
+    engine = create_engine(url)
+    ensure_monitor_tables(engine)
+    yield engine
+    engine.dispose()
 
 
 def add_window(engine: Engine, i: int, metrics: dict[str, float | None], *, status: str = "ok", model: str = "m",
@@ -117,3 +126,9 @@ class HttpServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def __enter__(self) -> HttpServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

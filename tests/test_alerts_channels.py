@@ -38,13 +38,10 @@ def server() -> Iterator[HttpServer]:
 
 
 def test_webhook_signature_verified_by_the_receiver_and_retry_after_two_500s() -> None:
-    srv = HttpServer(fail_first=2, secret="s3cret")
-    try:
+    with HttpServer(fail_first=2, secret="s3cret") as srv:
         cfg = ChannelSettings(name="ops", type="webhook", url=srv.url + "/hook", secret="s3cret", backoff_s=0.01,
                               headers={"X-Team": "ml"})  # fmt: skip
         WebhookAlertSink(cfg).send(_event())
-    finally:
-        srv.close()
     assert [len(srv.requests), srv.verified] == [3, [True, True, True]]  # 500, 500, 200; each signature valid
     path, headers, body = srv.requests[-1]
     assert path == "/hook" and headers["Content-Type"] == "application/json" and headers["X-Team"] == "ml"
@@ -59,24 +56,18 @@ def test_webhook_signature_verified_by_the_receiver_and_retry_after_two_500s() -
 
 
 def test_receiver_rejects_a_wrong_secret_and_the_sink_does_not_retry_a_4xx() -> None:
-    srv = HttpServer(secret="right")
-    try:
+    with HttpServer(secret="right") as srv:
         cfg = ChannelSettings(name="ops", type="webhook", url=srv.url, secret="wrong", retries=3, backoff_s=0.01)
         with pytest.raises(RuntimeError, match=r"failed after 1 attempt\(s\): HTTP 401"):
             WebhookAlertSink(cfg).send(_event())
-    finally:
-        srv.close()
     assert srv.verified == [False]
 
 
 def test_webhook_gives_up_after_retries_with_a_clear_error() -> None:
-    srv = HttpServer(fail_first=100)
-    try:
+    with HttpServer(fail_first=100) as srv:
         cfg = ChannelSettings(name="ops", type="webhook", url=srv.url, retries=2, backoff_s=0.01)
         with pytest.raises(RuntimeError, match=r"ops: delivery to .* failed after 3 attempt\(s\): HTTP 500"):
             WebhookAlertSink(cfg).send(_event())
-    finally:
-        srv.close()
     assert len(srv.requests) == 3
 
 
@@ -90,15 +81,12 @@ def test_webhook_connection_errors_are_retried() -> None:
 
 
 def test_webhook_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    srv = HttpServer(secret="from-env")
-    try:
+    with HttpServer(secret="from-env") as srv:
         cfg = ChannelSettings(name="ops", type="webhook", url=srv.url, secret_env="DL_TEST_HOOK_SECRET", retries=0)
         with pytest.raises(RuntimeError, match="DL_TEST_HOOK_SECRET"):
             WebhookAlertSink(cfg).send(_event())
         monkeypatch.setenv("DL_TEST_HOOK_SECRET", "from-env")
         WebhookAlertSink(cfg).send(_event())
-    finally:
-        srv.close()
     assert srv.verified == [True]
 
 
@@ -137,23 +125,17 @@ def test_grafana_annotation_through_grafana_client(server: HttpServer) -> None:
 
 
 def test_grafana_4xx_fails_at_once_with_a_clear_error() -> None:
-    srv = HttpServer(status=401)
-    try:
+    with HttpServer(status=401) as srv:
         cfg = ChannelSettings(name="grafana", type="grafana", url=srv.url, token="bad", retries=3, backoff_s=0.01)
         with pytest.raises(RuntimeError, match=r"grafana: annotation at .* failed after 1 attempt\(s\): GrafanaUnauth"):
             GrafanaAnnotationSink(cfg).send(_event())
-    finally:
-        srv.close()
     assert len(srv.requests) == 1  # a bad token is not retried
 
 
 def test_grafana_retries_after_500s_and_connection_errors() -> None:
-    srv = HttpServer(fail_first=2)
-    try:
+    with HttpServer(fail_first=2) as srv:
         cfg = ChannelSettings(name="grafana", type="grafana", url=srv.url, token="t", retries=2, backoff_s=0.01)
         GrafanaAnnotationSink(cfg).send(_event(segment="eu"))
-    finally:
-        srv.close()
     assert len(srv.requests) == 3 and {r[0] for r in srv.requests} == {"/api/annotations"}
     assert srv.requests[0][2] == srv.requests[2][2]  # the same annotation each time
     assert "segment:eu" in srv.json()["tags"]

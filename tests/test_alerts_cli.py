@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import typer
 import yaml
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
 
 from driftloop.monitor.alerts.cli import register
 from driftloop.monitor.alerts.engine import AlertEvaluationJob
 from driftloop.monitor.alerts.tables import alert_notifications, alerts
 from driftloop.settings import load_settings
-from tests.alerts_helpers import HttpServer, Recorder, add_window, ensure_monitor_tables
+from tests.alerts_helpers import HttpServer, Recorder, add_window, monitor_engine
 
 
 def _flat(out: str) -> str:
@@ -36,10 +36,7 @@ def cli() -> typer.Typer:
 
 @pytest.fixture
 def eng(pg_url: str) -> Iterator[Engine]:
-    e = create_engine(pg_url)
-    ensure_monitor_tables(e)
-    yield e
-    e.dispose()
+    yield from monitor_engine(pg_url)
 
 
 def _config(tmp_path: Path, url: str, rules: list[dict[str, Any]] | None = None,
@@ -97,15 +94,12 @@ def test_policies_test_backtests_without_notifying_or_writing(
         add_window(eng, i, {"drift.score": v}, model="chat")
     add_window(eng, 2, {"drift.score": 0.9}, model="search")
     add_window(eng, 7, {"drift.score": 0.9}, model="chat", status="insufficient_data")
-    srv = HttpServer()
-    try:
+    with HttpServer() as srv:
         policy = _config(tmp_path, pg_url, [{"name": "drift", "condition": "drift.score > 0.3", "windows": 2,
                                              "of": 2, "channels": ["hook"]}],
                          channels=[{"name": "hook", "type": "webhook", "url": srv.url}])  # fmt: skip
         res = CliRunner().invoke(cli, ["policies", "test", str(policy), "--from", "2026-01-01T00:00:00Z",
                                        "--to", "2026-01-02", "--model", "chat"])  # fmt: skip
-    finally:
-        srv.close()
     assert res.exit_code == 0, res.output
     out = res.output.splitlines()
     assert out[0].startswith("replaying 8 window(s) (7 with data) of 1 model(s) through 1 rule(s)")

@@ -24,7 +24,7 @@ from driftloop.monitor.alerts.tables import alert_notifications, alerts
 from driftloop.settings import load_settings
 from driftloop.settings.conditions import parse_condition
 from driftloop.store.db import downgrade, migrate
-from tests.alerts_helpers import T0, Broken, HttpServer, Recorder, add_window, ensure_monitor_tables
+from tests.alerts_helpers import T0, Broken, HttpServer, Recorder, add_window, ensure_monitor_tables, monitor_engine
 from tests.helpers import make_settings
 
 # -- pure hysteresis -------------------------------------------------------------------------------
@@ -95,13 +95,15 @@ def test_backtest_reports_fire_and_resolve_times_per_group() -> None:
 
 @pytest.fixture
 def pg_engine(pg_url: str) -> Iterator[Engine]:
-    eng = create_engine(pg_url)
-    ensure_monitor_tables(eng)
-    yield eng
-    eng.dispose()
+    yield from monitor_engine(pg_url)
 
 
 CHANNELS = [{"name": "rec", "type": "log"}, {"name": "broken", "type": "log"}]
+
+
+def _job(pg_url: str, eng: Engine, rules: list[dict[str, Any]], sinks: dict[str, Any]) -> AlertEvaluationJob:
+    """The alert job over CHANNELS with these rules, configured as a config file would configure it."""
+    return AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": rules}), eng, sinks=sinks)
 
 
 QUALITY = {"name": "quality", "condition": "quality.feedback_positive_rate < 0.3", "windows": 2, "of": 3,
@@ -116,7 +118,7 @@ def _rows(eng: Engine, table: Any = alerts) -> list[Any]:
 def test_fire_dedup_cooldown_reminder_ack_resolve(pg_url: str, pg_engine: Engine) -> None:
     eng = pg_engine
     rec = Recorder()
-    job = AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [QUALITY]}), eng, sinks={"rec": rec, "broken": Broken()})
+    job = _job(pg_url, eng, [QUALITY], sinks={"rec": rec, "broken": Broken()})
     t = datetime(2026, 1, 1, 12, tzinfo=UTC)
     add_window(eng, 0, {"quality.feedback_positive_rate": 0.5})
     add_window(eng, 1, {"quality.feedback_positive_rate": 0.1})
@@ -160,12 +162,16 @@ def test_fire_dedup_cooldown_reminder_ack_resolve(pg_url: str, pg_engine: Engine
     assert job.run_once(t + timedelta(hours=8)) == []
 
 
-def test_refire_within_cooldown_is_stored_but_not_notified(pg_url: str, pg_engine: Engine) -> None:
-    eng = pg_engine
+def _drift_job_with_cooldown(pg_url: str, eng: Engine) -> tuple[AlertEvaluationJob, Recorder, datetime]:
+    """A drift rule with a 60-minute cooldown notifying a Recorder, and the time its windows start at."""
     rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["rec"], "cooldown_minutes": 60}
     rec = Recorder()
-    job = AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [rule]}), eng, sinks={"rec": rec})
-    t = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    return _job(pg_url, eng, [rule], sinks={"rec": rec}), rec, datetime(2026, 1, 1, 12, tzinfo=UTC)
+
+
+def test_refire_within_cooldown_is_stored_but_not_notified(pg_url: str, pg_engine: Engine) -> None:
+    eng = pg_engine
+    job, rec, t = _drift_job_with_cooldown(pg_url, eng)
     for i, (v, minute) in enumerate([(0.9, 0), (0.1, 10), (0.9, 20), (0.1, 30), (0.9, 90)]):
         add_window(eng, i, {"drift.score": v})
         job.run_once(t + timedelta(minutes=minute))
@@ -177,10 +183,7 @@ def test_refire_within_cooldown_is_stored_but_not_notified(pg_url: str, pg_engin
 
 def test_quiet_refire_is_announced_as_fired_once_the_cooldown_is_over(pg_url: str, pg_engine: Engine) -> None:
     eng = pg_engine
-    rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["rec"], "cooldown_minutes": 60}
-    rec = Recorder()
-    job = AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [rule]}), eng, sinks={"rec": rec})
-    t = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    job, rec, t = _drift_job_with_cooldown(pg_url, eng)
     steps = [(0.9, 0), (0.1, 10), (0.9, 20), (0.9, 50), (0.9, 70), (0.9, 100), (0.9, 130)]
     kinds = []
     for i, (v, minute) in enumerate(steps):
@@ -252,14 +255,14 @@ def test_open_alerts_of_removed_rules_are_closed_quietly(pg_url: str, pg_engine:
     keep = {"name": "keep", "condition": "drift.score > 0.3", "channels": ["rec"]}
     gone = {"name": "gone", "condition": "drift.score > 0.1", "channels": ["rec"]}
     add_window(pg_engine, 0, {"drift.score": 0.9})
-    AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [keep, gone]}), pg_engine, sinks={"rec": Recorder()}).run_once()
+    _job(pg_url, pg_engine, [keep, gone], sinks={"rec": Recorder()}).run_once()
     assert sorted((r["rule"], r["state"]) for r in _rows(pg_engine)) == [("gone", "fired"), ("keep", "fired")]
     rec = Recorder()
-    assert AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [keep]}), pg_engine, sinks={"rec": rec}).run_once() == []
+    assert _job(pg_url, pg_engine, [keep], sinks={"rec": rec}).run_once() == []
     rows = {r["rule"]: r for r in _rows(pg_engine)}
     assert (rows["keep"]["state"], rows["gone"]["state"]) == ("fired", "resolved")
     assert "no longer in the alert policy" in rows["gone"]["message"] and rec.events == []
-    AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": []}), pg_engine, sinks={}).run_once()  # no rules at all
+    _job(pg_url, pg_engine, [], sinks={}).run_once()  # no rules at all
     assert {r["state"] for r in _rows(pg_engine)} == {"resolved"}
 
 
@@ -267,7 +270,7 @@ def test_insufficient_data_and_missing_metrics_neither_fire_nor_resolve(pg_url: 
     eng = pg_engine
     rec = Recorder()
     rule = {"name": "drift", "condition": "drift.score > 0.3", "channels": ["rec"]}
-    job = AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [rule]}), eng, sinks={"rec": rec})
+    job = _job(pg_url, eng, [rule], sinks={"rec": rec})
     add_window(eng, 0, {"drift.score": 0.9}, status="insufficient_data")
     assert job.run_once() == []
     add_window(eng, 1, {"drift.score": 0.9})
@@ -285,7 +288,7 @@ def test_grouping_per_model_and_per_segment(pg_url: str, pg_engine: Engine) -> N
     eng = pg_engine
     per_model = {"name": "m", "condition": "latency.p95_ms > 2000", "channels": ["rec"]}
     per_seg = {"name": "s", "condition": "latency.p95_ms > 2000", "channels": ["rec"], "group_by": ["model", "segment"]}
-    job = AlertEvaluationJob(make_settings(pg_url, alerts={"channels": CHANNELS, "rules": [per_model, per_seg]}), eng, sinks={"rec": Recorder()})
+    job = _job(pg_url, eng, [per_model, per_seg], sinks={"rec": Recorder()})
     add_window(eng, 0, {"latency.p95_ms": 2500.0}, model="a", segment="eu")
     add_window(eng, 0, {"latency.p95_ms": 2600.0}, model="a", segment="us")
     add_window(eng, 0, {"latency.p95_ms": 100.0}, model="b", segment="eu")
@@ -307,8 +310,7 @@ def test_one_open_alert_per_rule_and_group_is_enforced_by_the_database(pg_engine
 
 
 def test_webhook_channel_end_to_end_records_delivery(pg_url: str, pg_engine: Engine) -> None:
-    srv = HttpServer(fail_first=1, secret="k")
-    try:
+    with HttpServer(fail_first=1, secret="k") as srv:
         chans = [{"name": "ops", "type": "webhook", "url": srv.url + "/hook", "secret": "k", "backoff_s": 0.01},
                  {"name": "dead", "type": "webhook", "url": "http://127.0.0.1:9/nothing", "retries": 1,
                   "backoff_s": 0.01, "timeout_s": 2}]  # fmt: skip
@@ -316,8 +318,6 @@ def test_webhook_channel_end_to_end_records_delivery(pg_url: str, pg_engine: Eng
         job = AlertEvaluationJob(make_settings(pg_url, alerts={"channels": chans, "rules": [rule]}), pg_engine)
         add_window(pg_engine, 0, {"drift.score": 0.42})
         assert [type(e).__name__ for e in job.run_once()] == ["AlertFired"]
-    finally:
-        srv.close()
     assert all(srv.verified) and len(srv.requests) == 2  # 500 then 200, both correctly signed
     body = srv.json()
     assert (body["event"], body["rule"], body["model_id"], body["severity"]) == ("fired", "drift", "m", "info")
