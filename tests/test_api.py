@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,27 +121,34 @@ def seed_ingest_extras(eng: Engine) -> None:
                                               "updated_at": now} for p in range(2)])  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def seeded(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
-    """Real AlpacaEval traffic: 2 windows of gpt-4 answers, then 3 of alpaca-7b (the quality drops), checked
-    by the drift job with Evidently reports, alert policies evaluated (quality-drop fires); a registry."""
+@contextmanager
+def seeded_database(pg_admin_url: str, tmp: Path, seed: int) -> Iterator[Seeded]:
+    """A fresh database with real AlpacaEval traffic: 2 windows of gpt-4 answers, then 3 of alpaca-7b (the
+    quality drops), checked by the drift job with Evidently reports, alert policies evaluated (quality-drop
+    fires); a registry. Dropped at the end."""
     gpt4, alpaca = load("gpt4_1106_preview"), load("alpaca-7b")
-    tmp = tmp_path_factory.mktemp("api")
     url = create_database(pg_admin_url)
     migrate(url)
     s = make_settings(url, tmp)
     eng = create_engine_from_url(url)
-    rng = random.Random(3)
+    rng = random.Random(seed)
     rows = rng.sample(gpt4, 2 * WINDOW) + rng.sample(alpaca, 3 * WINDOW)
     store_records(url, to_log_records(rows, start=now_minus(3), model_id=MODEL))
     ctx = JobContext(s, eng, "test-seed")
     assert run_named("drift_check", ctx) == "succeeded"
     assert run_named("policy_evaluation", ctx) == "succeeded"
     seed_registry(s, eng, tmp)
-    seed_ingest_extras(eng)
     yield Seeded(url, s, eng, tmp)
     eng.dispose()
     drop_database(pg_admin_url, url)
+
+
+@pytest.fixture(scope="module")
+def seeded(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+    """The seeded database plus rejected messages and consumer offsets (for /metrics)."""
+    with seeded_database(pg_admin_url, tmp_path_factory.mktemp("api"), seed=3) as sd:
+        seed_ingest_extras(sd.engine)
+        yield sd
 
 
 @pytest.fixture(scope="module")

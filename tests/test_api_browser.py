@@ -7,7 +7,6 @@ Screenshots go to ``$DRIFTLOOP_SCREENSHOT_DIR`` (default: the test's tmp directo
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -17,12 +16,8 @@ import pytest
 from sqlalchemy import text
 
 from driftloop.api.server import ApiServer
-from driftloop.jobs import JobContext, run_named
 from driftloop.retrain.registry import ModelRegistry
-from driftloop.store.db import create_engine_from_url, migrate
-from tests.alpaca import load, now_minus, store_records, to_log_records
-from tests.conftest import create_database, drop_database
-from tests.test_api import MODEL, WINDOW, make_settings, seed_registry
+from tests.test_api import MODEL, seeded_database
 
 pytestmark = pytest.mark.browser
 
@@ -36,25 +31,11 @@ def served(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """The API over real traffic (quality drops after 2 windows; the alert fires) and a registry, on a free port."""
     if CHROMIUM is None:
         pytest.skip("Debian chromium is not installed (apt-get install chromium)")
-    gpt4, alpaca = load("gpt4_1106_preview"), load("alpaca-7b")
-    tmp = tmp_path_factory.mktemp("browser")
-    url = create_database(pg_admin_url)
-    migrate(url)
-    s = make_settings(url, tmp)
-    eng = create_engine_from_url(url)
-    rng = random.Random(5)
-    store_records(url, to_log_records(rng.sample(gpt4, 2 * WINDOW) + rng.sample(alpaca, 3 * WINDOW),
-                                      start=now_minus(3), model_id=MODEL))  # fmt: skip
-    ctx = JobContext(s, eng, "test-seed")
-    assert run_named("drift_check", ctx) == "succeeded"
-    assert run_named("policy_evaluation", ctx) == "succeeded"
-    seed_registry(s, eng, tmp)
-    srv = ApiServer(s, eng, host="127.0.0.1", port=0)
-    base = srv.start()
-    yield base, eng
-    srv.stop()
-    eng.dispose()
-    drop_database(pg_admin_url, url)
+    with seeded_database(pg_admin_url, tmp_path_factory.mktemp("browser"), seed=5) as sd:
+        srv = ApiServer(sd.settings, sd.engine, host="127.0.0.1", port=0)
+        base = srv.start()
+        yield base, sd.engine
+        srv.stop()
 
 
 def chromium(tmp: Path, *args: str) -> str:
