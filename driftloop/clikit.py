@@ -13,11 +13,14 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from driftloop.settings import ConfigError, Settings, load_settings, startup_problems
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 ConfigOpt = Annotated[
     Path | None,
@@ -47,6 +50,14 @@ def get_settings(config: Path | None, **overrides: Any) -> Settings:
         for p in e.problems:
             typer.echo(f"  {p}", err=True)
         raise typer.Exit(2) from None
+
+
+def settings_and_engine(config: Path | None) -> tuple[Settings, Engine]:
+    """Settings (or exit 2) and an engine on their database: how a command that reads the database starts."""
+    from driftloop.store.db import create_engine_from_url
+
+    s = get_settings(config)
+    return s, create_engine_from_url(s.database.url)
 
 
 def refuse_unsafe(s: Settings, source: object, *, ingest: bool, api_host: str | None) -> None:

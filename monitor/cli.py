@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from driftloop.clikit import ConfigOpt, get_settings, setup_logging
+from driftloop.clikit import ConfigOpt, settings_and_engine, setup_logging
 from driftloop.store.timestamps import utc
 
 monitor_app = typer.Typer(help="Drift and quality checks.", no_args_is_help=True)
-
-
-def _engine(config: Path | None):  # type: ignore[no-untyped-def]
-    from driftloop.store.db import create_engine_from_url
-
-    s = get_settings(config)
-    return s, create_engine_from_url(s.database.url)
 
 
 def _when(v: str | None) -> datetime | None:
@@ -44,7 +36,7 @@ def check(
     setup_logging("WARNING")
     from driftloop.monitor.check import run_check
 
-    s, eng = _engine(config)
+    s, eng = settings_and_engine(config)
     try:
         res = run_check(eng, s, model, window_index=window, persist=not dry_run)
     except ValueError as e:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from driftloop.clikit import ConfigOpt, default_instance, get_settings, setup_logging
+from driftloop.clikit import ConfigOpt, default_instance, settings_and_engine, setup_logging
 
 if TYPE_CHECKING:
     from driftloop.retrain.registry import ModelRegistry, ModelVersion
@@ -19,13 +19,6 @@ retrain_app = typer.Typer(help="Retrain runs: fine-tune, gate, promote.", no_arg
 models_app = typer.Typer(help="The model registry: versions, champion, promotion and rollback.", no_args_is_help=True)
 FamilyArg = Annotated[str, typer.Argument(help="Model family.")]
 VersionArg = Annotated[str, typer.Argument(help="Version label (v3) or id.")]
-
-
-def _ctx(config: Path | None) -> tuple[Any, Any]:
-    from driftloop.store.db import create_engine_from_url
-
-    s = get_settings(config)
-    return s, create_engine_from_url(s.database.url)
 
 
 def _fail(msg: str, code: int = 1) -> NoReturn:
@@ -51,7 +44,7 @@ def run(
     from driftloop.retrain.queue import enqueue
     from driftloop.retrain.runner import RetrainError, RetrainPolicyJob, find_policy
 
-    s, eng = _ctx(config)
+    s, eng = settings_and_engine(config)
     try:
         p = find_policy(s, policy)
     except RetrainError as e:
@@ -111,7 +104,7 @@ def status(
 
     from driftloop.retrain.tables import retrain_jobs
 
-    _s, eng = _ctx(config)
+    _s, eng = settings_and_engine(config)
     q = select(retrain_jobs).order_by(retrain_jobs.c.id.desc())
     q = q.where(retrain_jobs.c.id == job_id) if job_id is not None else q.limit(20)
     with eng.connect() as c:
@@ -141,7 +134,7 @@ def cancel(job_id: Annotated[int, typer.Argument(help="Job id.")], config: Confi
     """Ask a queued or running job to stop (the training subprocess is terminated; the champion is unchanged)."""
     from driftloop.retrain.runner import RetrainError, request_cancel
 
-    _s, eng = _ctx(config)
+    _s, eng = settings_and_engine(config)
     try:
         st = request_cancel(eng, job_id)
     except RetrainError as e:
@@ -159,7 +152,7 @@ def models_list(
     """List versions with status and aliases."""
     from driftloop.retrain.registry import ModelRegistry
 
-    _s, eng = _ctx(config)
+    _s, eng = settings_and_engine(config)
     reg = ModelRegistry(eng)
     vs = reg.versions(family)
     if not vs:
@@ -190,7 +183,7 @@ def models_show(
     from driftloop.retrain.gate import GateDecision
     from driftloop.retrain.registry import ModelRegistry, RegistryError
 
-    _s, eng = _ctx(config)
+    _s, eng = settings_and_engine(config)
     reg = ModelRegistry(eng)
     try:
         v = reg.find(family, version)
@@ -221,7 +214,7 @@ def _registry_change(config: Path | None, change: Callable[[Any, ModelRegistry],
     RegistryError (unknown version, wrong status, a target refused) exits 1 with its message."""
     from driftloop.retrain.registry import ModelRegistry, RegistryError
 
-    s, eng = _ctx(config)
+    s, eng = settings_and_engine(config)
     try:
         return change(s, ModelRegistry(eng))
     except RegistryError as e:
