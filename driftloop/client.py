@@ -705,19 +705,6 @@ def feedback_record(
                            correction=correction, comment=comment)  # fmt: skip
 
 
-def feedback_event(
-    request_id: str,
-    *,
-    score: float | None = None,
-    correction: str | None = None,
-    comment: str | None = None,
-    feedback_id: str | None = None,
-) -> dict[str, Any]:
-    """:func:`feedback_record` as a JSON object."""
-    return to_wire(feedback_record(request_id, score=score, correction=correction, comment=comment,
-                                   feedback_id=feedback_id))  # fmt: skip
-
-
 # ---------------------------------------------------------------------------------------------- wrap_openai
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -120,3 +121,25 @@ def test_feedback_record_refuses_an_empty_event() -> None:
     ev = feedback_record("r-1", correction="better")
     assert records.to_wire(ev) == {"type": "feedback", "request_id": "r-1", "timestamp": ev.timestamp,
                                    "feedback_id": ev.feedback_id, "correction": "better"}  # fmt: skip
+
+
+def test_a_server_record_round_trips_through_the_decoder() -> None:
+    from driftloop.serve.routes.completions import record
+    from driftloop.serve.schemas import ChatRequest
+
+    st = SimpleNamespace(model_id="served")
+    req = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], "model": "served-v2",
+                                      "user": "u-9", "metadata": {"ticket": 4}})  # fmt: skip
+    gen = SimpleNamespace(model_version="v2", text="hello", tokens_in=3, tokens_out=1, finish_reason="stop",
+                          adapter="served-v2")  # fmt: skip
+    rec = record(st, "chatcmpl-1", "2024-05-01T10:00:00.000Z", req, gen, 12.5, "chat", "hi",
+                 [records.ChatMessage(role="user", content="hi")])  # fmt: skip
+    assert type(rec) is LogRecordV1  # the server builds the one type too
+    raw = msgspec.json.encode(records.to_wire(rec))
+    assert msgspec.json.decode(raw, type=LogRecordV1) == rec
+    kind, row, _ = _decode(raw)
+    assert kind == "interaction" and row["request_id"] == "chatcmpl-1" and row["model_version"] == "v2"
+    assert row["prompt"] == "hi" and row["messages"] == [{"role": "user", "content": "hi"}]
+    assert row["metadata"] == {"ticket": 4, "adapter": "served-v2", "endpoint": "chat",
+                               "requested_model": "served-v2", "server": "driftloop-serve"}  # fmt: skip
+    assert row["user_hash"] is not None and row["latency_ms"] == 12.5

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from driftloop.broker import LocalTansu, free_port
 from driftloop.client import RecordLogger
+from driftloop.records import to_wire
 from driftloop.serve import ModelRuntime, create_serve_app
 from driftloop.settings import Settings, load_settings
 from tests.vllm_stub import VllmStub
@@ -58,7 +59,7 @@ class CapturingLogger(RecordLogger):
 
     def submit(self, record: Any) -> bool:
         with self._lock:
-            self.records.append(json.loads(json.dumps(record)))
+            self.records.append(json.loads(json.dumps(to_wire(record))))  # what the logger would send
         return True
 
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from driftloop.client import RecordLogger, now_rfc3339
+from driftloop.client import RecordLogger
+from driftloop.records import now_rfc3339
 from driftloop.serve.metrics import ServeMetrics
 from driftloop.serve.middleware import install_middleware
 from driftloop.serve.runtime import ModelRuntime

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from driftloop.clikit import ConfigOpt
 from driftloop.serve.app import ServeState, create_serve_app
 from driftloop.serve.errors import ServeError
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="YAML settings file (default: $DRIFTLOOP_CONFIG, else built-in defaults)."),
-]
 
 
 def serve_command(

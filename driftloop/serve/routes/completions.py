@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from driftloop.client import now_rfc3339
+from driftloop.records import ChatMessage, LogRecordV1, now_rfc3339
 from driftloop.serve.app import ServeState
 from driftloop.serve.deps import State
 from driftloop.serve.errors import ServeError
@@ -32,7 +32,7 @@ async def run_generation(st: ServeState, model: str | None, text: str, params: G
                                       st.settings.serve.max_new_tokens)  # fmt: skip
 
 
-def submit(st: ServeState, rec: dict[str, Any]) -> None:
+def submit(st: ServeState, rec: LogRecordV1) -> None:
     """Queue a log record; never fail a request over logging."""
     if st.logger is None:
         return
@@ -43,20 +43,15 @@ def submit(st: ServeState, rec: dict[str, Any]) -> None:
 
 
 def record(st: ServeState, rid: str, ts: str, req: Req, gen: Generation, latency_ms: float, endpoint: str,
-           prompt: str, messages: list[dict[str, Any]] | None) -> dict[str, Any]:  # fmt: skip
-    """The v1 log record of one exchange."""
-    rec: dict[str, Any] = {
-        "request_id": rid, "timestamp": ts, "model_id": st.model_id, "model_version": gen.model_version,
-        "prompt": prompt, "response": gen.text, "latency_ms": round(latency_ms, 3),
-        "tokens_in": gen.tokens_in, "tokens_out": gen.tokens_out, "finish_reason": gen.finish_reason,
-        "metadata": {**(req.metadata or {}), "adapter": gen.adapter, "endpoint": endpoint,
-                     "requested_model": req.model, "server": "driftloop-serve"},
-    }  # fmt: skip
-    if messages is not None:
-        rec["messages"] = messages
-    if req.user:
-        rec["user_id"] = req.user
-    return rec
+           prompt: str, messages: list[ChatMessage] | None) -> LogRecordV1:  # fmt: skip
+    """The v1 log record of one exchange: the type the client logger sends and ingestion decodes."""
+    return LogRecordV1(
+        request_id=rid, timestamp=ts, model_id=st.model_id, model_version=gen.model_version, prompt=prompt,
+        messages=messages, response=gen.text, latency_ms=round(latency_ms, 3), tokens_in=gen.tokens_in,
+        tokens_out=gen.tokens_out, finish_reason=gen.finish_reason, user_id=req.user or None,
+        metadata={**(req.metadata or {}), "adapter": gen.adapter, "endpoint": endpoint,
+                  "requested_model": req.model, "server": "driftloop-serve"},
+    )  # fmt: skip
 
 
 def usage(gen: Generation) -> dict[str, int]:
@@ -128,7 +123,7 @@ async def chat(req: ChatRequest, st: State) -> Response:
     latency = (time.perf_counter() - t0) * 1000
     rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), req.model or st.model_id
     count(st, gen)
-    msgs = [{"role": m.role, "content": message_text(m.content)} for m in req.messages]
+    msgs = [ChatMessage(role=m.role, content=message_text(m.content)) for m in req.messages]
     submit(st, record(st, rid, ts, req, gen, latency, "chat", prompt, msgs))
     if req.stream:
         base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
