@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, insert
 
 from driftloop.monitor.alerts.abc import AlertEvent, AlertSink
 from driftloop.monitor.tables import monitor_windows, window_metrics
+from tests.helpers import http_reply
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -97,20 +98,12 @@ class HttpServer:
                     ok = hmac.compare_digest(self.headers.get("X-Driftloop-Signature", ""), expected)
                     outer.verified.append(ok)
                     if not ok:
-                        self._reply(401, {"error": "bad signature"})
+                        http_reply(self, 401, {"error": "bad signature"})
                         return
                 if len(outer.requests) <= outer.fail_first:
-                    self._reply(500, {"error": "boom"})
+                    http_reply(self, 500, {"error": "boom"})
                     return
-                self._reply(outer.status, {"id": 1, "message": "Annotation added"})
-
-            def _reply(self, code: int, obj: dict[str, Any]) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                http_reply(self, outer.status, {"id": 1, "message": "Annotation added"})
 
             def log_message(self, *a: Any) -> None:
                 pass

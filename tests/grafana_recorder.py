@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.helpers import http_reply
+
 
 @dataclass
 class Request:
@@ -150,12 +152,7 @@ class GrafanaRecorder:
                         code, out = 401, {"message": "Unauthorized"}
                     else:
                         code, out = rec.handle(self.command, u.path, req.query, body)
-                data = json.dumps(out).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                http_reply(self, code, out)
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 

@@ -1,9 +1,11 @@
-"""Toy-domain traffic for the retrain tests: v1 log records with simulated user feedback."""
+"""Toy-domain traffic for the retrain tests (v1 log records with simulated user feedback), and a training
+subprocess's result for tests that replace the subprocess."""
 
 from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from driftloop.retrain.toy import sample_pairs
@@ -49,3 +51,22 @@ def run_retrain(settings: Any, engine: Any, policy: Any, trigger: dict[str, Any]
     out = RetrainWorker(settings, engine, runner.instance, lambda: True, runner=runner).run_once()
     assert out is not None and out.job_id == q.job_id, out
     return out
+
+
+def fake_training_result(work: Path, seed: int, better: bool = True) -> dict[str, Any]:
+    """What the training subprocess writes (result.json) for a candidate much better (or worse) than the
+    champion on 60 held-out examples: the gate and the registry then run for real on it."""
+    from driftloop.retrain.gate import ExampleScore
+
+    (work / "adapter").mkdir(parents=True, exist_ok=True)
+    (work / "adapter" / "adapter_config.json").write_text("{}")
+    rng = random.Random(seed)
+    champ, cand = [], []
+    for _ in range(60):
+        nll = rng.uniform(20, 40)
+        champ.append(ExampleScore(nll=nll, n_tokens=10, rouge_l=0.2, bleu=5.0, exact_match=0.0, output="x"))
+        cand.append(ExampleScore(nll=nll * (0.5 if better else 1.3), n_tokens=10, rouge_l=0.25, bleu=6.0,
+                                 exact_match=0.0, output="y"))  # fmt: skip
+    return {"train": {"steps": 1}, "timings": {"train_s": 0.1},
+            "scores": {"heldout": {"champion": [s.to_dict() for s in champ],
+                                   "candidate": [s.to_dict() for s in cand]}}}  # fmt: skip

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -25,6 +24,7 @@ from driftloop.monitor.check import DriftCheckJob
 from driftloop.settings import load_settings
 from driftloop.settings.conditions import parse_condition
 from tests.alpaca import load, now_minus, store_records, to_log_records
+from tests.helpers import stop_daemons
 from tests.ingest_helpers import produce_values, wait_for
 
 pytestmark = pytest.mark.slow
@@ -89,11 +89,7 @@ def test_drift_detected_through_kafka_and_driftloop_run(
         wait_for(lambda: len(q("select 1 from alerts where rule = 'dataset-drift' and model_id = 'assistant-input'")) > 0,
                  60, "the input drift alert")  # fmt: skip
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_daemons(proc)
     assert q("select count(*) from interactions")[0][0] == len(recs_a) + len(recs_b)
     fired = q(
         "select a.rule, a.model_id, w.window_index from alerts a join monitor_windows w on w.id = a.window_id"

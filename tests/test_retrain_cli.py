@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +13,6 @@ import yaml
 from typer.testing import CliRunner
 
 from driftloop.cli import app
-from driftloop.retrain.gate import ExampleScore
 from driftloop.retrain.queue import RetrainWorker, enqueue
 from driftloop.retrain.registry import ModelRegistry
 from driftloop.retrain.runner import RetrainRunner
@@ -22,7 +20,7 @@ from driftloop.settings import load_settings
 from driftloop.store.db import create_engine_from_url
 from tests.alpaca import store_records
 from tests.ingest_helpers import wait_for
-from tests.retrain_helpers import toy_records
+from tests.retrain_helpers import fake_training_result, toy_records
 
 
 def _config(tmp: Path, pg_url: str, approval: str = "manual") -> Path:
@@ -44,22 +42,8 @@ def _config(tmp: Path, pg_url: str, approval: str = "manual") -> Path:
 
 def _fake_training(monkeypatch: pytest.MonkeyPatch, better: bool) -> None:
     """Replace the subprocess with its result (what the worker writes): the gate and registry run for real."""
-
-    def fake(self: RetrainRunner, job_id: int, work: Path, timeout_s: float) -> dict[str, Any]:
-        (work / "adapter").mkdir(exist_ok=True)
-        (work / "adapter" / "adapter_config.json").write_text("{}")
-        rng = random.Random(job_id)
-        champ, cand = [], []
-        for _ in range(60):
-            nll = rng.uniform(20, 40)
-            champ.append(ExampleScore(nll=nll, n_tokens=10, rouge_l=0.2, bleu=5.0, exact_match=0.0, output="x"))
-            cand.append(ExampleScore(nll=nll * (0.5 if better else 1.3), n_tokens=10, rouge_l=0.25, bleu=6.0,
-                                     exact_match=0.0, output="y"))  # fmt: skip
-        return {"train": {"steps": 1}, "timings": {"train_s": 0.1},
-                "scores": {"heldout": {"champion": [s.to_dict() for s in champ],
-                                       "candidate": [s.to_dict() for s in cand]}}}  # fmt: skip
-
-    monkeypatch.setattr(RetrainRunner, "_train_subprocess", fake)
+    monkeypatch.setattr(RetrainRunner, "_train_subprocess",
+                        lambda self, job_id, work, timeout_s: fake_training_result(work, job_id, better))  # fmt: skip
 
 
 def _leader(s: Any, eng: Any) -> RetrainWorker:

@@ -34,6 +34,7 @@ from driftloop.retrain.tables import retrain_jobs
 from driftloop.settings import load_settings
 from driftloop.store.db import create_engine_from_url
 from tests.alpaca import now_minus
+from tests.helpers import stop_daemons
 from tests.ingest_helpers import ingest_until_idle, produce_values, wait_for
 from tests.retrain_helpers import run_retrain, toy_records
 from tests.vllm_stub import VllmStub
@@ -306,10 +307,6 @@ def test_daemon_survives_a_killed_training_subprocess(pg_url: str, kafka_bootstr
         assert "killed by signal 9" in err and "champion is unchanged" in err
         assert [r[0] for r in q("select version from model_versions")] == ["v0"]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_daemons(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]
     eng.dispose()

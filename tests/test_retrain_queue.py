@@ -12,7 +12,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +26,6 @@ from sqlalchemy import select, text
 
 from driftloop.jobs import JobContext, JobSkipped, retrain_worker_once, run_job
 from driftloop.leader import LeaderElection, PostgresLeaderLock
-from driftloop.retrain.gate import ExampleScore
 from driftloop.retrain.queue import claim, claim_next, enqueue
 from driftloop.retrain.runner import RetrainRunner, request_cancel
 from driftloop.retrain.tables import retrain_jobs
@@ -35,8 +33,9 @@ from driftloop.settings import load_settings
 from driftloop.settings.retrain import PolicySettings
 from driftloop.store.db import create_engine_from_url
 from tests.alpaca import store_records
+from tests.helpers import stop_daemons
 from tests.ingest_helpers import wait_for
-from tests.retrain_helpers import toy_records
+from tests.retrain_helpers import fake_training_result, toy_records
 
 ROUNDS = 20
 
@@ -119,21 +118,6 @@ def test_a_held_claim_is_skipped_not_waited_for(pg_url: str) -> None:
     eng.dispose()
 
 
-def _fake_result(work: Path, seed: int) -> dict[str, Any]:
-    """What the training subprocess writes (result.json), for a candidate much better than the champion."""
-    (work / "adapter").mkdir(parents=True, exist_ok=True)
-    (work / "adapter" / "adapter_config.json").write_text("{}")
-    rng = random.Random(seed)
-    champ, cand = [], []
-    for _ in range(60):
-        nll = rng.uniform(20, 40)
-        champ.append(ExampleScore(nll=nll, n_tokens=10, rouge_l=0.2, bleu=5.0, exact_match=0.0, output="x"))
-        cand.append(ExampleScore(nll=nll * 0.5, n_tokens=10, rouge_l=0.25, bleu=6.0, exact_match=0.0, output="y"))
-    return {"train": {"steps": 1}, "timings": {"train_s": 0.1},
-            "scores": {"heldout": {"champion": [s.to_dict() for s in champ],
-                                   "candidate": [s.to_dict() for s in cand]}}}  # fmt: skip
-
-
 @pytest.fixture
 def leaders(pg_url: str) -> Iterator[list[tuple[str, LeaderElection, threading.Event]]]:
     """Two instances running leader election on one database (a private lock key)."""
@@ -163,7 +147,7 @@ def test_only_the_leader_claims(pg_url: str, tmp_path: Path, leaders: list[Any],
                                              "trigger": {"alerts": ["a"]}, "approval": "manual",
                                              "data": {"min_eval_samples": 20}}]})  # fmt: skip
     store_records(pg_url, toy_records("B", 300, start=datetime.now(UTC) - timedelta(hours=1), good=False), "t")
-    monkeypatch.setattr(RetrainRunner, "_train_subprocess", lambda self, jid, work, t: _fake_result(work, jid))
+    monkeypatch.setattr(RetrainRunner, "_train_subprocess", lambda self, jid, work, t: fake_training_result(work, jid))
     eng = create_engine_from_url(pg_url)
     wait_for(lambda: any(el.is_leader for _, el, _ in leaders), 30, "a leader")
     (leader,) = [x for x in leaders if x[1].is_leader]
@@ -204,7 +188,7 @@ shutil.copy({result!r}, work / "result.json")
 
 def test_of_two_daemons_only_the_leader_runs_the_retrain(pg_url: str, tmp_path: Path) -> None:
     result = tmp_path / "result.json"
-    result.write_text(json.dumps(_fake_result(tmp_path / "scratch", 1)))
+    result.write_text(json.dumps(fake_training_result(tmp_path / "scratch", 1)))
     fake = tmp_path / "fake-python"
     fake.write_text(FAKE_PYTHON.format(python=sys.executable, result=str(result)))
     fake.chmod(0o755)
@@ -246,12 +230,6 @@ def test_of_two_daemons_only_the_leader_runs_the_retrain(pg_url: str, tmp_path: 
         assert all(p.poll() is None for p in procs)
         assert {r[0] for r in q("select distinct instance from job_runs")} == {leader}
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_daemons(*procs)
     eng.dispose()
     assert [p.returncode for p in procs] == [0, 0], [(tmp_path / f"daemon-{n}.log").read_text()[-2000:] for n in "ab"]

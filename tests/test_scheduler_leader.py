@@ -16,6 +16,7 @@ import yaml
 from sqlalchemy import Engine, create_engine, text
 
 from driftloop.leader import FileLeaderLock, LeaderElection, PostgresLeaderLock, current_leader, lock_for
+from tests.helpers import stop_daemons
 from tests.ingest_helpers import wait_for
 
 KEY = 0x44524654
@@ -71,16 +72,6 @@ def _assert_one_leader_at_a_time(runs: list[Any]) -> None:
     assert len(stretches) <= 3, [(s[0].instance, len(s)) for s in stretches]
 
 
-def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
 
 
 def test_exactly_one_leader_and_failover_after_sigkill(pg_url: str, tmp_path: Path) -> None:
@@ -111,7 +102,7 @@ def test_exactly_one_leader_and_failover_after_sigkill(pg_url: str, tmp_path: Pa
         survivor_log = logs[procs.index(survivor)].read_text()
         assert "is a FOLLOWER" in survivor_log and "is now the LEADER" in survivor_log
     finally:
-        _stop_all(procs)
+        stop_daemons(*procs)
         eng.dispose()
     assert survivor.returncode == 0, logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
     assert "released the PostgreSQL advisory lock" in logs[procs.index(survivor)].read_text()
@@ -140,7 +131,7 @@ def test_a_leader_whose_lock_session_dies_steps_down(pg_url: str, tmp_path: Path
         _assert_one_leader_at_a_time(_runs(eng))
         assert all(p.poll() is None for p in procs), "losing the lock must not kill the daemon"
     finally:
-        _stop_all(procs)
+        stop_daemons(*procs)
         eng.dispose()
     assert [p.returncode for p in procs] == [0, 0]
 

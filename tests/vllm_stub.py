@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.helpers import http_reply
+
 
 @dataclass
 class Recorded:
@@ -182,15 +184,7 @@ class VllmStub:
                     code, out = _error(status or 500, "injected failure", "InternalServerError")
                 else:
                     code, out = stub._handle(method, path, headers, body)
-                if isinstance(out, str):
-                    data, ctype = out.encode(), "text/plain; charset=utf-8"
-                else:
-                    data, ctype = json.dumps(out).encode(), "application/json"
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                http_reply(self, code, out)
 
             def do_GET(self) -> None:
                 self._serve("GET")
