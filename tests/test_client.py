@@ -153,33 +153,38 @@ def test_submit_returns_while_the_sender_is_stuck_on_the_broker() -> None:
         rl.close(timeout=0.2)
 
 
-class _FakeFuture:
-    def __init__(self, ok: bool) -> None:
+class _Future:
+    """A send's future, already done: failed with ``exc``, or succeeded without one."""
+
+    def __init__(self, exc: BaseException | None) -> None:
         self.is_done = True
-        self._ok = ok
-        self.exception = None if ok else ConnectionError("down")
+        self.exception = exc
 
     def succeeded(self) -> bool:
-        return self._ok
+        return self.exception is None
 
 
-class _FlakyProducer:
-    """Fails every send while ``down`` is set; records what was acknowledged."""
-
-    def __init__(self, state: dict[str, Any]) -> None:
-        self.state = state
-
-    def send(self, topic: str, key: bytes | None = None, value: bytes = b"") -> _FakeFuture:
-        ok = not self.state["down"].is_set()
-        if ok:
-            self.state["acked"].append(json.loads(value)["request_id"])
-        return _FakeFuture(ok)
+class _FakeProducer:
+    """The producer calls RecordLogger makes besides send(): nothing to flush or close here."""
 
     def flush(self, timeout: float | None = None) -> None:
         pass
 
     def close(self, timeout: float | None = None) -> None:
         pass
+
+
+class _FlakyProducer(_FakeProducer):
+    """Fails every send while ``down`` is set; records what was acknowledged."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes = b"") -> _Future:
+        ok = not self.state["down"].is_set()
+        if ok:
+            self.state["acked"].append(json.loads(value)["request_id"])
+        return _Future(None if ok else ConnectionError("down"))
 
 
 def test_failed_sends_stay_buffered_in_order_and_are_retried() -> None:
@@ -255,16 +260,7 @@ def topic_records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     return out[:-1]
 
 
-class _Future:
-    def __init__(self, exc: BaseException | None) -> None:
-        self.is_done = True
-        self.exception = exc
-
-    def succeeded(self) -> bool:
-        return self.exception is None
-
-
-class _PickyProducer:
+class _PickyProducer(_FakeProducer):
     """Refuses records by request_id: ``raise`` in send(), ``fail`` in the future; acknowledges the rest."""
 
     def __init__(self, raise_: dict[str, BaseException], fail: dict[str, BaseException], acked: list[str]) -> None:
@@ -278,12 +274,6 @@ class _PickyProducer:
             return _Future(self.fail[rid])
         self.acked.append(rid)
         return _Future(None)
-
-    def flush(self, timeout: float | None = None) -> None:
-        pass
-
-    def close(self, timeout: float | None = None) -> None:
-        pass
 
 
 def test_a_record_the_producer_refuses_does_not_block_the_following_records() -> None:
