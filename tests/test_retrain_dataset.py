@@ -50,7 +50,6 @@ def _special(start: datetime) -> list[dict]:
 def test_selection_filters_and_corrections(db: str) -> None:
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     store_records(db, _special(start), topic="special")
-    since = start - timedelta(hours=1)
     eng = create_engine_from_url(db)
     recs, dropped = select_records(eng, "toy", DataSettings(), positive_threshold=POS)
     by_prompt = {r["prompt"]: r for r in recs}
@@ -64,6 +63,7 @@ def test_selection_filters_and_corrections(db: str) -> None:
     # corrections off: the corrected record is not eligible any more
     recs3, _ = select_records(eng, "toy", DataSettings(use_corrections=False), positive_threshold=POS)
     assert "Wrong one?" not in {r["prompt"] for r in recs3}
+    since = start - timedelta(hours=1)
     assert count_eligible(eng, "toy", since, datetime.now(UTC), DataSettings(), positive_threshold=POS) == 5
     # feedback.positive_threshold decides what is positive: at 0 the unhelpful score-0 record counts too
     assert count_eligible(eng, "toy", since, datetime.now(UTC), DataSettings(), positive_threshold=0.0) == 6
