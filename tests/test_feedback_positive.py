@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from driftloop.monitor.check import WindowChecker
 from driftloop.monitor.windows import due_windows
 from driftloop.retrain.dataset import count_eligible, select_records
-from driftloop.settings import Settings, load_settings
+from driftloop.settings import Settings
 from driftloop.settings.retrain import DataSettings
 from driftloop.store.db import create_engine_from_url, downgrade, migrate
 from driftloop.store.feedback import (
@@ -35,6 +35,7 @@ from driftloop.store.feedback import (
 )
 from driftloop.store.models import feedback
 from tests.grafana_macros import TimeRange, Variable, expand
+from tests.helpers import make_settings
 from tests.monitor_helpers import T0, insert_rows, interaction
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +93,8 @@ def db(request: pytest.FixtureRequest) -> Iterator[tuple[str, Engine]]:
 
 
 def _settings(url: str, threshold: float) -> Settings:
-    return load_settings(
-        None, database={"url": url}, feedback={"positive_threshold": threshold},
+    return make_settings(
+        url, feedback={"positive_threshold": threshold},
         monitor={"window": {"kind": "count", "size": N}, "reference": {"kind": "previous", "windows": 1},
                  "min_window_size": 1, "reports": False, "embeddings": {"enabled": False}, "text_drift": False,
                  "language_sample": 0},
@@ -221,7 +222,7 @@ def test_migration_creates_the_view_and_downgrades(backend: str, empty_pg_url: s
 def test_the_daemon_stores_the_configured_threshold_at_start(sqlite_url: str) -> None:
     from driftloop.daemon import Daemon
 
-    s = load_settings(None, database={"url": sqlite_url}, feedback={"positive_threshold": 0.7},
+    s = make_settings(sqlite_url, feedback={"positive_threshold": 0.7},
                       scheduler={"enabled": False, "ingest": False})  # fmt: skip
     d = Daemon(s, ingest=False, api=False, instance="t:fb")
     stop = threading.Event()
