@@ -40,7 +40,6 @@ from sqlalchemy import (
 
 from driftloop.clikit import default_instance
 from driftloop.monitor.alerts.engine import AlertEvaluationJob
-from driftloop.monitor.check import DriftCheckJob
 from driftloop.monitor.tables import drift_results, monitor_windows, window_metrics
 from driftloop.retrain.runner import RetrainPolicyJob
 from driftloop.retrain.watch import PromotionWatchJob
@@ -186,6 +185,11 @@ def abandon_runs_of_others(engine: Engine, instance: str) -> int:
 # -- the units ------------------------------------------------------------------------------------
 def drift_check_once(ctx: JobContext, now: datetime | None = None) -> str:
     """Check every due window: drift and quality metrics in one pass (each window is read once)."""
+    # Imported when the job runs, not with this module: monitor.check loads pandas, scipy and Evidently
+    # (~150 MB), and every `driftloop` process (the ingest consumer and its writer child included) imports
+    # this module through the CLI and the API. Not optional: a failed import is a failed run.
+    from driftloop.monitor.check import DriftCheckJob
+
     res = DriftCheckJob(ctx.settings, ctx.engine).run_once(now=now)
     drifted = sum(1 for r in res if r.outcome is not None and r.outcome.drifted)
     errors = sum(1 for r in res if r.status == "error")

@@ -27,3 +27,13 @@ def test_the_design_card_folders_import_under_driftloop(tmp_path: Path) -> None:
 def test_nothing_generic_is_installed(tmp_path: Path, name: str) -> None:
     r = _py(f"import {name}", tmp_path)
     assert r.returncode != 0 and "ModuleNotFoundError" in r.stderr, (name, r.stdout, r.stderr)
+
+
+def test_the_cli_does_not_load_the_monitoring_stack(tmp_path: Path) -> None:
+    """Every `driftloop` process imports the CLI (the ingest consumer and its spawned writer child too);
+    pandas, scipy, Evidently and torch load only where a command uses them (~150 MB per process)."""
+    r = _py("import sys, driftloop.cli; "
+            "print(sorted(m for m in ('pandas', 'scipy', 'evidently', 'torch', 'transformers') if m in sys.modules))",
+            tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
