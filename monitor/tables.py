@@ -1,4 +1,4 @@
-"""Monitoring tables (on driftloop's shared metadata); created by migration 0002_monitor."""
+"""Monitoring tables (on driftloop's shared metadata); created by migrations 0002_monitor and 0010."""
 
 from __future__ import annotations
 
@@ -45,6 +45,12 @@ monitor_windows = Table(
     Column("error", Text, nullable=True),
     Column("duration_s", Float, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # the verdict over feature groups (migration 0010): counts, the threshold used, and whether the
+    # window may serve as a ``last_healthy`` reference
+    Column("n_groups", Integer, nullable=True),
+    Column("n_groups_drifted", Integer, nullable=True),
+    Column("drift_share", Float, nullable=True),
+    Column("healthy", Boolean, nullable=True),
     UniqueConstraint("model_id", "segment", "window_kind", "window_index", name="uq_monitor_windows_window"),
     Index("ix_monitor_windows_model_end", "model_id", "window_end"),
 )
@@ -62,7 +68,24 @@ drift_results = Table(
     Column("p_value", Float, nullable=True),
     Column("p_adjusted", Float, nullable=True),
     Column("drifted", Boolean, nullable=False),
+    Column("feature_group", String(64), nullable=True),
     Index("ix_drift_results_window", "window_id"),
+)
+
+# A user re-pinned a model's baseline (``driftloop monitor repin``): a ``last_healthy`` reference
+# is taken from windows at or after ``from_window_index`` only (migration 0010).
+monitor_baselines = Table(
+    "monitor_baselines",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("model_id", String(256), nullable=False),
+    Column("segment", String(256), nullable=False),
+    Column("window_kind", String(8), nullable=False),
+    Column("from_window_index", BigInteger, nullable=False),
+    Column("pinned_at", DateTime(timezone=True), nullable=False),
+    Column("pinned_by", String(128), nullable=False),
+    Column("note", Text, nullable=True),
+    Index("ix_monitor_baselines_model", "model_id", "segment", "window_kind"),
 )
 
 window_metrics = Table(
