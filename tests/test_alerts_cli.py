@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,13 @@ def test_policies_test_backtests_without_notifying_or_writing(
     assert res.exit_code == 0, res.output
     out = res.output.splitlines()
     assert out[0].startswith("replaying 8 window(s) (7 with data) of 1 model(s) through 1 rule(s)")
-    events = [(ln.split()[0], ln.split()[2]) for ln in out[1:-1]]
-    assert events == [("2026-01-01", "FIRED"), ("2026-01-01", "RESOLVED"), ("2026-01-01", "FIRED")]
+    events = [(ln.split()[0], ln.split()[2], ln.split()[3]) for ln in out[1:4]]
+    assert events == [("2026-01-01", "FIRED", "#2"), ("2026-01-01", "RESOLVED", "#4"), ("2026-01-01", "FIRED", "#6")]
     assert "00:10:00Z  FIRED" in out[1] and "00:20:00Z  RESOLVED" in out[2] and "00:30:00Z  FIRED" in out[3]
+    assert "[2026-01-01 00:05:00Z .. 2026-01-01 00:10:00Z]" in out[1] and "(fired in #2)" in out[2]
+    # the summary: the first window each rule would have fired in, per group
+    assert out[4] == "first window each rule would have fired in:"
+    assert out[6].split() == ["drift", "chat", "#2", "2026-01-01", "00:10:00Z", "2"]
     assert out[-1] == "2 firing(s), 1 resolution(s), 1 still firing at the end; nothing was notified or stored"
     assert srv.requests == []
     with eng.connect() as c:
@@ -145,3 +150,48 @@ def test_commands_name_missing_tables_and_unreachable_databases(cli: typer.Typer
     down = _config(tmp_path, "postgresql://u:hunter2@127.0.0.1:1/x")
     res = run.invoke(cli, ["alerts", "list", "--config", str(down)])
     assert res.exit_code == 2 and "cannot reach the database" in res.output and "hunter2" not in res.output
+
+
+def test_policies_test_json_and_rules_that_never_fire(cli: typer.Typer, pg_url: str, eng: Engine,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    for i, v in enumerate([0.1, 0.5, 0.1]):
+        add_window(eng, i + 10, {"drift.score": v}, model="chat")
+    policy = _config(tmp_path, pg_url, [{"name": "drift", "condition": "drift.score > 0.3"},
+                                        {"name": "quiet", "condition": "drift.score > 5"}])  # fmt: skip
+    res = CliRunner().invoke(cli, ["policies", "test", str(policy), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(ln) for ln in res.output.splitlines()]
+    assert [(r["rule"], r["state"], r["window"], r["first_window"]) for r in rows] == [
+        ("drift", "fired", 11, 11), ("drift", "resolved", 12, 11)]  # fmt: skip
+    assert rows[0] | {"message": "", "value": None} == {
+        "model": "chat", "segment": "", "window": 11, "window_start": "2026-01-01T00:50:00Z",
+        "window_end": "2026-01-01T00:55:00Z", "rule": "drift", "state": "fired", "group": "chat",
+        "first_window": 11, "value": None, "message": ""}  # fmt: skip
+    text = CliRunner().invoke(cli, ["policies", "test", str(policy)]).output.splitlines()
+    assert text[-2].split() == ["quiet", "-", "never"]
+
+
+def test_open_alert_keeps_the_window_it_first_fired_in(cli: typer.Typer, pg_url: str, eng: Engine,
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    cfg = _config(tmp_path, pg_url, [{"name": "drift", "condition": "drift.score > 0.3", "severity": "warning"}])
+    job = AlertEvaluationJob(load_settings(cfg), eng, sinks={"log": Recorder("log")})
+    wids = {}
+    for i, v in enumerate([0.1, 0.1, 0.1, 0.5, 0.6, 0.7]):
+        wids[i] = add_window(eng, i, {"drift.score": v}, model="chat")
+        job.run_once()
+    with eng.connect() as c:
+        row = c.execute(select(alerts.c.window_id, alerts.c.message, alerts.c.value)).one()
+    assert row.window_id == wids[3]  # fired in window 3, still firing in 4 and 5
+    assert row.value == 0.7  # the value and message follow the newest window
+    res = CliRunner().invoke(cli, ["alerts", "list", "-c", str(cfg), "--json"])
+    assert res.exit_code == 0, res.output
+    (got,) = [json.loads(ln) for ln in res.output.splitlines()]
+    assert {k: got[k] for k in ("model", "segment", "window", "window_start", "window_end", "rule", "state",
+                                "severity")} == {
+        "model": "chat", "segment": "", "window": 3, "window_start": "2026-01-01T00:10:00Z",
+        "window_end": "2026-01-01T00:15:00Z", "rule": "drift", "state": "fired", "severity": "warning"}  # fmt: skip
+    assert isinstance(got["id"], int) and "drift.score" in got["message"]
+    text = CliRunner().invoke(cli, ["alerts", "list", "-c", str(cfg)]).output.splitlines()
+    assert text[0].split()[5] == "WINDOW" and text[1].split()[5] == "#3"
+    res = CliRunner().invoke(cli, ["alerts", "list", "-c", str(cfg), "--json", "--state", "resolved"])
+    assert res.exit_code == 0 and res.output == ""

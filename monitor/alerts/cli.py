@@ -5,6 +5,8 @@ Wire into the root app with ``monitor.alerts.cli.register(app)``.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +20,7 @@ alerts_app = typer.Typer(help="Stored alerts: list and acknowledge.", no_args_is
 policies_app = typer.Typer(help="Alert policies: backtest rules against stored window metrics.", no_args_is_help=True)
 
 STATES = ("open", "fired", "acknowledged", "resolved", "all")
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line (for scripts).")]
 
 
 def _engine(config: Path | None, *tables: str) -> Any:
@@ -64,24 +67,28 @@ def _ts(v: datetime | None) -> str:
     return "-" if v is None else f"{v.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
 
 
-@alerts_app.command("list")
-def alerts_list(
-    config: ConfigOpt = None,
-    state: Annotated[
-        str, typer.Option("--state", help="open (fired or acknowledged), fired, acknowledged, resolved or all.")
-    ] = "open",
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Only alerts of this model.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first.")] = 50,
-) -> None:
-    """List stored alerts, newest first."""
+def _iso(v: datetime | None) -> str | None:
+    return None if v is None else v.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _num(n: int | None) -> str:
+    return "#?" if n is None else f"#{n}"
+
+
+def _echo_json(obj: Mapping[str, Any]) -> None:
+    typer.echo(json.dumps(obj, default=str))
+
+
+def _alert_rows(eng: Any, state: str, model: str | None, limit: int) -> list[Any]:
+    """Alerts (newest first) with the number, start and end of the window each first fired in."""
     from sqlalchemy import select
 
     from driftloop.monitor.alerts.tables import alerts
+    from driftloop.monitor.tables import monitor_windows as mw
 
-    if state not in STATES:
-        raise typer.BadParameter(f"must be one of {', '.join(STATES)} (got {state!r})", param_hint="--state")
-    eng = _engine(config, "alerts")
-    q = select(alerts).order_by(alerts.c.id.desc()).limit(limit)
+    cols = [mw.c.window_index, mw.c.window_start, mw.c.window_end]
+    q = (select(alerts, *cols).select_from(alerts.outerjoin(mw, mw.c.id == alerts.c.window_id))
+         .order_by(alerts.c.id.desc()).limit(limit))  # fmt: skip
     if state == "open":
         q = q.where(alerts.c.state.in_(("fired", "acknowledged")))
     elif state != "all":
@@ -90,18 +97,47 @@ def alerts_list(
         q = q.where(alerts.c.model_id == model)
     try:
         with eng.connect() as c:
-            rows = list(c.execute(q).mappings())
+            return list(c.execute(q).mappings())
     finally:
         eng.dispose()
+
+
+def _alert_json(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {"model": r["model_id"], "segment": r["segment"], "window": r["window_index"],
+            "window_start": _iso(utc(r["window_start"]) if r["window_start"] else None),
+            "window_end": _iso(utc(r["window_end"]) if r["window_end"] else None), "rule": r["rule"],
+            "state": r["state"], "id": r["id"], "severity": r["severity"], "message": r["message"],
+            "fired_at": _iso(utc(r["fired_at"])), "resolved_at": _iso(utc(r["resolved_at"]) if r["resolved_at"] else None)}  # fmt: skip
+
+
+@alerts_app.command("list")
+def alerts_list(
+    config: ConfigOpt = None,
+    state: Annotated[
+        str, typer.Option("--state", help="open (fired or acknowledged), fired, acknowledged, resolved or all.")
+    ] = "open",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Only alerts of this model.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List stored alerts, newest first, each with the window (#number) it first fired in."""
+    if state not in STATES:
+        raise typer.BadParameter(f"must be one of {', '.join(STATES)} (got {state!r})", param_hint="--state")
+    rows = _alert_rows(_engine(config, "alerts"), state, model, limit)
+    if as_json:
+        for r in rows:
+            _echo_json(_alert_json(r))
+        return
     if not rows:
         typer.echo(f"no {'' if state == 'all' else state + ' '}alerts" + (f" for model {model!r}" if model else ""))
         return
-    typer.echo(f"{'ID':<6} {'STATE':<12} {'SEVERITY':<8} {'RULE':<24} {'GROUP':<24} {'FIRED':<20} "
+    typer.echo(f"{'ID':<6} {'STATE':<12} {'SEVERITY':<8} {'RULE':<24} {'GROUP':<24} {'WINDOW':<7} {'FIRED':<20} "
                f"{'RESOLVED':<20} MESSAGE")  # fmt: skip
     for r in rows:
         ack = f" (ack by {r['acknowledged_by']})" if r["acknowledged_by"] else ""
+        win = "-" if r["window_index"] is None else f"#{r['window_index']}"
         typer.echo(
-            f"{r['id']:<6} {r['state']:<12} {r['severity']:<8} {r['rule']:<24} {r['group_key']:<24} "
+            f"{r['id']:<6} {r['state']:<12} {r['severity']:<8} {r['rule']:<24} {r['group_key']:<24} {win:<7} "
             f"{_ts(r['fired_at']):<20} {_ts(r['resolved_at']):<20} {r['message']}{ack}"
         )
 
@@ -135,6 +171,7 @@ def policies_test(
     since: Annotated[str | None, typer.Option("--from", help="Start of the history, ISO 8601 (window_end >=).")] = None,
     until: Annotated[str | None, typer.Option("--to", help="End of the history, ISO 8601 (window_end <=).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Backtest: replay stored window metrics through the rules of FILE and print when each alert would have
     fired and resolved. Nothing is notified or written.
@@ -155,20 +192,52 @@ def policies_test(
         points = load_points(eng, since=t_from, until=t_to, model_id=model)
     finally:
         eng.dispose()
+    transitions = backtest(policy.alerts.rules, points)
+    if as_json:
+        for t in transitions:
+            _echo_json(_transition_json(t))
+        return
     usable = sum(p.status == "ok" for p in points)
     typer.echo(
         f"replaying {len(points)} window(s) ({usable} with data) of {len({p.model_id for p in points})} model(s) "
         f"through {len(policy.alerts.rules)} rule(s) of {file}"
     )
-    transitions = backtest(policy.alerts.rules, points)
     for t in transitions:
-        typer.echo(f"{_ts(t.at)}  {t.event.upper():<9} {t.rule:<24} {t.group:<24} {t.message}")
+        since = "" if t.event == "fired" else f" (fired in {_num(t.first_window)})"
+        typer.echo(f"{_ts(t.at)}  {t.event.upper():<9} {_num(t.window):<7} {t.rule:<24} {t.group:<24} "
+                   f"[{_ts(t.window_start)} .. {_ts(t.at)}]{since} {t.message}")  # fmt: skip
+    _first_fired_table([r.name for r in policy.alerts.rules], transitions)
     fired = sum(t.event == "fired" for t in transitions)
     resolved = sum(t.event == "resolved" for t in transitions)
     still = fired - resolved
     typer.echo(
         f"{fired} firing(s), {resolved} resolution(s), {still} still firing at the end; nothing was notified or stored"
     )
+
+
+def _transition_json(t: Any) -> dict[str, Any]:
+    return {"model": t.model_id, "segment": t.segment, "window": t.window, "window_start": _iso(t.window_start),
+            "window_end": _iso(t.at), "rule": t.rule, "state": t.event, "group": t.group,
+            "first_window": t.first_window, "value": t.value, "message": t.message}  # fmt: skip
+
+
+def _first_fired_table(rules: Sequence[str], transitions: Sequence[Any]) -> None:
+    """Per rule and group: the first window it would have fired in and how often it fired."""
+    first: dict[tuple[str, str], Any] = {}
+    count: dict[tuple[str, str], int] = {}
+    for t in transitions:
+        if t.event == "fired":
+            first.setdefault((t.rule, t.group), t)
+            count[(t.rule, t.group)] = count.get((t.rule, t.group), 0) + 1
+    typer.echo("first window each rule would have fired in:")
+    typer.echo(f"  {'RULE':<24} {'GROUP':<24} {'FIRST':<7} {'WINDOW END':<20} FIRINGS")
+    for rule in rules:
+        keys = sorted(k for k in first if k[0] == rule)
+        if not keys:
+            typer.echo(f"  {rule:<24} {'-':<24} never")
+        for k in keys:
+            t = first[k]
+            typer.echo(f"  {rule:<24} {k[1]:<24} {_num(t.window):<7} {_ts(t.at):<20} {count[k]}")
 
 
 def register(app: typer.Typer) -> None:

@@ -51,6 +51,8 @@ class WindowPoint:
     window_end: datetime
     status: str
     metrics: dict[str, float | None]
+    window_index: int | None = None  # the window's number (``monitor_windows.window_index``)
+    window_start: datetime | None = None
 
 
 #: What :func:`evaluate` reads of a window: a :class:`WindowPoint`, or a bare metrics mapping (an ``ok`` window).
@@ -122,7 +124,11 @@ def group_key(rule: RuleSettings, model_id: str, segment: str) -> tuple[str, str
 
 @dataclass
 class Transition:
-    """A state change found by replaying history (backtests)."""
+    """A state change found by replaying history (backtests), in the window where it happened.
+
+    ``first_window`` is the number of the window the alert fired in (for a resolution: the one that
+    opened it), so a reader sees where a problem started, not only where it was last seen.
+    """
 
     rule: str
     group: str
@@ -130,6 +136,11 @@ class Transition:
     at: datetime
     message: str
     value: float | None = None
+    model_id: str = ""
+    segment: str = ""
+    window: int | None = None
+    window_start: datetime | None = None
+    first_window: int | None = None
 
 
 def backtest(rules: Sequence[RuleSettings], points: Sequence[WindowPoint]) -> list[Transition]:
@@ -137,22 +148,32 @@ def backtest(rules: Sequence[RuleSettings], points: Sequence[WindowPoint]) -> li
     out: list[Transition] = []
     ordered = sorted(points, key=lambda p: (p.window_end, p.window_id))
     for rule in rules:
-        node = parse_condition(rule.condition)
-        history: dict[str, list[WindowPoint]] = defaultdict(list)
-        firing: dict[str, bool] = defaultdict(bool)
-        for p in ordered:
-            key = group_key(rule, p.model_id, p.segment)[2]
-            history[key].append(p)
-            v = evaluate(node, history[key], rule.windows, rule.of)
-            if v.decision == "firing" and not firing[key]:
-                msg, value = describe(rule, node, v)
-                out.append(Transition(rule.name, key, "fired", p.window_end, msg, value))
-                firing[key] = True
-            elif v.decision == "clear" and firing[key]:
-                msg = f"`{rule.condition}` held in none of the last {v.known} window(s) with data"
-                out.append(Transition(rule.name, key, "resolved", p.window_end, msg))
-                firing[key] = False
+        out.extend(_replay_rule(rule, ordered))
     return sorted(out, key=lambda t: (t.at, t.rule, t.group))
+
+
+def _replay_rule(rule: RuleSettings, ordered: Sequence[WindowPoint]) -> list[Transition]:
+    """One rule's transitions over ``ordered`` (oldest first), per group."""
+    node = parse_condition(rule.condition)
+    out: list[Transition] = []
+    history: dict[str, list[WindowPoint]] = defaultdict(list)
+    opened: dict[str, WindowPoint] = {}  # group -> the window its open alert fired in
+    for p in ordered:
+        model_id, segment, key = group_key(rule, p.model_id, p.segment)
+        history[key].append(p)
+        v = evaluate(node, history[key], rule.windows, rule.of)
+        if v.decision == "firing" and key not in opened:
+            msg, value = describe(rule, node, v)
+            opened[key] = p
+            event, first = "fired", p
+        elif v.decision == "clear" and key in opened:
+            msg, value = f"`{rule.condition}` held in none of the last {v.known} window(s) with data", None
+            event, first = "resolved", opened.pop(key)
+        else:
+            continue
+        out.append(Transition(rule.name, key, event, p.window_end, msg, value, model_id, segment,
+                              p.window_index, p.window_start, first.window_index))  # fmt: skip
+    return out
 
 
 TRIGGER_RULE_PREFIX = "retrain.trigger."
@@ -276,7 +297,7 @@ def load_points(engine: Engine, *, since: datetime | None = None, until: datetim
         conds.append(mw.c.window_end <= until)
     if model_id is not None:
         conds.append(mw.c.model_id == model_id)
-    cols = [mw.c.id, mw.c.model_id, mw.c.segment, mw.c.window_end, mw.c.status]
+    cols = [mw.c.id, mw.c.model_id, mw.c.segment, mw.c.window_end, mw.c.status, mw.c.window_index, mw.c.window_start]
     if per_group is None:
         q = select(*cols)
         if conds:
@@ -289,9 +310,7 @@ def load_points(engine: Engine, *, since: datetime | None = None, until: datetim
         if conds:
             inner = inner.where(and_(*conds))
         sub = inner.subquery()
-        q = select(sub.c.id, sub.c.model_id, sub.c.segment, sub.c.window_end, sub.c.status).where(
-            sub.c.rank <= per_group
-        )
+        q = select(*(sub.c[c.name] for c in cols)).where(sub.c.rank <= per_group)
     with engine.connect() as conn:
         wins = list(conn.execute(q).all())
         metrics: dict[int, dict[str, float | None]] = defaultdict(dict)
@@ -301,7 +320,16 @@ def load_points(engine: Engine, *, since: datetime | None = None, until: datetim
             for r in conn.execute(select(wm.c.window_id, wm.c.name, wm.c.value).where(wm.c.window_id.in_(chunk))):
                 metrics[r.window_id][r.name] = r.value
     pts = [
-        WindowPoint(w.id, w.model_id, w.segment or "", utc(w.window_end), w.status, metrics.get(w.id, {}))
+        WindowPoint(
+            w.id,
+            w.model_id,
+            w.segment or "",
+            utc(w.window_end),
+            w.status,
+            metrics.get(w.id, {}),
+            int(w.window_index),
+            utc(w.window_start),
+        )
         for w in wins
     ]
     return sorted(pts, key=lambda p: (p.window_end, p.window_id))
@@ -411,8 +439,9 @@ class AlertEvaluationJob:
                     if not notify:
                         log.info("alert %s for %s fired again within its cooldown; not notified", rule.name, gk)
                 else:
+                    # window_id stays the window the alert first fired in: where the problem started
                     conn.execute(update(alerts).where(alerts.c.id == open_row["id"]).values(
-                        last_evaluated_at=now, value=value, message=msg, window_id=wid))  # fmt: skip
+                        last_evaluated_at=now, value=value, message=msg))  # fmt: skip
                     if open_row["state"] != "fired":
                         pass  # acknowledged: no reminders
                     elif open_row["notify_count"] == 0:
