@@ -40,10 +40,17 @@ class Window(BaseModel):
     ref_kind: str
     ref_n: int
     status: str = Field(description="ok | insufficient_data | error")
-    drift_score: float | None
-    drifted: bool | None
-    n_features: int | None
-    n_drifted: int | None
+    drift_score: float | None = Field(
+        description="share of signal groups drifted, n_groups_drifted / n_groups "
+        "(windows checked before migration 0010: share of features)"
+    )
+    drifted: bool | None = Field(description="driftloop's verdict: n_groups_drifted / n_groups >= drift_share")
+    n_groups: int | None = Field(None, description="signal groups tested (null on windows checked before 0010)")
+    n_groups_drifted: int | None = Field(None, description="groups with a feature drifted after Benjamini-Hochberg")
+    drift_share: float | None = Field(None, description="the threshold the verdict used (monitor.drift_share)")
+    healthy: bool | None = Field(None, description="the window may serve as a last_healthy reference")
+    n_features: int | None = Field(description="features (columns) tested")
+    n_drifted: int | None = Field(description="features drifted after Benjamini-Hochberg")
     has_report: bool
     report_url: str | None
     error: str | None
@@ -64,6 +71,7 @@ class DriftResult(BaseModel):
     p_value: float | None
     p_adjusted: float | None
     drifted: bool
+    feature_group: str | None = Field(None, description="the signal group the feature counts towards in the verdict")
 
 
 class WindowDetail(Window):
@@ -119,7 +127,9 @@ class RetrainJob(BaseModel):
     error: str | None
     logs_path: str | None
     instance: str | None = Field(description="the daemon (leader) that claimed and runs it; null while queued")
-    requested_by: str | None = Field(None, description="who queued it: api:<actor>, cli:<host:pid>, scheduler:<instance>")
+    requested_by: str | None = Field(
+        None, description="who queued it: api:<actor>, cli:<host:pid>, scheduler:<instance>"
+    )
     cancel_requested: bool
     dataset_hash: str | None
     version_id: int | None

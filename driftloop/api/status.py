@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from driftloop.api.timeline import render_timelines
 from driftloop.settings import Settings
 
 CSS = """
@@ -18,6 +19,7 @@ th,td{border:1px solid #dde1e7;padding:.3rem .5rem;text-align:left;vertical-alig
 th{background:#eef1f5} .muted{color:#6b7280} .pill{padding:.05rem .4rem;border-radius:.6rem;font-size:.8rem}
 .critical{background:#fde2e2;color:#8a1c1c} .warning{background:#fff1d6;color:#7a4b00} .info{background:#e1efff}
 .ok{color:#17692e} .bad{color:#a11} pre{margin:0;white-space:pre-wrap;font-size:.8rem}
+h3{font-size:.95rem;margin:.8rem 0 .3rem} svg.timeline{max-width:100%;height:auto;border:1px solid #dde1e7}
 """
 
 
@@ -93,25 +95,35 @@ def _alerts(engine: Engine) -> str:
     return _table(["severity", "rule", "model", "state", "fired", "message", "report"], out, "no open alerts")
 
 
+def _groups(r: Any) -> str:
+    """driftloop's verdict counts: drifted groups / groups (old rows without them: ``-``)."""
+    return "-" if r["n_groups"] is None else f"{r['n_groups_drifted'] or 0}/{r['n_groups']}"
+
+
+def _drift_row(r: Any) -> list[str]:
+    score = "-" if r["drift_score"] is None else f"{r['drift_score']:.2f}"
+    share = "-" if r["drift_share"] is None else f"{r['drift_share']:.2f}"
+    verdict = ('<span class="bad">drifted</span>' if r["drifted"] else '<span class="ok">no drift</span>'
+               ) if r["drifted"] is not None else '<span class="muted">-</span>'  # fmt: skip
+    link = f'<a href="/reports/{int(r["id"])}">report</a>' if r["report_path"] else '<span class="muted">-</span>'
+    return [_e(r["model_id"]) + (f" / {_e(r['segment'])}" if r["segment"] else ""),
+            _e(f"{r['window_kind']} #{r['window_index']}"), _ts(r["window_end"]), _e(r["status"]),
+            f'<span class="verdict">{verdict}</span>', _e(score), f'<span class="groups">{_e(_groups(r))}</span>',
+            f'<span class="share">{_e(share)}</span>', link]  # fmt: skip
+
+
 def _drift(engine: Engine) -> str:
+    """The newest windows (10 per model and segment) with driftloop's verdict: the share of signal groups
+    drifted after Benjamini-Hochberg against the threshold (``drift_share``) that verdict used."""
     from driftloop.monitor.tables import monitor_windows as w
 
-    newest = select(w.c.model_id, w.c.segment, func.max(w.c.id).label("id")).group_by(w.c.model_id, w.c.segment)
-    sub = newest.subquery()
+    rank = func.row_number().over(partition_by=(w.c.model_id, w.c.segment), order_by=w.c.id.desc()).label("rank")
+    sub = select(w, rank).subquery()
     with engine.connect() as c:
-        rows = c.execute(select(w).join(sub, sub.c.id == w.c.id).order_by(w.c.model_id, w.c.segment)
+        rows = c.execute(select(sub).where(sub.c.rank <= 10).order_by(sub.c.model_id, sub.c.segment, sub.c.id.desc())
                          .limit(200)).mappings().all()  # fmt: skip
-    out = []
-    for r in rows:
-        score = "-" if r["drift_score"] is None else f"{r['drift_score']:.2f}"
-        verdict = ('<span class="bad">drifted</span>' if r["drifted"] else '<span class="ok">no drift</span>'
-                   ) if r["drifted"] is not None else '<span class="muted">-</span>'  # fmt: skip
-        link = f'<a href="/reports/{int(r["id"])}">report</a>' if r["report_path"] else '<span class="muted">-</span>'
-        out.append([_e(r["model_id"]) + (f" / {_e(r['segment'])}" if r["segment"] else ""),
-                    _e(f"{r['window_kind']} #{r['window_index']}"), _ts(r["window_end"]), _e(r["status"]),
-                    _e(score), verdict, _e(f"{r['n_drifted'] or 0}/{r['n_features'] or 0}"), link])  # fmt: skip
-    return _table(["model", "window", "ended", "status", "drift score", "verdict", "features drifted", "report"],
-                  out, "no windows checked yet")  # fmt: skip
+    return _table(["model", "window", "ended", "status", "verdict", "drift score", "groups drifted", "threshold",
+                   "report"], [_drift_row(r) for r in rows], "no windows checked yet")  # fmt: skip
 
 
 def _retrain(engine: Engine) -> str:
@@ -150,7 +162,8 @@ def render_status(engine: Engine, settings: Settings, refresh_s: int = 30) -> st
     """The whole page; each section shows its own error rather than failing the page."""
     now = datetime.now().astimezone()
     parts = [
-        ("Models", _models), ("Open alerts", _alerts), ("Latest drift", _drift),
+        ("Models", _models), ("Open alerts", _alerts), ("Drift and quality by window", render_timelines),
+        ("Recent windows", _drift),
         ("Recent retrain jobs", _retrain), ("Recent job runs", _job_runs),
     ]  # fmt: skip
     body = "".join(f"<section><h2>{_e(title)}</h2>{_section(engine, fn)}</section>" for title, fn in parts)
