@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from driftloop.settings.base import ConditionText, Section, unique_names
 from driftloop.settings.conditions import parse_condition
-from driftloop.settings.metrics import KNOWN_METRICS, is_known_metric
+from driftloop.settings.metrics import is_known_metric, metric_suggestion
 
 
 class ChannelSettings(Section):
@@ -91,14 +90,25 @@ def cross_check_alerts(a: AlertSettings) -> list[str]:
         if r.name in seen:
             problems.append(f"alerts.rules.{i}.name: duplicate rule name {r.name!r}")
         seen.add(r.name)
-        for m in sorted(parse_condition(r.condition).metrics()):
-            if not is_known_metric(m):
-                close = difflib.get_close_matches(m, list(KNOWN_METRICS), n=1, cutoff=0.6)
-                hint = f"; did you mean {close[0]!r}?" if close else "; see docs/alerts.md for the metric names"
-                problems.append(f"alerts.rules.{i}.condition: unknown metric {m!r}{hint}")
+        problems += condition_problems(f"alerts.rules.{i}.condition", r.condition)
         for j, ch in enumerate(r.channels):
             if ch not in channels:
                 problems.append(
                     f"alerts.rules.{i}.channels.{j}: unknown channel {ch!r}; configured: {sorted(channels)}"
                 )
+    return problems
+
+
+def condition_problems(path: str, condition: str) -> list[str]:
+    """Unknown metrics anywhere in ``condition`` (comparisons, arithmetic, the counts a test reads).
+
+    One ``path: message`` line per metric, with the closest known name. Alert rules and retrain trigger
+    conditions share this check, as they share the grammar.
+    """
+    problems = []
+    for m in sorted(parse_condition(condition).metrics()):
+        if not is_known_metric(m):
+            close = metric_suggestion(m)
+            hint = f"; did you mean {close!r}?" if close else "; see docs/alerts.md for the metric names"
+            problems.append(f"{path}: unknown metric {m!r}{hint}")
     return problems

@@ -11,9 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from driftloop.settings.alerts import AlertSettings
+from driftloop.settings.alerts import AlertSettings, condition_problems
 from driftloop.settings.base import ConditionText, Section, duplicated, unique_names
-from driftloop.settings.conditions import parse_condition
 from driftloop.settings.connectors import TargetSettings
 from driftloop.settings.metrics import is_known_metric
 
@@ -174,9 +173,7 @@ def cross_check_retrain(r: RetrainSettings, alerts: AlertSettings) -> list[str]:
                 problems.append(f"retrain.policies.{i}.trigger.alerts.{j}: unknown alert rule {a!r}; "
                                 f"defined: {sorted(rules)}")  # fmt: skip
         if p.trigger.condition:
-            for m in sorted(parse_condition(p.trigger.condition).metrics()):
-                if not is_known_metric(m):
-                    problems.append(f"retrain.policies.{i}.trigger.condition: unknown metric {m!r}")
+            problems += condition_problems(f"retrain.policies.{i}.trigger.condition", p.trigger.condition)
         for j, t in enumerate(p.targets):
             if t not in targets:
                 problems.append(
