@@ -21,12 +21,21 @@ import pandas as pd
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from driftloop.monitor.alerts.tables import alerts
 from driftloop.monitor.drift import DriftOutcome, FeatureDrift, embedding_drift, tabular_and_text_drift, verdict
 from driftloop.monitor.embeddings import EmbeddingCache
-from driftloop.monitor.features import compute_features, stable_sample, window_metrics
+from driftloop.monitor.features import compute_features, content_keys, stable_sample, window_metrics
 from driftloop.monitor.tables import drift_results, monitor_windows
 from driftloop.monitor.tables import window_metrics as window_metrics_table
-from driftloop.monitor.windows import Reference, Window, due_windows, load_frame, models, reference_for
+from driftloop.monitor.windows import (
+    Reference,
+    Window,
+    due_windows,
+    load_frame,
+    models,
+    reference_for,
+    stored_window,
+)
 from driftloop.settings import Settings
 from driftloop.store.feedback import store_feedback_threshold
 
@@ -46,6 +55,7 @@ class WindowResult:
     error: str | None = None
     window_id: int | None = None
     duration_s: float = 0.0
+    healthy: bool | None = None  # may serve as a last_healthy reference (see _healthy)
 
     def summary(self) -> str:
         w = self.window
@@ -55,14 +65,17 @@ class WindowResult:
         if self.status != "ok" or self.outcome is None:
             return f"{head}\n  status: {self.status}" + (f" ({self.error})" if self.error else "")
         o = self.outcome
+        drifted = ", ".join(g for g, d in o.groups.items() if d) or "none"
         lines = [head, f"  dataset drift score {o.score:.2f} -> {'DRIFT' if o.drifted else 'no drift'} "
-                       f"({o.n_drifted} of {len([f for f in o.features if f.statistic is not None])} features)"]  # fmt: skip
-        for f in sorted(o.features, key=lambda f: (not f.drifted, f.feature)):
+                       f"({o.n_groups_drifted} of {o.n_groups} signal groups, threshold {o.threshold:.2f}; "
+                       f"drifted: {drifted})"]  # fmt: skip
+        for f in sorted(o.features, key=lambda f: (not f.drifted, f.group, f.feature)):
             if f.statistic is None:
                 continue
             p = f" p_adj={f.p_adjusted:.2g}" if f.p_adjusted is not None else ""
             mark = "DRIFT" if f.drifted else "     "
-            lines.append(f"  {mark} {f.feature:<22} {f.method:<32} stat={f.statistic:.4g} thr={f.threshold}{p}")
+            lines.append(f"  {mark} {f.group:<17} {f.feature:<19} {f.method:<30} stat={f.statistic:.4g} "
+                         f"thr={f.threshold}{p}")  # fmt: skip
         q = self.metrics
         fb = q.get("quality.feedback_positive_rate")
         lines.append(
@@ -100,6 +113,9 @@ class WindowChecker:
         feats = (compute_features(cur_df, s.language_sample, seed=win.index)
                  if len(cur_df) else pd.DataFrame())  # fmt: skip
         metrics: dict[str, float | None] = window_metrics(feats, cur_df) if len(cur_df) else {"volume.records": 0.0}
+        ref_feats = compute_features(ref_df, s.language_sample, seed=win.index) if len(ref_df) else None
+        if ref_feats is not None:  # the reference's own metrics: relative rules compare with them (ref.*)
+            metrics.update({f"ref.{k}": v for k, v in window_metrics(ref_feats, ref_df).items()})
         res = WindowResult(win, ref, "ok", metrics=metrics)
         if len(cur_df) < s.min_window_size:
             res.status, res.error = "insufficient_data", f"{len(cur_df)} records < min_window_size {s.min_window_size}"
@@ -107,8 +123,8 @@ class WindowChecker:
             res.status, res.error = "insufficient_data", f"reference has {ref.n} records < {s.min_window_size}"
         else:
             try:
-                ref_feats = compute_features(ref_df, s.language_sample, seed=win.index)
-                res.outcome = self._drift(feats, ref_feats, win, cur_df["id"], ref_df["id"])
+                assert ref_feats is not None
+                res.outcome = self._drift(feats, ref_feats, win)
                 if report if report is not None else s.reports:
                     res.report_path = self._save_report(res)
             except Exception as e:  # a broken window must not stop the others
@@ -117,7 +133,9 @@ class WindowChecker:
         if res.outcome is not None:
             o = res.outcome
             res.metrics.update({"drift.score": o.score, "drift.drifted": float(o.drifted),
-                                "drift.n_drifted": float(o.n_drifted)})  # fmt: skip
+                                "drift.n_drifted": float(o.n_drifted), "drift.n_groups": float(o.n_groups),
+                                "drift.groups_drifted": float(o.n_groups_drifted)})  # fmt: skip
+            res.metrics.update({f"drift.group.{g}": float(d) for g, d in o.groups.items()})
             names = {"prompt": "drift.prompt_text", "response": "drift.response_text",
                      "prompt_embedding": "drift.prompt_embedding", "response_embedding": "drift.response_embedding"}  # fmt: skip
             for f in o.features:
@@ -126,24 +144,47 @@ class WindowChecker:
                 res.metrics[f"drift.feature.{f.feature}"] = f.statistic
                 if f.feature in names:
                     res.metrics[names[f.feature]] = f.statistic
+        res.healthy = self._healthy(res)
         res.duration_s = time.perf_counter() - t0
         if persist:
             res.window_id = self._persist(res)
         return res
 
-    def _drift(self, cur: pd.DataFrame, ref: pd.DataFrame, win: Window,
-               cur_ids: pd.Series, ref_ids: pd.Series) -> DriftOutcome:  # fmt: skip
+    def _drift(self, cur: pd.DataFrame, ref: pd.DataFrame, win: Window) -> DriftOutcome:
         s = self.s
         features, snaps = tabular_and_text_drift(cur, ref, s, seed=win.index)
         if s.embeddings.enabled:
+            # sampled by content, not by id: the same records give the same verdict however they were sent
             k = s.embeddings.sample
-            ci, ri = stable_sample(cur_ids.to_numpy(), k), stable_sample(ref_ids.to_numpy(), k)
+            ci, ri = stable_sample(content_keys(cur), k), stable_sample(content_keys(ref), k)
             emb = self.embeddings()
             for col in s.embeddings.columns:
                 c = emb.encode(cur[col].iloc[ci].tolist())
                 r = emb.encode(ref[col].iloc[ri].tolist())
                 features.append(embedding_drift(f"{col}_embedding", c, r, s.embeddings.method))
         return verdict(features, s, snaps)
+
+    def _healthy(self, res: WindowResult) -> bool | None:
+        """Whether the window may serve as a ``last_healthy`` reference.
+
+        Healthy: checked ``ok``, not drifted, no significant drop of the positive-feedback rate against
+        its reference (one-sided Fisher exact test at ``health_alpha``), and no *fired* (unacknowledged)
+        alert of its model open right now. The first window of a stream (complete, but nothing to
+        compare it with) is healthy: the baseline has to start somewhere. Errors are not judged (None).
+        """
+        if res.status == "insufficient_data":
+            return len(res.window.ids) >= self.s.min_window_size and res.reference.n < self.s.min_window_size
+        if res.status != "ok" or res.outcome is None:
+            return None
+        if res.outcome.drifted or proportion_dropped(res.metrics, self.s.health_alpha):
+            return False
+        w = res.window
+        with self.engine.connect() as conn:
+            firing = conn.execute(
+                select(alerts.c.id).where(alerts.c.model_id == w.model_id, alerts.c.state == "fired",
+                                          alerts.c.segment.in_(["", w.segment])).limit(1)
+            ).first()  # fmt: skip
+        return firing is None
 
     def _save_report(self, res: WindowResult) -> str | None:
         assert res.outcome is not None
@@ -154,6 +195,9 @@ class WindowChecker:
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"{w.kind}-{w.index}-{w.end:%Y%m%dT%H%M%S}.html"
         res.outcome.snapshots[0].save_html(str(path))
+        html = path.read_text(encoding="utf-8")
+        at = html.find(">", html.find("<body")) + 1 if "<body" in html else 0
+        path.write_text(html[:at] + verdict_banner(res) + html[at:], encoding="utf-8")
         return str(path.resolve())
 
     def _persist(self, res: WindowResult) -> int | None:
@@ -174,6 +218,8 @@ class WindowChecker:
                         "n_features": len([f for f in o.features if f.statistic is not None]) if o else None,
                         "n_drifted": o.n_drifted if o else None, "report_path": res.report_path,
                         "error": res.error, "duration_s": res.duration_s, "created_at": now,
+                        "n_groups": o.n_groups if o else None, "n_groups_drifted": o.n_groups_drifted if o else None,
+                        "drift_share": o.threshold if o else None, "healthy": res.healthy,
                     },
                 ).scalar_one()  # fmt: skip
                 if o:
@@ -203,7 +249,52 @@ def _finite(v: Any) -> float | None:
 def _drift_row(wid: int, f: FeatureDrift) -> dict[str, Any]:
     return {"window_id": wid, "feature": f.feature, "feature_type": f.feature_type, "method": f.method[:64],
             "statistic": _finite(f.statistic), "threshold": _finite(f.threshold), "p_value": _finite(f.p_value),
-            "p_adjusted": _finite(f.p_adjusted), "drifted": bool(f.drifted)}  # fmt: skip
+            "p_adjusted": _finite(f.p_adjusted), "drifted": bool(f.drifted), "feature_group": f.group[:64]}  # fmt: skip
+
+
+def verdict_banner(res: WindowResult) -> str:
+    """driftloop's verdict as an HTML block put on top of the Evidently report.
+
+    Evidently's own summary counts columns against its default share (0.5); driftloop decides over
+    feature groups after Benjamini-Hochberg. The banner states the verdict that alerts, the API and
+    Grafana use, and says that the per-column details below are Evidently's.
+    """
+    from html import escape
+
+    o = res.outcome
+    assert o is not None
+    w = res.window
+    rows = "".join(
+        f"<tr><td>{escape(g)}</td><td>{'DRIFT' if d else 'ok'}</td><td>"
+        + escape(", ".join(f.feature for f in o.features if f.group == g and f.drifted) or "-")
+        + "</td></tr>"
+        for g, d in sorted(o.groups.items(), key=lambda kv: (not kv[1], kv[0]))
+    )
+    verdict = "DRIFT" if o.drifted else "no drift"
+    return (
+        '<div id="driftloop-verdict" style="font-family:sans-serif;border:2px solid #333;padding:12px;margin:12px">'
+        f"<h2>driftloop verdict: {verdict}</h2><p>{escape(w.model_id)} window #{w.index} "
+        f"({len(w.ids)} records) vs {escape(res.reference.kind)} reference ({res.reference.n} records): "
+        f"{o.n_groups_drifted} of {o.n_groups} signal groups drifted, share {o.score:.2f}, threshold "
+        f"(drift_share) {o.threshold:.2f}. Per-feature p-values are corrected with Benjamini-Hochberg; a group "
+        "drifts when any of its features does.</p>"
+        f"<table border=1 cellpadding=4><tr><th>group</th><th>verdict</th><th>drifted features</th></tr>{rows}"
+        "</table><p><i>Below: Evidently's per-column details. Its own dataset summary (share of columns "
+        "against its default threshold) is not driftloop's verdict.</i></p></div>"
+    )
+
+
+def proportion_dropped(metrics: dict[str, float | None], alpha: float, min_n: int = 20) -> bool:
+    """Whether the window's positive-feedback rate is significantly below its reference's (Fisher exact,
+    one-sided); False when either side has fewer than ``min_n`` labelled records."""
+    from scipy.stats import fisher_exact
+
+    n, k = metrics.get("quality.feedback_n"), metrics.get("quality.feedback_positive_n")
+    rn, rk = metrics.get("ref.quality.feedback_n"), metrics.get("ref.quality.feedback_positive_n")
+    if n is None or k is None or rn is None or rk is None or n < min_n or rn < min_n:
+        return False
+    table = [[int(k), int(n - k)], [int(rk), int(rn - rk)]]
+    return bool(fisher_exact(table, alternative="less").pvalue < alpha)
 
 
 def _safe(s: str) -> str:
@@ -234,12 +325,14 @@ class DriftCheckJob:
 
 
 def run_check(engine: Engine, settings: Settings, model_id: str, window: int | None = None, *,
-              persist: bool = True, report: bool | None = None,
-              window_index: int | None = None) -> WindowResult | None:  # fmt: skip
+              persist: bool = True, report: bool | None = None, window_index: int | None = None,
+              segment: str = "") -> WindowResult | None:  # fmt: skip
     """Check one window of ``model_id`` now: index ``window``, else the newest complete unchecked one.
 
     Returns None when the model has no complete unchecked window. Raises ValueError when the
-    requested window was already checked or does not exist (yet).
+    requested window does not exist (yet), or was already checked and ``persist`` is set; with
+    ``persist=False`` a checked window is rebuilt from its stored bounds and checked again (re-inspection:
+    nothing is stored).
     """
     s = settings.monitor
     window = window if window is not None else window_index
@@ -248,13 +341,16 @@ def run_check(engine: Engine, settings: Settings, model_id: str, window: int | N
         if window is not None:
             existing = conn.execute(
                 select(monitor_windows.c.id).where(monitor_windows.c.model_id == model_id,
+                                                   monitor_windows.c.segment == segment,
                                                    monitor_windows.c.window_kind == s.window.kind,
                                                    monitor_windows.c.window_index == window)
             ).first()  # fmt: skip
-            if existing:
+            if existing and persist:
                 raise ValueError(f"window {window} of {model_id!r} was already checked (monitor_windows.id "
-                                 f"{existing[0]}); see its results or check another window")  # fmt: skip
-            wins = [w for w in wins if w.index == window]
+                                 f"{existing[0]}); see it with `driftloop monitor show`, or re-check it "
+                                 "with --dry-run")  # fmt: skip
+            stored = stored_window(conn, s, model_id, window, segment) if existing else None
+            wins = [stored] if stored is not None else [w for w in wins if w.index == window and w.segment == segment]
             if not wins:
                 raise ValueError(f"window {window} of {model_id!r} is not complete (or has no traffic) yet")
     if not wins:

@@ -8,8 +8,11 @@ tests at p < 0.05 would flag a stable stream every other window. So:
 2. distance-type methods (Wasserstein, PSI, Jensen-Shannon, ...), text drift (domain-classifier
    ROC AUC) and embedding drift have no p-value; each drifts when it crosses its threshold,
    thresholds chosen so that shuffles of one model's real traffic stay quiet;
-3. the dataset drift score is the share of drifted features, and the window is drifted when the
-   score reaches ``drift_share``. One noisy feature cannot raise a dataset alarm on its own.
+3. features are grouped by the signal they measure (``FEATURE_GROUPS``: one length group per side,
+   one content group per side holding its text and embedding tests, ...); a group drifts when any of
+   its features drifts. The dataset drift score is the share of drifted *groups*, and the window is
+   drifted when the score reaches ``drift_share``: correlated columns vote once, and one noisy signal
+   cannot raise a dataset alarm on its own.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from driftloop.monitor.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TEXT_FEATURES
+from driftloop.monitor.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TEXT_FEATURES, feature_group
 from driftloop.settings.monitor import DISTANCE_METHODS, P_VALUE_METHODS, MonitorSettings
 
 log = logging.getLogger(__name__)
@@ -43,16 +46,30 @@ class FeatureDrift:
     p_adjusted: float | None = None
     drifted: bool = False
 
+    @property
+    def group(self) -> str:
+        return feature_group(self.feature)
+
 
 @dataclass
 class DriftOutcome:
-    """All tests of one window and the dataset-level verdict."""
+    """All tests of one window and the dataset-level verdict (over feature groups)."""
 
     features: list[FeatureDrift]
-    score: float
+    score: float  # share of tested groups that drifted
     drifted: bool
-    n_drifted: int
+    n_drifted: int  # drifted features (columns)
     snapshots: list[Any]
+    groups: dict[str, bool] = field(default_factory=dict)  # tested group -> drifted
+    threshold: float = 0.0  # the drift_share the verdict used
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    @property
+    def n_groups_drifted(self) -> int:
+        return sum(self.groups.values())
 
     def by_feature(self) -> dict[str, FeatureDrift]:
         return {f.feature: f for f in self.features}
@@ -231,15 +248,23 @@ def embedding_drift(name: str, cur: np.ndarray, ref: np.ndarray, method: str) ->
 
 
 def verdict(features: list[FeatureDrift], s: MonitorSettings, snapshots: list[Any] | None = None) -> DriftOutcome:
-    """Apply Benjamini-Hochberg to p-value tests and compute the dataset drift score."""
+    """Apply Benjamini-Hochberg to the p-value tests, group the features, and score the share of drifted groups.
+
+    BH runs over every p-value test of the window (valid under the positive dependence that correlated
+    columns have); a group drifts when any of its tested features drifts.
+    """
     pv = [f for f in features if f.p_value is not None]
     for f, adj in zip(pv, benjamini_hochberg([f.p_value for f in pv if f.p_value is not None]), strict=True):
         f.p_adjusted = adj
         f.drifted = adj < s.fdr_alpha
     tested = [f for f in features if f.statistic is not None]
-    n_drifted = sum(f.drifted for f in tested)
-    score = n_drifted / len(tested) if tested else 0.0
-    return DriftOutcome(features, score, score >= s.drift_share and n_drifted > 0, n_drifted, snapshots or [])
+    groups: dict[str, bool] = {}
+    for f in tested:
+        groups[f.group] = groups.get(f.group, False) or f.drifted
+    n_groups_drifted = sum(groups.values())
+    score = n_groups_drifted / len(groups) if groups else 0.0
+    return DriftOutcome(features, score, score >= s.drift_share and n_groups_drifted > 0,
+                        sum(f.drifted for f in tested), snapshots or [], groups, s.drift_share)  # fmt: skip
 
 
 __all__ = [

@@ -10,6 +10,7 @@ of prompts, and reference scores (ROUGE-L, BLEU) run on a bounded sample.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import threading
 from typing import Any
@@ -23,6 +24,39 @@ NUMERIC_FEATURES = (
 )  # fmt: skip
 CATEGORICAL_FEATURES = ("finish_reason", "language", "is_refusal", "is_apology", "is_empty", "has_feedback")
 TEXT_FEATURES = ("prompt", "response")
+
+#: The signal each feature measures. Correlated columns (a response's characters, regex tokens and the
+#: logged ``tokens_out``) are one signal: the verdict counts drifted *groups*, so a chance wobble of the
+#: prompt length is one vote, not three, and a verbosity shift is not diluted by them either.
+FEATURE_GROUPS: dict[str, str] = {
+    "prompt_chars": "prompt_length", "prompt_tokens": "prompt_length", "tokens_in": "prompt_length",
+    "response_chars": "response_length", "response_tokens": "response_length", "tokens_out": "response_length",
+    "latency_ms": "latency",
+    "feedback_score": "feedback", "has_feedback": "feedback",
+    "finish_reason": "finish_reason",
+    "language": "language",
+    "is_refusal": "response_flags", "is_apology": "response_flags", "is_empty": "response_flags",
+    "prompt": "prompt_content", "prompt_embedding": "prompt_content",
+    "response": "response_content", "response_embedding": "response_content",
+}  # fmt: skip
+
+
+def feature_group(feature: str) -> str:
+    """The group of ``feature`` (a feature outside the table is a group of its own)."""
+    return FEATURE_GROUPS.get(feature, feature)
+
+
+def content_keys(df: pd.DataFrame) -> np.ndarray:
+    """A 64-bit key per record from its prompt and response: samples chosen by these keys depend on what
+    was said, not on request ids, so the same records give the same verdict however they were re-sent."""
+    prompt = df["prompt"].fillna("").astype(str) if "prompt" in df else pd.Series("", index=df.index)
+    response = df["response"].fillna("").astype(str) if "response" in df else pd.Series("", index=df.index)
+    keys = [
+        int.from_bytes(hashlib.blake2b(f"{p}\x00{r}".encode("utf-8", "replace"), digest_size=8).digest(), "little")
+        for p, r in zip(prompt, response, strict=True)
+    ]
+    return np.asarray(keys, dtype=np.uint64)
+
 
 REFUSAL_RE = re.compile(
     r"\b(?:I\s+(?:can(?:no|')t|am\s+(?:not\s+able|unable)|won't|will\s+not)|I'm\s+(?:not\s+able|unable)|"
@@ -83,7 +117,7 @@ def detect_languages(texts: pd.Series, sample: int, seed: int = 0, max_chars: in
                      keys: np.ndarray | None = None) -> pd.Series:  # fmt: skip
     """Languages of a bounded sample of ``texts`` (others NaN: the drift test uses the sample only).
 
-    With ``keys`` (record ids) the sample is :func:`stable_sample`, else a seeded random one.
+    With ``keys`` (:func:`content_keys`) the sample is :func:`stable_sample`, else a seeded random one.
     """
     out = pd.Series(np.nan, index=texts.index, dtype=object)
     if sample <= 0 or texts.empty:
@@ -116,8 +150,7 @@ def compute_features(df: pd.DataFrame, language_sample: int = 300, seed: int = 0
     for c in ("latency_ms", "tokens_in", "tokens_out", "feedback_score"):
         out[c] = pd.to_numeric(df.get(c), errors="coerce").astype(float) if c in df else np.nan
     out["finish_reason"] = df["finish_reason"].fillna("none").astype(str) if "finish_reason" in df else "none"
-    keys = df["id"].to_numpy() if "id" in df else None
-    out["language"] = detect_languages(prompt, language_sample, seed, keys=keys)
+    out["language"] = detect_languages(prompt, language_sample, seed, keys=content_keys(df))
     out["is_refusal"] = response.map(lambda s: "yes" if REFUSAL_RE.search(s[:600]) else "no")
     out["is_apology"] = response.map(lambda s: "yes" if APOLOGY_RE.search(s[:600]) else "no")
     out["is_empty"] = np.where(response.str.strip().str.len() == 0, "yes", "no")
@@ -160,8 +193,15 @@ def window_metrics(feats: pd.DataFrame, raw: pd.DataFrame, reference_sample: int
     """Quality, latency and length metrics of one window (names from monitor.metrics)."""
     n = len(feats)
     lat = feats["latency_ms"].dropna()
+    labelled = feats["feedback_positive"].dropna()
     m: dict[str, Any] = {
         "volume.records": float(n),
+        # counts beside the rates: drop()/rise()/change() test proportions with them (see docs/alerts.md)
+        "quality.feedback_n": float(len(labelled)),
+        "quality.feedback_positive_n": float(labelled.sum()),
+        "quality.refusal_n": float((feats["is_refusal"] == "yes").sum()),
+        "quality.apology_n": float((feats["is_apology"] == "yes").sum()),
+        "quality.empty_n": float((feats["is_empty"] == "yes").sum()),
         "quality.feedback_rate": float((feats["has_feedback"] == "yes").mean()) if n else None,
         "quality.feedback_positive_rate": _mean(feats["feedback_positive"]),
         "quality.feedback_score_mean": _mean(feats["feedback_score"]),

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, func, select
 
-from driftloop.monitor.tables import monitor_windows
+from driftloop.monitor.tables import monitor_baselines, monitor_windows
 from driftloop.settings.monitor import MonitorSettings
 from driftloop.store.feedback import feedback_latest
 from driftloop.store.models import interactions
@@ -93,9 +93,11 @@ def _last_checked(conn: Connection, model_id: str, kind: str) -> dict[str, tuple
         .group_by(mw.segment)
         .subquery()
     )
-    q = select(mw.segment, mw.window_index, mw.window_end, mw.last_id).join(
-        newest, (newest.c.segment == mw.segment) & (newest.c.idx == mw.window_index)
-    ).where(mw.model_id == model_id, mw.window_kind == kind)
+    q = (
+        select(mw.segment, mw.window_index, mw.window_end, mw.last_id)
+        .join(newest, (newest.c.segment == mw.segment) & (newest.c.idx == mw.window_index))
+        .where(mw.model_id == model_id, mw.window_kind == kind)
+    )
     return {r[0]: (int(r[1]), utc(r[2]), r[3]) for r in conn.execute(q).all()}
 
 
@@ -173,14 +175,13 @@ def reference_for(conn: Connection, s: MonitorSettings, win: Window) -> Referenc
     ref = s.reference
     c = interactions.c
     base = select(c.id, c.ts, c.metadata).where(c.model_id == win.model_id)
-    if ref.kind == "previous":
+    before = (c.ts < win.start) | ((c.ts == win.start) & (c.id < (win.first_id or 0)))
+    if ref.kind == "last_healthy":
+        rows = _healthy_rows(conn, s, win)
+    elif ref.kind == "previous":
         if win.kind == "count":
-            n = ref.windows * s.window.size
-            first = (win.start, win.first_id or 0)
-            q = base.where((c.ts < first[0]) | ((c.ts == first[0]) & (c.id < first[1]))).order_by(
-                c.ts.desc(), c.id.desc()
-            )
-            rows = _take(conn, q, s.segment_keys, win.segment, n)
+            q = base.where(before).order_by(c.ts.desc(), c.id.desc())
+            rows = _take(conn, q, s.segment_keys, win.segment, ref.windows * s.window.size)
         else:
             span = timedelta(minutes=s.window.minutes * ref.windows)
             q = base.where(c.ts >= win.start - span, c.ts < win.start).order_by(c.id)
@@ -188,12 +189,74 @@ def reference_for(conn: Connection, s: MonitorSettings, win: Window) -> Referenc
     elif ref.kind == "pinned":
         q = base.where(c.ts >= ref.start, c.ts < ref.end).order_by(c.id)
         rows = [r for r in conn.execute(q).all() if segment_of(r[2], s.segment_keys) == win.segment]
-    else:
+    elif ref.kind == "after_version":
         q = base.where(c.model_version == ref.model_version).order_by(c.id)
         rows = _take(conn, q, s.segment_keys, win.segment, ref.records)
+    else:  # after_promotion: the first records of the version serving the window, before the window
+        version = conn.execute(select(c.model_version).where(c.id == win.last_id)).scalar() if win.last_id else None
+        q = base.where(c.model_version == version, before).order_by(c.ts, c.id)
+        rows = _take(conn, q, s.segment_keys, win.segment, ref.records) if version is not None else []
     ids = tuple(sorted(int(r[0]) for r in rows))
     ts = [utc(r[1]) for r in rows]
     return Reference(ref.kind, ids, min(ts) if ts else None, max(ts) if ts else None)
+
+
+def window_rows(conn: Connection, s: MonitorSettings, model_id: str, segment: str, kind: str, start: datetime,
+                end: datetime, first_id: int | None, last_id: int | None) -> list[Any]:  # fmt: skip
+    """(id, ts, metadata) of the records of a stored window, rebuilt from its bounds.
+
+    A count window holds the records between its first and last (ts, id); a time window those in
+    [start, end). A record that arrived after the window was checked but falls inside its bounds is
+    included: the rebuilt window can be a little larger than the checked one, never smaller.
+    """
+    c = interactions.c
+    q = select(c.id, c.ts, c.metadata).where(c.model_id == model_id)
+    if kind == "count":
+        lo, hi = (start, first_id or 0), (end, last_id or 0)
+        q = q.where((c.ts > lo[0]) | ((c.ts == lo[0]) & (c.id >= lo[1])),
+                    (c.ts < hi[0]) | ((c.ts == hi[0]) & (c.id <= hi[1])))  # fmt: skip
+    else:
+        q = q.where(c.ts >= start, c.ts < end)
+    rows = conn.execute(q.order_by(c.ts, c.id)).all()
+    return [r for r in rows if segment_of(r[2], s.segment_keys) == segment] if s.segment_keys else list(rows)
+
+
+def _healthy_rows(conn: Connection, s: MonitorSettings, win: Window) -> list[Any]:
+    """Records of the newest ``reference.windows`` healthy windows before ``win`` (see ReferenceSettings).
+
+    After ``driftloop monitor repin`` only windows from the pinned one on count, and those of them that
+    were checked before the pin count as healthy whatever their flag: the user declared them normal.
+    """
+    mw, mb = monitor_windows.c, monitor_baselines.c
+    pin = conn.execute(
+        select(mb.from_window_index, mb.pinned_at)
+        .where(mb.model_id == win.model_id, mb.segment == win.segment, mb.window_kind == win.kind)
+        .order_by(mb.id.desc()).limit(1)
+    ).first()  # fmt: skip
+    ok = mw.healthy.is_(True)
+    q = select(mw.window_start, mw.window_end, mw.first_id, mw.last_id).where(
+        mw.model_id == win.model_id, mw.segment == win.segment, mw.window_kind == win.kind,
+        mw.window_index < win.index)  # fmt: skip
+    q = q.where(mw.window_index >= pin[0], ok | (mw.created_at < pin[1])) if pin is not None else q.where(ok)
+    wins = conn.execute(q.order_by(mw.window_index.desc()).limit(s.reference.windows)).all()
+    rows: list[Any] = []
+    for w in wins:
+        rows += window_rows(conn, s, win.model_id, win.segment, win.kind, utc(w[0]), utc(w[1]), w[2], w[3])
+    return rows
+
+
+def stored_window(conn: Connection, s: MonitorSettings, model_id: str, index: int, segment: str = "") -> Window | None:
+    """A window that was checked already, rebuilt from its stored bounds (None when there is none)."""
+    mw = monitor_windows.c
+    r = conn.execute(
+        select(mw.window_kind, mw.window_start, mw.window_end, mw.first_id, mw.last_id).where(
+            mw.model_id == model_id, mw.segment == segment, mw.window_kind == s.window.kind,
+            mw.window_index == index)
+    ).first()  # fmt: skip
+    if r is None:
+        return None
+    rows = window_rows(conn, s, model_id, segment, r[0], utc(r[1]), utc(r[2]), r[3], r[4])
+    return Window(model_id, segment, r[0], index, utc(r[1]), utc(r[2]), tuple(int(x[0]) for x in rows))
 
 
 def _frame_query(ids: tuple[int, ...]) -> Any:

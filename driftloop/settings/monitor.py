@@ -30,12 +30,19 @@ class WindowSettings(Section):
 class ReferenceSettings(Section):
     """What a window is compared with.
 
-    * ``previous``: the ``windows`` windows before it (a sliding baseline);
+    * ``last_healthy``: the newest ``windows`` checked windows that were healthy (ok, not drifted, no
+      quality drop, no open alert of the model when they were checked): the baseline freezes while
+      something is wrong, so a drift that persists stays visible until acknowledged or re-pinned
+      (``driftloop monitor repin``). The default;
+    * ``previous``: the ``windows`` windows before it (a sliding baseline: a lasting drift is absorbed
+      into the reference within ``windows`` windows);
     * ``pinned``: a fixed period ``start`` .. ``end``;
-    * ``after_version``: the first ``records`` records served by ``model_version``.
+    * ``after_version``: the first ``records`` records served by ``model_version``;
+    * ``after_promotion``: the first ``records`` records served by the version that serves the window
+      (the period after the current champion's promotion, as the traffic shows it).
     """
 
-    kind: Literal["previous", "pinned", "after_version"] = "previous"
+    kind: Literal["last_healthy", "previous", "pinned", "after_version", "after_promotion"] = "last_healthy"
     windows: int = Field(3, gt=0)
     start: datetime | None = None
     end: datetime | None = None
@@ -107,6 +114,13 @@ class MonitorSettings(Section):
     fdr_alpha: float = Field(0.01, gt=0, lt=1, description="Benjamini-Hochberg false discovery rate")
     drift_share: float = Field(
         0.25, gt=0, le=1, description="dataset drifted when this share of features drifted (after BH)"
+    )
+    health_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=0.5,
+        description="a window whose positive-feedback rate drops below its reference's at "
+        "this one-sided significance is not healthy (not used as a last_healthy reference)",
     )
     text_sample: int = Field(2000, gt=10, description="rows per side for text drift (bounded cost)")
     language_sample: int = Field(200, ge=0, description="prompts per window whose language is detected")
