@@ -288,6 +288,36 @@ def test_read_endpoints_return_the_seeded_data(client: TestClient, seeded: Seede
     assert "bearer" in str(spec["components"]["securitySchemes"]).lower()
 
 
+def test_window_endpoints_return_driftloops_verdict(client: TestClient, seeded: Seeded) -> None:
+    """The group verdict (counts, the threshold it used, healthy) and each feature's group reach the API as stored;
+    a window checked before migration 0010 has nulls."""
+    from driftloop.monitor.tables import drift_results, monitor_windows
+
+    verdict = {"n_groups": 9, "n_groups_drifted": 5, "drift_share": 0.5, "healthy": False, "drifted": True}
+    now = datetime.now(UTC)
+    with seeded.engine.begin() as c:
+        wid = c.execute(insert(monitor_windows).returning(monitor_windows.c.id), {
+            "model_id": "verdict-probe", "segment": "", "window_kind": "count", "window_index": 0,
+            "window_start": now, "window_end": now, "n_records": 100, "ref_kind": "previous", "ref_n": 100,
+            "status": "ok", "drift_score": 5 / 9, "n_features": 14, "n_drifted": 6, "created_at": now, **verdict,
+        }).scalar_one()  # fmt: skip
+        c.execute(insert(drift_results), {"window_id": wid, "feature": "response_tokens", "feature_type": "num",
+                                          "method": "ks", "drifted": True, "feature_group": "response_length"})  # fmt: skip
+    try:
+        (listed,) = client.get("/api/v1/windows", params={"model": "verdict-probe"}).json()
+        one = client.get(f"/api/v1/windows/{wid}").json()
+        assert {k: listed[k] for k in verdict} == {k: one[k] for k in verdict} == verdict
+        (d,) = client.get(f"/api/v1/windows/{wid}/drift").json()
+        assert d["feature_group"] == "response_length"
+        spec = client.get("/openapi.json").json()["components"]["schemas"]
+        assert {"n_groups", "n_groups_drifted", "drift_share", "healthy"} <= set(spec["Window"]["properties"])
+        assert "feature_group" in spec["DriftResult"]["properties"]
+    finally:
+        with seeded.engine.begin() as c:
+            c.execute(drift_results.delete().where(drift_results.c.window_id == wid))
+            c.execute(monitor_windows.delete().where(monitor_windows.c.id == wid))
+
+
 def test_reports_serve_only_database_paths(client: TestClient, seeded: Seeded) -> None:
     wid, path = q(seeded.engine, "select id, report_path from monitor_windows where report_path is not null "
                                  "order by id limit 1")[0]  # fmt: skip
@@ -311,6 +341,12 @@ def test_status_page_shows_champion_alerts_drift_and_jobs(client: TestClient, se
     assert f'href="/reports/{wid}"' in html
     assert "drift_check" in html and "nothing-to-learn" in html
     assert "<script" not in html
+    # the timeline: one drift bar per window with a score, one quality point per window with the rate
+    scored = q(seeded.engine, "select count(*) from monitor_windows where model_id = :m and drift_score is not null",
+               m=MODEL)[0][0]  # fmt: skip
+    (svg,) = re.findall(r'<svg class="timeline".*?</svg>', html, flags=re.S)
+    assert scored and svg.count('class="pt-drift') == scored
+    assert "<th>groups drifted</th>" in html and "<th>threshold</th>" in html
 
 
 # -- /metrics, /readyz -----------------------------------------------------------------------------------

@@ -422,6 +422,38 @@ def test_every_query_runs_and_returns_what_its_panel_needs(scenario: Scenario, p
     assert not failures, f"{path.name} with model={selection}:\n" + "\n".join(failures)
 
 
+def _panel(d: dict[str, Any], title: str) -> dict[str, Any]:
+    (p,) = [p for p in iter_panels(d["panels"]) if p["title"] == title]
+    return p
+
+
+def test_drift_verdict_panels_show_driftloops_threshold_and_groups(scenario: Scenario) -> None:
+    """The verdict panels read the verdict's own numbers (monitor_windows.drift_share, n_groups_drifted /
+    n_groups), never a threshold written into the dashboard; windows without them (checked before migration
+    0010) still show their score."""
+    d = _dash(DASH_DIR / "drift.json")
+    verdict, series = _panel(d, "Latest drift verdict"), _panel(d, "Dataset drift score per window")
+    steps = verdict["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s["value"] for s in steps] == [None, 1], "the stat colours the verdict (0/1), not the score"
+    dsn = make_url(scenario.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    variables = dashboard_variables(d, {"model": [MODEL]}, {"model": scenario.models})
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # the newest ok window of MODEL with a group verdict (filled in where the monitor left it empty)
+        conn.execute("UPDATE monitor_windows SET n_groups = 9, n_groups_drifted = CASE WHEN drifted THEN 5 ELSE 1 END,"
+                     " drift_share = 0.45 WHERE n_groups IS NULL AND model_id = %s AND status = 'ok'", (MODEL,))  # fmt: skip
+        newest = conn.execute("SELECT n_groups_drifted, n_groups, drift_share, drifted FROM monitor_windows WHERE "
+                              "model_id = %s AND status = 'ok' ORDER BY window_end DESC LIMIT 1", (MODEL,)).fetchone()  # fmt: skip
+        shares = conn.execute("SELECT drift_share FROM monitor_windows WHERE model_id = %s AND status = 'ok' "
+                              "ORDER BY window_end", (MODEL,)).fetchall()  # fmt: skip
+        cols, rows = _run(conn, expand(verdict["targets"][0]["rawSql"], scenario.time_range, variables))
+        assert newest is not None and rows == [(f"{MODEL}: {newest[0]}/{newest[1]} groups, threshold "
+                                                f"{newest[2]:.2f}", int(newest[3]))]  # fmt: skip
+        cols, rows = _run(conn, expand(series["targets"][0]["rawSql"], scenario.time_range, variables))
+    threshold = [r[cols.index("value")] for r in rows if r[cols.index("metric")] == f"{MODEL} threshold"]
+    assert threshold == [s for (s,) in shares] and len(threshold) >= 2
+    assert {o["matcher"]["options"] for o in series["fieldConfig"]["overrides"]} == {".* threshold$"}
+
+
 # ------------------------------------------------------------------------------------------ push
 PG_URL = "postgresql+psycopg://driftloop:urlpw@db.internal:5433/driftloop?sslmode=require"
 
