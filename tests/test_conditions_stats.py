@@ -102,15 +102,23 @@ def test_literal_comparisons_keep_their_old_shape() -> None:
 # -- statistical tests ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kind", "alternative"), [("drop", "less"), ("rise", "greater"), ("change", "two-sided")])
 @pytest.mark.parametrize(
     "table", [(40, 100, 600, 1000), (12, 30, 15, 30), (700, 1000, 650, 1000), (0, 25, 3, 40), (25, 25, 40, 40)]
 )
-def test_p_value_is_scipys_fisher_exact(kind: str, alternative: str, table: tuple[int, int, int, int]) -> None:
+def test_p_values_are_scipys_fisher_exact(table: tuple[int, int, int, int]) -> None:
     k, n, rk, rn = table
-    expected = stats.fisher_exact([[k, n - k], [rk, rn - rk]], alternative=alternative).pvalue
-    got = ProportionTest(kind, FPR).p_value(fb(*table))
-    assert got is not None and math.isclose(got, expected, rel_tol=1e-12)
+    less, greater = (stats.fisher_exact([[k, n - k], [rk, rn - rk]], alternative=a).pvalue for a in ("less", "greater"))
+    expected = {"drop": less, "rise": greater, "change": min(1.0, 2 * min(less, greater))}
+    for kind, p in expected.items():
+        got = ProportionTest(kind, FPR).p_value(fb(*table))
+        assert got is not None and math.isclose(got, p, rel_tol=1e-12), kind
+
+
+def test_change_is_drop_or_rise_at_half_alpha() -> None:
+    for table in [(40, 100, 600, 1000), (50, 100, 600, 1000), (70, 100, 600, 1000), (75, 100, 600, 1000)]:
+        m = fb(*table)
+        either = parse_condition(f"drop({FPR}, alpha=0.025) or rise({FPR}, alpha=0.025)").eval(m)
+        assert parse_condition(f"change({FPR}, alpha=0.05)").eval(m) is either
 
 
 def test_drop_is_one_sided() -> None:

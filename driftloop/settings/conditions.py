@@ -21,7 +21,8 @@ follow Kleene logic, so a window without data never fires a rule and never clear
 
 The tests compare a proportion of the window with the same proportion of its reference records by
 Fisher's exact test on the 2x2 table of counts (``drop``: one-sided, the window lower; ``rise``: higher;
-``change``: two-sided); true when the p-value is at most ``alpha``.
+``change``: two-sided, twice the smaller one-sided p-value, so ``change(m, alpha=a)`` is
+``drop(m, alpha=a/2) or rise(m, alpha=a/2)``); true when the p-value is at most ``alpha``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ MAX_LENGTH = 2000
 MAX_DEPTH = 32
 DEFAULT_ALPHA = 0.01
 DEFAULT_MIN_N = 20
-# Counts above this are not tested (unknown): scipy's two-sided Fisher test loses precision near 1e10.
+# Counts above this are not tested (unknown): scipy's Fisher test loses precision near 1e10.
 MAX_COUNT = 10**9
 
 Metrics = Mapping[str, float | None]
@@ -83,8 +84,8 @@ _KIND_WORDS = {
     "=": "'='",
 }
 KEYWORDS = frozenset({"and", "or", "not"})
-# test name -> scipy's ``alternative`` for the window's proportion against the reference's
-TESTS: dict[str, str] = {"drop": "less", "rise": "greater", "change": "two-sided"}
+# test name -> the one-sided alternatives whose p-values it takes (change: twice the smaller one)
+TESTS: dict[str, tuple[str, ...]] = {"drop": ("less",), "rise": ("greater",), "change": ("less", "greater")}
 _TEST_ARGS = ("alpha", "min_n")
 _NOT_NUMBERS = frozenset({"nan", "inf", "infinity"})
 
@@ -272,7 +273,10 @@ class ProportionTest:
         from scipy import stats  # here, not above: importing the settings must not load scipy (~50 MB)
 
         table = [[c.k, c.n - c.k], [c.ref_k, c.ref_n - c.ref_k]]
-        p = float(stats.fisher_exact(table, alternative=TESTS[self.kind]).pvalue)
+        sides = TESTS[self.kind]
+        # Two-sided as doubled one-sided ("central"): consistent with drop/rise, and scipy's minimum-likelihood
+        # two-sided p takes ~8 ms at 50 000 records a side where the one-sided ones take ~0.25 ms.
+        p = len(sides) * min(float(stats.fisher_exact(table, alternative=a).pvalue) for a in sides)
         return None if math.isnan(p) else min(p, 1.0)
 
     def eval(self, m: Metrics) -> bool | None:
