@@ -245,6 +245,44 @@ def test_token_soup_parses_or_raises_condition_error_and_never_fails_to_evaluate
     assert node.eval(m) in (True, False, None)
 
 
+_ATOMS = st.one_of(st.sampled_from(["a.x", "b.y", FPR, f"ref.{FPR}"]), st.sampled_from(["0", "0.5", "2", "1e3"]))
+_SUMS = st.recursive(
+    _ATOMS,
+    lambda inner: st.one_of(
+        st.builds(lambda a, op, b: f"{a} {op} {b}", inner, st.sampled_from("+-*/"), inner), inner.map(lambda a: f"-{a}")
+    ),
+    max_leaves=5,
+)
+_TESTS = st.builds(
+    lambda kind, metric, args: f"{kind}({', '.join([metric, *args])})",
+    st.sampled_from(["drop", "rise", "change"]),
+    st.sampled_from(list(PROPORTION_COUNTS)),
+    st.lists(st.sampled_from(["alpha=0.05", "min_n=5"]), unique=True),
+)
+_CONDITIONS = st.recursive(
+    st.one_of(_TESTS, st.builds(lambda a, op, b: f"{a} {op} {b}", _SUMS, st.sampled_from(["<", ">=", "=="]), _SUMS)),
+    lambda inner: st.one_of(
+        inner.map(lambda c: f"not {c}"),
+        inner.map(lambda c: f"({c})"),
+        st.builds(lambda a, op, b: f"{a} {op} {b}", inner, st.sampled_from(["and", "or"]), inner),
+    ),
+    max_leaves=6,
+)
+_ALL_NAMES = [*_NAMES, "quality.refusal_n", "volume.records", "ref.quality.refusal_n", "ref.volume.records"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(_CONDITIONS, st.dictionaries(st.sampled_from(_ALL_NAMES), _VALUES))
+def test_grammar_shaped_conditions_round_trip_and_evaluate(text: str, m: Any) -> None:
+    try:
+        node = parse_condition(text)
+    except ConditionError as e:  # only the comparisons of two literals are invalid here
+        assert "a comparison needs a metric on one side" in str(e)
+        return
+    assert parse_condition(str(node)) == node
+    assert node.eval(m) in (True, False, None)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet="abxy.+-*/<>=!(),_ 0123456789e", max_size=60))
 def test_arithmetic_alphabet_fuzz(text: str) -> None:
