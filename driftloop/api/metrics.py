@@ -101,7 +101,8 @@ def _windows(c: Any) -> Iterable[Metric]:
               .where(w.c.status == "ok").group_by(w.c.model_id, w.c.segment).subquery())  # fmt: skip
     rows = c.execute(select(w.c.model_id, w.c.segment, w.c.drift_score, w.c.drifted, w.c.window_end, w.c.id)
                      .join(newest, newest.c.id == w.c.id).limit(10_000)).all()  # fmt: skip
-    score = GaugeMetricFamily("driftloop_drift_score", "Share of drifted features in the newest checked window",
+    score = GaugeMetricFamily("driftloop_drift_score",
+                              "Share of drifted signal groups (after Benjamini-Hochberg) in the newest checked window",
                               labels=["model", "segment"])  # fmt: skip
     drifted = GaugeMetricFamily("driftloop_drifted", "1 if the newest checked window drifted",
                                 labels=["model", "segment"])  # fmt: skip
