@@ -1,4 +1,17 @@
-"""Benchmark: a bare Evidently ``Report.run`` vs driftloop's full drift check on one large window.
+"""Benchmark: a bare Evidently ``Report.run`` vs driftloop's full drift check, on one large window or
+on many small ones.
+
+Two cases (``--rows``):
+
+* ``--rows N`` with N > 1000 (default 50 000): one current window of N records vs a reference of N
+  records, synthetic, one check timed (below);
+* ``--rows N`` with N <= 1000 (the case that matters for watching many streams, e.g. 150): windows of
+  N records vs a fixed reference of 2N records. Real AlpacaEval traffic (gpt-3.5-turbo-1106 from
+  ``../shared/data/alpacaeval``, override ``DRIFTLOOP_ALPACAEVAL_DIR``) when present, synthetic
+  otherwise (the output says which). The embedding model is loaded and one warm-up check is done
+  before timing; then ``--windows`` checks are timed, each on texts the embedding cache has not seen
+  (the cache is put back to its state after the warm-up: the reference's embeddings stay cached, as
+  they do in a running daemon). Bare Evidently is timed the same way on the same feature frames.
 
 Synthetic traffic like ours (numeric, categorical and text columns): a reference window and a
 current window of ``--rows`` records each, the current one drifted in a few features. It measures,
@@ -13,7 +26,8 @@ in the same process:
   (SQLite in a temporary directory unless ``--db-url``). The HTML report is skipped unless
   ``--report``.
 
-The last line printed is one JSON object: evidently_s, driftloop_s, ratio, peak_rss_mb.
+The last line printed is one JSON object: evidently_s, driftloop_s, ratio, peak_rss_mb (whole
+process, ``ru_maxrss``); the small-window case adds the max, the data source and the window sizes.
 """
 
 from __future__ import annotations
@@ -82,14 +96,188 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+ALPACA = Path(
+    os.environ.get("DRIFTLOOP_ALPACAEVAL_DIR", Path(__file__).resolve().parents[2] / "shared/data/alpacaeval")
+)
+ALPACA_MODEL = "gpt-3.5-turbo-1106"
+
+
+def alpaca_rows(seed: int) -> list[dict[str, Any]] | None:
+    """The AlpacaEval records of ALPACA_MODEL (shuffled, seeded), or None when the data is not there."""
+    import gzip
+    import random
+
+    path = ALPACA / f"{ALPACA_MODEL}.jsonl.gz"
+    if not path.exists():
+        return None
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def as_interactions(src: list[dict[str, Any]], start_id: int, t0: datetime, seed: int) -> list[dict[str, Any]]:
+    """AlpacaEval records as interactions rows (``feedback_score`` carries ``win >= 0.5`` for feedback_rows)."""
+    rng = np.random.default_rng(seed)
+    now = datetime.now(UTC)
+    return [
+        {"request_id": f"a{start_id + i}", "ts": t0 + timedelta(milliseconds=20 * i), "model_id": "bench",
+         "model_version": r["generator"], "prompt": r["instruction"], "messages": None, "response": r["output"],
+         "latency_ms": float(rng.lognormal(6.5, 0.3)), "tokens_in": len(r["instruction"].split()),
+         "tokens_out": len(r["output"].split()), "finish_reason": "stop", "user_hash": None, "session_id": None,
+         "reference": None, "metadata": None, "source_topic": "bench", "source_partition": 0,
+         "source_offset": start_id + i, "ingested_at": now, "win": float(r["win"] >= 0.5)}
+        for i, r in enumerate(src)
+    ]  # fmt: skip
+
+
+def _insert(eng: Any, rows: list[dict[str, Any]], fb: list[dict[str, Any]]) -> None:
+    from sqlalchemy import insert
+
+    from driftloop.store.models import feedback, interactions
+
+    with eng.begin() as c:
+        for k in range(0, len(rows), 5000):
+            c.execute(insert(interactions), rows[k : k + 5000])
+        for k in range(0, len(fb), 5000):
+            c.execute(insert(feedback), fb[k : k + 5000])
+
+
+def small_windows(n: int, n_windows: int, t0: datetime) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(source, rows, feedback): a 2n-record reference, a warm-up window, then ``n_windows`` windows of n.
+
+    AlpacaEval: the reference and the warm-up window are disjoint slices of the shuffled records, each timed
+    window a seeded draw of n of the remaining ones (the embedding cache is reset between checks, so each
+    window's texts are new to it). Synthetic: every window is fresh traffic, every other one drifted.
+    """
+    data = alpaca_rows(0)
+    if data is not None and len(data) >= 4 * n:
+        rng = np.random.default_rng(1)
+        rest = data[3 * n :]
+        src = data[: 3 * n] + [rest[j] for w in range(n_windows) for j in rng.choice(len(rest), n, replace=False)]
+        rows = as_interactions(src, 0, t0, seed=2)
+        fb = [{"event_key": f"f{r['request_id']}", "request_id": r["request_id"], "ts": r["ts"], "score": r.pop("win"),
+               "comment": None, "correction": None, "source": "inline", "metadata": None, "ingested_at": r["ts"]}
+              for r in rows]  # fmt: skip
+        return f"alpacaeval:{ALPACA_MODEL}", rows, fb
+    rows = synth(2 * n, 1, False, 0, t0) + synth(n, 2, False, 2 * n, t0 + timedelta(milliseconds=40 * n))
+    for w in range(n_windows):
+        start = (3 + w) * n
+        rows += synth(n, 10 + w, w % 2 == 1, start, t0 + timedelta(milliseconds=20 * start))
+    return "synthetic", rows, feedback_rows(rows, 3, 0.6)
+
+
+def small_case(args: argparse.Namespace) -> dict[str, Any]:
+    """Windows of ``args.rows`` records vs a pinned 2x reference; median and max of ``args.windows`` checks."""
+    import statistics
+    import warnings
+    from collections import OrderedDict
+
+    import pandas as pd
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    from driftloop.monitor.check import WindowChecker
+    from driftloop.monitor.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, compute_features
+    from driftloop.monitor.windows import due_windows
+    from driftloop.settings import load_settings
+    from driftloop.store.db import create_engine_from_url, migrate
+
+    n, k = args.rows, args.windows
+    tmp = tempfile.TemporaryDirectory(prefix="driftloop-bench-")
+    url = args.db_url or f"sqlite:///{tmp.name}/bench.db"
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    source, rows, fb = small_windows(n, k, t0)
+    print(f"setup: {source}, reference {2 * n} + warm-up {n} + {k} x {n} rows into {url.split('://')[0]}",
+          file=sys.stderr)  # fmt: skip
+    migrate(url)
+    eng = create_engine_from_url(url)
+    _insert(eng, rows, fb)
+
+    num = [c for c in NUMERIC_FEATURES if c != "feedback_score"]
+    cat = list(CATEGORICAL_FEATURES)
+    cols = num + cat + ["prompt", "response"]
+    dd = DataDefinition(numerical_columns=num, categorical_columns=cat, text_columns=["prompt", "response"])
+
+    def frame(part: list[dict[str, Any]]) -> pd.DataFrame:
+        df = pd.DataFrame(part)
+        df["feedback_score"] = np.nan
+        return compute_features(df, language_sample=300)[cols]
+
+    ref_f = frame(rows[: 2 * n])
+    cur_fs = [frame(rows[(2 + w) * n : (3 + w) * n]) for w in range(k + 1)]
+    ev: list[float] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for w, cur_f in enumerate(cur_fs):  # the first run is the warm-up
+            t = time.perf_counter()
+            Report([DataDriftPreset()]).run(Dataset.from_pandas(cur_f, data_definition=dd),
+                                            Dataset.from_pandas(ref_f, data_definition=dd))  # fmt: skip
+            if w:
+                ev.append(time.perf_counter() - t)
+    del cur_fs, ref_f, rows, fb
+
+    end = t0 + timedelta(milliseconds=20 * 2 * n)
+    settings = load_settings(
+        None,
+        database={"url": url},
+        monitor={"window": {"kind": "count", "size": n},
+                 "reference": {"kind": "pinned", "start": t0.isoformat(), "end": end.isoformat()},
+                 "reports": args.report, "reports_dir": f"{tmp.name}/reports",
+                 "embeddings": {"enabled": not args.no_embeddings}},
+    )  # fmt: skip
+    checker = WindowChecker(settings, eng)
+    with eng.connect() as c:
+        wins = {w.index: w for w in due_windows(c, settings.monitor, "bench")}
+    if not args.no_embeddings:
+        checker.embeddings().encode(["warm up"])  # model load: once per process, not timed
+    res = checker.check(wins[2])  # warm-up check: first-call imports, the reference's embeddings cached
+    assert res.status == "ok", res.error
+    cached = OrderedDict(checker.embeddings()._cache)
+    times: list[float] = []
+    for idx in range(3, 3 + k):
+        checker.embeddings()._cache = OrderedDict(cached)  # only the reference's embeddings are known
+        prof = None
+        if args.profile and idx == 3:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+        t = time.perf_counter()
+        res = checker.check(wins[idx])
+        times.append(time.perf_counter() - t)
+        if prof is not None:
+            import pstats
+
+            prof.disable()
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(args.profile)
+        assert res.status == "ok", res.error
+        print(res.summary().splitlines()[1], f"({times[-1]:.2f} s)")
+    eng.dispose()
+    tmp.cleanup()
+    med, ev_med = statistics.median(times), statistics.median(ev)
+    print(f"{source}: {k} checks of {n} vs {2 * n} records: median {med:.2f} s, max {max(times):.2f} s; "
+          f"bare Evidently median {ev_med:.2f} s; ratio {med / ev_med:.2f}")  # fmt: skip
+    return {"source": source, "rows": n, "reference_rows": 2 * n, "windows": k, "driftloop_s": round(med, 3),
+            "driftloop_max_s": round(max(times), 3), "evidently_s": round(ev_med, 3),
+            "ratio": round(med / ev_med, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=50_000, help="records per window (current and reference)")
+    ap.add_argument("--rows", type=int, default=50_000,
+                    help="records per window; <= 1000: windows of ROWS vs a reference of 2 x ROWS")  # fmt: skip
+    ap.add_argument("--windows", type=int, default=5, help="timed checks in the small-window case")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="small-window case: cProfile the first timed check, print the top N (stderr)")  # fmt: skip
     ap.add_argument("--db-url", help="database URL (default: SQLite in a temporary directory)")
     ap.add_argument("--report", action="store_true", help="also save the HTML report (not timed by default)")
     ap.add_argument("--no-embeddings", action="store_true", help="skip MiniLM embedding drift")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.rows <= 1000:
+        print(json.dumps(small_case(args)))
+        return 0
 
     import warnings
 

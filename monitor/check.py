@@ -31,7 +31,7 @@ from driftloop.monitor.windows import (
     Reference,
     Window,
     due_windows,
-    load_frame,
+    load_window_frame,
     models,
     reference_for,
     stored_window,
@@ -108,8 +108,8 @@ class WindowChecker:
         store_feedback_threshold(self.engine, self.positive_threshold)
         with self.engine.connect() as conn:
             ref = reference_for(conn, s, win)
-            cur_df = load_frame(conn, win.ids)
-            ref_df = load_frame(conn, ref.ids) if ref.n else pd.DataFrame()
+            cur_df = load_window_frame(conn, win.ids)
+            ref_df = load_window_frame(conn, ref.ids) if ref.n else pd.DataFrame()
         feats = (compute_features(cur_df, s.language_sample, seed=win.index)
                  if len(cur_df) else pd.DataFrame())  # fmt: skip
         metrics: dict[str, float | None] = window_metrics(feats, cur_df) if len(cur_df) else {"volume.records": 0.0}
@@ -124,8 +124,9 @@ class WindowChecker:
         else:
             try:
                 assert ref_feats is not None
-                res.outcome = self._drift(feats, ref_feats, win)
-                if report if report is not None else s.reports:
+                save = report if report is not None else s.reports
+                res.outcome = self._drift(feats, ref_feats, win, save)
+                if save:
                     res.report_path = self._save_report(res)
             except Exception as e:  # a broken window must not stop the others
                 log.exception("drift check failed for %s window %s", win.model_id, win.index)
@@ -150,9 +151,10 @@ class WindowChecker:
             res.window_id = self._persist(res)
         return res
 
-    def _drift(self, cur: pd.DataFrame, ref: pd.DataFrame, win: Window) -> DriftOutcome:
+    def _drift(self, cur: pd.DataFrame, ref: pd.DataFrame, win: Window, report: bool) -> DriftOutcome:
         s = self.s
-        features, snaps = tabular_and_text_drift(cur, ref, s, seed=win.index)
+        # the Evidently Report (HTML) is built only when it is saved; the tests call its stattests directly
+        features, snaps = tabular_and_text_drift(cur, ref, s, seed=win.index, report=report)
         if s.embeddings.enabled:
             # sampled by content, not by id: the same records give the same verdict however they were sent
             k = s.embeddings.sample

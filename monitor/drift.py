@@ -97,15 +97,22 @@ def _usable(cur: pd.Series, ref: pd.Series) -> bool:
     return cur.notna().sum() >= 5 and ref.notna().sum() >= 5
 
 
-def _run_report(cur: pd.DataFrame, ref: pd.DataFrame, num: list[str], cat: list[str], text: list[str],
-                s: MonitorSettings) -> tuple[list[FeatureDrift], Any]:  # fmt: skip
-    from evidently import DataDefinition, Dataset, Report
+def _feature(col: str, ftype: str, method: str, stat: float | None, thr: float | None) -> FeatureDrift:
+    """A column's result: p-value tests wait for Benjamini-Hochberg; text drift (ROC AUC) drifts above its
+    threshold, distances at or above theirs."""
+    if ftype == "text":
+        return FeatureDrift(col, ftype, method, stat, thr, drifted=stat is not None and thr is not None and stat > thr)
+    if _is_p_value(method):
+        return FeatureDrift(col, ftype, method, stat, thr, p_value=stat)
+    return FeatureDrift(col, ftype, method, stat, thr, drifted=stat is not None and thr is not None and stat >= thr)
+
+
+def _preset(cols: list[str], text: list[str], s: MonitorSettings) -> Any:
+    """The DataDriftPreset driftloop's settings describe (the Report and the direct tests share it)."""
     from evidently.presets import DataDriftPreset
 
-    cols = num + cat + text
-    dd = DataDefinition(numerical_columns=num or None, categorical_columns=cat or None, text_columns=text or None)
     m = s.methods
-    preset = DataDriftPreset(
+    return DataDriftPreset(
         columns=cols,
         num_method=m.num_method,
         cat_method=m.cat_method,
@@ -115,7 +122,54 @@ def _run_report(cur: pd.DataFrame, ref: pd.DataFrame, num: list[str], cat: list[
         per_column_threshold={c: v for c, v in m.thresholds.items() if c in cols} or None,
         include_tests=False,
     )
-    report = Report([preset], include_tests=False)
+
+
+def column_tests(cur: pd.DataFrame, ref: pd.DataFrame, num: list[str], cat: list[str], text: list[str],
+                 s: MonitorSettings) -> list[FeatureDrift]:  # fmt: skip
+    """Evidently's per-column drift tests, called directly: the stattest and threshold DataDriftPreset picks
+    for each column (settings, else Evidently's defaults by type and size), on the column without missing or
+    infinite values, as the Report does it, without the Report's histograms, correlations and text
+    examples, which the verdict does not use. ``_run_report`` gives the same statistics (tested)."""
+    from evidently.legacy.calculations.stattests.registry import get_stattest
+    from evidently.legacy.core import ColumnType
+    from evidently.legacy.options.data_drift import DataDriftOptions
+
+    p = _preset(num + cat + text, text, s)
+    options = DataDriftOptions(
+        all_features_stattest=p.method, cat_features_stattest=p.cat_method, num_features_stattest=p.num_method,
+        text_features_stattest=p.text_method, per_feature_stattest=p.per_column_method,
+        all_features_threshold=p.threshold, cat_features_threshold=p.cat_threshold,
+        num_features_threshold=p.num_threshold, text_features_threshold=p.text_threshold,
+        per_feature_threshold=p.per_column_threshold,
+    )  # fmt: skip
+    out: list[FeatureDrift] = []
+    for col in num + cat + text:
+        ftype = "numerical" if col in num else "categorical" if col in cat else "text"
+        ctype = {"numerical": ColumnType.Numerical, "categorical": ColumnType.Categorical}.get(ftype, ColumnType.Text)
+        configured = options.get_feature_stattest_func(col, ctype.value)
+        threshold = options.get_threshold(col, ctype.value)
+        r, c = (x[col].replace([-np.inf, np.inf], np.nan).dropna() for x in (ref, cur))
+        if r.empty or c.empty:
+            raise ValueError(f"column {col!r} has no values in the {'reference' if r.empty else 'current'} window")
+        test = get_stattest(r, c, ctype, configured)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = test(r, c, ctype, threshold)
+        method = configured if isinstance(configured, str) else test.display_name
+        stat = None if res.drift_score is None or math.isnan(res.drift_score) else float(res.drift_score)
+        out.append(_feature(col, ftype, method, stat, threshold if threshold is not None else res.actual_threshold))
+    return out
+
+
+def _run_report(cur: pd.DataFrame, ref: pd.DataFrame, num: list[str], cat: list[str], text: list[str],
+                s: MonitorSettings) -> tuple[list[FeatureDrift], Any]:  # fmt: skip
+    """Evidently's Report on the same columns and settings: the HTML report, and the reference for
+    :func:`column_tests`."""
+    from evidently import DataDefinition, Dataset, Report
+
+    cols = num + cat + text
+    dd = DataDefinition(numerical_columns=num or None, categorical_columns=cat or None, text_columns=text or None)
+    report = Report([_preset(cols, text, s)], include_tests=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         snap = report.run(
@@ -127,23 +181,10 @@ def _run_report(cur: pd.DataFrame, ref: pd.DataFrame, num: list[str], cat: list[
         col = cfg.get("column")
         if col is None or col not in cols:
             continue
-        method = str(cfg.get("method"))
-        thr = cfg.get("threshold")
         val = metric.get("value")
         stat = None if val is None or (isinstance(val, float) and math.isnan(val)) else float(val)
         ftype = "numerical" if col in num else "categorical" if col in cat else "text"
-        if ftype == "text":
-            out.append(
-                FeatureDrift(col, ftype, method, stat, thr, drifted=stat is not None and thr is not None and stat > thr)
-            )
-        elif _is_p_value(method):
-            out.append(FeatureDrift(col, ftype, method, stat, thr, p_value=stat))
-        else:
-            out.append(
-                FeatureDrift(
-                    col, ftype, method, stat, thr, drifted=stat is not None and thr is not None and stat >= thr
-                )
-            )
+        out.append(_feature(col, ftype, str(cfg.get("method")), stat, cfg.get("threshold")))
     return out, snap
 
 
@@ -188,9 +229,13 @@ def _categorical_on_sample(col: str, cur: pd.Series, ref: pd.Series, s: MonitorS
     return FeatureDrift(col, "categorical", method, stat, thr, drifted=stat >= thr)
 
 
-def tabular_and_text_drift(cur: pd.DataFrame, ref: pd.DataFrame, s: MonitorSettings,
-                           seed: int = 0) -> tuple[list[FeatureDrift], list[Any]]:  # fmt: skip
-    """Evidently drift tests on the numeric/categorical features and (sampled) text columns."""
+def tabular_and_text_drift(cur: pd.DataFrame, ref: pd.DataFrame, s: MonitorSettings, seed: int = 0,
+                           report: bool = False) -> tuple[list[FeatureDrift], list[Any]]:  # fmt: skip
+    """Evidently drift tests on the numeric/categorical features and (sampled) text columns.
+
+    The tests are Evidently's stattests called directly (:func:`column_tests`); with ``report`` the Report
+    of the tabular columns is run too (its snapshot is the HTML report), on the same data.
+    """
     num = [c for c in NUMERIC_FEATURES if c in cur and _usable(cur[c], ref[c])]
     cat = [c for c in CATEGORICAL_FEATURES if c in cur]
     # A column known only on a sample (language) must be tested on that sample alone: inside the
@@ -207,9 +252,9 @@ def tabular_and_text_drift(cur: pd.DataFrame, ref: pd.DataFrame, s: MonitorSetti
     sampled = [c for c in cat if cur[c].isna().any() or ref[c].isna().any() or small_multi(c)]
     cat = [c for c in cat if c not in sampled]
     results, snaps = [], []
-    r, snap = _run_report(cur, ref, num, cat, [], s)
-    results.extend(r)
-    snaps.append(snap)
+    results.extend(column_tests(cur, ref, num, cat, [], s))
+    if report:
+        snaps.append(_run_report(cur, ref, num, cat, [], s)[1])
     for c in sampled:
         if _usable(cur[c], ref[c]):
             results.append(_categorical_on_sample(c, cur[c].dropna().astype(str), ref[c].dropna().astype(str), s))
@@ -219,12 +264,9 @@ def tabular_and_text_drift(cur: pd.DataFrame, ref: pd.DataFrame, s: MonitorSetti
         rs = ref.sample(min(n, len(ref)), random_state=seed) if len(ref) > n else ref
         for col in TEXT_FEATURES:
             try:
-                r, snap = _run_report(cs, rs, [], [], [col], s)
+                results.extend(column_tests(cs, rs, [], [], [col], s))
             except ValueError as e:  # e.g. empty vocabulary: a text column with no words
                 log.warning("text drift on %s skipped: %s", col, e)
-                continue
-            results.extend(r)
-            snaps.append(snap)
     return results, snaps
 
 
@@ -272,6 +314,7 @@ __all__ = [
     "DriftOutcome",
     "FeatureDrift",
     "benjamini_hochberg",
+    "column_tests",
     "embedding_drift",
     "tabular_and_text_drift",
     "verdict",

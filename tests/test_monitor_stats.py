@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from sqlalchemy import func, select
 
 from driftloop.monitor.check import DriftCheckJob
@@ -121,3 +122,39 @@ def test_rare_finish_reasons_do_not_read_as_drift_in_small_windows() -> None:
     ref = compute_features(frame(300, 98, stable), language_sample=20)
     fr = next(f for f in tabular_and_text_drift(cur, ref, s)[0] if f.feature == "finish_reason")
     assert fr.p_value is not None and fr.p_value < 1e-6
+
+
+@pytest.mark.parametrize("n_ref", [300, 1500])  # Evidently's defaults differ below and above 1000 reference rows
+def test_direct_stattests_match_evidently_report(n_ref: int) -> None:
+    """The verdict calls Evidently's stattests directly; the Report (run only for the HTML report) must find
+    the same method, statistic (p-value or distance), threshold and verdict for every column."""
+    from driftloop.monitor.drift import _run_report, column_tests
+    from driftloop.settings.monitor import MonitorSettings
+
+    rng = np.random.default_rng(5)
+
+    def frame(n: int, shift: float) -> pd.DataFrame:
+        words = np.array(["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"])
+        return pd.DataFrame({
+            "prompt_chars": rng.normal(100 + shift, 20, n), "latency_ms": rng.lognormal(6 + shift / 100, 0.3, n),
+            "tokens_out": np.where(rng.random(n) < 0.1, np.nan, rng.poisson(50, n)).astype(float),
+            "is_refusal": rng.choice(["yes", "no"], n, p=[0.1, 0.9]),
+            "finish_reason": rng.choice(["stop", "length", "content_filter"], n, p=[0.8, 0.15, 0.05]),
+            "prompt": [" ".join(rng.choice(words[: 6 + int(shift > 0) * 2], 8)) for _ in range(n)],
+        })  # fmt: skip
+
+    cur, ref = frame(150 if n_ref < 1000 else 1200, 10.0), frame(n_ref, 0.0)
+    num, cat = ["prompt_chars", "latency_ms", "tokens_out"], ["is_refusal", "finish_reason"]
+    configured = MonitorSettings(methods={"per_column": {"latency_ms": "psi"}, "thresholds": {"prompt_chars": 0.01}})
+    for s in (MonitorSettings(), configured):
+        for cols in ((num, cat, []), ([], [], ["prompt"])):
+            direct = column_tests(cur, ref, *cols, s)
+            via_report, _ = _run_report(cur, ref, *cols, s)
+            assert [f.feature for f in direct] == [f.feature for f in via_report]
+            for d, r in zip(direct, via_report, strict=True):
+                assert (d.method, d.feature_type, d.p_value is None, d.drifted) == (
+                    r.method, r.feature_type, r.p_value is None, r.drifted), d.feature  # fmt: skip
+                assert d.statistic == pytest.approx(r.statistic, rel=1e-9, abs=1e-12), d.feature
+                assert d.threshold == pytest.approx(r.threshold), d.feature
+    methods = {f.feature: f.method for f in column_tests(cur, ref, num, cat, [], configured)}
+    assert methods["latency_ms"] == "psi"
