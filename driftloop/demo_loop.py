@@ -264,7 +264,14 @@ def _run(svc: _Services, tl: Timeline, data_dir: Path, cfg: DemoConfig, say: Any
 
 def _demo_settings(cfg: DemoConfig, data_dir: Path, db_url: str, bootstrap: str, base: Any, serve_port: int,
                    api_port: int) -> Settings:  # fmt: skip
-    """The demo's settings: small windows, 2 s jobs, two alert rules, one retrain policy promoting to the server."""
+    """The demo's settings: small windows, 2 s jobs, two alert rules, one retrain policy promoting to the server.
+
+    The quality rule is relative (a one-sided Fisher test of the positive-feedback rate against the
+    reference), so the reference is ``last_healthy``: the domain-B windows are unhealthy (drifted, their
+    rate dropped), so the baseline stays on the domain-A windows and the alert stays open until the
+    retrain has its ``min_new_samples``. A ``previous`` reference would take the domain-B windows into
+    the baseline within two windows and close the alert before the retrain could start.
+    """
     from driftloop.settings import load_settings
 
     serve_url = f"http://127.0.0.1:{serve_port}"
@@ -276,12 +283,12 @@ def _demo_settings(cfg: DemoConfig, data_dir: Path, db_url: str, bootstrap: str,
         kafka={"bootstrap_servers": [bootstrap], "group_id": "driftloop-demo", "topic_partitions": 1},
         ingest={"batch_max_ms": 200},
         monitor={"window": {"kind": "count", "size": w}, "min_window_size": min(100, w),
-                 "reference": {"kind": "previous", "windows": 2}, "reports": cfg.reports,
+                 "reference": {"kind": "last_healthy", "windows": 2}, "reports": cfg.reports,
                  "reports_dir": str(data_dir / "reports"),
                  "embeddings": {"enabled": cfg.embeddings, "sample": min(100, w)}, "language_sample": 0},
         alerts={"rules": [
-            {"name": "quality-drop", "condition": "quality.feedback_positive_rate < 0.3", "windows": 1, "of": 1,
-             "severity": "critical"},
+            {"name": "quality-drop", "condition": "drop(quality.feedback_positive_rate, alpha=0.01)", "windows": 1,
+             "of": 1, "severity": "critical"},
             {"name": "dataset-drift", "condition": "drift.drifted == 1", "windows": 1, "of": 2},
         ]},
         scheduler={"drift_check_s": 2, "policy_evaluation_s": 2, "retrain_check_s": 2, "promotion_watch_s": 2,

@@ -20,8 +20,13 @@ def test_demo_reduced_mode_closes_the_loop(tmp_path: Path) -> None:
 
     tl = run_loop_demo(tmp_path / "demo", DemoConfig.quick(), echo=echo)
     ev, q = tl.events, tl.quality
-    assert {"drift_onset", "detected", "retrain_started", "gate_passed", "promoted", "hot_loaded", "recovered"} <= set(ev), ev
+    story = {"drift_onset", "detected", "retrain_started", "gate_passed", "promoted", "hot_loaded", "recovered"}
+    assert story <= set(ev), ev
     assert ev["drift_onset"] <= ev["detected"] <= ev["retrain_started"] <= ev["gate_passed"] <= ev["promoted"]
+    # the relative quality rule (a Fisher test against the last healthy windows) fired after the shift and
+    # stayed open until the retrain it triggers had its samples
+    assert "alert:quality-drop" in ev, ev
+    assert ev["drift_onset"] <= ev["alert:quality-drop"] <= ev["retrain_started"]
     assert ev["promoted"] <= ev["recovered"]
     # quality on the new domain after the promotion is better than before it
     assert q["after_shift"] is not None and q["after_promotion"] is not None
