@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from driftloop.monitor.alerts.tables import alerts
 from driftloop.monitor.drift import DriftOutcome, FeatureDrift, embedding_drift, tabular_and_text_drift, verdict
 from driftloop.monitor.embeddings import EmbeddingCache
-from driftloop.monitor.features import compute_features, content_keys, stable_sample, window_metrics
+from driftloop.monitor.features import compute_features, content_keys, salted, stable_sample, window_metrics
 from driftloop.monitor.tables import drift_results, monitor_windows
 from driftloop.monitor.tables import window_metrics as window_metrics_table
 from driftloop.monitor.windows import (
@@ -158,7 +158,9 @@ class WindowChecker:
         if s.embeddings.enabled:
             # sampled by content, not by id: the same records give the same verdict however they were sent
             k = s.embeddings.sample
-            ci, ri = stable_sample(content_keys(cur), k), stable_sample(content_keys(ref), k)
+            # seeded by window and content: deterministic, and a fresh choice for every window (see salted)
+            ci = stable_sample(salted(content_keys(cur), win.index), k)
+            ri = stable_sample(salted(content_keys(ref), win.index), k)
             emb = self.embeddings()
             for col in s.embeddings.columns:
                 c = emb.encode(cur[col].iloc[ci].tolist())

@@ -46,6 +46,22 @@ def feature_group(feature: str) -> str:
     return FEATURE_GROUPS.get(feature, feature)
 
 
+def salted(keys: np.ndarray, salt: int) -> np.ndarray:
+    """``keys`` mixed with ``salt`` (splitmix64's finalizer): a sample by the smallest salted keys is a fresh
+    pseudo-random choice for every salt (window), yet the same for the same records and salt.
+
+    Unsalted content keys would pick the same low-hash records in every window they occur in: with repeated
+    prompts (real traffic, resampled test streams) each reference sample would lean to one fixed subset of the
+    pool, and a classifier tells that subset from the current window — measured, embedding drift flagged
+    ~30 % of no-drift windows that way.
+    """
+    with np.errstate(over="ignore"):
+        z = np.asarray(keys, dtype=np.uint64) + np.uint64(salt & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
 def content_keys(df: pd.DataFrame) -> np.ndarray:
     """A 64-bit key per record from its prompt and response: samples chosen by these keys depend on what
     was said, not on request ids, so the same records give the same verdict however they were re-sent."""
@@ -150,7 +166,7 @@ def compute_features(df: pd.DataFrame, language_sample: int = 300, seed: int = 0
     for c in ("latency_ms", "tokens_in", "tokens_out", "feedback_score"):
         out[c] = pd.to_numeric(df.get(c), errors="coerce").astype(float) if c in df else np.nan
     out["finish_reason"] = df["finish_reason"].fillna("none").astype(str) if "finish_reason" in df else "none"
-    out["language"] = detect_languages(prompt, language_sample, seed, keys=content_keys(df))
+    out["language"] = detect_languages(prompt, language_sample, seed, keys=salted(content_keys(df), seed))
     out["is_refusal"] = response.map(lambda s: "yes" if REFUSAL_RE.search(s[:600]) else "no")
     out["is_apology"] = response.map(lambda s: "yes" if APOLOGY_RE.search(s[:600]) else "no")
     out["is_empty"] = np.where(response.str.strip().str.len() == 0, "yes", "no")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, func, select
 
@@ -279,3 +280,19 @@ def load_frame(conn: Connection, ids: tuple[int, ...], chunk: int = 5000) -> pd.
     if not parts:
         return pd.DataFrame(columns=FRAME_COLUMNS)
     return pd.concat(parts, ignore_index=True).sort_values("id").reset_index(drop=True)
+
+
+def load_window_frame(conn: Connection, ids: tuple[int, ...]) -> pd.DataFrame:
+    """:func:`load_frame` in a canonical order: by prompt and response content (a hash), not by id.
+
+    The drift tests that train a classifier (text drift, embedding drift) split and shuffle rows with a
+    fixed seed, so their result depends on row order; ordered by content, the same records give the same
+    verdict however they were re-sent (other request ids, other insertion order).
+    """
+    from driftloop.monitor.features import content_keys
+
+    df = load_frame(conn, ids)
+    if df.empty:
+        return df
+    order = np.lexsort((df["id"].to_numpy(), content_keys(df)))
+    return df.iloc[order].reset_index(drop=True)
