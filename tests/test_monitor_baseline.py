@@ -34,11 +34,11 @@ def _text(rng: random.Random, lo: int, hi: int) -> str:
 
 def _rows(n: int, start: int, *, long: bool = False, model: str = "m", seed: int = 0, prefix: str = "r",
           version: str = "v1") -> list[dict[str, Any]]:  # fmt: skip
-    """``n`` rows; ``long`` answers are ~4x longer (a verbosity shift)."""
+    """``n`` rows; ``long`` answers are ~4x longer and take longer to generate (a verbosity shift)."""
     rng = random.Random(seed)
     return [interaction(start + i, model=model, prefix=prefix, version=version, prompt=_text(rng, 5, 15),
                         response=_text(rng, 60, 120) if long else _text(rng, 15, 30),
-                        latency=rng.lognormvariate(5, 0.2)) for i in range(n)]  # fmt: skip
+                        latency=rng.lognormvariate(6 if long else 5, 0.2)) for i in range(n)]  # fmt: skip
 
 
 def _settings(url: str, tmp_path: Path, **monitor: Any) -> Settings:
@@ -178,7 +178,7 @@ def test_quality_drop_makes_a_window_unhealthy_and_ref_metrics_are_stored(engine
         healthy = c.execute(select(monitor_windows.c.healthy).where(monitor_windows.c.id == res[2].window_id)).scalar()
     assert healthy is False
     assert got["quality.feedback_n"] == 100 and got["quality.feedback_positive_n"] == 10
-    assert got["ref.quality.feedback_n"] == 100 and got["ref.quality.feedback_positive_n"] == 100
+    assert got["ref.quality.feedback_n"] == 200 and got["ref.quality.feedback_positive_n"] == 200
     assert got["ref.quality.feedback_positive_rate"] == 1.0 and got["drift.n_groups"] >= 5
 
 
