@@ -94,6 +94,8 @@ def run_stream(stream: Stream, policy: str, size: int, extra: list[tuple[str, st
     """Load one stream into a fresh SQLite database and check it window by window as the daemon does."""
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     logging.disable(logging.WARNING)
+    from sqlalchemy import select
+
     from driftloop.ingest.load import load_files
     from driftloop.monitor.alerts.engine import AlertEvaluationJob, backtest, load_points
     from driftloop.monitor.alerts.tables import OPEN_STATES, alerts
@@ -102,7 +104,6 @@ def run_stream(stream: Stream, policy: str, size: int, extra: list[tuple[str, st
     from driftloop.settings import load_settings
     from driftloop.settings.alerts import RuleSettings
     from driftloop.store.db import create_engine_from_url, migrate
-    from sqlalchemy import select
 
     rng = random.Random(stream.seed)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -156,7 +157,7 @@ def run_stream(stream: Stream, policy: str, size: int, extra: list[tuple[str, st
             for rule in rules:
                 firing, on = [], False
                 trans = {(t.window, t.event) for t in backtest([rule], points)}
-                for i, p in enumerate(points):
+                for _i, p in enumerate(points):
                     on = (on or (p.window_index, "fired") in trans) and (p.window_index, "resolved") not in trans
                     if on:
                         firing.append(idx[p.window_id])
