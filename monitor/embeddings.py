@@ -64,7 +64,9 @@ class EmbeddingCache:
         missing = [i for i, k in enumerate(keys) if k not in self._cache]
         if missing:
             model = load_model(self.path, self.max_tokens)
-            vecs = model.encode([texts[i][: self.max_chars] for i in missing], batch_size=32,
+            # batches of 16: the activations of 32 texts of 128 tokens raised the peak RSS by ~240 MB, of 16 by
+            # ~135 MB, for ~5 % more CPU time (sentence-transformers sorts by length, so padding stays small)
+            vecs = model.encode([texts[i][: self.max_chars] for i in missing], batch_size=16,
                                 show_progress_bar=False, convert_to_numpy=True)  # fmt: skip
             for i, v in zip(missing, vecs, strict=True):
                 self._cache[keys[i]] = v
