@@ -226,7 +226,7 @@ def small_case(args: argparse.Namespace) -> dict[str, Any]:
         monitor={"window": {"kind": "count", "size": n},
                  "reference": {"kind": "pinned", "start": t0.isoformat(), "end": end.isoformat()},
                  "reports": args.report, "reports_dir": f"{tmp.name}/reports",
-                 "embeddings": {"enabled": not args.no_embeddings}},
+                 "embeddings": _embedding_settings(args)},
     )  # fmt: skip
     checker = WindowChecker(settings, eng)
     with eng.connect() as c:
@@ -270,6 +270,17 @@ def small_case(args: argparse.Namespace) -> dict[str, Any]:
             "ratio": round(med / ev_med, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}  # fmt: skip
 
 
+def _embedding_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Embedding settings of the check: those of ``--policy`` (e.g. the shipped example), else the defaults."""
+    if args.no_embeddings:
+        return {"enabled": False}
+    if not args.policy:
+        return {"enabled": True}
+    from driftloop.settings import load_settings
+
+    return load_settings(Path(args.policy)).monitor.embeddings.model_dump()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=50_000,
@@ -280,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db-url", help="database URL (default: SQLite in a temporary directory)")
     ap.add_argument("--report", action="store_true", help="also save the HTML report (not timed by default)")
     ap.add_argument("--no-embeddings", action="store_true", help="skip MiniLM embedding drift")
+    ap.add_argument("--policy", help="take the embedding settings from this config (e.g. deploy/policies.example.yaml)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.rows <= 1000:
