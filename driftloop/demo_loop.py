@@ -58,7 +58,7 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> DemoConfig:
         return cls(window=60, windows_before_shift=2, recovery_windows=1, embeddings=False, reports=True,
-                   min_new_samples=500, timeout_s=420.0)  # fmt: skip
+                   min_new_samples=500, timeout_s=600.0)  # fmt: skip
 
 
 @dataclass
