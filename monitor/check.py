@@ -38,6 +38,7 @@ from driftloop.monitor.windows import (
     stored_window,
 )
 from driftloop.settings import Settings
+from driftloop.settings.conditions import ProportionTest
 from driftloop.store.feedback import store_feedback_threshold
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,9 @@ class WindowChecker:
             return len(res.window.ids) >= self.s.min_window_size and res.reference.n < self.s.min_window_size
         if res.status != "ok" or res.outcome is None:
             return None
-        if res.outcome.n_groups_drifted or proportion_dropped(res.metrics, self.s.health_alpha):
+        # the same test as an alert rule's drop(quality.feedback_positive_rate, alpha=health_alpha)
+        dropped = ProportionTest("drop", "quality.feedback_positive_rate", self.s.health_alpha).eval(res.metrics)
+        if res.outcome.n_groups_drifted or dropped:
             return False
         w = res.window
         with self.engine.connect() as conn:
@@ -299,19 +302,6 @@ def verdict_banner(res: WindowResult) -> str:
         "</table><p><i>Below: Evidently's per-column details. Its own dataset summary (share of columns "
         "against its default threshold) is not driftloop's verdict.</i></p></div>"
     )
-
-
-def proportion_dropped(metrics: dict[str, float | None], alpha: float, min_n: int = 20) -> bool:
-    """Whether the window's positive-feedback rate is significantly below its reference's (Fisher exact,
-    one-sided); False when either side has fewer than ``min_n`` labelled records."""
-    from scipy.stats import fisher_exact
-
-    n, k = metrics.get("quality.feedback_n"), metrics.get("quality.feedback_positive_n")
-    rn, rk = metrics.get("ref.quality.feedback_n"), metrics.get("ref.quality.feedback_positive_n")
-    if n is None or k is None or rn is None or rk is None or n < min_n or rn < min_n:
-        return False
-    table = [[int(k), int(n - k)], [int(rk), int(rn - rk)]]
-    return bool(fisher_exact(table, alternative="less").pvalue < alpha)
 
 
 def _safe(s: str) -> str:
