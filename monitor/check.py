@@ -100,7 +100,8 @@ class WindowChecker:
 
     def embeddings(self) -> EmbeddingCache:
         if self._emb is None:
-            self._emb = EmbeddingCache(self.s.embeddings.model_path, max_tokens=self.s.embeddings.max_tokens)
+            e = self.s.embeddings
+            self._emb = EmbeddingCache(e.model_path, max_tokens=e.max_tokens, runtime=e.runtime, cache_dir=e.cache_dir)
         return self._emb
 
     def check(self, win: Window, *, persist: bool = True, report: bool | None = None) -> WindowResult:

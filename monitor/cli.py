@@ -1,4 +1,4 @@
-"""CLI: ``driftloop monitor check|show|repin``, ``driftloop alerts list|ack``, ``driftloop policies test``."""
+"""CLI: ``driftloop monitor check|show|repin|embeddings``, ``driftloop alerts list|ack``, ``driftloop policies test``."""
 
 from __future__ import annotations
 
@@ -153,6 +153,47 @@ def repin(
                f"#{from_window} (baseline {bid}, by {who})")  # fmt: skip
     if known is None:
         typer.echo(f"note: window #{from_window} is not checked yet; the baseline applies once it is")
+
+
+@monitor_app.command("embeddings")
+def embeddings(
+    config: ConfigOpt = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="auto, onnx or sentence-transformers (default: monitor.embeddings.runtime).")
+    ] = None,
+) -> None:
+    """Prepare the embedding model (export MiniLM to ONNX once, e.g. in an image build) and test it.
+
+    Prints one JSON object: the runtime that will run, the ONNX file and its export check, and the time
+    to embed the probe sentences.
+    """
+    import time
+
+    from driftloop.monitor.embeddings import PROBES, load_embedder, model_path
+
+    setup_logging("WARNING")
+    from driftloop.clikit import get_settings
+
+    e = get_settings(config).monitor.embeddings
+    rt = runtime or e.runtime
+    if rt not in ("auto", "onnx", "sentence-transformers"):
+        raise typer.BadParameter(f"{rt!r}: use auto, onnx or sentence-transformers", param_hint="--runtime")
+    t = time.perf_counter()
+    try:
+        emb = load_embedder(e.model_path, rt, e.cache_dir)
+    except Exception as err:
+        typer.echo(f"error: the embedding model cannot be loaded with runtime {rt!r}: {err}", err=True)
+        raise typer.Exit(1) from None
+    load_s = time.perf_counter() - t
+    t = time.perf_counter()
+    vecs = emb.encode(list(PROBES), e.max_tokens)
+    out: dict[str, Any] = {"runtime": emb.runtime, "model": model_path(e.model_path), "dim": int(vecs.shape[1]),
+                           "load_s": round(load_s, 2), "probe_s": round(time.perf_counter() - t, 3)}  # fmt: skip
+    onnx_file = getattr(emb, "onnx_file", None)
+    if onnx_file is not None:
+        out["onnx_file"] = str(onnx_file)
+        out["export"] = json.loads((onnx_file.parent / "export.json").read_text())
+    typer.echo(json.dumps(out))
 
 
 def register(app: typer.Typer) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,9 @@ PG_ADMIN = os.environ.get("DRIFTLOOP_TEST_PG", "postgresql+psycopg://postgres@12
 # test, and every driftloop process a test starts (they inherit os.environ), runs with this one instead.
 # Tests of the refusal itself remove it (tests/test_settings.py, tests/test_startup_checks.py).
 os.environ.setdefault("DRIFTLOOP_PII__USER_ID_SALT", "tests-only-user-id-salt-4f9c2a7e1b")
+# the embedding model's ONNX export (monitor/embeddings.py) is made once per test session, in a fresh
+# folder: a run proves the export works instead of reusing one a developer's earlier run left in ~/.cache
+os.environ.setdefault("DRIFTLOOP_CACHE_DIR", tempfile.mkdtemp(prefix="driftloop-test-cache-"))
 
 # marker -> the fixtures that provide that service; a test using any of them gets the marker
 SERVICE_FIXTURES: dict[str, frozenset[str]] = {
