@@ -28,7 +28,10 @@ in the same process:
   ``--report``.
 
 The last line printed is one JSON object: evidently_s, driftloop_s, ratio, peak_rss_mb (whole
-process, ``ru_maxrss``); the small-window case adds the max, the data source and the window sizes.
+process, ``ru_maxrss``); the small-window case adds the max, the data source and the window sizes, and
+runs each side in its own child process, so ``peak_rss_mb`` is driftloop's process alone (what a monitor
+needs) and ``evidently_peak_rss_mb`` the baseline's. ``embeddings_runtime`` says which MiniLM runtime ran
+and ``torch_loaded`` whether torch entered the monitor process.
 """
 
 from __future__ import annotations
@@ -169,32 +172,51 @@ def small_windows(n: int, n_windows: int, t0: datetime) -> tuple[str, list[dict[
 
 
 def small_case(args: argparse.Namespace) -> dict[str, Any]:
-    """Windows of ``args.rows`` records vs a pinned 2x reference; median and max of ``args.windows`` checks."""
+    """Windows of ``args.rows`` records vs a pinned 2x reference; each side in its own child process.
+
+    Each side runs in a fresh process so that its peak RSS is its own: a monitor process never imports
+    Evidently's Report machinery (plotly, scikit-learn) that the bare baseline needs, and the baseline is
+    not charged for driftloop's embedding model.
+    """
+    import subprocess
+
+    out: dict[str, Any] = {}
+    for side in ("evidently", "driftloop"):
+        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--side", side]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"{side} side failed (exit {proc.returncode})")
+        lines = proc.stdout.strip().splitlines()
+        for line in lines[:-1]:
+            print(line)
+        out[side] = json.loads(lines[-1])
+    ev, dl = out["evidently"], out["driftloop"]
+    med, ev_med = dl["driftloop_s"], ev["evidently_s"]
+    print(f"{dl['source']}: {args.windows} checks of {args.rows} vs {2 * args.rows} records: median {med:.2f} s, "
+          f"max {dl['driftloop_max_s']:.2f} s, peak RSS {dl['peak_rss_mb']:.0f} MB; bare Evidently median "
+          f"{ev_med:.2f} s, peak RSS {ev['peak_rss_mb']:.0f} MB; ratio {med / ev_med:.2f}")  # fmt: skip
+    return dl | {"evidently_s": ev_med, "evidently_peak_rss_mb": ev["peak_rss_mb"], "ratio": round(med / ev_med, 3)}
+
+
+def _small_setup(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]], datetime]:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    source, rows, fb = small_windows(args.rows, args.windows, t0)
+    return source, rows, fb, t0
+
+
+def small_evidently(args: argparse.Namespace) -> dict[str, Any]:
+    """Bare Evidently on the same feature frames: a warm-up run, then ``args.windows`` timed runs."""
     import statistics
     import warnings
-    from collections import OrderedDict
 
     import pandas as pd
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    from driftloop.monitor.check import WindowChecker
     from driftloop.monitor.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, compute_features
-    from driftloop.monitor.windows import due_windows
-    from driftloop.settings import load_settings
-    from driftloop.store.db import create_engine_from_url, migrate
 
     n, k = args.rows, args.windows
-    tmp = tempfile.TemporaryDirectory(prefix="driftloop-bench-")
-    url = args.db_url or f"sqlite:///{tmp.name}/bench.db"
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    source, rows, fb = small_windows(n, k, t0)
-    print(f"setup: {source}, reference {2 * n} + warm-up {n} + {k} x {n} rows into {url.split('://')[0]}",
-          file=sys.stderr)  # fmt: skip
-    migrate(url)
-    eng = create_engine_from_url(url)
-    _insert(eng, rows, fb)
-
+    source, rows, _fb, _t0 = _small_setup(args)
     num = [c for c in NUMERIC_FEATURES if c != "feedback_score"]
     cat = list(CATEGORICAL_FEATURES)
     cols = num + cat + ["prompt", "response"]
@@ -205,7 +227,6 @@ def small_case(args: argparse.Namespace) -> dict[str, Any]:
         df["feedback_score"] = np.nan
         return compute_features(df, language_sample=300)[cols]
 
-    ref_texts = [str(r[c]) for r in rows[: 2 * n] for c in ("prompt", "response")]
     ref_f = frame(rows[: 2 * n])
     cur_fs = [frame(rows[(2 + w) * n : (3 + w) * n]) for w in range(k + 1)]
     ev: list[float] = []
@@ -217,7 +238,31 @@ def small_case(args: argparse.Namespace) -> dict[str, Any]:
                                             Dataset.from_pandas(ref_f, data_definition=dd))  # fmt: skip
             if w:
                 ev.append(time.perf_counter() - t)
-    del cur_fs, ref_f, rows, fb
+    return {"source": source, "evidently_s": round(statistics.median(ev), 3), "evidently_max_s": round(max(ev), 3),
+            "peak_rss_mb": round(peak_rss_mb(), 1)}  # fmt: skip
+
+
+def small_driftloop(args: argparse.Namespace) -> dict[str, Any]:
+    """driftloop's whole check of ``args.windows`` windows from the database, after one warm-up check."""
+    import statistics
+    from collections import OrderedDict
+
+    from driftloop.monitor.check import WindowChecker
+    from driftloop.monitor.windows import due_windows
+    from driftloop.settings import load_settings
+    from driftloop.store.db import create_engine_from_url, migrate
+
+    n, k = args.rows, args.windows
+    tmp = tempfile.TemporaryDirectory(prefix="driftloop-bench-")
+    url = args.db_url or f"sqlite:///{tmp.name}/bench.db"
+    source, rows, fb, t0 = _small_setup(args)
+    print(f"setup: {source}, reference {2 * n} + warm-up {n} + {k} x {n} rows into {url.split('://')[0]}",
+          file=sys.stderr)  # fmt: skip
+    migrate(url)
+    eng = create_engine_from_url(url)
+    _insert(eng, rows, fb)
+    ref_texts = [str(r[c]) for r in rows[: 2 * n] for c in ("prompt", "response")]
+    del rows, fb
 
     end = t0 + timedelta(milliseconds=20 * 2 * n)
     settings = load_settings(
@@ -248,10 +293,10 @@ def small_case(args: argparse.Namespace) -> dict[str, Any]:
 
             prof = cProfile.Profile()
             prof.enable()
-        t, tc = time.perf_counter(), time.process_time()
+        t, c0 = time.perf_counter(), time.process_time()
         res = checker.check(wins[idx])
         times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - tc)
+        cpu.append(time.process_time() - c0)
         if prof is not None:
             import pstats
 
@@ -261,13 +306,11 @@ def small_case(args: argparse.Namespace) -> dict[str, Any]:
         print(res.summary().splitlines()[1], f"({times[-1]:.2f} s)")
     eng.dispose()
     tmp.cleanup()
-    med, ev_med = statistics.median(times), statistics.median(ev)
-    print(f"{source}: {k} checks of {n} vs {2 * n} records: median {med:.2f} s, max {max(times):.2f} s; "
-          f"bare Evidently median {ev_med:.2f} s; ratio {med / ev_med:.2f}")  # fmt: skip
-    return {"source": source, "rows": n, "reference_rows": 2 * n, "windows": k, "driftloop_s": round(med, 3),
-            "driftloop_max_s": round(max(times), 3), "driftloop_cpu_s": round(statistics.median(cpu), 3),
-            "evidently_s": round(ev_med, 3),
-            "ratio": round(med / ev_med, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}  # fmt: skip
+    return {"source": source, "rows": n, "reference_rows": 2 * n, "windows": k,
+            "driftloop_s": round(statistics.median(times), 3), "driftloop_max_s": round(max(times), 3),
+            "driftloop_cpu_s": round(statistics.median(cpu), 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "embeddings_runtime": None if args.no_embeddings else checker.embeddings().embedder().runtime,
+            "torch_loaded": "torch" in sys.modules, "evidently_report_loaded": "evidently.core.report" in sys.modules}  # fmt: skip
 
 
 def _embedding_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -275,10 +318,10 @@ def _embedding_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_embeddings:
         return {"enabled": False}
     if not args.policy:
-        return {"enabled": True}
+        return {"enabled": True, "runtime": args.embeddings_runtime}
     from driftloop.settings import load_settings
 
-    return load_settings(Path(args.policy)).monitor.embeddings.model_dump()
+    return load_settings(Path(args.policy)).monitor.embeddings.model_dump() | {"runtime": args.embeddings_runtime}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,11 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db-url", help="database URL (default: SQLite in a temporary directory)")
     ap.add_argument("--report", action="store_true", help="also save the HTML report (not timed by default)")
     ap.add_argument("--no-embeddings", action="store_true", help="skip MiniLM embedding drift")
+    ap.add_argument("--embeddings-runtime", default="auto", choices=["auto", "onnx", "sentence-transformers"],
+                    help="MiniLM runtime (auto: onnxruntime when installed)")  # fmt: skip
     ap.add_argument("--policy", help="take the embedding settings from this config (e.g. deploy/policies.example.yaml)")
+    ap.add_argument("--side", choices=["evidently", "driftloop"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.rows <= 1000:
-        print(json.dumps(small_case(args)))
+        run = {"evidently": small_evidently, "driftloop": small_driftloop}.get(args.side or "", small_case)
+        print(json.dumps(run(args)))
         return 0
 
     import warnings
