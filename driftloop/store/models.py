@@ -44,6 +44,7 @@ BRIN_TIME_INDEX_WITH = {"pages_per_range": 32, "autosummarize": "on"}
 TABLE_MODULES = (
     "driftloop.store.models",
     "driftloop.store.feedback",
+    "driftloop.store.scores",
     "driftloop.jobs",
     "driftloop.monitor.tables",
     "driftloop.monitor.alerts.tables",
