@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from driftloop.settings.alerts import AlertSettings, cross_check_alerts
 from driftloop.settings.base import Section, unique_names
 from driftloop.settings.monitor import MonitorSettings
+from driftloop.settings.quality import QualitySettings
 from driftloop.settings.retrain import RetrainSettings, cross_check_retrain
 from driftloop.settings.scheduler import SchedulerSettings
 
@@ -288,6 +289,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     data_dir: str = "driftloop-data"
 
     @classmethod
