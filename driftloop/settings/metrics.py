@@ -35,6 +35,11 @@ KNOWN_METRICS: dict[str, str] = {
     "quality.empty_n": "empty responses",
     "quality.rouge_l": "mean ROUGE-L F1 against the reference answer (records with a reference)",
     "quality.bleu": "corpus BLEU against the reference answers",
+    "quality.estimate": "positive rate estimated by PPI++ from the uniform human slice and machine scores "
+    "(NULL with too few labels)",
+    "quality.estimate_low": "lower end of quality.estimate's interval (quality.estimate.alpha, 90 % by default)",
+    "quality.estimate_high": "upper end of quality.estimate's interval",
+    "quality.estimate_n_labeled": "uniform-slice human labels behind quality.estimate",
     "latency.p50_ms": "median latency",
     "latency.p95_ms": "95th percentile latency",
     "latency.mean_ms": "mean latency",
