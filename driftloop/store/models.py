@@ -48,6 +48,7 @@ TABLE_MODULES = (
     "driftloop.jobs",
     "driftloop.monitor.tables",
     "driftloop.monitor.alerts.tables",
+    "driftloop.monitor.review",
     "driftloop.retrain.tables",
 )
 
