@@ -1,4 +1,4 @@
-"""Bearer-token authentication: tokens come from ``api.tokens``; roles ``read`` < ``admin``."""
+"""Bearer-token authentication: tokens come from ``api.tokens``; roles ``read`` < ``review`` < ``admin``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from driftloop.settings import ApiSettings
 
-ROLES = {"read": 1, "admin": 2}
+# review: may also take and label items of the human review queue (driftloop.monitor.review)
+ROLES = {"read": 1, "review": 2, "admin": 3}
 
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`; tokens are set in api.tokens")
 
@@ -69,6 +70,15 @@ def require_admin(api: ApiSettings) -> Callable[..., Principal]:
 
     def dep(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
         return authenticate(api, creds, "admin")
+
+    return dep
+
+
+def require_review(api: ApiSettings) -> Callable[..., Principal]:
+    """Dependency for the review queue's writes: a review (or admin) token."""
+
+    def dep(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+        return authenticate(api, creds, "review")
 
     return dep
 

@@ -182,12 +182,13 @@ class PiiSettings(Section):
 
 
 class ApiToken(Section):
-    """A bearer token for the HTTP API: ``read`` may call GET endpoints, ``admin`` everything."""
+    """A bearer token for the HTTP API: ``read`` may call GET endpoints, ``review`` also the review queue,
+    ``admin`` everything."""
 
     name: str = Field(min_length=1, max_length=64)
     token: str | None = Field(None, min_length=16, description="the secret itself (prefer token_env)")
     token_env: str | None = Field(None, description="read the secret from this environment variable")
-    role: Literal["read", "admin"] = "read"
+    role: Literal["read", "review", "admin"] = "read"
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiToken:
