@@ -10,9 +10,19 @@ from driftloop.settings.base import Section
 
 
 class EstimatorSettings(Section):
-    """The learned estimator (filled in by the estimator work)."""
+    """``quality.estimator``: a calibrated logistic regression on MiniLM embeddings and cheap features
+    (see :mod:`driftloop.monitor.estimator`)."""
 
     enabled: bool = False
+    embedding_model: str | None = Field(
+        None, description="local sentence-transformers folder; unset: the shipped MiniLM (never downloads)"
+    )
+    regularization: float = Field(
+        0.05, gt=0, le=100, description="inverse L2 strength C of the logistic regression on standardised features"
+    )
+    cv_folds: int = Field(5, ge=2, le=20, description="folds whose held-out scores fit the Platt calibration")
+    min_labels: int = Field(40, ge=10, description="fewer labels (or fewer than cv_folds of either class): no training")
+    seed: int = Field(0, description="fold assignment; the fit is otherwise deterministic")
 
 
 class EstimateSettings(Section):
