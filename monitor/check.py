@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from driftloop.monitor.alerts.tables import alerts
 from driftloop.monitor.drift import DriftOutcome, FeatureDrift, embedding_drift, tabular_and_text_drift, verdict
 from driftloop.monitor.embeddings import EmbeddingCache
+from driftloop.monitor.estimates import estimate_metrics
 from driftloop.monitor.features import compute_features, salted, stable_sample, window_metrics
 from driftloop.monitor.tables import drift_results, monitor_windows
 from driftloop.monitor.tables import window_metrics as window_metrics_table
@@ -95,6 +96,7 @@ class WindowChecker:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.s = settings.monitor
         self.positive_threshold = settings.feedback.positive_threshold
+        self.estimate = settings.quality.estimate
         self.engine = engine
         self._emb: EmbeddingCache | None = None
 
@@ -119,6 +121,7 @@ class WindowChecker:
         ref_feats = compute_features(ref_df, s.language_sample, seed=win.index) if len(ref_df) else None
         if ref_feats is not None:  # the reference's own metrics: relative rules compare with them (ref.*)
             metrics.update({f"ref.{k}": v for k, v in window_metrics(ref_feats, ref_df).items()})
+        metrics.update(self._estimates(win, ref))
         res = WindowResult(win, ref, "ok", metrics=metrics)
         if len(cur_df) < s.min_window_size:
             res.status, res.error = "insufficient_data", f"{len(cur_df)} records < min_window_size {s.min_window_size}"
@@ -153,6 +156,16 @@ class WindowChecker:
         if persist:
             res.window_id = self._persist(res)
         return res
+
+    def _estimates(self, win: Window, ref: Reference) -> dict[str, float | None]:
+        """quality.estimate* of the window and (ref.*) of its reference: PPI++ from the uniform human slice."""
+        if not self.estimate.enabled:
+            return {}
+        with self.engine.connect() as conn:
+            out = estimate_metrics(conn, win.ids, self.estimate, self.positive_threshold)
+            if ref.n:
+                out.update(estimate_metrics(conn, ref.ids, self.estimate, self.positive_threshold, prefix="ref."))
+        return out
 
     def _drift(self, cur: pd.DataFrame, ref: pd.DataFrame, win: Window, report: bool) -> DriftOutcome:
         s = self.s
