@@ -262,6 +262,7 @@ def scenario(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     from driftloop.monitor.alerts.engine import AlertEvaluationJob
     from driftloop.monitor.check import DriftCheckJob
     from driftloop.store.db import migrate
+    from driftloop.store.scores import Score, record_scores
     from tests.alpaca import load, now_minus, store_records, to_log_records
     from tests.conftest import create_database, drop_database
 
@@ -284,6 +285,10 @@ def scenario(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         assert store_records(url, recs + other) == len(recs) + len(other)
         eng = create_engine(url)
         now = datetime.now(UTC)
+        with eng.begin() as c:  # a uniform human review slice and estimator scores: quality.estimate per window
+            record_scores(c, [Score(r["request_id"], "human_review", r["feedback"]["score"], metadata={"slice": "uniform"})
+                              for r in recs[::4]]
+                          + [Score(r["request_id"], "estimator:v1", 0.25 + 0.5 * r["feedback"]["score"]) for r in recs])
         BatchWriter(eng, "driftloop").write(Batch(rejects=_rejects(now), offsets={("logs", 0): 4812, ("logs", 1): 5007,
                                                                                    ("logs", 2): 0}))  # fmt: skip
         s = load_settings(
