@@ -1,8 +1,8 @@
 """The FastAPI application: ``create_app`` builds the app and its shared objects and includes one router per resource.
 
 Routers live in :mod:`driftloop.api.routes` (health, windows, reports, alerts, jobs, retrain, models,
-promotions, status); what they share is in :mod:`driftloop.api.deps`, parameter types and documented errors
-in :mod:`driftloop.api.params`, exception handlers in :mod:`driftloop.api.errors`.
+promotions, status, review; the review page in :mod:`driftloop.api.review_page`); what they share is in
+:mod:`driftloop.api.deps`, parameter types and documented errors in :mod:`driftloop.api.params`, exception handlers in :mod:`driftloop.api.errors`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from driftloop.api.auth import require_admin, require_read
 from driftloop.api.deps import ApiDeps, Background
 from driftloop.api.errors import install_error_handlers
 from driftloop.api.metrics import make_registry
-from driftloop.api.routes import alerts, health, jobs, models, promotions, reports, retrain, status, windows
+from driftloop.api.review_page import router as review_page_router
+from driftloop.api.routes import alerts, health, jobs, models, promotions, reports, retrain, review, status, windows
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -45,5 +46,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
     for r in (health.router(d), windows.router(d), reports.router(d), alerts.router(d), jobs.router(d),
               retrain.router(d), models.router(d, reg), promotions.router(d, reg), status.router(d)):  # fmt: skip
         app.include_router(r)
+    app.include_router(review.router(d))  # the human review queue, and its page on the status site
+    app.include_router(review_page_router())
     install_error_handlers(app)
     return app
