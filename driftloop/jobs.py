@@ -280,6 +280,17 @@ def promotion_watch_once(ctx: JobContext, now: datetime | None = None) -> str:
     return "; ".join(f"{r.family} {r.version}: {r.status}" for r in out) or "nothing promoted to watch"
 
 
+def review_sample_once(ctx: JobContext, now: datetime | None = None) -> str:
+    """Put new interactions into the human review queue: the uniform slice, then the targeted slices."""
+    cfg = ctx.settings.quality.review
+    if not cfg.active():
+        raise JobSkipped("the review queue is off (quality.review.enabled)")
+    from driftloop.monitor.review import sample_once
+
+    out = sample_once(ctx.engine, cfg, ctx.settings.feedback.positive_threshold, now)
+    return "queued " + ", ".join(f"{k}={v}" for k, v in out.items())
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One scheduled job: its unit, the setting holding its interval, and its stored reference."""
@@ -289,12 +300,15 @@ class JobSpec:
     interval_setting: str
     description: str
     long_running: bool = False  # runs past its interval by design (no overrun warnings)
+    interval_of: Callable[[Settings], float] | None = None  # an interval kept outside ``scheduler``
 
     @property
     def ref(self) -> str:
         return f"driftloop.jobs:{self.name}"
 
     def interval_s(self, settings: Settings) -> float:
+        if self.interval_of is not None:
+            return float(self.interval_of(settings))
         return float(getattr(settings.scheduler, self.interval_setting))
 
 
@@ -309,6 +323,9 @@ JOBS: dict[str, JobSpec] = {
         JobSpec("retrain_worker", retrain_worker_once, "retrain_worker_s", "run queued retrain jobs (leader only)",
                 long_running=True),
         JobSpec("promotion_watch", promotion_watch_once, "promotion_watch_s", "post-promotion watch and rollback"),
+        JobSpec("review_sample", review_sample_once, "quality.review.sample_interval_s",
+                "sample interactions into the human review queue",
+                interval_of=lambda s: s.quality.review.sample_interval_s if s.quality.review.active() else 0),
     )
 }
 
@@ -372,3 +389,8 @@ def retrain_worker() -> None:
 def promotion_watch() -> None:
     """Scheduled: post-promotion watch."""
     run_named("promotion_watch")
+
+
+def review_sample() -> None:
+    """Scheduled: sample interactions into the human review queue."""
+    run_named("review_sample")

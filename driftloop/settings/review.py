@@ -67,6 +67,10 @@ class ReviewSettings(Section):
             raise ValueError(f"{v}s is too short: use at least 0.1 seconds, or 0 to disable the job")
         return v
 
+    def active(self) -> bool:
+        """Whether any workload is sampled (the job is scheduled only then)."""
+        return self.enabled or any(w.enabled for w in self.workloads.values())
+
     def for_model(self, model_id: str) -> WorkloadPolicy:
         """The effective policy of one workload (its overrides over the defaults)."""
         o = self.workloads.get(model_id) or WorkloadReviewSettings()
