@@ -2,10 +2,10 @@
 
 Eligible records are interactions of the policy's model whose latest scored feedback is positive (the view
 ``feedback_latest``, the definition the monitor and the dashboards share) or that have a correction (the
-correction replaces the response). Refusals, empties and exact or near duplicates are dropped, the
-newest ``eval_fraction`` is held out for evaluation (split by time, and an evaluation prompt that
-also occurs in training is dropped from evaluation), and the result is written as JSONL plus a
-manifest with the row counts, time range, filters and a content hash. The directory name carries the
+correction replaces the response; corrections come from user feedback and from reviewers' ``human_review``
+scores alike, the newest one wins). Refusals, empties and exact or near duplicates are dropped, the newest
+``eval_fraction`` is held out for evaluation (split by time, and an evaluation prompt that also occurs in
+training is dropped from evaluation), and the result is written as JSONL plus a manifest with the row counts, time range, filters and a content hash. The directory name carries the
 hash, so the same data gives the same snapshot.
 """
 
@@ -21,11 +21,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, null, or_, select
+from sqlalchemy import Engine, func, literal, null, or_, select, union_all
 
 from driftloop.settings.retrain import DataSettings
 from driftloop.store.feedback import feedback_latest, store_feedback_threshold
 from driftloop.store.models import feedback, interactions
+from driftloop.store.scores import scores
 from driftloop.store.timestamps import utc
 
 _REFUSAL_RE: re.Pattern[str] | None = None
@@ -64,22 +65,36 @@ class Snapshot:
         return str(self.manifest["content_hash"])
 
 
+REVIEW_SOURCE = "human_review"
+
+
+def _corrections() -> Any:
+    """Every non-empty correction: user feedback's and reviewers' (``human_review`` scores), one subquery."""
+    f, s = feedback.c, scores.c
+    return union_all(
+        select(f.request_id, f.ts, literal(0).label("origin"), f.id, f.correction)
+        .where(f.correction.is_not(None), f.correction != ""),
+        select(s.request_id, s.ts, literal(1).label("origin"), s.id, s.correction)
+        .where(s.source == REVIEW_SOURCE, s.correction.is_not(None), s.correction != ""),
+    ).subquery("corr")  # fmt: skip
+
+
 def _eligible_query(model_id: str, since: datetime, until: datetime, use_corrections: bool) -> Any:
     """Interactions of ``model_id`` in [since, until) whose feedback is positive (the view
     ``feedback_latest``, the one definition shared with the monitor and the dashboards) or, with
-    ``use_corrections``, that have a correction: one row per correction, oldest first."""
+    ``use_corrections``, that have a correction (user feedback or a reviewer's): one row per correction,
+    oldest first."""
     i, fl = interactions.c, feedback_latest.c
     j = interactions.outerjoin(feedback_latest, fl.request_id == i.request_id)
     cond: Any = fl.positive
     corr_cols: list[Any] = [null().label("correction")]
     order: list[Any] = [i.ts, i.request_id]
     if use_corrections:
-        corr = feedback.alias("corr")
-        j = j.outerjoin(corr, and_(corr.c.request_id == i.request_id, corr.c.correction.is_not(None),
-                                   corr.c.correction != ""))  # fmt: skip
+        corr = _corrections()
+        j = j.outerjoin(corr, corr.c.request_id == i.request_id)
         cond = or_(cond, corr.c.id.is_not(None))
         corr_cols = [corr.c.correction]
-        order += [corr.c.ts, corr.c.id]
+        order += [corr.c.ts, corr.c.origin, corr.c.id]
     return (
         select(i.request_id, i.ts, i.prompt, i.response, *corr_cols)
         .select_from(j)
