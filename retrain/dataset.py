@@ -5,8 +5,9 @@ Eligible records are interactions of the policy's model whose latest scored feed
 correction replaces the response; corrections come from user feedback and from reviewers' ``human_review``
 scores alike, the newest one wins). Refusals, empties and exact or near duplicates are dropped, the newest
 ``eval_fraction`` is held out for evaluation (split by time, and an evaluation prompt that also occurs in
-training is dropped from evaluation), and the result is written as JSONL plus a manifest with the row counts, time range, filters and a content hash. The directory name carries the
-hash, so the same data gives the same snapshot.
+training is dropped from evaluation), and the result is written as JSONL plus a manifest with the row counts,
+time range, filters and a content hash. The directory name carries the hash, so the same data gives the same
+snapshot.
 """
 
 from __future__ import annotations
