@@ -213,3 +213,16 @@ def test_quality_dashboard_panel_shows_estimate_and_band(engine: Engine, pg_url:
         for k in (0, 1, 2)
     ]
     assert all(lo <= est <= hi for _, est, lo, hi in rows)
+
+
+def test_retrain_trigger_and_watch_accept_the_estimate() -> None:
+    """The gate compares offline scores (a candidate serves no traffic, so it has no labelled windows); the
+    estimate reaches retraining through a policy's trigger condition and the post-promotion watch."""
+    from driftloop.settings.alerts import AlertSettings, condition_problems
+    from driftloop.settings.retrain import RetrainSettings, WatchSettings, cross_check_retrain
+
+    assert condition_problems("retrain.policies.0.trigger.condition", RULE) == []
+    assert cross_check_retrain(RetrainSettings(watch=WatchSettings(metric="quality.estimate_low")), AlertSettings()) == []
+    bad = cross_check_retrain(RetrainSettings(watch=WatchSettings(metric="quality.estimate_lo")), AlertSettings())
+    assert bad and "quality.estimate_lo" in bad[0]
+    assert all(is_known_metric(n) and is_known_metric(f"ref.{n}") for n in ESTIMATE_METRICS)
