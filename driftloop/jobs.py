@@ -13,6 +13,7 @@ takes the daemon or the other jobs down. A run still going after its interval lo
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -291,6 +292,47 @@ def review_sample_once(ctx: JobContext, now: datetime | None = None) -> str:
     return "queued " + ", ".join(f"{k}={v}" for k, v in out.items())
 
 
+def judge_once(ctx: JobContext, now: datetime | None = None) -> str:
+    """LLM judges (``quality.judges``): each scores a sample of every newly checked window, within its budget.
+
+    The day's budget counts the requests of this day's earlier runs, read back from their ``job_runs``
+    results (the JSON this returns). Pairwise judges compare with the registry champion's answers.
+    """
+    judges = ctx.settings.quality.judges
+    if not judges:
+        raise JobSkipped("no judges configured (quality.judges)")
+    from driftloop.monitor.judge import run_judges  # pandas/numpy: loaded when the job runs
+    from driftloop.retrain.registry import ModelRegistry
+
+    reg = ModelRegistry(ctx.engine)
+
+    def champion(model_id: str) -> str | None:
+        v = reg.champion(model_id)
+        return v.version if v is not None else None
+
+    used = judge_requests_today(ctx, now)
+    out = run_judges(judges, ctx.engine, ctx.settings.monitor, champion, lambda name: used.get(name, 0))
+    keep = ("requests", "scored", "cached", "parse_failures", "errors", "skipped", "budget_exhausted")
+    return json.dumps({"judges": {st.judge: {k: getattr(st, k) for k in keep} for st in out}}, separators=(",", ":"))
+
+
+def judge_requests_today(ctx: JobContext, now: datetime | None = None) -> dict[str, int]:
+    """Requests each judge made in earlier runs of this UTC day (from the ``judge`` job's recorded results)."""
+    now = now or datetime.now(UTC)
+    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    used: dict[str, int] = {}
+    with ctx.engine.connect() as c:
+        rows = c.execute(select(job_runs.c.result).where(job_runs.c.job == "judge", job_runs.c.started_at >= midnight,
+                                                         job_runs.c.result.is_not(None))).all()  # fmt: skip
+    for (result,) in rows:
+        try:
+            for name, st in json.loads(result).get("judges", {}).items():
+                used[name] = used.get(name, 0) + int(st.get("requests", 0))
+        except (ValueError, AttributeError, TypeError):
+            log.warning("judge: a run's result is not the JSON the job writes; its requests are not counted")
+    return used
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One scheduled job: its unit, the setting holding its interval, and its stored reference."""
@@ -326,6 +368,9 @@ JOBS: dict[str, JobSpec] = {
         JobSpec("review_sample", review_sample_once, "quality.review.sample_interval_s",
                 "sample interactions into the human review queue",
                 interval_of=lambda s: s.quality.review.sample_interval_s if s.quality.review.active() else 0),
+        # at the checks' pace (newly checked windows are what a judge scores), while any judge is configured
+        JobSpec("judge", judge_once, "drift_check_s", "LLM judges score a sample of newly checked windows",
+                interval_of=lambda s: s.scheduler.drift_check_s if s.quality.judges else 0),
     )
 }
 
@@ -389,6 +434,11 @@ def retrain_worker() -> None:
 def promotion_watch() -> None:
     """Scheduled: post-promotion watch."""
     run_named("promotion_watch")
+
+
+def judge() -> None:
+    """Scheduled: LLM judges (see :func:`judge_once`)."""
+    run_named("judge")
 
 
 def review_sample() -> None:
