@@ -247,12 +247,15 @@ class Judge:
 
     # -- which windows, which records ----------------------------------------------------------------
     def pending_windows(self, conn: Connection) -> list[Any]:
-        """Checked whole-model windows with records that this judge has not judged yet, newest first."""
+        """Checked windows with records that this judge has not judged yet, newest first.
+
+        Every segment's window counts (with segment keys there is no whole-model window; segments' records
+        are disjoint, so nothing is judged twice)."""
         mw, wm = monitor_windows.c, window_metrics.c
         judged = select(wm.window_id).where(wm.name == self.metric_n)
         q = (select(mw.id, mw.model_id, mw.segment, mw.window_kind, mw.window_index, mw.window_start, mw.window_end,
                     mw.first_id, mw.last_id)
-             .where(mw.segment == "", mw.n_records > 0, mw.status.in_(("ok", "insufficient_data")),
+             .where(mw.n_records > 0, mw.status.in_(("ok", "insufficient_data")),
                     mw.id.not_in(judged))
              .order_by(mw.window_end.desc(), mw.id.desc()).limit(self.s.windows_per_run))  # fmt: skip
         return list(conn.execute(q).all())

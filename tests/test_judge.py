@@ -93,15 +93,17 @@ def judge_settings(url: str, **kw: Any) -> JudgeSettings:
     return JudgeSettings(**{**base, **kw})
 
 
-def add_window(engine: Engine, rows: list[dict[str, Any]], index: int = 0, model: str = "m") -> int:
+def add_window(engine: Engine, rows: list[dict[str, Any]], index: int = 0, model: str = "m", segment: str = "",
+               store: bool = True) -> int:  # fmt: skip
     """Store interactions and one checked count window over them, as the monitor would; returns its id."""
-    insert_rows(engine, rows)
+    if store:
+        insert_rows(engine, rows)
     with engine.begin() as c:
         ids = c.execute(select(interactions.c.id, interactions.c.ts).where(
             interactions.c.request_id.in_([r["request_id"] for r in rows])).order_by(interactions.c.ts,
                                                                                     interactions.c.id)).all()  # fmt: skip
         return int(c.execute(insert(monitor_windows).returning(monitor_windows.c.id), {
-            "model_id": model, "segment": "", "window_kind": "count", "window_index": index,
+            "model_id": model, "segment": segment, "window_kind": "count", "window_index": index,
             "window_start": ids[0][1], "window_end": ids[-1][1], "first_id": ids[0][0], "last_id": ids[-1][0],
             "n_records": len(ids), "ref_kind": "none", "ref_n": 0, "status": "ok",
             "created_at": datetime.now(UTC)}).scalar_one())  # fmt: skip
@@ -119,8 +121,9 @@ def metric(engine: Engine, window_id: int, name: str) -> float | None:
     return None if v is None else v[0]
 
 
-def run(engine: Engine, s: JudgeSettings, used_today: int = 0, champion: str | None = None) -> JudgeStats:
-    return Judge(s, engine, MonitorSettings(), champion=lambda _m: champion).run_once(used_today)
+def run(engine: Engine, s: JudgeSettings, used_today: int = 0, champion: str | None = None,
+        monitor: MonitorSettings | None = None) -> JudgeStats:  # fmt: skip
+    return Judge(s, engine, monitor or MonitorSettings(), champion=lambda _m: champion).run_once(used_today)
 
 
 def counter(name: str, **labels: str) -> float:
@@ -202,6 +205,19 @@ def test_unparsed_replies_are_counted_and_never_stored(engine: Engine, stub: Stu
     assert counter("driftloop_judge_parse_failures_total", judge="stub") - before == 4
     assert stored(engine) == []
     assert metric(engine, wid, "judge.stub.parse_failures") == 4 and metric(engine, wid, "judge.stub.n") == 0
+
+
+def test_segment_windows_are_judged_each_on_its_own_records(engine: Engine, stub: Stub) -> None:
+    rows = [{**r, "metadata": {"region": "eu" if i % 2 else "us"}} for i, r in enumerate(texts(8))]
+    insert_rows(engine, rows)
+    eu = add_window(engine, [r for r in rows if r["metadata"]["region"] == "eu"], segment="region=eu", store=False)
+    us = add_window(engine, [r for r in rows if r["metadata"]["region"] == "us"], segment="region=us", store=False)
+    st = run(engine, judge_settings(stub.url, sample=10), monitor=MonitorSettings(segment_keys=["region"]))
+    assert (st.windows_done, st.scored) == (2, 8)
+    region = {r["request_id"]: r["metadata"]["region"] for r in rows}
+    for wid, want in ((eu, "eu"), (us, "us")):
+        assert {region[r.request_id] for r in stored(engine) if r.metadata["window_id"] == wid} == {want}
+        assert metric(engine, wid, "judge.stub.n") == 4
 
 
 # ------------------------------------------------------------------------------------------------ pairwise
