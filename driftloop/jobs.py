@@ -41,6 +41,7 @@ from sqlalchemy import (
 
 from driftloop.clikit import default_instance
 from driftloop.monitor.alerts.engine import AlertEvaluationJob
+from driftloop.monitor.review import review_items
 from driftloop.monitor.tables import drift_results, monitor_windows, window_metrics
 from driftloop.retrain.runner import RetrainPolicyJob
 from driftloop.retrain.watch import PromotionWatchJob
@@ -220,6 +221,7 @@ def retention_once(ctx: JobContext, now: datetime | None = None) -> str:
     plan = [
         (interactions, interactions.c.ts, r.interactions_days),
         (feedback, feedback.c.ts, r.interactions_days),
+        (review_items, review_items.c.created_at, r.interactions_days),  # queued with their interactions
         (rejected_messages, rejected_messages.c.rejected_at, r.rejected_days),
         (monitor_windows, monitor_windows.c.window_end, r.monitor_days),
         (job_runs, job_runs.c.started_at, r.job_runs_days),

@@ -247,3 +247,16 @@ def test_the_review_sample_job(pg_url: str, tmp_path: Path) -> None:
     from driftloop.jobs import JOBS
 
     assert JOBS["review_sample"].interval_s(on.settings) == 60 and JOBS["review_sample"].interval_s(off.settings) == 0
+
+
+def test_retention_drops_old_review_items(pg_url: str) -> None:
+    eng = create_engine_from_url(pg_url)
+    now = datetime.now(UTC)
+    insert_rows(eng, [interaction(i, ts=now - timedelta(days=10 if i < 2 else 0)) for i in range(4)])
+    sample_once(eng, cfg(uniform_rate=1.0), 0.5, now)
+    with eng.begin() as c:  # the first two were queued when they arrived, ten days ago
+        c.execute(review_items.update().where(review_items.c.request_id.in_(["r-m-0", "r-m-1"]))
+                  .values(created_at=now - timedelta(days=10)))  # fmt: skip
+    s = make_settings(pg_url, scheduler={"retention": {"interactions_days": 7}})
+    assert run_named("retention", JobContext(s, eng, "test")) == "succeeded"
+    assert set(items(eng)) == {"r-m-2", "r-m-3"}
