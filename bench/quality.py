@@ -348,7 +348,7 @@ def _plain(o: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--windows", type=int, default=40, help="no-drift evaluation windows per model")
+    p.add_argument("--windows", type=int, default=None, help="no-drift evaluation windows per model (60; --quick 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated model files")
     p.add_argument("--ref-windows", type=int, default=3, help="reference-period windows per model")
@@ -363,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.models = ",".join(QUICK_MODELS) if args.models == ",".join(MODELS) else args.models
-        args.windows, args.switch_streams, args.prompts = min(args.windows, 10), 5, args.prompts or 160
+        args.windows, args.switch_streams, args.prompts = args.windows or 10, 5, args.prompts or 160
+    args.windows = args.windows or 60
     args.models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     if args.cache_dir is None:
         from driftloop.monitor.embeddings import default_cache_dir
