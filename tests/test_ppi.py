@@ -8,7 +8,9 @@ import pytest
 from driftloop.monitor.ppi import Estimate, classical_mean_ci, drop_test, ppi_mean_ci
 
 
-def _window(rng: np.random.Generator, rate: float, agreement: float, size: int = 300, frac: float = 0.1):
+def _window(
+    rng: np.random.Generator, rate: float, agreement: float, size: int = 300, frac: float = 0.1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A window's labels, a judge of the given agreement, and a uniform labeled slice."""
     y = (rng.random(size) < rate).astype(float)
     f = np.where(rng.random(size) < agreement, y, 1.0 - y)
