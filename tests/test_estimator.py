@@ -119,3 +119,20 @@ def test_too_few_labels_or_one_class_is_refused() -> None:
 def test_embed_and_digest_come_together() -> None:
     with pytest.raises(ValueError, match="together"):
         QualityEstimator(embed=bag_embed)
+
+
+@pytest.mark.slow
+def test_real_minilm_on_alpacaeval_round_trip(tmp_path: Path) -> None:
+    """The default embedder (the shipped MiniLM on onnxruntime): trained, saved, loaded with its digest."""
+    from driftloop.monitor.embeddings import model_path, source_digest
+    from tests.alpaca import load
+
+    strong, weak = load("FuseChat-Llama-3.2-1B-Instruct")[:60], load("alpaca-7b")[:60]
+    records = [{"prompt": r["instruction"], "response": r["output"]} for r in strong + weak]
+    labels = np.r_[np.ones(60), np.zeros(60)]  # which model answered: the easy task
+    est = QualityEstimator(EstimatorSettings(min_labels=40)).fit(records, labels)
+    assert est.config is not None and est.config.embedding_digest == source_digest(model_path(None))
+    assert est.config.embedding_dim == 384 and est.config.cv_auc is not None and est.config.cv_auc > 0.8
+    est.save(tmp_path)
+    again = QualityEstimator.load(tmp_path)
+    np.testing.assert_allclose(again.predict(records[:10]), est.predict(records[:10]), rtol=0, atol=1e-12)
