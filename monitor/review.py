@@ -83,7 +83,7 @@ review_items = Table(
     CheckConstraint(
         "slice IN ('uniform', 'drift', 'low_confidence', 'negative_feedback')", name="ck_review_items_slice"
     ),
-    Index("ix_review_items_status_slice", "status", "slice", "model_id"),
+    Index("ix_review_items_claim", "status", "slice", "id"),  # claim_next: ordered scans per status and slice
 )
 
 # How far the uniform pass has read ``interactions`` (one row: key = 'uniform').
@@ -142,9 +142,10 @@ def sample_uniform(engine: Engine, cfg: ReviewSettings, now: datetime | None = N
                              .order_by(i.id).limit(cfg.batch_size)).all()  # fmt: skip
             if not rows:
                 return added
-            items = []
+            items: list[dict[str, Any]] = []
+            policies: dict[str, WorkloadPolicy] = {}
             for r in rows:
-                pol = cfg.for_model(r.model_id)
+                pol = policies.get(r.model_id) or policies.setdefault(r.model_id, cfg.for_model(r.model_id))
                 if pol.enabled and in_uniform(cfg, pol, r.model_id, r.prompt, r.response):
                     items.append(_item(r, "uniform", pol.uniform_rate, None, now))
             added += _insert(c, items)
@@ -192,8 +193,9 @@ def sample_targeted(engine: Engine, cfg: ReviewSettings, positive_threshold: flo
             q = _candidates(slice_, since, upto, cfg.low_confidence_margin, positive_threshold)
             taken: dict[str, int] = {}
             items: dict[str, dict[str, Any]] = {}
+            policies: dict[str, WorkloadPolicy] = {}
             for r in c.execute(q.order_by(interactions.c.id.desc()).limit(cfg.batch_size)):
-                pol = cfg.for_model(r.model_id)
+                pol = policies.get(r.model_id) or policies.setdefault(r.model_id, cfg.for_model(r.model_id))
                 sl = pol.slices[slice_]
                 if (not pol.enabled or r.request_id in items or taken.get(r.model_id, 0) >= sl.max_per_run
                         or in_uniform(cfg, pol, r.model_id, r.prompt, r.response)
@@ -250,36 +252,48 @@ def _utc(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
+def _candidate(c: Connection, filt: list[Any], now: datetime, lease_s: float) -> int | None:
+    """The next claimable item id: an expired claim, else the oldest pending uniform item, else the oldest
+    pending targeted one. Separate queries, each an ordered scan of ``ix_review_items_claim`` that stops at
+    the first row whose interaction still exists (one query with ``OR`` and a computed order sorted them all)."""
+    r, i = review_items.c, interactions.c
+    has_interaction = exists().where(i.request_id == r.request_id)
+    expired = and_(r.status == "claimed", r.claimed_at < now - timedelta(seconds=lease_s))
+    for cond in (expired, and_(r.status == "pending", r.slice == "uniform"),
+                 and_(r.status == "pending", r.slice.in_(TARGETED_SLICES))):  # fmt: skip
+        q = select(r.id).where(cond, *filt, has_interaction).order_by(r.id).limit(1)
+        if c.dialect.name == "postgresql":
+            q = q.with_for_update(of=review_items, skip_locked=True)
+        found = c.execute(q).scalar()
+        if found is not None:
+            return int(found)
+    return None
+
+
 def claim_next(engine: Engine, reviewer: str, lease_s: float, *, model_id: str | None = None,
                slices: Sequence[str] | None = None, now: datetime | None = None) -> ReviewItem | None:  # fmt: skip
-    """The caller's own unexpired claim if it has one (a reloaded page gets the same item), else the oldest
+    """The caller's own unexpired claim if it has one (a reloaded page gets the same item), else the next
     claimable item (uniform first: the estimates rest on it); None when nothing is left."""
     r, i = review_items.c, interactions.c
+    filt = [r.model_id == model_id] if model_id else []
+    if slices:
+        filt.append(r.slice.in_(list(slices)))
     for _ in range(20):  # lost races on SQLite (no SKIP LOCKED): try the next candidate
-        now = now or datetime.now(UTC)
+        at = now or datetime.now(UTC)
         with engine.begin() as c:
-            filt = [r.model_id == model_id] if model_id else []
-            if slices:
-                filt.append(r.slice.in_(list(slices)))
-            has_interaction = exists().where(i.request_id == r.request_id)
-            mine = c.execute(select(r.id).where(*filt, has_interaction, r.status == "claimed",
-                                                r.claimed_by == reviewer, ~_claimable(now, lease_s))
+            mine = c.execute(select(r.id).where(*filt, r.status == "claimed", r.claimed_by == reviewer,
+                                                ~_claimable(at, lease_s), exists().where(i.request_id == r.request_id))
                              .order_by(r.id).limit(1)).scalar()  # fmt: skip
             if mine is not None:
-                c.execute(update(review_items).where(r.id == mine).values(claimed_at=now))
+                c.execute(update(review_items).where(r.id == mine).values(claimed_at=at))
                 return _load(c, mine, lease_s)
-            q = (select(r.id).where(*filt, has_interaction, _claimable(now, lease_s))
-                 .order_by((r.slice != "uniform"), r.id).limit(1))  # fmt: skip
-            if c.dialect.name == "postgresql":
-                q = q.with_for_update(of=review_items, skip_locked=True)
-            cand = c.execute(q).scalar()
+            cand = _candidate(c, filt, at, lease_s)
             if cand is None:
                 return None
-            won = c.execute(update(review_items).where(r.id == cand, _claimable(now, lease_s))
-                            .values(status="claimed", claimed_by=reviewer, claimed_at=now)).rowcount  # fmt: skip
+            won = c.execute(update(review_items).where(r.id == cand, _claimable(at, lease_s))
+                            .values(status="claimed", claimed_by=reviewer, claimed_at=at)).rowcount  # fmt: skip
             if won:
                 return _load(c, cand, lease_s)
-        now = None
     return None
 
 

@@ -41,7 +41,7 @@ def upgrade() -> None:
             "slice IN ('uniform', 'drift', 'low_confidence', 'negative_feedback')", name="ck_review_items_slice"
         ),
     )
-    op.create_index("ix_review_items_status_slice", "review_items", ["status", "slice", "model_id"])
+    op.create_index("ix_review_items_claim", "review_items", ["status", "slice", "id"])
     op.create_table(
         "review_cursor",
         sa.Column("key", sa.String(32), nullable=False),
@@ -53,5 +53,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("review_cursor")
-    op.drop_index("ix_review_items_status_slice", table_name="review_items")
+    op.drop_index("ix_review_items_claim", table_name="review_items")
     op.drop_table("review_items")
