@@ -129,15 +129,23 @@ def _item(r: Any, slice_: str, rate: float, reason: str | None, now: datetime) -
 
 
 def sample_uniform(engine: Engine, cfg: ReviewSettings, now: datetime | None = None) -> int:
-    """Read interactions past the cursor, queue the uniform ones; returns items added."""
+    """Read interactions past the cursor, queue the uniform ones; returns items added.
+
+    The first run starts ``lookback_hours`` back: turning review on for a deployment with a long history
+    samples from then on (uniformly), rather than queueing a tenth of the history.
+    """
     now = now or datetime.now(UTC)
     added = 0
+    i = interactions.c
     while True:
         with engine.begin() as c:
             cur = c.execute(select(review_cursor.c.last_interaction_id)
                             .where(review_cursor.c.key == CURSOR_KEY)).scalar()  # fmt: skip
-            last = int(cur or 0)
-            i = interactions.c
+            if cur is None:
+                first = c.execute(select(func.min(i.id)).where(i.ts >= now - timedelta(hours=cfg.lookback_hours)))
+                last = int(first.scalar() or 2**62) - 1
+            else:
+                last = int(cur)
             rows = c.execute(select(i.id, i.request_id, i.model_id, i.prompt, i.response).where(i.id > last)
                              .order_by(i.id).limit(cfg.batch_size)).all()  # fmt: skip
             if not rows:

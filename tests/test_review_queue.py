@@ -237,13 +237,16 @@ def test_reviewer_corrections_flow_into_the_dataset(pg: Engine) -> None:
 
 def test_the_review_sample_job(pg_url: str, tmp_path: Path) -> None:
     eng = create_engine_from_url(pg_url)
-    insert_rows(eng, rows(50))
+    now = datetime.now(UTC)
+    # a history from before review was turned on, then recent traffic
+    insert_rows(eng, [interaction(i, prefix="old", ts=now - timedelta(days=30)) for i in range(50)])
+    insert_rows(eng, [interaction(i, prompt=f"recent {i}", ts=now - timedelta(minutes=5)) for i in range(50)])
     off = JobContext(make_settings(pg_url), eng, "test")
     assert run_named("review_sample", off) == "skipped"
     on = JobContext(make_settings(pg_url, quality={"review": {"enabled": True, "uniform_rate": 0.5}}), eng, "test")
     assert run_named("review_sample", on) == "succeeded"
-    n = len(items(eng))
-    assert 0 < n < 50
+    got = items(eng)
+    assert 0 < len(got) < 50 and all(k.startswith("r-") for k in got), "the first run starts lookback_hours back"
     from driftloop.jobs import JOBS
 
     assert JOBS["review_sample"].interval_s(on.settings) == 60 and JOBS["review_sample"].interval_s(off.settings) == 0
@@ -253,7 +256,8 @@ def test_retention_drops_old_review_items(pg_url: str) -> None:
     eng = create_engine_from_url(pg_url)
     now = datetime.now(UTC)
     insert_rows(eng, [interaction(i, ts=now - timedelta(days=10 if i < 2 else 0)) for i in range(4)])
-    sample_once(eng, cfg(uniform_rate=1.0), 0.5, now)
+    sample_once(eng, cfg(uniform_rate=1.0, lookback_hours=24 * 30), 0.5, now)
+    assert len(items(eng)) == 4
     with eng.begin() as c:  # the first two were queued when they arrived, ten days ago
         c.execute(review_items.update().where(review_items.c.request_id.in_(["r-m-0", "r-m-1"]))
                   .values(created_at=now - timedelta(days=10)))  # fmt: skip
