@@ -23,6 +23,19 @@ class EstimatorSettings(Section):
     cv_folds: int = Field(5, ge=2, le=20, description="folds whose held-out scores fit the Platt calibration")
     min_labels: int = Field(40, ge=10, description="fewer labels (or fewer than cv_folds of either class): no training")
     seed: int = Field(0, description="fold assignment; the fit is otherwise deterministic")
+    # the service's jobs (driftloop.retrain.estimator_jobs): train daily, score every few minutes
+    train_interval_s: float = Field(
+        86400, ge=0, description="seconds between `estimator_train` runs (0: not scheduled; train by hand)"
+    )
+    score_interval_s: float = Field(
+        300, ge=0, description="seconds between `estimator_score` runs (0: only the drift check scores)"
+    )
+    train_max_labels: int = Field(50_000, ge=10, description="newest labelled interactions a training uses at most")
+    score_lookback_days: float = Field(
+        7, gt=0, description="interactions newer than this are scored by the champion (newest first)"
+    )
+    score_batch: int = Field(256, ge=1, le=10_000, description="interactions embedded and written per batch")
+    score_max_per_run: int = Field(20_000, ge=1, description="interactions one scoring run scores at most")
 
 
 class EstimateSettings(Section):
