@@ -142,6 +142,8 @@ class JudgeClient:
         """The backoff's wait, or the server's Retry-After when that is longer (capped by the settings)."""
         wait = max(seconds, min(self._retry_after, self.s.retry_after_max_s))
         self._retry_after = 0.0
+        if wait > seconds:  # the retry log line names the backoff's wait; say that the server's is longer
+            log.warning("judge %s: waiting %.2fs as the server's Retry-After asks", self.s.name, wait)
         time.sleep(wait)
 
     def _post_once(self, body: dict[str, Any]) -> str:
