@@ -3,7 +3,7 @@ PostgreSQL: paste the token, take an item, label it with ``0``/``c``/Enter, see 
 until the queue is empty; the scores are in the database. One response carries markup: it must show as text.
 
 Chromium is driven through the DevTools protocol over ``--remote-debugging-pipe`` (file descriptors 3 and 4),
-with the standard library only. Waits are on DOM mutations inside the page, never sleeps. A screenshot goes to
+with the standard library only (the API's Python clients for it are not dependencies here). Waits are on DOM mutations inside the page, never sleeps. A screenshot goes to
 ``$DRIFTLOOP_SCREENSHOT_DIR`` (default: the test's tmp directory).
 """
 
@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -49,17 +50,17 @@ class Cdp:
         assert CHROMIUM is not None
         to_child, self._w = os.pipe()  # we write, Chromium reads fd 3
         self._r, from_child = os.pipe()  # Chromium writes fd 4, we read
-
-        def fds() -> None:  # in the child: move the pipe ends to 3 and 4 (via high numbers: they may collide)
-            a, b = fcntl.fcntl(to_child, fcntl.F_DUPFD, 10), fcntl.fcntl(from_child, fcntl.F_DUPFD, 10)
-            os.dup2(a, 3)
-            os.dup2(b, 4)
-
-        self.proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                     pass_fds=(3, 4), preexec_fn=fds, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        # Numbered >= 10 so moving them onto 3 and 4 in the child cannot clobber one with the other; moved by a
+        # tiny exec wrapper rather than a preexec_fn (this process runs the API server's threads).
+        a, b = fcntl.fcntl(to_child, fcntl.F_DUPFD, 10), fcntl.fcntl(from_child, fcntl.F_DUPFD, 10)
         os.close(to_child)
         os.close(from_child)
+        move = f"import os, sys; os.dup2({a}, 3); os.dup2({b}, 4); os.execv(sys.argv[1], sys.argv[1:])"
+        argv = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"]
+        self.proc = subprocess.Popen([sys.executable, "-c", move, *argv], pass_fds=(a, b),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        os.close(a)  # the child's copies now
+        os.close(b)
         self._buf = b""
         self._id = 0
         self.events: list[dict[str, Any]] = []
