@@ -3,7 +3,7 @@ PostgreSQL: paste the token, take an item, label it with ``0``/``c``/Enter, see 
 until the queue is empty; the scores are in the database. One response carries markup: it must show as text.
 
 Chromium is driven through the DevTools protocol over ``--remote-debugging-pipe`` (file descriptors 3 and 4),
-with the standard library only (the API's Python clients for it are not dependencies here). Waits are on DOM mutations inside the page, never sleeps. A screenshot goes to
+with the standard library only (no DevTools client library is a dependency). Waits are on DOM mutations inside the page, never sleeps. A screenshot goes to
 ``$DRIFTLOOP_SCREENSHOT_DIR`` (default: the test's tmp directory).
 """
 
