@@ -192,10 +192,53 @@ def drift_check_once(ctx: JobContext, now: datetime | None = None) -> str:
     # this module through the CLI and the API. Not optional: a failed import is a failed run.
     from driftloop.monitor.check import DriftCheckJob
 
+    pre = _estimator_score_all(ctx, now) if ctx.settings.quality.estimator.enabled else ""
     res = DriftCheckJob(ctx.settings, ctx.engine).run_once(now=now)
     drifted = sum(1 for r in res if r.outcome is not None and r.outcome.drifted)
     errors = sum(1 for r in res if r.status == "error")
-    return f"{len(res)} window(s) checked, {drifted} drifted, {errors} error(s)"
+    return f"{len(res)} window(s) checked, {drifted} drifted, {errors} error(s)" + (f"; {pre}" if pre else "")
+
+
+def _estimator_score_all(ctx: JobContext, now: datetime | None = None) -> str:
+    """Score every workload's unscored interactions with its estimator champion (before a check: its
+    PPI++ estimate then uses them). A failing workload is logged and counted, never fatal."""
+    from driftloop.retrain.estimator_jobs import score_interactions, workloads
+
+    done: list[str] = []
+    for m in workloads(ctx.engine, ctx.settings, with_champion=True):
+        try:
+            st = score_interactions(ctx.settings, ctx.engine, m, now=now)
+            done.append(f"{m}: {st.scored} scored by estimator:{st.version}, {st.errors} error(s)")
+        except Exception as e:
+            log.exception("estimator scoring of %s failed", m)
+            done.append(f"{m}: failed ({e})")
+    return "; ".join(done)
+
+
+def estimator_score_once(ctx: JobContext, now: datetime | None = None) -> str:
+    """The learned estimator's champion scores the new interactions of every workload (``quality.estimator``)."""
+    if not ctx.settings.quality.estimator.enabled:
+        raise JobSkipped("the learned estimator is off (quality.estimator.enabled)")
+    return _estimator_score_all(ctx, now) or "no workload has an estimator champion"
+
+
+def estimator_train_once(ctx: JobContext, now: datetime | None = None) -> str:
+    """Train every workload's estimator on its labels; the new version is champion only if not worse."""
+    if not ctx.settings.quality.estimator.enabled:
+        raise JobSkipped("the learned estimator is off (quality.estimator.enabled)")
+    from driftloop.retrain.estimator_jobs import EstimatorRefused, train_estimator, workloads
+
+    done: list[str] = []
+    for m in workloads(ctx.engine, ctx.settings, with_champion=False):
+        try:
+            v = train_estimator(ctx.settings, ctx.engine, m)
+            done.append(f"{m}: {v.family} {v.version} ({v.status})")
+        except EstimatorRefused as e:
+            done.append(f"{m}: not trained ({e})")
+        except Exception as e:
+            log.exception("estimator training of %s failed", m)
+            done.append(f"{m}: failed ({e})")
+    return "; ".join(done) or "no workload has traffic"
 
 
 def quality_check_once(ctx: JobContext, now: datetime | None = None) -> str:
@@ -373,6 +416,12 @@ JOBS: dict[str, JobSpec] = {
         # at the checks' pace (newly checked windows are what a judge scores), while any judge is configured
         JobSpec("judge", judge_once, "drift_check_s", "LLM judges score a sample of newly checked windows",
                 interval_of=lambda s: s.scheduler.drift_check_s if s.quality.judges else 0),
+        JobSpec("estimator_train", estimator_train_once, "quality.estimator.train_interval_s",
+                "train the learned quality estimator of every workload", long_running=True,
+                interval_of=lambda s: s.quality.estimator.train_interval_s if s.quality.estimator.enabled else 0),
+        JobSpec("estimator_score", estimator_score_once, "quality.estimator.score_interval_s",
+                "the estimator champion scores new interactions",
+                interval_of=lambda s: s.quality.estimator.score_interval_s if s.quality.estimator.enabled else 0),
     )
 }
 
@@ -441,6 +490,16 @@ def promotion_watch() -> None:
 def judge() -> None:
     """Scheduled: LLM judges (see :func:`judge_once`)."""
     run_named("judge")
+
+
+def estimator_train() -> None:
+    """Scheduled: train the learned quality estimators (see :func:`estimator_train_once`)."""
+    run_named("estimator_train")
+
+
+def estimator_score() -> None:
+    """Scheduled: score new interactions with the estimator champions (see :func:`estimator_score_once`)."""
+    run_named("estimator_score")
 
 
 def review_sample() -> None:
