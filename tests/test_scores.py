@@ -64,3 +64,14 @@ def test_bad_scores_name_the_field(score: Score, msg: str) -> None:
 def test_content_key_separates_parts() -> None:
     assert content_key("ab", "c") != content_key("a", "bc")
     assert content_key("a", None) == content_key("a", "")
+
+
+def test_judge_names_must_be_unique() -> None:
+    from pydantic import ValidationError
+
+    from driftloop.settings import Settings
+
+    j = {"name": "gpt", "base_url": "http://127.0.0.1:9", "model": "m"}
+    with pytest.raises(ValidationError, match="names must be unique; repeated: gpt"):
+        Settings(quality={"judges": [j, j]})
+    assert [x.name for x in Settings(quality={"judges": [j, j | {"name": "other"}]}).quality.judges] == ["gpt", "other"]

@@ -5,9 +5,9 @@ One model per thing, each in its own module; this section only groups them under
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from driftloop.settings.base import Section
+from driftloop.settings.base import Section, duplicated
 from driftloop.settings.estimator import EstimateSettings, EstimatorSettings
 from driftloop.settings.judges import JudgeSettings
 from driftloop.settings.review import ReviewSettings
@@ -20,3 +20,12 @@ class QualitySettings(Section):
     judges: list[JudgeSettings] = Field(default_factory=list)
     estimator: EstimatorSettings = Field(default_factory=EstimatorSettings)
     estimate: EstimateSettings = Field(default_factory=EstimateSettings)
+
+    @model_validator(mode="after")
+    def _unique_judges(self) -> QualitySettings:
+        # a judge's name is its score source (judge:<name>), its cache and its budget: two with one name would
+        # share all three
+        dup = duplicated(j.name for j in self.judges)
+        if dup:
+            raise ValueError(f"judges: names must be unique; repeated: {', '.join(dup)}")
+        return self
