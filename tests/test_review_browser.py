@@ -3,8 +3,9 @@ PostgreSQL: paste the token, take an item, label it with ``0``/``c``/Enter, see 
 until the queue is empty; the scores are in the database. One response carries markup: it must show as text.
 
 Chromium is driven through the DevTools protocol over ``--remote-debugging-pipe`` (file descriptors 3 and 4),
-with the standard library only (no DevTools client library is a dependency). Waits are on DOM mutations inside the page, never sleeps. A screenshot goes to
-``$DRIFTLOOP_SCREENSHOT_DIR`` (default: the test's tmp directory).
+with the standard library only (no DevTools client library is a dependency). Waits are on DOM mutations
+inside the page, never sleeps. A screenshot goes to ``$DRIFTLOOP_SCREENSHOT_DIR`` (default: the test's tmp
+directory).
 """
 
 from __future__ import annotations
