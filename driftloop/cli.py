@@ -13,6 +13,7 @@ from driftloop.clikit import ConfigOpt, get_settings, refuse_unsafe
 from driftloop.ingest import cli as ingest_cli
 from driftloop.monitor import cli as monitor_cli
 from driftloop.retrain import cli as retrain_cli
+from driftloop.retrain import estimator_cli
 
 app = typer.Typer(
     help="driftloop: ingest production LLM logs, detect drift, alert, retrain and promote.",
@@ -73,7 +74,7 @@ def db_current(config: ConfigOpt = None) -> None:
 
 # Every sub-command group registers itself; they import driftloop.clikit, never this module, so importing
 # them here is no cycle.
-for _group in (ingest_cli, monitor_cli, daemon_cli, demo, retrain_cli, dashboards, api_cli, serve):
+for _group in (ingest_cli, monitor_cli, daemon_cli, demo, retrain_cli, estimator_cli, dashboards, api_cli, serve):
     _group.register(app)
 
 
