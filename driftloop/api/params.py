@@ -24,7 +24,7 @@ ModelFilter = Annotated[str | None, Query(min_length=1, max_length=256, pattern=
 NameFilter = Annotated[str | None, Query(min_length=1, max_length=128, pattern=_NAME)]
 # The names of driftloop.jobs.JOBS (a test keeps the two in step).
 JobName = Literal["drift_check", "quality_check", "policy_evaluation", "retention", "retrain_check", "retrain_worker",
-                  "promotion_watch", "review_sample", "judge"]  # fmt: skip
+                  "promotion_watch", "review_sample", "judge", "estimator_train", "estimator_score"]  # fmt: skip
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": S.ErrorOut, "description": "no or invalid bearer token (or none configured)"},
