@@ -61,6 +61,30 @@ def score(model: ModelOpt, config: ConfigOpt = None) -> None:
         raise typer.Exit(1)
 
 
+@estimator_app.command("promote")
+def promote(
+    model: ModelOpt,
+    version: Annotated[str, typer.Option("--version", help="Registry version label (v3) or id.")],
+    config: ConfigOpt = None,
+    reason: Annotated[str, typer.Option(help="Recorded in the registry's event log.")] = "promoted by hand",
+) -> None:
+    """Make VERSION MODEL's estimator champion (registry only: no serving target is touched, unlike
+    `driftloop models promote`, which would switch the serving targets)."""
+    setup_logging("WARNING")
+    from driftloop.retrain.estimator_jobs import PROMOTED, family_of
+    from driftloop.retrain.registry import ModelRegistry, RegistryError
+
+    _, eng = settings_and_engine(config)
+    reg = ModelRegistry(eng)
+    try:
+        v = reg.find(family_of(model), version)
+        v = reg.promote(v.id, [], actor="cli", reason=reason, action=PROMOTED)
+    except RegistryError as e:
+        _fail(str(e))
+    typer.echo(f"{v.family} {v.version} is the champion; score with it: driftloop quality estimator score "
+               f"--model {model}")  # fmt: skip
+
+
 @estimator_app.command("show")
 def show(
     model: ModelOpt,

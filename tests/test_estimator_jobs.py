@@ -221,5 +221,9 @@ def test_cli_train_score_show(engine: Engine, pg_url: str, tmp_path: Path) -> No
     doc = json.loads(r.output)
     assert doc["family"] == "estimator:m" and doc["champion"] == "v0"
     assert [v["version"] for v in doc["versions"]] == ["v0"] and doc["versions"][0]["metrics"]["cv_auc"] > 0.75
+    r = runner.invoke(app, ["quality", "estimator", "promote", "--model", "m", "--version", "v0", "--config", str(cfg)])
+    assert r.exit_code == 1 and "already the champion" in r.output
+    r = runner.invoke(app, ["quality", "estimator", "promote", "--model", "m", "--version", "v7", "--config", str(cfg)])
+    assert r.exit_code == 1 and "has no version 'v7'" in r.output
     r = runner.invoke(app, ["quality", "estimator", "--help"])
     assert r.exit_code == 0 and "train" in r.output and "score" in r.output and "show" in r.output
