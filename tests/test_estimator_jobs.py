@@ -227,3 +227,33 @@ def test_cli_train_score_show(engine: Engine, pg_url: str, tmp_path: Path) -> No
     assert r.exit_code == 1 and "has no version 'v7'" in r.output
     r = runner.invoke(app, ["quality", "estimator", "--help"])
     assert r.exit_code == 0 and "train" in r.output and "score" in r.output and "show" in r.output
+
+
+class _Picky:
+    """A stand-in estimator (unit logic only) that fails on any batch holding a poisoned record."""
+
+    version = "0123456789abcdef"
+
+    def predict(self, records: list[dict[str, str]]) -> np.ndarray:
+        if any("POISON" in r["response"] for r in records):
+            raise ValueError("cannot embed this record")
+        return np.full(len(records), 0.7)
+
+
+def test_one_bad_record_costs_only_itself(engine: Engine, pg_url: str, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import driftloop.retrain.estimator_jobs as ej
+
+    s = _settings(pg_url, tmp_path, score_batch=8)
+    insert_rows(engine, [interaction(i, response="POISON" if i == 5 else f"answer {i}") for i in range(20)])
+    monkeypatch.setattr(ej, "load_champion", lambda *_: (None, _Picky()))
+    st = ej.score_interactions(s, engine, "m")
+    assert (st.scored, st.errors, st.batches) == (19, 1, 3)
+    with engine.connect() as c:
+        got = set(
+            c.execute(select(scores.c.request_id).where(scores.c.source == "estimator:0123456789abcdef")).scalars()
+        )
+    assert got == {f"r-m-{i}" for i in range(20) if i != 5}
+    # a rerun retries only the bad one (it is still unscored) and stores nothing twice
+    st2 = ej.score_interactions(s, engine, "m")
+    assert (st2.scored, st2.errors) == (0, 1)
