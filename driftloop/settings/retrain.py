@@ -16,7 +16,7 @@ from driftloop.settings.base import ConditionText, Section, duplicated, unique_n
 from driftloop.settings.connectors import TargetSettings
 from driftloop.settings.metrics import is_known_metric
 
-GATE_METRICS = ("perplexity", "rouge_l", "bleu", "exact_match")
+GATE_METRICS = ("perplexity", "rouge_l", "bleu", "exact_match", "estimate")
 
 
 class TriggerSettings(Section):
@@ -88,7 +88,7 @@ class TrainingSettings(Section):
 class GateSettings(Section):
     """The statistical promotion gate (paired bootstrap over held-out examples); ``retrain.gate.decide`` takes it."""
 
-    primary: Literal["perplexity", "rouge_l", "bleu", "exact_match"] = "perplexity"
+    primary: Literal["perplexity", "rouge_l", "bleu", "exact_match", "estimate"] = "perplexity"
     min_improvement: float = Field(0.0, allow_inf_nan=False, description="lower bound the primary's interval must exceed")
     confidence: float = Field(0.95, gt=0.5, lt=1)
     n_bootstrap: int = Field(2000, ge=100, le=100_000)
@@ -98,6 +98,11 @@ class GateSettings(Section):
     golden_set: str | None = Field(None, description="JSONL of {prompt, reference}: a pinned evaluation suite")
     max_new_tokens: int = Field(64, gt=0, le=4096)
     generate: bool = Field(True, description="generate answers for ROUGE-L/BLEU/exact match (perplexity needs none)")
+    estimate: bool = Field(
+        False,
+        description="score both models' generated answers with the workload's estimator champion "
+        "(quality.estimator) and compare them as metric 'estimate' (mean P(positive); needs generate)",
+    )
 
     @field_validator("guards")
     @classmethod
@@ -113,6 +118,8 @@ class GateSettings(Section):
     def _primary_not_guard(self) -> GateSettings:
         if self.primary in self.guards:
             raise ValueError(f"{self.primary} is the primary metric; remove it from guards")
+        if not (self.estimate and self.generate) and (self.primary == "estimate" or "estimate" in self.guards):
+            raise ValueError("metric 'estimate' needs gate.estimate: true and gate.generate: true")
         return self
 
 
