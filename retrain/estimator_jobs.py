@@ -314,3 +314,55 @@ def workloads(engine: Engine, settings: Settings, *, with_champion: bool) -> lis
         return ids
     fams = set(ModelRegistry(engine).families())
     return [m for m in ids if family_of(m) in fams]
+
+
+# -- the gate: the estimator as an extra metric ----------------------------------------------------------------
+def suite_prompts(eval_path: str | Path, golden_path: str | Path | None) -> dict[str, list[str]]:
+    """The prompts of the gate's suites in the worker's order: ``heldout`` (the snapshot's eval.jsonl) and
+    ``golden`` (the pinned set; blank lines skipped, as ``retrain.evaluate.load_golden_set`` does)."""
+    import json
+
+    def read(p: str | Path) -> list[str]:
+        lines = Path(p).read_text(encoding="utf-8").splitlines()
+        return [str(json.loads(line).get("prompt") or "") for line in lines if line.strip()]
+
+    out = {"heldout": read(eval_path)}
+    if golden_path:
+        out["golden"] = read(golden_path)
+    return out
+
+
+def add_estimates(settings: Settings, engine: Engine, model_id: str, suites: dict[str, tuple[list[Any], list[Any]]],
+                  prompts: dict[str, list[str]]) -> tuple[dict[str, tuple[list[Any], list[Any]]], list[str]]:  # fmt: skip
+    """``suites`` (gate ``ExampleScore`` lists) with ``estimate`` = the workload's estimator champion's
+    P(positive) of each generated answer, for champion and candidate alike; and notes on what was not scored.
+
+    One estimator scores both sides, so its bias cancels in the paired difference; a suite it cannot score
+    (no champion, no generated answers, prompts that do not line up) keeps no estimate and the gate says so.
+    """
+    from dataclasses import replace
+
+    try:
+        _, est = load_champion(settings, engine, model_id)
+    except Exception as e:  # no champion, or an artifact that does not fit: the gate goes on without it
+        return suites, [f"estimate: not computed ({e})"]
+    out = dict(suites)
+    notes: list[str] = []
+    for name, (champ, cand) in suites.items():
+        ps = prompts.get(name)
+        if ps is None or len(ps) != len(champ) or len(champ) != len(cand):
+            notes.append(f"estimate on {name}: not computed (the suite's prompts do not line up with its scores)")
+            continue
+        if any(x.output is None for x in [*champ, *cand]):
+            notes.append(f"estimate on {name}: not computed (no generated answers; set gate.generate)")
+            continue
+        recs = [{"prompt": p, "response": x.output} for side in (champ, cand) for p, x in zip(ps, side, strict=True)]
+        try:
+            p = est.predict(recs)
+        except Exception as e:
+            notes.append(f"estimate on {name}: not computed ({e})")
+            continue
+        n = len(champ)
+        out[name] = ([replace(x, estimate=float(v)) for x, v in zip(champ, p[:n], strict=True)],
+                     [replace(x, estimate=float(v)) for x, v in zip(cand, p[n:], strict=True)])  # fmt: skip
+    return out, notes

@@ -40,6 +40,8 @@ METRICS: dict[str, MetricInfo] = {
     "rouge_l": MetricInfo("rouge_l", True, "ROUGE-L F1 of the greedy answer vs the reference, mean over examples"),
     "bleu": MetricInfo("bleu", True, "sacrebleu sentence BLEU (0..100) per example, mean"),
     "exact_match": MetricInfo("exact_match", True, "case/whitespace-normalised equality (0/1), mean"),
+    # only with gate.estimate: the runner fills it from the workload's estimator champion (see runner)
+    "estimate": MetricInfo("estimate", True, "the quality estimator's P(positive) of the answer, mean"),
 }
 
 
@@ -53,6 +55,7 @@ class ExampleScore:
     bleu: float | None = None
     exact_match: float | None = None
     output: str | None = None
+    estimate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,7 +67,7 @@ class ExampleScore:
             return None if v is None else float(v)
 
         return cls(nll=float(d["nll"]), n_tokens=int(d["n_tokens"]), rouge_l=opt("rouge_l"), bleu=opt("bleu"),
-                   exact_match=opt("exact_match"), output=d.get("output"))  # fmt: skip
+                   exact_match=opt("exact_match"), output=d.get("output"), estimate=opt("estimate"))  # fmt: skip
 
 
 ExampleScores = Sequence[ExampleScore]
@@ -256,6 +259,8 @@ def decide(suites: Mapping[str, tuple[ExampleScores, ExampleScores]], spec: Gate
         if suite == HELDOUT and n < spec.min_examples:
             failures.append(f"{suite}: only {n} examples, the gate needs at least {spec.min_examples}")
         for metric in order:
+            if metric == "estimate" and not spec.estimate:
+                continue  # off: not even a note
             role = "primary" if metric == spec.primary else ("guard" if metric in spec.guards else "report")
             if n == 0 or not (available(champ, metric) and available(cand, metric)):
                 if role == "primary" and suite == HELDOUT:

@@ -246,6 +246,13 @@ class RetrainRunner:
         suites = {name: ([ExampleScore.from_dict(x) for x in v["champion"]],
                          [ExampleScore.from_dict(x) for x in v["candidate"]])
                   for name, v in result["scores"].items()}  # fmt: skip
+        if g.estimate:  # the workload's estimator champion scores both models' answers (metric 'estimate')
+            from driftloop.retrain.estimator_jobs import add_estimates, suite_prompts
+
+            suites, est_notes = add_estimates(self.settings, self.engine, policy.model_id, suites,
+                                              suite_prompts(snap.path / "eval.jsonl", g.golden_set))  # fmt: skip
+            for note in est_notes:
+                self.echo(f"job {job_id}: {note}")
         decision = decide(suites, g)
         gate = decision.to_dict()
         self.echo(f"job {job_id}: gate {'PASSED' if decision.promote else 'REJECTED'} "

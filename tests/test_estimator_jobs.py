@@ -257,3 +257,43 @@ def test_one_bad_record_costs_only_itself(engine: Engine, pg_url: str, tmp_path:
     # a rerun retries only the bad one (it is still unscored) and stores nothing twice
     st2 = ej.score_interactions(s, engine, "m")
     assert (st2.scored, st2.errors) == (0, 1)
+
+
+def test_gate_compares_answers_with_the_estimator(engine: Engine, pg_url: str, tmp_path: Path) -> None:
+    from driftloop.retrain.estimator_jobs import add_estimates, suite_prompts
+    from driftloop.retrain.gate import ExampleScore, decide
+    from driftloop.settings.retrain import GateSettings
+
+    with pytest.raises(ValueError, match=r"needs gate\.estimate: true"):
+        GateSettings(primary="estimate")
+    s = _settings(pg_url, tmp_path)
+    n = 40
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text("".join(json.dumps({"prompt": f"tell me about {TOPICS[i % 8]}", "response": "x"}) + "\n"
+                             for i in range(n)))  # fmt: skip
+    prompts = suite_prompts(evals, None)
+    assert list(prompts) == ["heldout"] and len(prompts["heldout"]) == n
+
+    def side(good: bool) -> list[ExampleScore]:  # the champion refuses half the time, the candidate answers
+        return [ExampleScore(10.0, 5, output=_answer(good or i % 2 == 0, i)) for i in range(n)]
+
+    suites = {"heldout": (side(False), side(True))}
+    same, notes = add_estimates(s, engine, "m", suites, prompts)
+    assert same == suites and "no estimator champion" in notes[0]  # no champion yet: the gate goes on without
+
+    _seed(engine, 0, N, informative=True, seed=6)
+    train_estimator(s, engine, "m")
+    scored, notes = add_estimates(s, engine, "m", suites, prompts)
+    assert notes == []
+    champ, cand = scored["heldout"]
+    assert all(x.estimate is not None for x in [*champ, *cand])
+    spec = GateSettings(estimate=True, primary="estimate", guards={}, min_examples=20)
+    d = decide(scored, spec)
+    c = d.comparison("estimate")
+    assert c is not None and c.candidate > c.champion and c.ci_low > 0 and d.promote, d.reasons
+    # off by default: the same scores are not compared on it, and nothing is said about it
+    off = decide(scored, GateSettings(primary="rouge_l", guards={}, generate=True))
+    assert off.comparison("estimate") is None and not any("estimate" in x for x in off.notes + off.reasons)
+    # a suite whose prompts do not line up is not scored, and the note says why
+    _, notes = add_estimates(s, engine, "m", suites, {"heldout": prompts["heldout"][:-1]})
+    assert "do not line up" in notes[0]
