@@ -4,6 +4,7 @@ out of the monitor process."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -81,7 +82,8 @@ def test_auto_falls_back_to_sentence_transformers_when_onnx_is_missing(monkeypat
                                                                         caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     monkeypatch.setattr(emb, "onnx_available", lambda: False)
     monkeypatch.setattr(emb, "_models", {})
-    got = emb.load_embedder(None, "auto")
+    with caplog.at_level(logging.WARNING, logger=emb.log.name):
+        got = emb.load_embedder(None, "auto")
     assert got.runtime == "sentence-transformers"
     assert "onnxruntime is not installed" in caplog.text
     with pytest.raises(RuntimeError, match="onnxruntime is not installed"):
