@@ -82,6 +82,8 @@ def test_auto_falls_back_to_sentence_transformers_when_onnx_is_missing(monkeypat
                                                                         caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     monkeypatch.setattr(emb, "onnx_available", lambda: False)
     monkeypatch.setattr(emb, "_models", {})
+    # a library configured earlier in the suite may have disabled existing loggers (dictConfig's default)
+    monkeypatch.setattr(emb.log, "disabled", False)
     with caplog.at_level(logging.WARNING, logger=emb.log.name):
         got = emb.load_embedder(None, "auto")
     assert got.runtime == "sentence-transformers"
