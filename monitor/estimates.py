@@ -27,7 +27,7 @@ from sqlalchemy import Connection, or_, select
 from driftloop.monitor.ppi import Estimate, classical_mean_ci, ppi_mean_ci
 from driftloop.settings.estimator import EstimateSettings
 from driftloop.store.models import interactions
-from driftloop.store.scores import scores
+from driftloop.store.scores import positive_label, scores
 
 HUMAN_SOURCE = "human_review"
 ESTIMATE = "quality.estimate"
@@ -106,7 +106,7 @@ def estimate(ws: WindowScores, s: EstimateSettings, positive_threshold: float) -
     """
     if len(ws.labels) < s.min_labeled:
         return None
-    y = {rid: 1.0 if v >= positive_threshold else 0.0 for rid, v in ws.labels.items()}
+    y = {rid: positive_label(v, positive_threshold) for rid, v in ws.labels.items()}
     src = choose_source(ws.machine, s.machine_source)
     if src is not None:
         f = ws.machine[src]

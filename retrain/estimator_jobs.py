@@ -40,7 +40,7 @@ from driftloop.retrain.runner import artifacts_dir
 from driftloop.settings import Settings
 from driftloop.store.feedback import feedback_latest
 from driftloop.store.models import interactions
-from driftloop.store.scores import Score, content_key, record_scores, scores
+from driftloop.store.scores import Score, content_key, positive_label, record_scores, scores
 
 log = logging.getLogger("driftloop.retrain.estimator_jobs")
 
@@ -124,7 +124,7 @@ def gather_labels(conn: Connection, settings: Settings, model_id: str, *, since:
             continue
         out.request_ids.append(r.request_id)
         out.records.append({"prompt": r.prompt or "", "response": r.response or ""})
-        out.labels.append(1.0 if v >= threshold else 0.0)
+        out.labels.append(positive_label(v, threshold))
         out.sources.append(src)
     if skipped:
         log.warning("estimator %s: %d label(s) with a non-finite value skipped", model_id, skipped)

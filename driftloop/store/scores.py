@@ -130,6 +130,14 @@ class Score:
                 "created_at": datetime.now(UTC)}  # fmt: skip
 
 
+def positive_label(value: float, positive_threshold: float) -> float:
+    """1.0 when ``value`` is positive (``>= feedback.positive_threshold``, the one definition), else 0.0.
+
+    Python's copy of what ``feedback_latest.positive`` says in SQL, for scores of any source.
+    """
+    return 1.0 if value >= positive_threshold else 0.0
+
+
 def content_key(*parts: str | None) -> str:
     """A digest of the scored content (and of what scored it: pass the rubric and model too)."""
     h = hashlib.blake2b(digest_size=16)
