@@ -391,6 +391,7 @@ class Decoder:
             "source_partition": source.partition,
             "source_offset": source.offset,
             "ingested_at": now,
+            "workload": None,
         }
         fb_rows: list[dict[str, Any]] = []
         fb = rec.feedback

@@ -30,12 +30,12 @@ _dumps = msgspec.json.Encoder().encode
 INTERACTION_COLS: tuple[str, ...] = (
     "request_id", "ts", "model_id", "model_version", "prompt", "messages", "response", "latency_ms",
     "tokens_in", "tokens_out", "finish_reason", "user_hash", "session_id", "reference", "metadata",
-    "source_topic", "source_partition", "source_offset", "ingested_at",
+    "source_topic", "source_partition", "source_offset", "ingested_at", "workload",
 )  # fmt: skip
 _PG_TYPES = (
     "text", "timestamptz", "text", "text", "text", "text", "text", "float8",
     "int4", "int4", "text", "text", "text", "text", "text",
-    "text", "int4", "int8", "timestamptz",
+    "text", "int4", "int8", "timestamptz", "text",
 )  # fmt: skip
 _JSON_COLS = frozenset({"messages", "metadata"})
 FEEDBACK_COLS = ("event_key", "request_id", "ts", "score", "comment", "correction", "source", "metadata", "ingested_at")

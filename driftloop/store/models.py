@@ -95,7 +95,10 @@ interactions = Table(
     Column("source_partition", Integer, nullable=False),
     Column("source_offset", BigInteger, nullable=False),
     Column("ingested_at", DateTime(timezone=True), nullable=False),
+    # the task this record belongs to (settings ingest.workload); NULL: the model's one stream
+    Column("workload", String(256), nullable=True),
     Index("ix_interactions_model_ts", "model_id", "ts"),
+    Index("ix_interactions_model_workload_ts", "model_id", "workload", "ts"),
     # BRIN on PostgreSQL (migration 0006): rows arrive in time order; a B-tree costs ~1 us per row
     Index("ix_interactions_ts", "ts", postgresql_using="brin", postgresql_with=BRIN_TIME_INDEX_WITH),
 )
