@@ -56,6 +56,9 @@ class DatabaseSettings(Section):
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
+TopicFormat = Literal["v1", "otlp", "otlp_logs", "openai", "litellm"]
+
+
 class KafkaSettings(Section):
     """Broker, topics and kafka-python client options."""
 
@@ -78,6 +81,13 @@ class KafkaSettings(Section):
         }
     )
     producer: dict[str, Any] = Field(default_factory=dict)
+    # What the messages of an input topic are (issue 16, docs/ingest-formats.md); a topic not named here
+    # carries v1 records. otlp: OTLP ExportTraceServiceRequest (protobuf or JSON, as the OTel Collector's
+    # Kafka exporter writes it); otlp_logs: ExportLogsServiceRequest; openai: Chat Completions / Responses
+    # request+response pairs; litellm: StandardLoggingPayload (an object, a JSON array or NDJSON).
+    topic_formats: dict[str, TopicFormat] = Field(
+        default_factory=dict, description="input topic -> format (v1, otlp, otlp_logs, openai, litellm); default v1"
+    )
 
     @field_validator("bootstrap_servers", "topics", mode="before")
     @classmethod
@@ -108,6 +118,30 @@ class KafkaSettings(Section):
             raise ValueError("must not be one of the input topics (rejects would loop); pick another topic name")
         return v
 
+    @model_validator(mode="after")
+    def _formats_of_input_topics(self) -> KafkaSettings:
+        unknown = sorted(set(self.topic_formats) - set(self.topics))
+        if unknown:
+            raise ValueError(f"topic_formats names {unknown}, which are not in kafka.topics {self.topics}")
+        return self
+
+    def format_of(self, topic: str) -> TopicFormat:
+        """The format of an input topic's messages (v1 unless ``topic_formats`` says otherwise)."""
+        return self.topic_formats.get(topic, "v1")
+
+
+class WorkloadSettings(Section):
+    """How a record's workload (the task it serves) is named, so one model serving three tasks is three streams.
+
+    The first of ``keys`` found in the record's metadata wins (mapped formats put unknown attributes there,
+    e.g. the OTel ``gen_ai.agent.name``; a v1 producer can set ``metadata.route``); else, with
+    ``system_prompt_hash``, a short hash of the system message; else ``default`` (None: no workload).
+    """
+
+    keys: list[str] = Field(default_factory=list, description="metadata keys tried in order, e.g. [gen_ai.agent.name]")
+    system_prompt_hash: bool = Field(False, description="fall back to sp-<hash> of the system message")
+    default: str | None = Field(None, max_length=256, description="workload of records nothing names")
+
 
 class IngestSettings(Section):
     """Batching and input limits of the ingestion pipeline."""
@@ -133,6 +167,7 @@ class IngestSettings(Section):
     # Longest wait per batch for dead-letter copies; a copy not confirmed by then is recorded as failed
     # on its rejected_messages row (the row, not the DLQ, is what makes a reject safe to commit).
     dlq_timeout_s: float = Field(30.0, gt=0, le=600)
+    workload: WorkloadSettings = Field(default_factory=WorkloadSettings)
 
     @field_validator("min_timestamp")
     @classmethod
@@ -188,7 +223,8 @@ class ApiToken(Section):
     name: str = Field(min_length=1, max_length=64)
     token: str | None = Field(None, min_length=16, description="the secret itself (prefer token_env)")
     token_env: str | None = Field(None, description="read the secret from this environment variable")
-    role: Literal["read", "review", "admin"] = "read"
+    # ingest: may only write to the ingest endpoints (the OTLP receiver, /v1/ingest/*); admin may too
+    role: Literal["read", "review", "ingest", "admin"] = "read"
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiToken:
@@ -213,6 +249,22 @@ class ApiSettings(Section):
     read_requires_token: bool = Field(False, description="GET endpoints need a token too (the status page as well)")
     public_reads: bool = Field(False, description="open reads on a non-loopback api.host, on purpose")
     public_url: str | None = Field(None, description="external base URL, used in links (e.g. in alerts)")
+    receiver: ReceiverSettings = Field(default_factory=lambda: ReceiverSettings())
+
+
+class ReceiverSettings(Section):
+    """The HTTP front door (issue 16): OTLP/HTTP ``/v1/traces`` ``/v1/logs`` and ``POST /v1/ingest/{format}``.
+
+    Every accepted request is produced to Kafka (and acknowledged by the broker) before the HTTP answer,
+    so the receiver holds no state; the broker being down gives 503 with ``Retry-After``.
+    """
+
+    enabled: bool = True
+    topic: str | None = Field(None, description="where mapped v1 records go (default: the first v1 topic of kafka.topics)")
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="larger bodies (after gzip, too) get 413")
+    max_records: int = Field(10_000, gt=0, description="records per request; more gets 413")
+    produce_timeout_s: float = Field(10.0, gt=0, le=300, description="wait for the broker's acks before 503")
+    retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After of a 503")
 
 
 class GrafanaSettings(Section):
