@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from driftloop.ingest.redact import Redactor
+from driftloop.ingest.workload import WorkloadConfig, workload_of
 from driftloop.records import (
     FEEDBACK_FIELDS,
     INTERACTION_FIELDS,
@@ -78,6 +79,8 @@ class DecodePolicy:
     min_timestamp: datetime = datetime(2000, 1, 1, tzinfo=UTC)
     max_future_skew: timedelta = timedelta(days=1)
     default_model_id: str = "unknown"
+    #: how a record's workload is named (``ingest.workload``); None: every record's workload is NULL
+    workload: WorkloadConfig | None = None
 
 
 _NUL_OR_SURROGATE = re.compile(rb"\\u0000")
@@ -391,7 +394,7 @@ class Decoder:
             "source_partition": source.partition,
             "source_offset": source.offset,
             "ingested_at": now,
-            "workload": None,
+            "workload": workload_of(meta, messages, p.workload) if p.workload is not None else None,
         }
         fb_rows: list[dict[str, Any]] = []
         fb = rec.feedback
