@@ -5,8 +5,21 @@ rows is what makes ingestion exactly-once in effect: after any crash the consume
 stored offsets, and unique keys (request_id, feedback event key, reject source) make a replay of
 an uncommitted batch harmless.
 
-PostgreSQL path: binary COPY into a session temp table, then ``INSERT … SELECT … ON CONFLICT DO
-NOTHING`` (measured ~84k rows/s fresh). SQLite path: multi-row ``INSERT OR IGNORE``.
+PostgreSQL path: binary COPY straight into the table (~84k rows/s fresh); when a row's key is
+already stored, the batch goes through a session temp table and ``INSERT … SELECT … ON CONFLICT``.
+SQLite path: plain INSERTs for new keys, UPDATEs for merges.
+
+Merging records of one interaction (``merge_changes``): some producers send one call in pieces
+with the same ``request_id`` (OpenTelemetry: the span carries model, tokens and timing, a log
+record of the same span carries the prompt and answer, in either order). A later record with a
+stored ``request_id`` therefore FILLS the stored row's empty columns and never overwrites a
+non-empty value: empty is NULL, ``''`` for ``prompt`` and the decoder's placeholder model id
+(``DecodePolicy.default_model_id``, ``'unknown'``) for ``model_id``; ``metadata`` is merged key by
+key, the stored keys winning. Where the row came from (``ts``, ``source_*``, ``ingested_at``) is
+the first record's. A record that adds nothing (an identical redelivery) changes nothing, and the
+row is not rewritten. Two records of one ``request_id`` in one batch are merged in Python by the
+same rule first (an upsert cannot touch a row twice in one statement). ``WriteResult.duplicates``
+counts the records that added nothing; ``merged`` those that filled something in.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ import msgspec
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
-from driftloop.ingest.decode import encode_json
+from driftloop.ingest.decode import DecodePolicy, encode_json
 from driftloop.store.models import consumer_offsets, feedback, interactions, rejected_messages
 
 Row = dict[str, Any]
@@ -38,6 +51,83 @@ _PG_TYPES = (
     "text", "int4", "int8", "timestamptz", "text",
 )  # fmt: skip
 _JSON_COLS = frozenset({"messages", "metadata"})
+#: columns that say where and when the row was first seen: the first record's, never merged
+_ORIGIN_COLS = frozenset({"request_id", "ts", "source_topic", "source_partition", "source_offset", "ingested_at"})
+#: filled when NULL (prompt, model_id and metadata have their own rules)
+_FILL_COLS = tuple(c for c in INTERACTION_COLS if c not in _ORIGIN_COLS and c not in ("prompt", "model_id", "metadata"))
+PLACEHOLDER_MODEL_ID = DecodePolicy().default_model_id
+
+
+def merge_changes(stored: Row, later: Row, placeholder_model_id: str = PLACEHOLDER_MODEL_ID) -> Row:
+    """The columns of ``stored`` that ``later`` (same request_id) fills in; empty when it adds nothing.
+
+    The rule of the module docstring: only empty columns are filled, metadata keys are added
+    without replacing stored ones.
+    """
+    changes: Row = {}
+    for c in _FILL_COLS:
+        if stored.get(c) is None:
+            v = later.get(c)
+            if v is not None:
+                changes[c] = v
+    if not stored.get("prompt") and later.get("prompt"):
+        changes["prompt"] = later["prompt"]
+    sm, lm = stored.get("model_id"), later.get("model_id")
+    if sm in (None, placeholder_model_id) and lm not in (None, placeholder_model_id):
+        changes["model_id"] = lm
+    smeta, lmeta = stored.get("metadata"), later.get("metadata")
+    if isinstance(lmeta, dict) and lmeta:
+        if smeta is None:
+            changes["metadata"] = lmeta
+        elif isinstance(smeta, dict):
+            extra = {k: v for k, v in lmeta.items() if k not in smeta}
+            if extra:
+                changes["metadata"] = {**smeta, **extra}
+    return changes
+
+
+def premerge(rows: Sequence[Row], placeholder_model_id: str = PLACEHOLDER_MODEL_ID) -> tuple[list[Row], dict[str, int]]:
+    """One row per request_id (the first record filled in by the later ones), and per merged
+    request_id how many of its later records filled something in."""
+    by_id: dict[str, Row] = {}
+    filled: dict[str, int] = {}
+    for r in rows:
+        rid = r["request_id"]
+        first = by_id.get(rid)
+        if first is None:
+            by_id[rid] = r
+            continue
+        changes = merge_changes(first, r, placeholder_model_id)
+        if changes:
+            by_id[rid] = {**first, **changes}
+            filled[rid] = filled.get(rid, 0) + 1
+    return list(by_id.values()), filled
+
+
+def _pg_merge_sql(table: str) -> tuple[str, str]:
+    """``SET`` list and ``WHERE`` condition of the upsert that applies ``merge_changes`` in SQL.
+
+    The WHERE makes the upsert skip rows it would not change: an identical redelivery rewrites
+    nothing (no dead tuple, no WAL).
+    """
+    t = table
+    sets = [f"{c} = COALESCE({t}.{c}, EXCLUDED.{c})" for c in _FILL_COLS]
+    conds = [f"({t}.{c} IS NULL AND EXCLUDED.{c} IS NOT NULL)" for c in _FILL_COLS]
+    sets.append(f"prompt = CASE WHEN {t}.prompt = '' THEN EXCLUDED.prompt ELSE {t}.prompt END")
+    conds.append(f"({t}.prompt = '' AND EXCLUDED.prompt <> '')")
+    model = f"{t}.model_id = %(ph)s AND EXCLUDED.model_id <> %(ph)s"
+    sets.append(f"model_id = CASE WHEN {model} THEN EXCLUDED.model_id ELSE {t}.model_id END")
+    conds.append(f"({model})")
+    # jsonb a || b: b's keys win, so EXCLUDED || stored keeps the stored values
+    meta_ok = "jsonb_typeof(EXCLUDED.metadata) = 'object' AND EXCLUDED.metadata <> '{}'::jsonb"
+    merged = f"CASE WHEN {t}.metadata IS NULL THEN EXCLUDED.metadata ELSE EXCLUDED.metadata || {t}.metadata END"
+    sets.append(f"metadata = CASE WHEN {meta_ok} AND ({t}.metadata IS NULL OR jsonb_typeof({t}.metadata) = 'object') "
+                f"THEN {merged} ELSE {t}.metadata END")  # fmt: skip
+    conds.append(f"({meta_ok} AND ({t}.metadata IS NULL OR (jsonb_typeof({t}.metadata) = 'object' "
+                 f"AND EXCLUDED.metadata || {t}.metadata <> {t}.metadata)))")  # fmt: skip
+    return ", ".join(sets), " OR ".join(conds)
+
+
 FEEDBACK_COLS = ("event_key", "request_id", "ts", "score", "comment", "correction", "source", "metadata", "ingested_at")
 _FEEDBACK_TYPES = ("text", "text", "timestamptz", "float8", "text", "text", "text", "text", "timestamptz")
 
@@ -51,9 +141,10 @@ class _CopySpec:
     cols: tuple[str, ...]
     types: tuple[str, ...]
     conflict: tuple[str, ...]
+    merge: bool = False  # True: a conflicting row is filled in (merge_changes); False: it is skipped
 
 
-_INTERACTIONS = _CopySpec("interactions", INTERACTION_COLS, _PG_TYPES, ("request_id",))
+_INTERACTIONS = _CopySpec("interactions", INTERACTION_COLS, _PG_TYPES, ("request_id",), merge=True)
 _FEEDBACK = _CopySpec("feedback", FEEDBACK_COLS, _FEEDBACK_TYPES, ("event_key",))
 
 
@@ -83,14 +174,16 @@ class WriteResult:
     duplicates: int
     feedback_inserted: int
     rejects_inserted: int
+    merged: int = 0  # records that filled in a row stored earlier (or earlier in the batch)
 
 
 class BatchWriter:
     """Writes batches for one consumer group into the database."""
 
-    def __init__(self, engine: Engine, group_id: str) -> None:
+    def __init__(self, engine: Engine, group_id: str, placeholder_model_id: str = PLACEHOLDER_MODEL_ID) -> None:
         self.engine = engine
         self.group_id = group_id
+        self.placeholder_model_id = placeholder_model_id  # the decoder's model id for "not given"
         self.is_pg = engine.dialect.name == "postgresql"
         self._temp_ready: set[tuple[int, str]] = set()
 
@@ -116,15 +209,16 @@ class BatchWriter:
                 pass
             stream = None
         with self.engine.begin() as conn:
+            merged = 0
             if self.is_pg:
                 inserted = self._pg_copy_direct(conn, _INTERACTIONS, batch.interactions, stream)
-                if inserted is None:  # a duplicate in the batch: take the deduplicating path
-                    inserted = self._pg_copy_insert(conn, _INTERACTIONS, batch.interactions)
+                if inserted is None:  # a stored request_id (or one twice in the batch): the merging path
+                    inserted, merged = self._pg_copy_insert(conn, _INTERACTIONS, batch.interactions)
                 fb = self._pg_copy_direct(conn, _FEEDBACK, batch.feedback)
                 if fb is None:  # a retried or replayed feedback event
-                    fb = self._pg_copy_insert(conn, _FEEDBACK, batch.feedback)
+                    fb, _ = self._pg_copy_insert(conn, _FEEDBACK, batch.feedback)
             else:
-                inserted = self._insert_ignore(conn, interactions, batch.interactions, ["request_id"])
+                inserted, merged = self._sqlite_merge(conn, batch.interactions)
                 fb = self._insert_ignore(conn, feedback, batch.feedback, ["event_key"])
             if before_commit is not None:
                 before_commit()
@@ -135,7 +229,7 @@ class BatchWriter:
                 ["source_topic", "source_partition", "source_offset", "raw_sha256"],
             )
             self._store_offsets(conn, batch.offsets, now)
-        return WriteResult(inserted, len(batch.interactions) - inserted, fb, rj)
+        return WriteResult(inserted, len(batch.interactions) - inserted - merged, fb, rj, merged)
 
     # -- PostgreSQL -------------------------------------------------------------------------
     def _pg_copy_direct(
@@ -178,10 +272,14 @@ class BatchWriter:
             cur.execute("RELEASE SAVEPOINT dl_copy_direct")
         return n
 
-    def _pg_copy_insert(self, conn: Connection, spec: _CopySpec, rows: Sequence[Row]) -> int:
-        """Binary COPY into a session temp table, then INSERT … ON CONFLICT DO NOTHING."""
+    def _pg_copy_insert(self, conn: Connection, spec: _CopySpec, rows: Sequence[Row]) -> tuple[int, int]:
+        """Binary COPY into a session temp table, then INSERT … ON CONFLICT DO NOTHING, or with
+        ``spec.merge`` DO UPDATE (``merge_changes`` in SQL). Returns (rows inserted, records merged)."""
         if not rows:
-            return 0
+            return 0, 0
+        filled: dict[str, int] = {}
+        if spec.merge:
+            rows, filled = premerge(rows, self.placeholder_model_id)
         raw = conn.connection.driver_connection
         assert raw is not None
         tmp = f"_dl_{spec.table}"
@@ -204,10 +302,57 @@ class BatchWriter:
                     write_row(vals)
             select = ", ".join(f"{c}::jsonb" if c in _JSON_COLS else c for c in cols)
             conflict = ", ".join(spec.conflict)
-            cur.execute(
-                f"INSERT INTO {spec.table} ({names}) SELECT {select} FROM {tmp} ON CONFLICT ({conflict}) DO NOTHING"
-            )
-            return max(cur.rowcount, 0)
+            insert = f"INSERT INTO {spec.table} ({names}) SELECT {select} FROM {tmp} ON CONFLICT ({conflict})"
+            if not spec.merge:
+                cur.execute(f"{insert} DO NOTHING")
+                return max(cur.rowcount, 0), 0
+            sets, changed = _pg_merge_sql(spec.table)
+            # xmax = 0 only in a freshly inserted row version: tells inserted rows from updated ones
+            cur.execute(f"{insert} DO UPDATE SET {sets} WHERE {changed} RETURNING request_id, (xmax = 0)",
+                        {"ph": self.placeholder_model_id})  # fmt: skip
+            return self._count(cur.fetchall(), filled)
+
+    @staticmethod
+    def _count(written: Sequence[tuple[str, bool]], filled: dict[str, int]) -> tuple[int, int]:
+        """(rows inserted, records merged) from (request_id, inserted?) of the rows written.
+
+        A merged row counts its batch's records that filled something in; a stored row that was
+        filled in counts at least one (the records of its batch together did).
+        """
+        inserted = merged = 0
+        for rid, new in written:
+            if new:
+                inserted += 1
+                merged += filled.get(rid, 0)
+            else:
+                merged += max(1, filled.get(rid, 0))
+        return inserted, merged
+
+    # -- SQLite -------------------------------------------------------------------------------
+    def _sqlite_merge(self, conn: Connection, rows: Sequence[Row]) -> tuple[int, int]:
+        """INSERT the new request_ids, fill in the stored ones (one writer: read, merge, update)."""
+        if not rows:
+            return 0, 0
+        unique, filled = premerge(rows, self.placeholder_model_id)
+        c = interactions.c
+        stored: dict[str, Row] = {}
+        ids = [r["request_id"] for r in unique]
+        for i in range(0, len(ids), 500):  # below SQLite's bound-parameter limit
+            q = interactions.select().where(c.request_id.in_(ids[i : i + 500]))
+            stored.update((r["request_id"], dict(r)) for r in conn.execute(q).mappings())
+        new = [r for r in unique if r["request_id"] not in stored]
+        if new:
+            conn.execute(interactions.insert(), new)
+        written: list[tuple[str, bool]] = [(r["request_id"], True) for r in new]
+        for r in unique:
+            old = stored.get(r["request_id"])
+            if old is None:
+                continue
+            changes = merge_changes(old, r, self.placeholder_model_id)
+            if changes:
+                conn.execute(interactions.update().where(c.request_id == r["request_id"]).values(**changes))
+                written.append((r["request_id"], False))
+        return self._count(written, filled)
 
     # -- both ---------------------------------------------------------------------------------
     def _insert_ignore(self, conn: Connection, table: Any, rows: Sequence[Row], keys: list[str]) -> int:
