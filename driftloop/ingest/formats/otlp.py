@@ -1,0 +1,596 @@
+"""OTLP traces and logs (protobuf or OTLP/JSON) -> v1 records, for GenAI semconv and OpenInference spans.
+
+Why one module for both signals: the GenAI semantic conventions put the same call's facts either on
+the span (attributes, span events) or in log records carrying the span's context, and instrumentations
+differ in which they use. Both paths share the attribute mapping below and give a call the same
+``request_id`` (``otel-<trace id>-<span id>``), so a call's content logged as events joins its span's
+record in the writer. A log-derived record carries only what the log knows.
+
+Parsing uses the generated classes of ``opentelemetry-proto``; OTLP/JSON differs from protobuf's
+canonical JSON only in hex (not base64) trace and span ids, which are rewritten before parsing.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from driftloop.ingest.decode import INVALID_JSON, InvalidMessage
+from driftloop.ingest.formats._common import (
+    INVALID_EVALUATION,
+    INVALID_OTLP,
+    INVALID_PROTOBUF,
+    INVALID_SPAN_CONTEXT,
+    MAX_FINISH,
+    MAX_ID,
+    MAX_ROLE,
+    MAX_SHORT,
+    MISSING_SPAN_CONTEXT,
+    Converted,
+    ItemError,
+    Rec,
+    rfc3339_ns,
+    short,
+    text_of,
+)
+from driftloop.ingest.formats.openai import request_messages, response_output
+
+#: gen_ai.operation.name values that are one model call (others — embeddings, execute_tool,
+#: invoke_agent, create_agent, retrieval — are not, and such spans are skipped).
+LLM_OPERATIONS = frozenset({"chat", "text_completion", "generate_content", "completion", "responses"})
+EVALUATION_EVENT = "gen_ai.evaluation.result"
+DETAILS_EVENT = "gen_ai.client.inference.operation.details"
+#: pre-1.37 per-message events (logs or span events) -> the role of their message
+MESSAGE_EVENTS = {
+    "gen_ai.system.message": "system",
+    "gen_ai.user.message": "user",
+    "gen_ai.assistant.message": "assistant",
+    "gen_ai.tool.message": "tool",
+}
+CHOICE_EVENT = "gen_ai.choice"
+
+#: Attributes that hold content (prompts, outputs, documents, tool schemas): never copied to metadata,
+#: which is stored unredacted.
+_CONTENT_KEYS = frozenset({
+    "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions", "gen_ai.tool.definitions",
+    "gen_ai.prompt", "gen_ai.completion", "gen_ai.event.content", "input.value", "output.value", "llm.prompts",
+    "llm.choices", "llm.tools", "llm.prompt_template.variables", "llm.prompt_template.template",
+    "retrieval.documents", "embedding.embeddings", "content", "message",
+})
+_CONTENT_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "llm.input_messages.", "llm.output_messages.",
+                     "llm.prompts.", "llm.choices.", "llm.tools.", "retrieval.documents.", "embedding.embeddings.",
+                     "input.", "output.")
+_MODEL_KEYS = ("gen_ai.response.model", "gen_ai.request.model", "llm.response.model_name", "llm.model_name",
+               "llm.request.model_name")
+_TOKENS_IN = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt",
+              "llm.usage.prompt_tokens")
+_TOKENS_OUT = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion",
+               "llm.usage.completion_tokens")
+_USER_KEYS = ("user.id", "enduser.id")
+_SESSION_KEYS = ("session.id", "gen_ai.conversation.id")
+_INDEXED_OI = re.compile(r"^llm\.(input|output)_messages\.(\d+)\.message\.(.+)$")
+_INDEXED_LEGACY = re.compile(r"^gen_ai\.(prompt|completion)\.(\d+)\.(.+)$")
+_OI_CONTENT = re.compile(r"^contents\.(\d+)\.message_content\.(type|text)$")
+_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
+_HEX = re.compile(r"^(?:[0-9a-fA-F]{2})*$")
+_json = msgspec.json.Decoder()
+
+
+# --- parsing -----------------------------------------------------------------------------------------
+
+
+def _is_json(body: bytes, content_type: str | None) -> bool:
+    ct = (content_type or "").split(";", 1)[0].strip().lower()
+    if ct in ("application/json", "text/json") or ct.endswith("+json"):
+        return True
+    if ct in ("application/x-protobuf", "application/protobuf", "application/vnd.google.protobuf"):
+        return False
+    return body.lstrip()[:1] == b"{"
+
+
+def _hex_ids_to_base64(obj: Any) -> None:
+    """OTLP/JSON writes trace/span ids as hex; protobuf's JSON mapping wants base64 for bytes."""
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if k in _ID_KEYS and isinstance(v, str) and len(v) in (16, 32) and _HEX.match(v):
+                    o[k] = base64.b64encode(bytes.fromhex(v)).decode()
+                elif isinstance(v, dict | list):
+                    stack.append(v)
+        elif isinstance(o, list):
+            stack.extend(o)
+
+
+def parse(body: bytes, content_type: str | None, msg: Message, what: str) -> None:
+    """Fill ``msg`` from protobuf or OTLP/JSON bytes, or raise InvalidMessage naming the problem."""
+    if _is_json(body, content_type):
+        try:
+            obj = _json.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise InvalidMessage(INVALID_JSON, f"OTLP/JSON body is not JSON: {e}") from None
+        if not isinstance(obj, dict):
+            raise InvalidMessage(INVALID_OTLP, f"OTLP/JSON body must be an {what} object, got {type(obj).__name__}")
+        _hex_ids_to_base64(obj)
+        try:
+            json_format.ParseDict(obj, msg, ignore_unknown_fields=True)
+        except (json_format.ParseError, TypeError, ValueError, RecursionError) as e:
+            raise InvalidMessage(INVALID_OTLP, f"not an OTLP/JSON {what}: {short(str(e), 300)}") from None
+        return
+    try:
+        msg.ParseFromString(body)
+    except (DecodeError, RecursionError, ValueError) as e:
+        raise InvalidMessage(INVALID_PROTOBUF, f"not a protobuf {what}: {e}") from None
+
+
+def any_value(v: AnyValue) -> Any:
+    """An OTLP AnyValue as plain Python (kvlist -> dict, bytes -> base64 text)."""
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [any_value(x) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return attrs(v.kvlist_value.values)
+    if kind == "bytes_value":
+        return base64.b64encode(v.bytes_value).decode()
+    return getattr(v, kind)
+
+
+def attrs(kvs: Iterable[KeyValue]) -> dict[str, Any]:
+    return {kv.key: any_value(kv.value) for kv in kvs}
+
+
+def _hexid(trace_id: bytes, span_id: bytes) -> str | None:
+    """``otel-<trace>-<span>``, or None when the record has no span context (both ids empty)."""
+    if not trace_id and not span_id:
+        return None
+    if len(trace_id) != 16 or len(span_id) != 8 or not any(trace_id) or not any(span_id):
+        raise ItemError(INVALID_SPAN_CONTEXT, f"trace id {trace_id.hex()!r} / span id {span_id.hex()!r} "
+                                              "is not a valid span context (16 and 8 non-zero bytes)")
+    return f"otel-{trace_id.hex()}-{span_id.hex()}"
+
+
+# --- attributes -> record ----------------------------------------------------------------------------
+
+
+def _as_json(value: Any) -> Any:
+    """A content attribute: span attributes hold JSON text, log/event attributes structured values."""
+    if isinstance(value, str):
+        s = value.lstrip()
+        if s[:1] in ("[", "{"):
+            try:
+                return _json.decode(value)
+            except (msgspec.DecodeError, RecursionError):
+                return value
+    return value
+
+
+def _parts_message(m: Any) -> dict[str, Any] | None:
+    """A GenAI semconv message ({role, parts: [...]}) as a v1 message (text parts joined)."""
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        return None
+    parts = m.get("parts")
+    content: str | None
+    if isinstance(parts, list):
+        texts = []
+        for p in parts:
+            if not isinstance(p, dict):
+                continue
+            if p.get("type") == "text" and isinstance(p.get("content"), str):
+                texts.append(p["content"])
+            elif p.get("type") == "tool_call_response":
+                texts.append(text_of(p.get("response")) or "")
+        content = "\n".join(texts) if texts else None
+    else:
+        content = text_of(m.get("content"))
+    return {"role": m["role"][:MAX_ROLE], "content": content}
+
+
+def _semconv_messages(value: Any) -> list[dict[str, Any]] | None:
+    v = _as_json(value)
+    if not isinstance(v, list):
+        return None
+    out = [pm for pm in (_parts_message(m) for m in v) if pm is not None]
+    return out
+
+
+def _system_text(value: Any) -> str | None:
+    v = _as_json(value)
+    if isinstance(v, list):
+        return text_of([{"type": p.get("type"), "text": p.get("content")} if isinstance(p, dict) else p for p in v])
+    return v if isinstance(v, str) else None
+
+
+class _Content:
+    """Input messages / prompt text and output text / finish reason, filled from the first source that has each."""
+
+    __slots__ = ("finish_reason", "messages", "prompt", "response", "used")
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] | None = None
+        self.prompt: str | None = None
+        self.response: str | None = None
+        self.finish_reason: Any = None
+        self.used: set[str] = set()
+
+    @property
+    def has_input(self) -> bool:
+        return self.messages is not None or self.prompt is not None
+
+    def set_input(self, messages: list[dict[str, Any]] | None = None, prompt: str | None = None) -> None:
+        if self.has_input:
+            return
+        if messages:
+            self.messages = messages
+        elif prompt is not None:
+            self.prompt = prompt
+
+    def set_output(self, text: str | None, finish: Any = None) -> None:
+        if self.response is None and text is not None:
+            self.response = text
+        if self.finish_reason is None and finish is not None:
+            self.finish_reason = finish
+
+    def from_semconv(self, a: dict[str, Any]) -> None:
+        """gen_ai.input.messages / gen_ai.system_instructions / gen_ai.output.messages (1.37+)."""
+        if not self.has_input and ("gen_ai.input.messages" in a or "gen_ai.system_instructions" in a):
+            msgs = _semconv_messages(a.get("gen_ai.input.messages")) or []
+            system = _system_text(a.get("gen_ai.system_instructions"))
+            if system is not None:
+                msgs.insert(0, {"role": "system", "content": system})
+            self.set_input(msgs)
+        if "gen_ai.output.messages" in a:
+            outs = _semconv_messages(a["gen_ai.output.messages"])
+            raw = _as_json(a["gen_ai.output.messages"])
+            if outs:
+                finish = raw[0].get("finish_reason") if isinstance(raw, list) and isinstance(raw[0], dict) else None
+                self.set_output(outs[0]["content"], finish)
+
+    def from_legacy_attrs(self, a: dict[str, Any]) -> None:
+        """gen_ai.prompt / gen_ai.completion: JSON text or plain text, or indexed (gen_ai.prompt.0.role)."""
+        if "gen_ai.prompt" in a:
+            v = _as_json(a["gen_ai.prompt"])
+            msgs = request_messages({"messages": v}) if isinstance(v, list) else None
+            self.set_input(msgs, v if isinstance(v, str) else None)
+        if "gen_ai.completion" in a:
+            v = _as_json(a["gen_ai.completion"])
+            if isinstance(v, list) and v and isinstance(v[0], dict):
+                self.set_output(text_of(v[0].get("content")), v[0].get("finish_reason"))
+            elif isinstance(v, str):
+                self.set_output(v)
+        indexed: dict[str, dict[int, dict[str, Any]]] = {"prompt": {}, "completion": {}}
+        for k, v in a.items():
+            mt = _INDEXED_LEGACY.match(k)
+            if mt:
+                indexed[mt.group(1)].setdefault(int(mt.group(2)), {})[mt.group(3)] = v
+        if indexed["prompt"]:
+            self.set_input(request_messages({"messages": [indexed["prompt"][i] for i in sorted(indexed["prompt"])]}))
+        if indexed["completion"]:
+            first = indexed["completion"][min(indexed["completion"])]
+            self.set_output(text_of(first.get("content")), first.get("finish_reason"))
+
+    def from_openinference(self, a: dict[str, Any]) -> None:
+        """llm.input_messages.N.message.* / llm.output_messages.N.message.*, then input.value / output.value."""
+        grouped: dict[str, dict[int, dict[str, Any]]] = {"input": {}, "output": {}}
+        for k, v in a.items():
+            mt = _INDEXED_OI.match(k)
+            if mt:
+                grouped[mt.group(1)].setdefault(int(mt.group(2)), {})[mt.group(3)] = v
+        if grouped["input"]:
+            self.set_input([_oi_message(grouped["input"][i]) for i in sorted(grouped["input"])])
+        if grouped["output"]:
+            first = _oi_message(grouped["output"][min(grouped["output"])])
+            self.set_output(first["content"])
+        if not self.has_input and "input.value" in a:
+            v = a["input.value"]
+            j = _as_json(v) if a.get("input.mime_type") == "application/json" else v
+            if isinstance(j, dict):
+                self.set_input(request_messages(j))
+            elif isinstance(v, str):
+                self.set_input(prompt=v)
+        if "output.value" in a and (self.response is None or self.finish_reason is None):
+            v = a["output.value"]
+            j = _as_json(v) if a.get("output.mime_type") == "application/json" else v
+            if isinstance(j, dict):
+                text, finish, _model = response_output(j)
+                self.set_output(text, finish)
+            elif isinstance(v, str):
+                self.set_output(v)
+
+    def from_event(self, name: str, a: dict[str, Any], body: Any) -> bool:
+        """A per-message event (log record or span event); True if it was one."""
+        if body is None and "gen_ai.event.content" in a:
+            body = _as_json(a["gen_ai.event.content"])
+        if body is None and ("content" in a or "message" in a):
+            body = a
+        body = _as_json(body)
+        if name in MESSAGE_EVENTS:
+            role = MESSAGE_EVENTS[name]
+            if isinstance(body, dict):
+                if isinstance(body.get("role"), str) and body["role"]:
+                    role = body["role"]
+                content = text_of(body.get("content"))
+            else:
+                content = text_of(body)
+            if self.messages is None and self.prompt is None:
+                self.messages = []
+            if self.messages is not None:
+                self.messages.append({"role": role[:MAX_ROLE], "content": content})
+            return True
+        if name == CHOICE_EVENT:
+            if isinstance(body, dict):
+                msg = body.get("message")
+                text = text_of(msg.get("content")) if isinstance(msg, dict) else text_of(body.get("content"))
+                if body.get("index", 0) in (0, None):
+                    self.set_output(text, body.get("finish_reason"))
+            return True
+        if name == "gen_ai.content.prompt":
+            self.from_legacy_attrs({"gen_ai.prompt": a.get("gen_ai.prompt")} if "gen_ai.prompt" in a else {})
+            return True
+        if name == "gen_ai.content.completion":
+            self.from_legacy_attrs({"gen_ai.completion": a.get("gen_ai.completion")} if "gen_ai.completion" in a
+                                   else {})
+            return True
+        return False
+
+
+def _oi_message(fields: dict[str, Any]) -> dict[str, Any]:
+    role = fields.get("role")
+    content = fields.get("content")
+    if not isinstance(content, str):
+        parts: dict[int, dict[str, Any]] = {}
+        for k, v in fields.items():
+            mt = _OI_CONTENT.match(k)
+            if mt:
+                parts.setdefault(int(mt.group(1)), {})[mt.group(2)] = v
+        texts = [p["text"] for _, p in sorted(parts.items()) if p.get("type", "text") == "text"
+                 and isinstance(p.get("text"), str)]
+        content = "\n".join(texts) if texts else None
+    return {"role": (role if isinstance(role, str) and role else "unknown")[:MAX_ROLE], "content": content}
+
+
+def _first(a: dict[str, Any], keys: tuple[str, ...], used: set[str]) -> Any:
+    for k in keys:
+        if k in a and a[k] is not None and a[k] != "":
+            used.add(k)
+            return a[k]
+    return None
+
+
+def is_llm_span(a: dict[str, Any]) -> bool:
+    """An LLM call: a GenAI inference operation, an older span with only a request model, or OpenInference LLM."""
+    kind = a.get("openinference.span.kind")
+    if isinstance(kind, str):
+        return kind.upper() == "LLM"
+    op = a.get("gen_ai.operation.name")
+    if op is not None:
+        return op in LLM_OPERATIONS
+    return "gen_ai.request.model" in a or "gen_ai.response.model" in a or "llm.model_name" in a
+
+
+def _is_content_key(k: str) -> bool:
+    return k in _CONTENT_KEYS or k.startswith(_CONTENT_PREFIXES)
+
+
+def _fill(rec: Rec, a: dict[str, Any], content: _Content, resource: dict[str, Any]) -> None:
+    """Map the call's attributes (span, details event or log) onto ``rec``; the rest goes to metadata."""
+    used: set[str] = set()
+    rec.str_field("model_id", _first(a, _MODEL_KEYS, used), MAX_SHORT)
+    rec.int_field("tokens_in", _first(a, _TOKENS_IN, used))
+    rec.int_field("tokens_out", _first(a, _TOKENS_OUT, used))
+    fr = _first(a, ("gen_ai.response.finish_reasons", "llm.finish_reason"), used)
+    if isinstance(fr, list):
+        fr = fr[0] if fr else None
+    if fr is None:
+        fr = content.finish_reason
+    rec.str_field("finish_reason", fr, MAX_FINISH)
+    rec.str_field("user_id", _first(a, _USER_KEYS, used) or _first(resource, _USER_KEYS, set()))
+    rec.str_field("session_id", _first(a, _SESSION_KEYS, used), MAX_SHORT)
+    if content.messages is not None:
+        rec.set("messages", content.messages)
+    elif content.prompt is not None:
+        rec.set("prompt", content.prompt)
+    rec.set("response", content.response)
+    for k, v in a.items():
+        if k not in used and not _is_content_key(k) and k != "event.name":
+            rec.add_meta(k, v)
+    for k, v in resource.items():
+        rec.add_meta(k, v)
+
+
+def _content_of(a: dict[str, Any], events: Iterable[tuple[str, dict[str, Any], Any]] = ()) -> _Content:
+    c = _Content()
+    c.from_semconv(a)
+    for name, ea, _body in events:
+        if name == DETAILS_EVENT:
+            c.from_semconv(ea)
+    for name, ea, body in events:
+        c.from_event(name, ea, body)
+    c.from_legacy_attrs(a)
+    c.from_openinference(a)
+    return c
+
+
+# --- evaluations -> feedback -----------------------------------------------------------------------------
+
+
+def _feedback(request_id: str | None, a: dict[str, Any], ts: str | None, fmt: str) -> dict[str, Any]:
+    """A gen_ai.evaluation.result event as a v1 feedback event on its call's request id."""
+    if request_id is None:
+        rid = a.get("gen_ai.response.id")
+        if not isinstance(rid, str) or not rid or len(rid) > MAX_ID:
+            raise ItemError(MISSING_SPAN_CONTEXT, "evaluation event has no span context and no gen_ai.response.id")
+        request_id = rid
+    meta: dict[str, Any] = {"source_format": fmt}
+    score = a.get("gen_ai.evaluation.score.value")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)
+                              or not math.isfinite(score) or abs(score) > 1e12):
+        meta["invalid.score"] = short(score, 200)
+        score = None
+    comment = a.get("gen_ai.evaluation.explanation")
+    if comment is not None and not isinstance(comment, str):
+        meta["invalid.comment"] = short(comment, 200)
+        comment = None
+    label = a.get("gen_ai.evaluation.score.label")
+    for k, v in a.items():
+        if k not in ("gen_ai.evaluation.score.value", "gen_ai.evaluation.explanation", "event.name"):
+            meta[k.removeprefix("gen_ai.")] = v if isinstance(v, str | int | float | bool) else short(v, 200)
+    if score is None and not comment:
+        if isinstance(label, str) and label:
+            comment = label  # a label-only evaluation still says something about the call
+        else:
+            raise ItemError(INVALID_EVALUATION, f"evaluation {a.get('gen_ai.evaluation.name')!r} on {request_id} "
+                                                "has no score, explanation or label")
+    out: dict[str, Any] = {"type": "feedback", "request_id": request_id, "metadata": meta}
+    if score is not None:
+        out["score"] = float(score)
+    if comment:
+        out["comment"] = comment
+    if ts is not None:
+        out["timestamp"] = ts
+    return out
+
+
+# --- traces ----------------------------------------------------------------------------------------------
+
+
+def _span_records(span: Span, resource: dict[str, Any], scope: str, out: Converted) -> None:
+    rid = _hexid(span.trace_id, span.span_id)
+    if rid is None:
+        raise ItemError(MISSING_SPAN_CONTEXT, f"span {span.name!r} has no trace/span id")
+    a = attrs(span.attributes)
+    events = [(e.name, attrs(e.attributes), None) for e in span.events]
+    for e, (_, ea, _) in zip(span.events, events, strict=True):
+        if ea.get("event.name", e.name) == EVALUATION_EVENT:
+            try:
+                out.records.append(_feedback(rid, ea, rfc3339_ns(e.time_unix_nano), "otlp"))
+            except ItemError as err:
+                out.rejected.append((err.reason, err.detail))
+    if not is_llm_span(a):
+        out.skipped += 1
+        return
+    rec = Rec("otlp")
+    rec.set("request_id", rid)
+    rec.set("timestamp", rfc3339_ns(span.start_time_unix_nano))
+    if span.end_time_unix_nano and span.start_time_unix_nano:
+        rec.latency((span.end_time_unix_nano - span.start_time_unix_nano) / 1e6)
+    content = _content_of(a, events)
+    _fill(rec, a, content, resource)
+    rec.meta.update({"otel.trace_id": span.trace_id.hex(), "otel.span_id": span.span_id.hex(),
+                     "otel.span_name": short(span.name, 200)})
+    if scope:
+        rec.meta["otel.scope"] = short(scope, 200)
+    if span.status.code == Status.STATUS_CODE_ERROR:
+        rec.meta["otel.status"] = "error"
+        if span.status.message:
+            rec.meta["otel.status_message"] = short(span.status.message, 500)
+    out.records.append(rec.wire())
+
+
+def convert_traces(body: bytes, content_type: str | None) -> Converted:
+    """An ExportTraceServiceRequest -> one record per LLM span, one feedback event per evaluation event."""
+    req = ExportTraceServiceRequest()
+    parse(body, content_type, req, "ExportTraceServiceRequest")
+    out = Converted(records=[])
+    for rs in req.resource_spans:
+        resource = attrs(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                try:
+                    _span_records(span, resource, ss.scope.name, out)
+                except ItemError as e:
+                    out.rejected.append((e.reason, e.detail))
+    return out
+
+
+# --- logs ------------------------------------------------------------------------------------------------
+
+
+class _LogCall:
+    """What the log records of one call (one span context) say, merged in arrival order."""
+
+    __slots__ = ("attrs", "content", "details", "resource", "rid", "ts")
+
+    def __init__(self, rid: str, resource: dict[str, Any], ts: str | None) -> None:
+        self.rid = rid
+        self.content = _Content()
+        self.attrs: dict[str, Any] = {}
+        self.resource = resource
+        self.ts = ts
+        self.details = False
+
+
+def _log_time(lr: LogRecord) -> str | None:
+    return rfc3339_ns(lr.time_unix_nano or lr.observed_time_unix_nano)
+
+
+def _log_record(lr: LogRecord, resource: dict[str, Any], calls: dict[str, _LogCall], out: Converted) -> None:
+    a = attrs(lr.attributes)
+    name = lr.event_name or a.get("event.name") or ""
+    rid = _hexid(lr.trace_id, lr.span_id)
+    if name == EVALUATION_EVENT:
+        out.records.append(_feedback(rid, a, _log_time(lr), "otlp_logs"))
+        return
+    is_details = name == DETAILS_EVENT
+    if not (is_details or name in MESSAGE_EVENTS or name == CHOICE_EVENT):
+        out.skipped += 1
+        return
+    if rid is None:
+        resp_id = a.get("gen_ai.response.id") if is_details else None
+        if not isinstance(resp_id, str) or not resp_id or len(resp_id) > MAX_ID:
+            raise ItemError(MISSING_SPAN_CONTEXT, f"{name} log record has no span context to join its call"
+                                                  + (" and no gen_ai.response.id" if is_details else ""))
+        rid = resp_id
+    call = calls.get(rid)
+    if call is None:
+        call = calls[rid] = _LogCall(rid, resource, _log_time(lr))
+    if is_details:
+        call.details = True
+        call.content.from_semconv(a)
+        for k, v in a.items():
+            call.attrs.setdefault(k, v)
+    else:
+        call.content.from_event(name, a, any_value(lr.body) if lr.HasField("body") else None)
+        for k, v in a.items():
+            if k not in ("gen_ai.system", "gen_ai.provider.name"):
+                continue
+            call.attrs.setdefault(k, v)
+
+
+def convert_logs(body: bytes, content_type: str | None) -> Converted:
+    """An ExportLogsServiceRequest -> one record per call (its GenAI events merged), feedback per evaluation."""
+    req = ExportLogsServiceRequest()
+    parse(body, content_type, req, "ExportLogsServiceRequest")
+    out = Converted(records=[])
+    calls: dict[str, _LogCall] = {}
+    for rl in req.resource_logs:
+        resource = attrs(rl.resource.attributes)
+        for sl in rl.scope_logs:
+            for lr in sl.log_records:
+                try:
+                    _log_record(lr, resource, calls, out)
+                except ItemError as e:
+                    out.rejected.append((e.reason, e.detail))
+    for call in calls.values():
+        rec = Rec("otlp_logs")
+        rec.set("request_id", call.rid)
+        rec.set("timestamp", call.ts)
+        _fill(rec, call.attrs, call.content, call.resource)
+        if call.rid.startswith("otel-"):
+            rec.meta["otel.trace_id"], rec.meta["otel.span_id"] = call.rid[5:37], call.rid[38:]
+        out.records.append(rec.wire())
+    return out
