@@ -1,7 +1,7 @@
 """The FastAPI application: ``create_app`` builds the app and its shared objects and includes one router per resource.
 
 Routers live in :mod:`driftloop.api.routes` (health, windows, reports, alerts, jobs, retrain, models,
-promotions, status, review; the review page in :mod:`driftloop.api.review_page`); what they share is in
+promotions, status, review, and the receiver's ingest routes; the review page in :mod:`driftloop.api.review_page`); what they share is in
 :mod:`driftloop.api.deps`, parameter types and documented errors in :mod:`driftloop.api.params`, exception handlers in :mod:`driftloop.api.errors`.
 """
 
@@ -11,12 +11,24 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from driftloop.api.auth import require_admin, require_read
+from driftloop.api.auth import require_admin, require_ingest, require_read
 from driftloop.api.deps import ApiDeps, Background
 from driftloop.api.errors import install_error_handlers
 from driftloop.api.metrics import make_registry
 from driftloop.api.review_page import router as review_page_router
-from driftloop.api.routes import alerts, health, jobs, models, promotions, reports, retrain, review, status, windows
+from driftloop.api.routes import (
+    alerts,
+    health,
+    ingest,
+    jobs,
+    models,
+    promotions,
+    reports,
+    retrain,
+    review,
+    status,
+    windows,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -48,5 +60,10 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         app.include_router(r)
     app.include_router(review.router(d))  # the human review queue, and its page on the status site
     app.include_router(review_page_router())
+    if settings.api.receiver.enabled:  # the HTTP front door (docs/receiver.md): produces to Kafka, no state
+        from driftloop.api.receiver import Receiver
+
+        app.state.receiver = Receiver(settings)
+        app.include_router(ingest.router(app.state.receiver, require_ingest(settings.api)))
     install_error_handlers(app)
     return app

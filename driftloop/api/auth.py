@@ -1,4 +1,9 @@
-"""Bearer-token authentication: tokens come from ``api.tokens``; roles ``read`` < ``review`` < ``admin``."""
+"""Bearer-token authentication: tokens come from ``api.tokens``; roles ``read`` < ``review`` < ``admin``.
+
+``ingest`` stands outside that ladder: it may only write to the receiver's endpoints (``/v1/traces``,
+``/v1/logs``, ``/v1/ingest/*``), which admin may call too. A leaked ingest token (it sits in every
+instrumented service's environment) thus reads nothing and changes nothing else.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from driftloop.settings import ApiSettings
 
 # review: may also take and label items of the human review queue (driftloop.monitor.review)
 ROLES = {"read": 1, "review": 2, "admin": 3}
+#: the receiver's role, not a rung of ROLES: it grants nothing else
+INGEST = "ingest"
 
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`; tokens are set in api.tokens")
 
@@ -49,6 +56,13 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _allowed(role: str, need: str) -> bool:
+    """Whether ``role`` may call an endpoint that needs ``need``: up the ladder, or ingest for ingest (and admin)."""
+    if need == INGEST:
+        return role in (INGEST, "admin")
+    return role in ROLES and ROLES[role] >= ROLES[need]
+
+
 def authenticate(api: ApiSettings, creds: HTTPAuthorizationCredentials | None, need: str) -> Principal:
     """Check a request's bearer token for role ``need``; raise 401/403 with what to do."""
     if not any(t.secret() for t in api.tokens):
@@ -59,7 +73,7 @@ def authenticate(api: ApiSettings, creds: HTTPAuthorizationCredentials | None, n
     who = lookup(api, creds.credentials)
     if who is None:
         raise _unauthorized("invalid token; use one configured in api.tokens")
-    if ROLES[who.role] < ROLES[need]:
+    if not _allowed(who.role, need):
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             f"token {who.name!r} has role {who.role}; this endpoint needs role {need}")  # fmt: skip
     return who
@@ -83,6 +97,15 @@ def require_review(api: ApiSettings) -> Callable[..., Principal]:
     return dep
 
 
+def require_ingest(api: ApiSettings) -> Callable[..., Principal]:
+    """Dependency for the receiver's writes: an ingest (or admin) token; read and review tokens get 403."""
+
+    def dep(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+        return authenticate(api, creds, INGEST)
+
+    return dep
+
+
 def require_read(api: ApiSettings) -> Callable[..., Principal]:
     """Dependency for read endpoints: open unless ``api.read_requires_token``.
 
@@ -97,6 +120,8 @@ def require_read(api: ApiSettings) -> Callable[..., Principal]:
 
     def open_dep(request: Request) -> Principal:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return (lookup(api, token) if scheme.lower() == "bearer" and token else None) or ANONYMOUS
+        who = lookup(api, token) if scheme.lower() == "bearer" and token else None
+        # an ingest token reads as anyone would, never as itself (it holds no read role)
+        return who if who is not None and who.role in ROLES else ANONYMOUS
 
     return open_dep

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select, text
@@ -19,6 +19,14 @@ from sqlalchemy import Engine, func, select, text
 log = logging.getLogger("driftloop.api.metrics")
 
 F = TypeVar("F", GaugeMetricFamily, CounterMetricFamily)
+# The receiver's counters (driftloop.api.receiver), in the process-wide registry like ingestion's: a request
+# is counted once by its answer; records by what became of them (accepted: mapped to v1; produced: acked by
+# the broker; rejected: malformed items answered as partial success; skipped: non-LLM spans and logs).
+RECEIVER_REQUESTS = Counter("driftloop_receiver_requests", "Receiver requests answered, by format and HTTP status",
+                            ["format", "status"])  # fmt: skip
+RECEIVER_RECORDS = Counter("driftloop_receiver_records", "Receiver items by format and outcome "
+                           "(accepted, produced, rejected, skipped)", ["format", "outcome"])  # fmt: skip
+
 # Above this many rows PostgreSQL's planner estimate replaces count(*) for driftloop_interactions_stored.
 EXACT_COUNT_MAX = 1_000_000
 

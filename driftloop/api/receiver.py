@@ -1,0 +1,275 @@
+"""The HTTP front door's core: read a capped body, map it to v1 records, produce them and wait for the broker.
+
+The receiver holds no state: a request is answered 200 only after the broker acknowledged every record
+it produced (acks=all), so a crash after the answer loses nothing and a client that retries after a
+503 (or a lost answer) produces the same records again, which ingestion stores once (``request_id``).
+Routes (HTTP status codes, OTLP response bodies) are in :mod:`driftloop.api.routes.ingest`; this module
+knows nothing about FastAPI beyond reading a Starlette request's body.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
+
+if TYPE_CHECKING:
+    from driftloop.settings import Settings, TopicFormat
+
+log = logging.getLogger("driftloop.api.receiver")
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+#: google.rpc.Code values used in OTLP error bodies
+INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, UNIMPLEMENTED, INTERNAL = 3, 8, 14, 12, 13
+#: at most this many per-item errors are listed in an answer (the counts are always complete)
+MAX_LISTED_ERRORS = 20
+
+
+class ReceiverError(Exception):
+    """A request answered with ``status`` (and ``code``, the google.rpc.Code of OTLP error bodies)."""
+
+    def __init__(self, status: int, code: int, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
+
+
+def too_large(message: str) -> ReceiverError:
+    return ReceiverError(413, RESOURCE_EXHAUSTED, message)
+
+
+def unsupported(message: str) -> ReceiverError:
+    return ReceiverError(415, INVALID_ARGUMENT, message)
+
+
+def media_type(content_type: str | None, allowed: tuple[str, ...]) -> str:
+    """The request's media type (parameters such as ``charset`` dropped) if in ``allowed``, else 415."""
+    mt = (content_type or "").split(";", 1)[0].strip().lower()
+    if mt not in allowed:
+        raise unsupported(f"Content-Type {content_type or '(none)'!r} is not supported here; send one of "
+                          f"{', '.join(allowed)}")  # fmt: skip
+    return mt
+
+
+def content_encoding(value: str | None) -> bool:
+    """True for gzip, False for identity (or none); 415 for anything else (deflate, br, zstd, stacked codings)."""
+    enc = (value or "identity").strip().lower()
+    if enc in ("", "identity"):
+        return False
+    if enc in ("gzip", "x-gzip"):
+        return True
+    raise unsupported(f"Content-Encoding {value!r} is not supported; send gzip or an uncompressed body")
+
+
+async def read_capped(chunks: AsyncIterator[bytes], content_length: str | None, limit: int) -> bytes:
+    """The request body, refusing (413) a declared or actual size over ``limit`` without reading past it."""
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            raise ReceiverError(400, INVALID_ARGUMENT, f"Content-Length {content_length!r} is not a number") from None
+        if declared > limit:
+            raise too_large(f"body of {declared} bytes is over api.receiver.max_body_bytes ({limit})")
+    buf = bytearray()
+    async for chunk in chunks:
+        buf += chunk
+        if len(buf) > limit:  # a chunked body has no Content-Length: count while reading
+            raise too_large(f"body is over api.receiver.max_body_bytes ({limit} bytes)")
+    return bytes(buf)
+
+
+def gunzip_capped(data: bytes, limit: int) -> bytes:
+    """Decompress a gzip body (several members too), refusing (413) more than ``limit`` bytes of output.
+
+    Decompression stops at ``limit + 1`` bytes, so a gzip bomb costs at most that much memory.
+    """
+    out = bytearray()
+    rest = data
+    while rest:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        want = limit + 1 - len(out)
+        try:
+            out += d.decompress(rest, want)
+        except zlib.error as e:
+            raise ReceiverError(400, INVALID_ARGUMENT, f"the body is not valid gzip: {e}") from None
+        if len(out) > limit:
+            raise too_large(f"body is over api.receiver.max_body_bytes ({limit} bytes) once decompressed")
+        if not d.eof:  # the output cap was not reached, so the input ran out early
+            raise ReceiverError(400, INVALID_ARGUMENT, "the gzip body is truncated")
+        rest = d.unused_data
+    return bytes(out)
+
+
+class BrokerUnavailable(Exception):
+    """The records could not be produced and acknowledged in time: answer 503 with ``Retry-After``."""
+
+
+@dataclass
+class KafkaSink:
+    """One kafka-python producer (acks=all, idempotent) shared by every request, created on first use.
+
+    A broker that is down when the API starts costs nothing until a request comes; a request that finds it
+    down (at connect, metadata or acknowledgement) gets :class:`BrokerUnavailable` within ``timeout_s``.
+    """
+
+    bootstrap: list[str]
+    topic: str
+    timeout_s: float
+    options: dict[str, Any] = field(default_factory=dict)
+    create_topic: bool = False
+    partitions: int = 3
+    replication_factor: int = 1
+    _producer: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def producer_options(self) -> dict[str, Any]:
+        """kafka-python options: every wait bounded by ``timeout_s``; ``kafka.producer`` may override them."""
+        ms = max(1, int(self.timeout_s * 1000))
+        opts: dict[str, Any] = {"linger_ms": 5, "max_block_ms": ms, "bootstrap_timeout_ms": ms,
+                                "request_timeout_ms": ms, "delivery_timeout_ms": ms + 5,
+                                "reconnect_backoff_max_ms": 1000}  # fmt: skip
+        opts.update(self.options)
+        return opts
+
+    def _get(self, deadline: float) -> Any:
+        prod = self._producer
+        if prod is not None:
+            return prod
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise BrokerUnavailable("still connecting to the broker (another request is)")
+        try:
+            if self._producer is None:
+                from driftloop.broker import ensure_topics, make_producer
+
+                if self.create_topic:
+                    ensure_topics(self.bootstrap, [self.topic], partitions=self.partitions,
+                                  replication_factor=self.replication_factor,
+                                  timeout_s=max(0.1, min(3.0, deadline - time.monotonic())))  # fmt: skip
+                self._producer = make_producer(self.bootstrap, **self.producer_options())
+            return self._producer
+        finally:
+            self._lock.release()
+
+    def produce(self, messages: list[tuple[bytes | None, bytes]]) -> None:
+        """Produce ``(key, value)`` messages and wait until the broker acknowledged all of them.
+
+        Raises :class:`BrokerUnavailable` on any failure or after ``timeout_s``; some messages may then have
+        been written all the same, which is harmless: the client retries and ingestion deduplicates.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            prod = self._get(deadline)
+            futures = [prod.send(self.topic, key=k, value=v) for k, v in messages]
+            for f in futures:
+                f.get(timeout=max(0.0, deadline - time.monotonic()))
+        except BrokerUnavailable:
+            raise
+        except Exception as e:  # KafkaTimeoutError, NoBrokersAvailable, a produce error, ...
+            raise BrokerUnavailable(f"{type(e).__name__}: {e}".splitlines()[0][:300]) from e
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        with self._lock:
+            prod, self._producer = self._producer, None
+        if prod is not None:
+            try:
+                prod.close(timeout=timeout_s)
+            except Exception as e:  # a producer of a dead broker may complain while closing
+                log.debug("closing the receiver's producer failed: %s", e)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one request's items: ``produced`` records acked, ``skipped`` non-LLM items, ``rejected``."""
+
+    produced: int
+    skipped: int
+    rejected: list[tuple[str, str]]
+
+    def error_summary(self) -> str:
+        """The rejects as one line: counts by reason, then the first few details."""
+        by: dict[str, int] = {}
+        for reason, _ in self.rejected:
+            by[reason] = by.get(reason, 0) + 1
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(by.items()))
+        details = "; ".join(f"{r}: {d}" for r, d in self.rejected[:3])
+        return f"{len(self.rejected)} rejected ({counts}): {details}"
+
+
+def default_topic(settings: Settings) -> str | None:
+    """``api.receiver.topic``, else the first input topic that carries v1 records."""
+    k = settings.kafka
+    return settings.api.receiver.topic or next((t for t in k.topics if k.format_of(t) == "v1"), None)
+
+
+class Receiver:
+    """Map a body of format ``fmt`` to v1 records and produce them (blocking: call it from a worker thread)."""
+
+    def __init__(self, settings: Settings, sink: KafkaSink | None = None) -> None:
+        self.settings = settings
+        self.limits = settings.api.receiver
+        self.topic = default_topic(settings)
+        k = settings.kafka
+        self.sink = sink or (KafkaSink(list(k.bootstrap_servers), self.topic, self.limits.produce_timeout_s,
+                                       dict(k.producer), k.create_topics, k.topic_partitions, k.replication_factor)
+                             if self.topic else None)  # fmt: skip
+
+    def accept(self, fmt: str, body: bytes, gzipped: bool, content_type: str) -> Outcome:
+        """Decompress, convert, check the limits and produce; raises :class:`ReceiverError` for the answer."""
+        from driftloop.api.metrics import RECEIVER_RECORDS
+        from driftloop.ingest.decode import InvalidMessage
+        from driftloop.ingest.formats import convert
+
+        if self.sink is None:
+            raise ReceiverError(500, INTERNAL, "the receiver has no topic: set api.receiver.topic, or keep a v1 "
+                                "topic in kafka.topics")  # fmt: skip
+        if gzipped:
+            body = gunzip_capped(body, self.limits.max_body_bytes)
+        try:
+            conv = convert(cast("TopicFormat", fmt), body, content_type=content_type)
+        except InvalidMessage as e:
+            raise ReceiverError(400, INVALID_ARGUMENT, f"{e.reason}: {e.detail}") from None
+        rejected = list(conv.rejected)
+        messages: list[tuple[bytes | None, bytes]] = []
+        cap = self.settings.ingest.max_message_bytes
+        for rec in conv.records:
+            value = msgspec.json.encode(rec)
+            if len(value) > cap:  # ingestion would dead-letter it: say so now, to the sender
+                rejected.append(("oversize", f"record {rec.get('request_id')!r} is {len(value)} bytes once mapped, "
+                                 f"over ingest.max_message_bytes ({cap})"))  # fmt: skip
+                continue
+            rid = rec.get("request_id")
+            messages.append((str(rid).encode() if rid is not None else None, value))
+        if len(messages) > self.limits.max_records:
+            raise too_large(f"{len(messages)} records in one request; api.receiver.max_records is "
+                            f"{self.limits.max_records}: send smaller batches")  # fmt: skip
+        RECEIVER_RECORDS.labels(fmt, "accepted").inc(len(messages))
+        RECEIVER_RECORDS.labels(fmt, "skipped").inc(conv.skipped)
+        RECEIVER_RECORDS.labels(fmt, "rejected").inc(len(rejected))
+        if messages:
+            try:
+                self.sink.produce(messages)
+            except BrokerUnavailable as e:
+                log.warning("receiver: %d %s records not acknowledged by the broker, answered 503: %s",
+                            len(messages), fmt, e)  # fmt: skip
+                raise ReceiverError(503, UNAVAILABLE, f"the broker did not acknowledge the records ({e}); retry "
+                                    "later (what did get through is stored once)", retry_after_s=self.limits.retry_after_s) from None  # fmt: skip
+            RECEIVER_RECORDS.labels(fmt, "produced").inc(len(messages))
+        return Outcome(len(messages), conv.skipped, rejected)
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()

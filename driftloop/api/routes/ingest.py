@@ -1,0 +1,212 @@
+"""The receiver's routes: OTLP/HTTP ``/v1/traces`` and ``/v1/logs``, and ``POST /v1/ingest/{openai,litellm,v1}``.
+
+OTLP answers follow the OTLP/HTTP specification: 200 with an ``Export*ServiceResponse`` in the request's
+encoding (``partial_success`` set only when items were rejected), and a ``google.rpc.Status`` body in that
+encoding for errors, with ``Retry-After`` on 503. The ``/v1/ingest`` routes answer JSON. Everything but
+HTTP framing is in :mod:`driftloop.api.receiver`; docs/receiver.md is the user's guide.
+
+No ``from __future__ import annotations``: FastAPI reads the endpoint signatures.
+"""
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsPartialSuccess, ExportLogsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceResponse,
+)
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
+
+from driftloop.api import schemas as S
+from driftloop.api.auth import Principal
+from driftloop.api.metrics import RECEIVER_REQUESTS
+from driftloop.api.params import AUTH_ERRORS
+from driftloop.api.receiver import (
+    INTERNAL,
+    JSON,
+    MAX_LISTED_ERRORS,
+    NDJSON,
+    PROTOBUF,
+    Outcome,
+    Receiver,
+    ReceiverError,
+    content_encoding,
+    media_type,
+    read_capped,
+)
+
+log = logging.getLogger("driftloop.api.receiver")
+
+#: the /v1/ingest/{format} formats (OTLP has its standard paths)
+INGEST_FORMATS = ("openai", "litellm", "v1")
+
+
+class ItemError(BaseModel):
+    reason: str = Field(description="stable reason (as in rejected_messages.reason)")
+    detail: str
+
+
+class IngestOut(BaseModel):
+    """What became of a /v1/ingest body: every accepted record is in Kafka (acknowledged) already."""
+
+    accepted: int = Field(description="records produced and acknowledged by the broker")
+    skipped: int = Field(description="items that are not LLM calls, ignored")
+    rejected: int = Field(description="malformed items, not produced (400 when nothing was accepted)")
+    errors: list[ItemError] = Field(description=f"the first {MAX_LISTED_ERRORS} rejects")
+
+
+_ERR = {"model": S.ErrorOut}
+_RETRY = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    **AUTH_ERRORS,
+    400: {**_ERR, "description": "the body is malformed (not this format, not valid gzip)"},
+    413: {
+        **_ERR,
+        "description": "body (also once decompressed) over api.receiver.max_body_bytes, or more records "
+        "than api.receiver.max_records",
+    },
+    415: {**_ERR, "description": "unsupported Content-Type or Content-Encoding"},
+    500: {**_ERR, "description": "the receiver has no topic to produce to (configuration)"},
+    503: {
+        **_ERR,
+        "description": "the broker did not acknowledge the records in time; retry after Retry-After",
+        "headers": _RETRY,
+    },
+}
+
+
+def _otlp_body(types: tuple[str, ...]) -> dict[str, Any]:
+    content = {t: {"schema": {"type": "string", "format": "binary"} if t == PROTOBUF else {"type": "object"}}
+               for t in types}  # fmt: skip
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def rpc_status(code: int, message: str) -> bytes:
+    """A ``google.rpc.Status`` in protobuf (field 1 code, field 2 message): OTLP's error body.
+
+    Encoded by hand: two fields do not justify a dependency on googleapis-common-protos.
+    """
+    msg = message.encode()
+    return b"\x08" + _varint(code) + b"\x12" + _varint(len(msg)) + msg
+
+
+def _otlp_error(e: ReceiverError, mt: str) -> Response:
+    if mt == PROTOBUF:
+        return Response(rpc_status(e.code, e.message), e.status, headers=e.headers, media_type=PROTOBUF)
+    return Response(json.dumps({"code": e.code, "message": e.message}), e.status, headers=e.headers,
+                    media_type=JSON)  # fmt: skip
+
+
+def _json_error(e: ReceiverError) -> Response:
+    return JSONResponse({"detail": e.message}, e.status, headers=e.headers)
+
+
+async def _handle(receiver: Receiver, fmt: str, request: Request, allowed: tuple[str, ...],
+                  answer: Callable[[Outcome, str], Response], error: Callable[[ReceiverError, str], Response]
+                  ) -> Response:  # fmt: skip
+    """Read, check and accept one request; every answer (and its status) is counted."""
+    mt = JSON
+    try:
+        mt = media_type(request.headers.get("content-type"), allowed)
+        gz = content_encoding(request.headers.get("content-encoding"))
+        body = await read_capped(request.stream(), request.headers.get("content-length"),
+                                 receiver.limits.max_body_bytes)  # fmt: skip
+        out = await run_in_threadpool(receiver.accept, fmt, body, gz, JSON if mt == NDJSON else mt)
+        resp = answer(out, mt)
+    except ReceiverError as e:
+        resp = error(e, mt)
+    except Exception:
+        log.exception("receiver: %s request failed", fmt)
+        resp = error(ReceiverError(500, INTERNAL, "internal error; see the server log"), mt)
+    RECEIVER_REQUESTS.labels(fmt, str(resp.status_code)).inc()
+    return resp
+
+
+def _otlp_answer(response: type[Message], partial: type[Message], field: str) -> Callable[[Outcome, str], Response]:
+    def answer(out: Outcome, mt: str) -> Response:
+        msg = response()
+        if out.rejected:  # the spec: leave partial_success unset on full success
+            msg.partial_success.CopyFrom(partial(**{field: len(out.rejected), "error_message": out.error_summary()}))
+        body = msg.SerializeToString() if mt == PROTOBUF else json_format.MessageToJson(msg, indent=None).encode()
+        return Response(body, 200, media_type=mt)
+
+    return answer
+
+
+def _ingest_answer(out: Outcome, _mt: str) -> Response:
+    errors = [{"reason": r, "detail": d} for r, d in out.rejected[:MAX_LISTED_ERRORS]]
+    body = {"accepted": out.produced, "skipped": out.skipped, "rejected": len(out.rejected), "errors": errors}
+    # nothing usable at all: a client posting one bad record must not read this as success
+    if out.rejected and not out.produced and not out.skipped:
+        return JSONResponse({"detail": "nothing accepted: " + out.error_summary(), **body}, 400)
+    return JSONResponse(body, 200)
+
+
+def router(receiver: Receiver, ingest_auth: Callable[..., Principal]) -> APIRouter:
+    """The receiver's routes over ``receiver``; ``ingest_auth`` admits ingest and admin tokens."""
+    routes = APIRouter(tags=["receiver"])
+    Auth = Annotated[Principal, Depends(ingest_auth)]
+    otlp_types = (PROTOBUF, JSON)
+
+    traces_answer = _otlp_answer(ExportTraceServiceResponse, ExportTracePartialSuccess, "rejected_spans")
+    logs_answer = _otlp_answer(ExportLogsServiceResponse, ExportLogsPartialSuccess, "rejected_log_records")
+
+    @routes.post("/v1/traces", summary="OTLP/HTTP traces (GenAI spans become v1 records)", responses=RESPONSES,
+                 openapi_extra=_otlp_body(otlp_types), response_class=Response)  # fmt: skip
+    async def traces(request: Request, _who: Auth) -> Response:
+        """An ``ExportTraceServiceRequest`` (protobuf or JSON, gzip allowed); answered once the broker acked."""
+        return await _handle(receiver, "otlp", request, otlp_types, traces_answer, _otlp_error)
+
+    @routes.post("/v1/logs", summary="OTLP/HTTP logs (GenAI events become v1 records)", responses=RESPONSES,
+                 openapi_extra=_otlp_body(otlp_types), response_class=Response)  # fmt: skip
+    async def logs(request: Request, _who: Auth) -> Response:
+        """An ``ExportLogsServiceRequest`` (protobuf or JSON, gzip allowed); answered once the broker acked."""
+        return await _handle(receiver, "otlp_logs", request, otlp_types, logs_answer, _otlp_error)
+
+    ingest_types = (JSON, NDJSON)
+
+    def add_format(fmt: str) -> None:
+        async def ingest(request: Request, _who: Auth) -> Response:
+            return await _handle(receiver, fmt, request, ingest_types, _ingest_answer, lambda e, _mt: _json_error(e))
+
+        ingest.__name__ = f"ingest_{fmt}"
+        routes.add_api_route(f"/v1/ingest/{fmt}", ingest, methods=["POST"], summary=f"Ingest {fmt} records",
+                             description=_FORMAT_DOCS[fmt], responses={200: {"model": IngestOut}, **RESPONSES},
+                             openapi_extra=_otlp_body((JSON,)), response_class=Response)  # fmt: skip
+
+    for fmt in INGEST_FORMATS:
+        add_format(fmt)
+    # any other format: a plain route (not in the spec) naming the ones there are
+    routes.routes.append(Route("/v1/ingest/{format}", _unknown_format, methods=["POST"]))
+    return routes
+
+
+async def _unknown_format(request: Request) -> Response:
+    fmt = request.path_params.get("format", "")
+    return JSONResponse({"detail": f"unknown format {fmt!r}; POST to /v1/ingest/ one of {', '.join(INGEST_FORMATS)} "
+                         "(OTLP goes to /v1/traces and /v1/logs)"}, 404)  # fmt: skip
+
+
+_FORMAT_DOCS = {
+    "openai": "OpenAI Chat Completions / Responses request+response pairs (an object, a JSON array or NDJSON).",
+    "litellm": "LiteLLM StandardLoggingPayload (an object, a JSON array or NDJSON): the generic API logger's body.",
+    "v1": "driftloop v1 log records and feedback events (an object, a JSON array or NDJSON).",
+}
