@@ -20,7 +20,8 @@ from driftloop.store.db import create_engine_from_url, migrate
 from driftloop.store.models import interactions
 
 RID = "otel-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
-SPAN = {"request_id": RID, "timestamp": "2026-01-05T10:00:00Z", "model_id": "gpt-4o", "prompt": "",
+# a span knows no content: the mappers give it an empty messages list (prompt '' once decoded)
+SPAN = {"request_id": RID, "timestamp": "2026-01-05T10:00:00Z", "model_id": "gpt-4o", "messages": [],
         "tokens_in": 12, "tokens_out": 5, "latency_ms": 830.0, "finish_reason": "stop",
         "metadata": {"gen_ai.system": "openai", "shared": "from-span"}}  # fmt: skip
 CONTENT = {"request_id": RID, "timestamp": "2026-01-05T10:00:01Z",

@@ -13,7 +13,8 @@ Merging records of one interaction (``merge_changes``): some producers send one 
 with the same ``request_id`` (OpenTelemetry: the span carries model, tokens and timing, a log
 record of the same span carries the prompt and answer, in either order). A later record with a
 stored ``request_id`` therefore FILLS the stored row's empty columns and never overwrites a
-non-empty value: empty is NULL, ``''`` for ``prompt`` and the decoder's placeholder model id
+non-empty value: empty is NULL, ``''`` for ``prompt``, ``[]`` for ``messages`` (a mapped record
+whose source knew no content, e.g. a span) and the decoder's placeholder model id
 (``DecodePolicy.default_model_id``, ``'unknown'``) for ``model_id``; ``metadata`` is merged key by
 key, the stored keys winning. Where the row came from (``ts``, ``source_*``, ``ingested_at``) is
 the first record's. A record that adds nothing (an identical redelivery) changes nothing, and the
@@ -53,8 +54,9 @@ _PG_TYPES = (
 _JSON_COLS = frozenset({"messages", "metadata"})
 #: columns that say where and when the row was first seen: the first record's, never merged
 _ORIGIN_COLS = frozenset({"request_id", "ts", "source_topic", "source_partition", "source_offset", "ingested_at"})
-#: filled when NULL (prompt, model_id and metadata have their own rules)
-_FILL_COLS = tuple(c for c in INTERACTION_COLS if c not in _ORIGIN_COLS and c not in ("prompt", "model_id", "metadata"))
+_OWN_RULE_COLS = ("prompt", "messages", "model_id", "metadata")
+#: filled when NULL (the columns above have their own rules)
+_FILL_COLS = tuple(c for c in INTERACTION_COLS if c not in _ORIGIN_COLS and c not in _OWN_RULE_COLS)
 PLACEHOLDER_MODEL_ID = DecodePolicy().default_model_id
 
 
@@ -72,6 +74,8 @@ def merge_changes(stored: Row, later: Row, placeholder_model_id: str = PLACEHOLD
                 changes[c] = v
     if not stored.get("prompt") and later.get("prompt"):
         changes["prompt"] = later["prompt"]
+    if not stored.get("messages") and later.get("messages"):  # NULL or []
+        changes["messages"] = later["messages"]
     sm, lm = stored.get("model_id"), later.get("model_id")
     if sm in (None, placeholder_model_id) and lm not in (None, placeholder_model_id):
         changes["model_id"] = lm
@@ -115,6 +119,11 @@ def _pg_merge_sql(table: str) -> tuple[str, str]:
     conds = [f"({t}.{c} IS NULL AND EXCLUDED.{c} IS NOT NULL)" for c in _FILL_COLS]
     sets.append(f"prompt = CASE WHEN {t}.prompt = '' THEN EXCLUDED.prompt ELSE {t}.prompt END")
     conds.append(f"({t}.prompt = '' AND EXCLUDED.prompt <> '')")
+    msgs = (
+        f"COALESCE({t}.messages, '[]'::jsonb) = '[]'::jsonb AND COALESCE(EXCLUDED.messages, '[]'::jsonb) <> '[]'::jsonb"
+    )
+    sets.append(f"messages = CASE WHEN {msgs} THEN EXCLUDED.messages ELSE {t}.messages END")
+    conds.append(f"({msgs})")
     model = f"{t}.model_id = %(ph)s AND EXCLUDED.model_id <> %(ph)s"
     sets.append(f"model_id = CASE WHEN {model} THEN EXCLUDED.model_id ELSE {t}.model_id END")
     conds.append(f"({model})")
@@ -161,6 +170,7 @@ class Batch:
     generation: int = 0
     dlq_items: list[Any] = field(default_factory=list)  # rejects on their way to the dead-letter topic
     decoded: int = 0  # messages of the raw batch decoded so far (the batch is complete at n_messages)
+    skipped: int = 0  # items of mapped-format messages that are not LLM calls (neither rows nor rejects)
 
     def __len__(self) -> int:
         return self.n_messages
