@@ -227,3 +227,201 @@ def test_malformed_otlp_body(fmt: Any, body: bytes, ct: str | None, reason: str)
     with pytest.raises(InvalidMessage) as ei:
         convert(fmt, body, content_type=ct)
     assert ei.value.reason == reason and ei.value.detail
+
+
+# --- OTLP logs ---------------------------------------------------------------------------------------
+
+
+def test_otlp_logs_per_message_events_join_the_span_record() -> None:
+    conv = convert("otlp_logs", fixture("otlp_logs_genai.json"))
+    rec = by_id(conv)[SEMCONV_ID]  # the same request_id as the span of the traces fixture
+    assert rec["messages"] == [{"role": "system", "content": "You are terse."},
+                               {"role": "user", "content": "What is drift?"}]
+    assert (rec["response"], rec["finish_reason"]) == ("A change in distribution.", "stop")
+    assert rec["timestamp"] == "2024-05-01T11:00:00.100Z"
+    # only what the log knows: no model, tokens or latency made up (the span's record has them)
+    assert not {"model_id", "tokens_in", "tokens_out", "latency_ms"} & rec.keys()
+    assert rec["metadata"]["source_format"] == "otlp_logs" and rec["metadata"]["gen_ai.system"] == "openai"
+
+
+def test_otlp_logs_operation_details_event_with_structured_attributes() -> None:
+    conv = convert("otlp_logs", fixture("otlp_logs_genai.json"))
+    rec = by_id(conv)["otel-5b8efff798038103d269b633813fc60c-2122232425262728"]
+    assert rec["messages"] == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hello"}]
+    assert (rec["response"], rec["finish_reason"]) == ("Hi there", "stop")
+    assert (rec["model_id"], rec["tokens_in"], rec["tokens_out"]) == ("gpt-4o-2024-08-06", 12, 3)
+    assert rec["metadata"]["gen_ai.request.model"] == "gpt-4o"
+
+
+def test_otlp_logs_evaluations_skips_and_orphans() -> None:
+    conv = convert("otlp_logs", fixture("otlp_logs_genai.json"))
+    fbs = {f["metadata"]["evaluation.name"]: f for f in conv.records if f.get("type") == "feedback"}
+    assert fbs["helpfulness"]["request_id"] == SEMCONV_ID
+    assert (fbs["helpfulness"]["score"], fbs["helpfulness"]["comment"]) == (0.25, "too short")
+    # no span context: joins an openai-format record by the response id; a label-only result is a comment
+    assert fbs["toxicity"]["request_id"] == "chatcmpl-abc123" and fbs["toxicity"]["comment"] == "clean"
+    assert "score" not in fbs["toxicity"]
+    assert conv.skipped == 1  # the plain "cache warmed" log line
+    assert conv.rejected == [("missing_span_context",
+                              "gen_ai.user.message log record has no span context to join its call")]
+    kinds = [k for k, _ in decoded(conv)]
+    assert sorted(kinds) == ["feedback", "feedback", "interaction", "interaction"]
+
+
+def test_otlp_logs_protobuf_equals_json() -> None:
+    raw = fixture("otlp_logs_genai.json")
+    pb = to_protobuf(raw, ExportLogsServiceRequest())
+    assert convert("otlp_logs", pb, content_type=PB) == convert("otlp_logs", raw, content_type=JSON)
+
+
+def test_otlp_logs_from_the_sdk_logger() -> None:
+    """Log records emitted through the real OTel SDK inside a span, encoded by the exporter's encoder."""
+    from opentelemetry._logs import LogRecord
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    exp = InMemoryLogRecordExporter()
+    lp = LoggerProvider()
+    lp.add_log_record_processor(SimpleLogRecordProcessor(exp))
+    logger = lp.get_logger("test")
+    with TracerProvider().get_tracer("t").start_as_current_span("chat m") as span:
+        ctx = span.get_span_context()
+        logger.emit(LogRecord(event_name="gen_ai.user.message", body={"content": "hi"}))
+        logger.emit(LogRecord(event_name="gen_ai.choice",
+                              body={"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": "yo"}}))
+    conv = convert("otlp_logs", encode_logs(exp.get_finished_logs()).SerializeToString(), content_type=PB)
+    (rec,) = conv.records
+    assert rec["request_id"] == f"otel-{ctx.trace_id:032x}-{ctx.span_id:016x}"
+    assert (rec["messages"], rec["response"], rec["finish_reason"]) == ([{"role": "user", "content": "hi"}], "yo",
+                                                                         "stop")
+    decoded(conv, now=datetime.now(UTC))
+
+
+# --- OpenAI ------------------------------------------------------------------------------------------
+
+
+def test_openai_chat_pair() -> None:
+    conv = convert("openai", fixture("openai_pairs.json"))
+    rec = by_id(conv)["chatcmpl-abc123"]
+    assert rec["messages"] == [{"role": "system", "content": "You are terse."},
+                               {"role": "user", "content": "What is drift?"}]
+    assert (rec["response"], rec["finish_reason"], rec["model_id"]) == ("A change in distribution.", "stop",
+                                                                       "gpt-4o-mini-2024-07-18")
+    assert (rec["tokens_in"], rec["tokens_out"], rec["latency_ms"]) == (42, 7, 812.5)
+    assert (rec["user_id"], rec["session_id"]) == ("user-17", "conv-9")
+    assert rec["timestamp"] == "2024-05-01T11:00:00.000Z"
+    meta = rec["metadata"]
+    assert meta["source_format"] == "openai" and meta["request.temperature"] == 0.2
+    assert meta["request.model"] == "gpt-4o-mini" and meta["gateway"] == "kong"
+    assert meta["route"] == "/v1/chat/completions" and meta["request.metadata.team"] == "support"
+
+
+def test_openai_responses_api_and_legacy_completions() -> None:
+    conv = convert("openai", fixture("openai_pairs.json"))
+    resp = by_id(conv)["resp_67ccd2bed1ec8190"]
+    assert resp["messages"] == [{"role": "system", "content": "Answer in one word."},
+                                {"role": "user", "content": "Capital of France?"}]
+    assert (resp["response"], resp["finish_reason"]) == ("Paris", "completed")
+    assert (resp["tokens_in"], resp["tokens_out"], resp["model_id"]) == (20, 2, "gpt-4.1-2025-04-14")
+    assert resp["timestamp"] == "2024-05-01T11:00:01Z"  # the item's own timestamp wins over created_at
+    legacy = by_id(conv)["cmpl-9"]
+    assert (legacy["prompt"], legacy["response"], legacy["finish_reason"]) == ("Say hi", "Hi!", "length")
+
+
+def test_openai_malformed_items_are_rejected_rest_kept() -> None:
+    conv = convert("openai", fixture("openai_pairs.json"))
+    assert len(conv.records) == 3
+    assert [r for r, _ in conv.rejected] == ["invalid_item", "invalid_item"]
+    assert "item 3" in conv.rejected[0][1] and "'response'" in conv.rejected[1][1]
+    decoded(conv)
+
+
+def test_openai_ndjson() -> None:
+    conv = convert("openai", fixture("openai_pairs.ndjson"))
+    assert sorted(by_id(conv)) == ["c-1", "c-2", "resp_3"]
+    assert conv.rejected[0][0] == "invalid_json_line" and "line 3" in conv.rejected[0][1]
+    c2 = by_id(conv)["c-2"]
+    assert "tokens_in" not in c2 and c2["metadata"]["invalid.tokens_in"] == "lots"
+    r3 = by_id(conv)["resp_3"]
+    assert (r3["messages"], r3["response"], r3["finish_reason"]) == ([{"role": "user", "content": "three"}], "th",
+                                                                     "max_output_tokens")
+    decoded(conv)
+
+
+def test_openai_single_object_without_id_gets_a_stable_content_id() -> None:
+    pair = {"request": {"model": "m", "messages": [{"role": "user", "content": "x"}]},
+            "response": {"model": "m", "choices": [{"message": {"role": "assistant", "content": "y"}}]}}
+    a = convert("openai", json.dumps(pair).encode())
+    b = convert("openai", json.dumps(pair, indent=2).encode())
+    assert a.records[0]["request_id"].startswith("openai-")
+    assert a.records[0]["request_id"] == b.records[0]["request_id"]  # a replay is stored once
+
+
+# --- LiteLLM -----------------------------------------------------------------------------------------
+
+
+def test_litellm_array() -> None:
+    conv = convert("litellm", fixture("litellm_payloads.json"))
+    assert conv.skipped == 1  # the embedding call
+    assert [r for r, _ in conv.rejected] == ["invalid_item"]
+    ok = by_id(conv)["a3c8e1f2-6b4d-4f7e-9a2b-1c5d8e9f0a1b"]
+    assert ok["messages"] == [{"role": "system", "content": "You are terse."},
+                              {"role": "user", "content": "What is drift?"}]
+    assert (ok["response"], ok["finish_reason"], ok["model_id"]) == ("A change in distribution.", "stop",
+                                                                     "gpt-4o-mini")
+    assert (ok["tokens_in"], ok["tokens_out"]) == (42, 7)
+    assert ok["latency_ms"] == pytest.approx(812.5)
+    assert ok["timestamp"] == "2024-05-01T11:00:00.000Z"
+    assert (ok["user_id"], ok["session_id"]) == ("user-17", "conv-9")
+    meta = ok["metadata"]
+    assert meta["source_format"] == "litellm" and meta["model_group"] == "chat-small"
+    assert meta["response.id"] == "chatcmpl-abc123" and meta["model_parameters.temperature"] == 0.2
+    assert meta["metadata.user_api_key_alias"] == "support-key"
+    assert "10.0.0.7" not in json.dumps(meta) and "private" not in json.dumps(meta)  # personal data stays out
+    failed = by_id(conv)["b1b2b3b4-0000-4000-8000-000000000002"]
+    assert "response" not in failed and failed["latency_ms"] == 30000.0
+    assert failed["metadata"]["status"] == "failure" and failed["metadata"]["error.error_class"] == "Timeout"
+    decoded(conv)
+
+
+def test_litellm_ndjson() -> None:
+    conv = convert("litellm", fixture("litellm_payloads.ndjson"))
+    assert sorted(by_id(conv)) == ["n-1", "n-2"] and not conv.rejected
+    n1, n2 = by_id(conv)["n-1"], by_id(conv)["n-2"]
+    assert (n1["response"], n1["user_id"], n1["latency_ms"]) == ("pong", "u-1", 500.0)
+    assert "tokens_in" not in n2 and n2["metadata"]["invalid.tokens_in"] == "-1"
+    decoded(conv)
+
+
+# --- v1 passthrough and whole-body errors ------------------------------------------------------------
+
+
+def test_v1_object_array_and_ndjson() -> None:
+    one = {"request_id": "r-1", "prompt": "hi"}
+    assert convert("v1", json.dumps(one).encode()).records == [one]
+    arr = convert("v1", json.dumps([one, 5, {"type": "feedback", "request_id": "r-1", "score": 1}]).encode())
+    assert len(arr.records) == 2 and arr.rejected[0][0] == "invalid_item"
+    nd = convert("v1", b'{"request_id": "a", "prompt": "x"}\n{"request_id": "b", "prompt": "y"}\n')
+    assert [r["request_id"] for r in nd.records] == ["a", "b"]
+    decoded(arr)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "body", "reason"),
+    [
+        ("openai", b"", "empty_body"),
+        ("openai", b"not json", "invalid_json"),
+        ("openai", b"42", "invalid_openai"),
+        ("openai", b'"text"', "invalid_openai"),
+        ("litellm", b"{oops\n{oops", "invalid_json"),
+        ("litellm", b"true", "invalid_litellm"),
+        ("v1", b"null", "invalid_v1"),
+    ],
+)
+def test_malformed_json_body(fmt: Any, body: bytes, reason: str) -> None:
+    with pytest.raises(InvalidMessage) as ei:
+        convert(fmt, body)
+    assert ei.value.reason == reason and ei.value.detail
