@@ -145,7 +145,7 @@ def _item(item: Any, n: int) -> dict[str, Any]:
                   or req_meta.get("user_id"))
     rec.str_field("session_id", item.get("session_id") or req_meta.get("session_id"), MAX_SHORT)
     if isinstance(resp.get("error"), dict | str):
-        rec.add_meta("error", resp["error"])
+        rec.add_meta("response.error", resp["error"])
     for k in ("object", "system_fingerprint", "service_tier", "status"):
         if k in resp:
             rec.add_meta(f"response.{k}", resp[k])
