@@ -62,7 +62,7 @@ class WindowResult:
 
     def summary(self) -> str:
         w = self.window
-        head = (f"{w.model_id}{'/' + w.segment if w.segment else ''} window #{w.index} "
+        head = (f"{stream_name(w)} window #{w.index} "
                 f"[{w.start:%Y-%m-%d %H:%M:%S} .. {w.end:%H:%M:%S}] n={len(w.ids)} "
                 f"vs {self.reference.kind} reference n={self.reference.n}")  # fmt: skip
         if self.status != "ok" or self.outcome is None:
@@ -201,6 +201,7 @@ class WindowChecker:
         with self.engine.connect() as conn:
             firing = conn.execute(
                 select(alerts.c.id).where(alerts.c.model_id == w.model_id, alerts.c.state == "fired",
+                                          alerts.c.workload.in_(["", w.workload]),
                                           alerts.c.segment.in_(["", w.segment])).limit(1)
             ).first()  # fmt: skip
         return firing is None
@@ -210,7 +211,10 @@ class WindowChecker:
         if not res.outcome.snapshots:
             return None
         w = res.window
-        d = Path(self.s.reports_dir) / _safe(w.model_id) / (_safe(w.segment) or "all")
+        d = Path(self.s.reports_dir) / _safe(w.model_id)
+        if w.workload:
+            d = d / f"workload-{_safe(w.workload)}"
+        d = d / (_safe(w.segment) or "all")
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"{w.kind}-{w.index}-{w.end:%Y%m%dT%H%M%S}.html"
         res.outcome.snapshots[0].save_html(str(path))
@@ -228,7 +232,7 @@ class WindowChecker:
                 wid = conn.execute(
                     insert(monitor_windows).returning(monitor_windows.c.id),
                     {
-                        "model_id": w.model_id, "segment": w.segment, "window_kind": w.kind,
+                        "model_id": w.model_id, "workload": w.workload, "segment": w.segment, "window_kind": w.kind,
                         "window_index": w.index, "window_start": w.start, "window_end": w.end,
                         "first_id": w.first_id, "last_id": w.last_id, "n_records": len(w.ids),
                         "ref_kind": ref.kind, "ref_start": ref.start, "ref_end": ref.end, "ref_n": ref.n,
@@ -246,7 +250,8 @@ class WindowChecker:
                     if rows:
                         conn.execute(insert(drift_results), rows)
                 mrows = [
-                    {"window_id": wid, "model_id": w.model_id, "segment": w.segment, "window_end": w.end,
+                    {"window_id": wid, "model_id": w.model_id, "workload": w.workload, "segment": w.segment,
+                     "window_end": w.end,
                      "name": k, "value": _finite(v)}
                     for k, v in res.metrics.items()
                 ]  # fmt: skip
@@ -254,7 +259,7 @@ class WindowChecker:
                     conn.execute(insert(window_metrics_table), mrows)
             return int(wid)
         except IntegrityError:
-            log.info("window %s/%s #%s already checked by another runner", w.model_id, w.segment, w.index)
+            log.info("window %s #%s already checked by another runner", stream_name(w), w.index)
             return None
 
 
@@ -307,7 +312,7 @@ def verdict_banner(res: WindowResult) -> str:
     verdict = "DRIFT" if o.drifted else "no drift"
     return (
         '<div id="driftloop-verdict" style="font-family:sans-serif;border:2px solid #333;padding:12px;margin:12px">'
-        f"<h2>driftloop verdict: {verdict}</h2><p>{escape(w.model_id)} window #{w.index} "
+        f"<h2>driftloop verdict: {verdict}</h2><p>{escape(stream_name(w))} window #{w.index} "
         f"({len(w.ids)} records) vs {escape(res.reference.kind)} reference ({res.reference.n} records): "
         f"{o.n_groups_drifted} of {o.n_groups} signal groups drifted, share {o.score:.2f}, threshold "
         f"(drift_share) {o.threshold:.2f}. Per-feature p-values are corrected with Benjamini-Hochberg; a group "
@@ -316,6 +321,11 @@ def verdict_banner(res: WindowResult) -> str:
         "</table><p><i>Below: Evidently's per-column details. Its own dataset summary (share of columns "
         "against its default threshold) is not driftloop's verdict.</i></p></div>"
     )
+
+
+def stream_name(w: Window) -> str:
+    """``model[workload]/segment`` as logs, summaries and reports name a window's stream."""
+    return f"{w.model_id}{f'[{w.workload}]' if w.workload else ''}{'/' + w.segment if w.segment else ''}"
 
 
 def _safe(s: str) -> str:
@@ -347,9 +357,11 @@ class DriftCheckJob:
 
 def run_check(engine: Engine, settings: Settings, model_id: str, window: int | None = None, *,
               persist: bool = True, report: bool | None = None, window_index: int | None = None,
-              segment: str = "") -> WindowResult | None:  # fmt: skip
+              segment: str = "", workload: str = "") -> WindowResult | None:  # fmt: skip
     """Check one window of ``model_id`` now: index ``window``, else the newest complete unchecked one.
 
+    ``workload`` and ``segment`` name the stream of an indexed ``window`` ("" : the unnamed workload, the
+    whole workload).
     Returns None when the model has no complete unchecked window. Raises ValueError when the
     requested window does not exist (yet), or was already checked and ``persist`` is set; with
     ``persist=False`` a checked window is rebuilt from its stored bounds and checked again (re-inspection:
@@ -362,6 +374,7 @@ def run_check(engine: Engine, settings: Settings, model_id: str, window: int | N
         if window is not None:
             existing = conn.execute(
                 select(monitor_windows.c.id).where(monitor_windows.c.model_id == model_id,
+                                                   monitor_windows.c.workload == workload,
                                                    monitor_windows.c.segment == segment,
                                                    monitor_windows.c.window_kind == s.window.kind,
                                                    monitor_windows.c.window_index == window)
@@ -370,8 +383,9 @@ def run_check(engine: Engine, settings: Settings, model_id: str, window: int | N
                 raise ValueError(f"window {window} of {model_id!r} was already checked (monitor_windows.id "
                                  f"{existing[0]}); see it with `driftloop monitor show`, or re-check it "
                                  "with --dry-run")  # fmt: skip
-            stored = stored_window(conn, s, model_id, window, segment) if existing else None
-            wins = [stored] if stored is not None else [w for w in wins if w.index == window and w.segment == segment]
+            stored = stored_window(conn, s, model_id, window, segment, workload) if existing else None
+            wins = [stored] if stored is not None else [w for w in wins if w.index == window and w.segment == segment
+                                                        and w.workload == workload]  # fmt: skip
             if not wins:
                 raise ValueError(f"window {window} of {model_id!r} is not complete (or has no traffic) yet")
     if not wins:

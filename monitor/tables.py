@@ -1,4 +1,8 @@
-"""Monitoring tables (on driftloop's shared metadata); created by migrations 0002_monitor and 0010."""
+"""Monitoring tables (on driftloop's shared metadata); created by migrations 0002_monitor, 0010 and 0014.
+
+A stream is (model_id, workload, segment): ``workload`` is the interactions' workload ("" for NULL, the
+unnamed stream; migration 0014), ``segment`` the ``monitor.segment_keys`` split inside it.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from driftloop.store.models import BigId, metadata
@@ -27,6 +32,7 @@ monitor_windows = Table(
     Column("segment", String(256), nullable=False, default=""),
     Column("window_kind", String(8), nullable=False),  # count | time
     Column("window_index", BigInteger, nullable=False),
+    Column("workload", String(256), nullable=False, default="", server_default=text("''")),
     Column("window_start", DateTime(timezone=True), nullable=False),
     Column("window_end", DateTime(timezone=True), nullable=False),
     Column("first_id", BigInteger, nullable=True),
@@ -51,7 +57,7 @@ monitor_windows = Table(
     Column("n_groups_drifted", Integer, nullable=True),
     Column("drift_share", Float, nullable=True),
     Column("healthy", Boolean, nullable=True),
-    UniqueConstraint("model_id", "segment", "window_kind", "window_index", name="uq_monitor_windows_window"),
+    UniqueConstraint("model_id", "workload", "segment", "window_kind", "window_index", name="uq_monitor_windows_window"),
     Index("ix_monitor_windows_model_end", "model_id", "window_end"),
 )
 
@@ -85,6 +91,7 @@ monitor_baselines = Table(
     Column("pinned_at", DateTime(timezone=True), nullable=False),
     Column("pinned_by", String(128), nullable=False),
     Column("note", Text, nullable=True),
+    Column("workload", String(256), nullable=False, default="", server_default=text("''")),
     Index("ix_monitor_baselines_model", "model_id", "segment", "window_kind"),
 )
 
@@ -98,6 +105,7 @@ window_metrics = Table(
     Column("window_end", DateTime(timezone=True), nullable=False),
     Column("name", String(128), nullable=False),
     Column("value", Float, nullable=True),
+    Column("workload", String(256), nullable=False, default="", server_default=text("''")),
     Index("ix_window_metrics_model_name_end", "model_id", "name", "window_end"),
     Index("ix_window_metrics_window", "window_id"),
 )

@@ -1,4 +1,10 @@
-"""Tumbling windows over stored interactions, and the reference each window is compared with."""
+"""Tumbling windows over stored interactions, and the reference each window is compared with.
+
+Windows are cut per stream: (model, workload, segment). Records of different workloads (``interactions.workload``,
+named at ingestion) never share a window, and a window's reference comes from its own model and workload;
+NULL is the unnamed workload's stream, written "" here and in the monitoring tables. ``monitor.segment_keys``
+segments split each workload further.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, func, select
+from sqlalchemy import ColumnElement, Connection, func, or_, select
 
 from driftloop.monitor.tables import monitor_baselines, monitor_windows
 from driftloop.settings.monitor import MonitorSettings
@@ -22,7 +28,7 @@ from driftloop.store.timestamps import utc
 
 @dataclass(frozen=True)
 class Window:
-    """One window of one model (and segment): either a block of ids or a time interval."""
+    """One window of one stream (model, workload, segment): either a block of ids or a time interval."""
 
     model_id: str
     segment: str
@@ -31,6 +37,7 @@ class Window:
     start: datetime
     end: datetime
     ids: tuple[int, ...] = ()  # count windows: the interaction ids, ascending
+    workload: str = ""  # "" is the unnamed workload (interactions.workload NULL)
 
     @property
     def first_id(self) -> int | None:
@@ -68,10 +75,15 @@ def segment_of(meta: Any, keys: list[str]) -> str:
     return ",".join(f"{k}={meta.get(k, '')}" for k in keys)[:256]
 
 
+def workload_is(col: Any, workload: str) -> ColumnElement[bool]:
+    """``col`` names ``workload``; for "" (the unnamed stream) that is NULL or ''."""
+    return or_(col.is_(None), col == "") if workload == "" else col == workload
+
+
 def _light_rows(conn: Connection, model_id: str, since: datetime | None, with_meta: bool) -> list[Any]:
-    """(id, ts[, metadata]) of a model's records at or after ``since``, in event-time order."""
+    """(id, ts, workload[, metadata]) of a model's records at or after ``since``, in event-time order."""
     c = interactions.c
-    cols = [c.id, c.ts]
+    cols = [c.id, c.ts, c.workload]
     if with_meta:
         cols.append(c.metadata)
     q = select(*cols).where(c.model_id == model_id)
@@ -85,21 +97,25 @@ def models(conn: Connection) -> list[str]:
     return [r[0] for r in conn.execute(select(interactions.c.model_id).distinct()).all()]
 
 
-def _last_checked(conn: Connection, model_id: str, kind: str) -> dict[str, tuple[int, datetime, int | None]]:
-    """Per segment: (index, end, last id) of the newest checked window."""
+Stream = tuple[str, str]  # (workload, segment) of one model
+
+
+def _last_checked(conn: Connection, model_id: str, kind: str) -> dict[Stream, tuple[int, datetime, int | None]]:
+    """Per (workload, segment): (index, end, last id) of the newest checked window."""
     mw = monitor_windows.c
     newest = (
-        select(mw.segment, func.max(mw.window_index).label("idx"))
+        select(mw.workload, mw.segment, func.max(mw.window_index).label("idx"))
         .where(mw.model_id == model_id, mw.window_kind == kind)
-        .group_by(mw.segment)
+        .group_by(mw.workload, mw.segment)
         .subquery()
     )
     q = (
-        select(mw.segment, mw.window_index, mw.window_end, mw.last_id)
-        .join(newest, (newest.c.segment == mw.segment) & (newest.c.idx == mw.window_index))
+        select(mw.workload, mw.segment, mw.window_index, mw.window_end, mw.last_id)
+        .join(newest, (newest.c.workload == mw.workload) & (newest.c.segment == mw.segment)
+              & (newest.c.idx == mw.window_index))
         .where(mw.model_id == model_id, mw.window_kind == kind)
-    )
-    return {r[0]: (int(r[1]), utc(r[2]), r[3]) for r in conn.execute(q).all()}
+    )  # fmt: skip
+    return {(r[0], r[1]): (int(r[2]), utc(r[3]), r[4]) for r in conn.execute(q).all()}
 
 
 def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: datetime | None = None) -> list[Window]:
@@ -114,20 +130,20 @@ def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: dateti
         # window of its segment arrived too late and is not re-windowed.
         since = min((v[1] for v in done.values()), default=None) if done else None
         rows = _light_rows(conn, model_id, since, bool(s.segment_keys))
-        by_seg: dict[str, list[tuple[int, datetime]]] = defaultdict(list)
+        by_seg: dict[Stream, list[tuple[int, datetime]]] = defaultdict(list)
         for r in rows:
-            seg = segment_of(r[2], s.segment_keys) if s.segment_keys else ""
+            key = (r[2] or "", segment_of(r[3], s.segment_keys) if s.segment_keys else "")
             rts = utc(r[1])
-            prev = done.get(seg)
+            prev = done.get(key)
             if prev is not None and (rts, int(r[0])) <= (prev[1], prev[2] or 0):
                 continue
-            by_seg[seg].append((int(r[0]), rts))
-        for seg, items in by_seg.items():
-            idx = done[seg][0] + 1 if seg in done else 0
+            by_seg[key].append((int(r[0]), rts))
+        for (wl, seg), items in by_seg.items():
+            idx = done[(wl, seg)][0] + 1 if (wl, seg) in done else 0
             for k in range(0, len(items) - w.size + 1, w.size):
                 block = items[k : k + w.size]
                 ts = [t for _, t in block]
-                out.append(Window(model_id, seg, "count", idx, min(ts), max(ts), tuple(i for i, _ in block)))
+                out.append(Window(model_id, seg, "count", idx, min(ts), max(ts), tuple(i for i, _ in block), wl))
                 idx += 1
     else:
         length = timedelta(minutes=w.minutes)
@@ -136,20 +152,20 @@ def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: dateti
         since = min((v[1] for v in done.values()), default=None) if done else None
         rows = _light_rows(conn, model_id, since, bool(s.segment_keys))
         horizon = now - timedelta(seconds=w.grace_s)
-        by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
+        by_key: dict[tuple[str, str, int], list[int]] = defaultdict(list)
         for r in rows:
             rts = utc(r[1])
             idx = math.floor(rts.timestamp() / secs)
-            seg = segment_of(r[2], s.segment_keys) if s.segment_keys else ""
-            if seg in done and idx <= done[seg][0]:
+            key = (r[2] or "", segment_of(r[3], s.segment_keys) if s.segment_keys else "")
+            if key in done and idx <= done[key][0]:
                 continue
-            by_key[(seg, idx)].append(int(r[0]))
-        for (seg, idx), ids in sorted(by_key.items(), key=lambda kv: kv[0][1]):
+            by_key[(*key, idx)].append(int(r[0]))
+        for (wl, seg, idx), ids in sorted(by_key.items(), key=lambda kv: kv[0][2]):
             start = datetime.fromtimestamp(idx * secs, tz=UTC)
             end = start + length
             if end > horizon:
                 continue
-            out.append(Window(model_id, seg, "time", idx, start, end, tuple(sorted(ids))))
+            out.append(Window(model_id, seg, "time", idx, start, end, tuple(sorted(ids)), wl))
     out.sort(key=lambda x: (x.start, x.index))
     return out[: s.max_windows_per_run]
 
@@ -172,10 +188,10 @@ def _take(conn: Connection, q: Any, keys: list[str], segment: str, n: int) -> li
 
 
 def reference_for(conn: Connection, s: MonitorSettings, win: Window) -> Reference:
-    """The reference records for ``win`` according to ``s.reference``."""
+    """The reference records for ``win`` according to ``s.reference``, from the window's model and workload."""
     ref = s.reference
     c = interactions.c
-    base = select(c.id, c.ts, c.metadata).where(c.model_id == win.model_id)
+    base = select(c.id, c.ts, c.metadata).where(c.model_id == win.model_id, workload_is(c.workload, win.workload))
     before = (c.ts < win.start) | ((c.ts == win.start) & (c.id < (win.first_id or 0)))
     if ref.kind == "last_healthy":
         rows = _healthy_rows(conn, s, win)
@@ -203,15 +219,20 @@ def reference_for(conn: Connection, s: MonitorSettings, win: Window) -> Referenc
 
 
 def window_rows(conn: Connection, s: MonitorSettings, model_id: str, segment: str, kind: str, start: datetime,
-                end: datetime, first_id: int | None, last_id: int | None) -> list[Any]:  # fmt: skip
+                end: datetime, first_id: int | None, last_id: int | None,
+                workload: str | None = None) -> list[Any]:  # fmt: skip
     """(id, ts, metadata) of the records of a stored window, rebuilt from its bounds.
 
     A count window holds the records between its first and last (ts, id); a time window those in
     [start, end). A record that arrived after the window was checked but falls inside its bounds is
     included: the rebuilt window can be a little larger than the checked one, never smaller.
+    ``workload`` is the window's (``monitor_windows.workload``; None: any workload, for callers that
+    predate workloads).
     """
     c = interactions.c
     q = select(c.id, c.ts, c.metadata).where(c.model_id == model_id)
+    if workload is not None:
+        q = q.where(workload_is(c.workload, workload))
     if kind == "count":
         lo, hi = (start, first_id or 0), (end, last_id or 0)
         q = q.where((c.ts > lo[0]) | ((c.ts == lo[0]) & (c.id >= lo[1])),
@@ -231,33 +252,36 @@ def _healthy_rows(conn: Connection, s: MonitorSettings, win: Window) -> list[Any
     mw, mb = monitor_windows.c, monitor_baselines.c
     pin = conn.execute(
         select(mb.from_window_index, mb.pinned_at)
-        .where(mb.model_id == win.model_id, mb.segment == win.segment, mb.window_kind == win.kind)
+        .where(mb.model_id == win.model_id, mb.workload == win.workload, mb.segment == win.segment,
+               mb.window_kind == win.kind)
         .order_by(mb.id.desc()).limit(1)
     ).first()  # fmt: skip
     ok = mw.healthy.is_(True)
     q = select(mw.window_start, mw.window_end, mw.first_id, mw.last_id).where(
-        mw.model_id == win.model_id, mw.segment == win.segment, mw.window_kind == win.kind,
-        mw.window_index < win.index)  # fmt: skip
+        mw.model_id == win.model_id, mw.workload == win.workload, mw.segment == win.segment,
+        mw.window_kind == win.kind, mw.window_index < win.index)  # fmt: skip
     q = q.where(mw.window_index >= pin[0], ok | (mw.created_at < pin[1])) if pin is not None else q.where(ok)
     wins = conn.execute(q.order_by(mw.window_index.desc()).limit(s.reference.windows)).all()
     rows: list[Any] = []
     for w in wins:
-        rows += window_rows(conn, s, win.model_id, win.segment, win.kind, utc(w[0]), utc(w[1]), w[2], w[3])
+        rows += window_rows(conn, s, win.model_id, win.segment, win.kind, utc(w[0]), utc(w[1]), w[2], w[3],
+                            win.workload)
     return rows
 
 
-def stored_window(conn: Connection, s: MonitorSettings, model_id: str, index: int, segment: str = "") -> Window | None:
+def stored_window(conn: Connection, s: MonitorSettings, model_id: str, index: int, segment: str = "",
+                  workload: str = "") -> Window | None:  # fmt: skip
     """A window that was checked already, rebuilt from its stored bounds (None when there is none)."""
     mw = monitor_windows.c
     r = conn.execute(
         select(mw.window_kind, mw.window_start, mw.window_end, mw.first_id, mw.last_id).where(
-            mw.model_id == model_id, mw.segment == segment, mw.window_kind == s.window.kind,
-            mw.window_index == index)
+            mw.model_id == model_id, mw.workload == workload, mw.segment == segment,
+            mw.window_kind == s.window.kind, mw.window_index == index)
     ).first()  # fmt: skip
     if r is None:
         return None
-    rows = window_rows(conn, s, model_id, segment, r[0], utc(r[1]), utc(r[2]), r[3], r[4])
-    return Window(model_id, segment, r[0], index, utc(r[1]), utc(r[2]), tuple(int(x[0]) for x in rows))
+    rows = window_rows(conn, s, model_id, segment, r[0], utc(r[1]), utc(r[2]), r[3], r[4], workload)
+    return Window(model_id, segment, r[0], index, utc(r[1]), utc(r[2]), tuple(int(x[0]) for x in rows), workload)
 
 
 def _frame_query(ids: tuple[int, ...]) -> Any:

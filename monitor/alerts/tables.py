@@ -1,4 +1,4 @@
-"""Alert tables (on driftloop's shared metadata); created by migration 0003_alerts."""
+"""Alert tables (on driftloop's shared metadata); created by migrations 0003_alerts and 0014 (workload)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ alerts = Table(
     Column("acknowledged_by", String(128), nullable=True),
     Column("notify_count", Integer, nullable=False, default=0),
     Column("last_notified_at", DateTime(timezone=True), nullable=True),
+    # the workload of the alert's group ("" when the rule does not group by workload, or for the unnamed one)
+    Column("workload", String(256), nullable=False, default="", server_default=text("''")),
     Index("ix_alerts_rule_group_state", "rule", "group_key", "state"),
     Index("ix_alerts_fired_at", "fired_at"),
     Index(
