@@ -425,3 +425,49 @@ def test_malformed_json_body(fmt: Any, body: bytes, reason: str) -> None:
     with pytest.raises(InvalidMessage) as ei:
         convert(fmt, body)
     assert ei.value.reason == reason and ei.value.detail
+
+
+def _span_body(attributes: dict[str, Any], events: list[dict[str, Any]] | None = None) -> bytes:
+    def av(v: Any) -> dict[str, Any]:
+        return {"intValue": str(v)} if isinstance(v, int) else {"stringValue": v}
+
+    span = {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "e7ad6b7169203331", "name": "s",
+            "attributes": [{"key": k, "value": av(v)} for k, v in attributes.items()],
+            "events": [{"name": e["name"], "attributes": [{"key": k, "value": av(v)} for k, v in e["attrs"].items()]}
+                       for e in events or []]}
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+
+
+def test_older_content_forms_on_spans() -> None:
+    indexed = _span_body({"gen_ai.request.model": "m", "gen_ai.prompt.0.role": "system", "gen_ai.prompt.0.content": "S",
+                          "gen_ai.prompt.1.role": "user", "gen_ai.prompt.1.content": "U",
+                          "gen_ai.completion.0.role": "assistant", "gen_ai.completion.0.content": "A",
+                          "gen_ai.completion.0.finish_reason": "stop", "gen_ai.usage.prompt_tokens": 5,
+                          "gen_ai.usage.completion_tokens": 1})
+    (rec,) = convert("otlp", indexed).records
+    assert rec["messages"] == [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    assert (rec["response"], rec["finish_reason"], rec["tokens_in"], rec["tokens_out"]) == ("A", "stop", 5, 1)
+    assert not any(k.startswith(("gen_ai.prompt", "gen_ai.completion")) for k in rec["metadata"])
+    events = _span_body({"gen_ai.request.model": "m"}, [
+        {"name": "gen_ai.content.prompt", "attrs": {"gen_ai.prompt": '[{"role": "user", "content": "Q"}]'}},
+        {"name": "gen_ai.content.completion", "attrs": {"gen_ai.completion": '[{"role": "assistant", "content": "R"}]'}},
+    ])
+    (rec,) = convert("otlp", events).records
+    assert (rec["messages"], rec["response"]) == ([{"role": "user", "content": "Q"}], "R")
+    per_message = _span_body({"gen_ai.operation.name": "chat"}, [
+        {"name": "gen_ai.user.message", "attrs": {"content": "hello"}},
+        {"name": "gen_ai.choice", "attrs": {"gen_ai.event.content": '{"index": 0, "finish_reason": "stop", '
+                                                                    '"message": {"content": "hey"}}'}},
+    ])
+    (rec,) = convert("otlp", per_message).records
+    assert (rec["messages"], rec["response"], rec["finish_reason"]) == ([{"role": "user", "content": "hello"}], "hey",
+                                                                         "stop")
+    decoded(convert("otlp", per_message))
+
+
+def test_span_attributes_win_over_events_without_duplicating() -> None:
+    body = _span_body({"gen_ai.operation.name": "chat",
+                       "gen_ai.input.messages": '[{"role":"user","parts":[{"type":"text","content":"attr"}]}]'},
+                      [{"name": "gen_ai.user.message", "attrs": {"content": "event"}}])
+    (rec,) = convert("otlp", body).records
+    assert rec["messages"] == [{"role": "user", "content": "attr"}]

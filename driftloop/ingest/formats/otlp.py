@@ -35,6 +35,7 @@ from driftloop.ingest.formats._common import (
     INVALID_SPAN_CONTEXT,
     MAX_FINISH,
     MAX_ID,
+    MAX_META_KEYS,
     MAX_ROLE,
     MAX_SHORT,
     MISSING_SPAN_CONTEXT,
@@ -43,6 +44,7 @@ from driftloop.ingest.formats._common import (
     Rec,
     rfc3339_ns,
     short,
+    simple,
     text_of,
 )
 from driftloop.ingest.formats.openai import request_messages, response_output
@@ -218,14 +220,14 @@ def _system_text(value: Any) -> str | None:
 class _Content:
     """Input messages / prompt text and output text / finish reason, filled from the first source that has each."""
 
-    __slots__ = ("finish_reason", "messages", "prompt", "response", "used")
+    __slots__ = ("event_input", "finish_reason", "messages", "prompt", "response")
 
     def __init__(self) -> None:
+        self.event_input = False  # messages come from per-message events (later events append)
         self.messages: list[dict[str, Any]] | None = None
         self.prompt: str | None = None
         self.response: str | None = None
         self.finish_reason: Any = None
-        self.used: set[str] = set()
 
     @property
     def has_input(self) -> bool:
@@ -326,9 +328,9 @@ class _Content:
                 content = text_of(body.get("content"))
             else:
                 content = text_of(body)
-            if self.messages is None and self.prompt is None:
-                self.messages = []
-            if self.messages is not None:
+            if not self.has_input:
+                self.messages, self.event_input = [], True
+            if self.event_input and self.messages is not None:
                 self.messages.append({"role": role[:MAX_ROLE], "content": content})
             return True
         if name == CHOICE_EVENT:
@@ -446,9 +448,9 @@ def _feedback(request_id: str | None, a: dict[str, Any], ts: str | None, fmt: st
         meta["invalid.comment"] = short(comment, 200)
         comment = None
     label = a.get("gen_ai.evaluation.score.label")
-    for k, v in a.items():
+    for k, v in list(a.items())[:MAX_META_KEYS]:
         if k not in ("gen_ai.evaluation.score.value", "gen_ai.evaluation.explanation", "event.name"):
-            meta[k.removeprefix("gen_ai.")] = v if isinstance(v, str | int | float | bool) else short(v, 200)
+            meta[k.removeprefix("gen_ai.")] = simple(v)
     if score is None and not comment:
         if isinstance(label, str) and label:
             comment = label  # a label-only evaluation still says something about the call
