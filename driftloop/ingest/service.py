@@ -116,6 +116,8 @@ class IngestStats:
     consumed: int = 0
     stored: int = 0
     duplicates: int = 0
+    merged: int = 0  # records that filled in a stored row of the same request_id (e.g. OTel log content)
+    skipped: int = 0  # items of mapped-format messages that are not LLM calls (neither rows nor rejects)
     feedback: int = 0
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
@@ -145,7 +147,8 @@ class IngestStats:
         el = max(time.monotonic() - self.started_at, 1e-9)
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected_by_reason.items())) or "none"
         return (
-            f"consumed={self.consumed} stored={self.stored} duplicates={self.duplicates} feedback={self.feedback} "
+            f"consumed={self.consumed} stored={self.stored} duplicates={self.duplicates} merged={self.merged} "
+            f"skipped={self.skipped} feedback={self.feedback} "
             f"rejected={self.rejected} ({reasons}) dlq_failures={self.dlq_failures} batches={self.batches} "
             f"db_retries={self.db_retries} "
             f"rate={self.consumed / el:.0f} msg/s"
@@ -377,6 +380,8 @@ class IngestService:
         s.batches += 1
         s.stored += ev.inserted
         s.duplicates += ev.duplicates
+        s.merged += ev.merged
+        s.skipped += ev.skipped
         s.feedback += ev.feedback_inserted
         m.STORED.inc(ev.inserted)
         m.DUPLICATES.inc(ev.duplicates)

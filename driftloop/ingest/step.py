@@ -15,6 +15,13 @@ The consumer (``IngestService``) only polls Kafka and hands *raw* batches over::
   GIL. Default on PostgreSQL. The child dies with its parent (``PR_SET_PDEATHSIG``), so a
   ``kill -9`` of ``driftloop ingest`` leaves no writer behind.
 
+Topics of a mapped format (``kafka.topic_formats``: OTLP traces or logs, OpenAI, LiteLLM) go
+through :func:`driftloop.ingest.formats.convert` first: one message becomes N v1 records, each then
+decoded like a v1 message (same validation and redaction), all with the message's offset. A message
+that cannot be read at all is rejected whole; a bad item inside a good one is a reject of its own
+(its row's ``raw`` is the item, so the reject key tells the items of one offset apart) and costs
+nothing else. Items that are not LLM calls (other spans) are counted as skipped.
+
 Whatever the placement, a batch is written in one transaction together with the next offsets,
 and the consumer learns about it only through a ``BatchWritten`` event; nothing is acknowledged
 to Kafka before that.
@@ -49,13 +56,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from driftloop.ingest.decode import DecodePolicy, Decoder, InvalidMessage, Source
+import msgspec
+
+from driftloop.ingest.decode import (
+    INTERNAL_ERROR,
+    INVALID_JSON,
+    OVERSIZE,
+    DecodePolicy,
+    Decoder,
+    InvalidMessage,
+    Source,
+)
 from driftloop.ingest.dlq import DeadLetterSender, DlqItem, clean_headers
+from driftloop.ingest.formats import convert
 from driftloop.ingest.kafka_guard import Unparseable
 from driftloop.ingest.redact import Redactor
 from driftloop.ingest.writer import Batch, BatchWriter, Row, WriteResult
 from driftloop.retry import RetryCallState, retrying
-from driftloop.settings import Settings
+from driftloop.settings import Settings, TopicFormat
 
 log = logging.getLogger("driftloop.ingest")
 
@@ -102,6 +120,8 @@ class BatchWritten:
     committed_at: float = 0.0  # wall clock
     dropped: bool = False
     dlq_failures_by_reason: dict[str, int] = field(default_factory=dict)
+    merged: int = 0  # records that filled in a row of the same request_id (writer's merge rule)
+    skipped: int = 0  # items of mapped formats that are not LLM calls (e.g. an HTTP span)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +325,8 @@ class DecodeWriteStep:
                 dlq_failed[item.failure_reason] = dlq_failed.get(item.failure_reason, 0) + 1
         self.emit(BatchWritten(
             raw.seq, raw.generation, raw.offsets, raw.n_messages, res.inserted, res.duplicates,
-            res.feedback_inserted, rejected, time.time(), dlq_failures_by_reason=dlq_failed,
+            res.feedback_inserted, rejected, time.time(), dlq_failures_by_reason=dlq_failed, merged=res.merged,
+            skipped=batch.skipped,
         ))  # fmt: skip
 
     def _complete(self, batch: Batch) -> None:
@@ -324,9 +345,12 @@ class DecodeWriteStep:
         decode = self.decoder.decode
         now = datetime.now(UTC)
         inter, fb = batch.interactions, batch.feedback
+        format_of = self.settings.kafka.format_of
         for ch in raw.chunks:
             src = Source(ch.topic, ch.partition, 0, None)  # one per chunk; the decoder copies what it keeps
             offsets, timestamps, bad = ch.offsets, ch.timestamps, ch.unparseable
+            fmt = format_of(ch.topic)
+            mapped = fmt != "v1"
             for i, value in enumerate(ch.values):
                 if bad is not None and i in bad:
                     info = bad[i]
@@ -337,6 +361,9 @@ class DecodeWriteStep:
                     continue
                 src.offset = offsets[i]
                 src.timestamp_ms = timestamps[i]
+                if mapped:
+                    yield from self._decode_mapped(fmt, ch, i, src, now, batch, rejected)
+                    continue
                 try:
                     kind, row, fbs = decode(value, src, now)
                 except InvalidMessage as e:
@@ -352,10 +379,69 @@ class DecodeWriteStep:
                     fb.append(row)
             batch.decoded += len(ch.values)
 
-    def _reject(self, ch: RawChunk, i: int, err: InvalidMessage, batch: Batch, now: datetime,
-                unparseable: Unparseable | None = None) -> None:  # fmt: skip
-        """Record a reject row and start its dead-letter copy (which never raises)."""
+    def _decode_mapped(self, fmt: TopicFormat, ch: RawChunk, i: int, src: Source, now: datetime, batch: Batch,
+                       rejected: dict[str, int]) -> Iterator[Row]:  # fmt: skip
+        """Message ``i`` of a mapped-format topic: convert it, then decode each record like a v1 message.
+
+        The message is rejected whole when it cannot be read (``convert`` raises, or a mapper bug:
+        ``internal_error``); otherwise each item the mapper or the Decoder rejects is a reject of
+        its own, and the message's good records are kept.
+        """
         value = ch.values[i]
+
+        def reject(err: InvalidMessage, item: bytes | None = None, kind: str | None = None) -> None:
+            self._reject(ch, i, err, batch, now, item=item, item_kind=kind, fmt=fmt)
+            rejected[err.reason] = rejected.get(err.reason, 0) + 1
+
+        try:
+            if value is None:
+                raise InvalidMessage(INVALID_JSON, "message has no value (tombstone)")
+            limit = self.decoder.policy.max_message_bytes
+            if len(value) > limit:
+                raise InvalidMessage(OVERSIZE, f"message is {len(value)} bytes (max {limit})")
+            conv = convert(fmt, value, content_type=_content_type(ch, i))
+        except InvalidMessage as e:
+            reject(e)
+            return
+        except Exception as e:  # a mapper bug costs this message only
+            reject(InvalidMessage(INTERNAL_ERROR, f"{fmt} mapper: {type(e).__name__}: {e}"))
+            return
+        batch.skipped += conv.skipped
+        for n, (reason, detail) in enumerate(conv.rejected):
+            # the mapper keeps no copy of the bad item: its position and the error identify it
+            item = _encode({"format": fmt, "item": n, "reason": reason, "error": detail})
+            reject(InvalidMessage(reason, detail), item, "mapper-error")
+        decode = self.decoder.decode
+        for rec in conv.records:
+            try:
+                item = _encode(rec)
+            except Exception as e:  # a mapper bug: a value JSON cannot hold
+                reject(InvalidMessage(INTERNAL_ERROR, f"{fmt} mapper made an unencodable record: {e}"),
+                       repr(rec)[:10_000].encode("utf-8", "replace"), "mapper-error")  # fmt: skip
+                continue
+            try:
+                kind, row, fbs = decode(item, src, now)
+            except InvalidMessage as e:
+                reject(e, item, "record")
+                continue
+            if kind == "interaction":
+                batch.interactions.append(row)
+                if fbs:
+                    batch.feedback.extend(fbs)
+                yield row
+            else:
+                batch.feedback.append(row)
+
+    def _reject(self, ch: RawChunk, i: int, err: InvalidMessage, batch: Batch, now: datetime,
+                unparseable: Unparseable | None = None, item: bytes | None = None, item_kind: str | None = None,
+                fmt: str | None = None) -> None:  # fmt: skip
+        """Record a reject row and start its dead-letter copy (which never raises).
+
+        ``item``: one item of a mapped-format message was rejected, not the message; it is what
+        is kept (row and dead-letter copy), ``item_kind`` says what it is (``record``: the v1
+        record the Decoder rejected; ``mapper-error``: the mapper's account of the item).
+        """
+        value = ch.values[i] if item is None else item
         raw = value if value is not None else b""
         offset = ch.offsets[i] if unparseable is None else unparseable.first_offset
         headers: list[tuple[str, bytes]] = [
@@ -370,7 +456,11 @@ class DecodeWriteStep:
         if unparseable is not None:
             headers += [("dlq.source.offset.last", str(unparseable.last_offset).encode()),
                         ("dlq.format", b"kafka-record-batch")]  # fmt: skip
-        elif ch.headers is not None:
+        if fmt is not None:
+            headers.append(("dlq.source.format", fmt.encode()))
+        if item_kind is not None:
+            headers.append(("dlq.item", item_kind.encode()))
+        if unparseable is None and ch.headers is not None:
             kept, nulls = clean_headers([(k, v) for k, v in ch.headers[i] if not k.startswith("dlq.")])
             headers.extend(kept)
             if nulls:  # a producer cannot send a null header value: say which ones were null
@@ -392,11 +482,24 @@ class DecodeWriteStep:
             "dlq_error": None,
         }  # fmt: skip
         batch.rejects.append(row)
-        item = DlqItem(value, ch.keys[i], headers, row)
-        batch.dlq_items.append(item)
+        dlq_item = DlqItem(value, ch.keys[i], headers, row)
+        batch.dlq_items.append(dlq_item)
         assert self.dlq is not None
-        self.dlq.send(item)
+        self.dlq.send(dlq_item)
         log.debug("rejected %s[%d]@%d: %s", ch.topic, ch.partition, offset, err)
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _content_type(ch: RawChunk, i: int) -> str | None:
+    """The message's ``content-type`` header, if the producer set one (else the mapper sniffs)."""
+    if ch.headers is None:
+        return None
+    for k, v in ch.headers[i]:
+        if k.lower() == "content-type" and v:
+            return v.decode("latin-1")
+    return None
 
 
 # -- placements ---------------------------------------------------------------------------------
