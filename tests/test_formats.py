@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from driftloop.ingest.decode import DecodePolicy, Decoder, InvalidMessage, Source
 from driftloop.ingest.formats import Converted, convert
 from driftloop.ingest.redact import Redactor
+from driftloop.settings import TopicFormat
 
 FIX = Path(__file__).parent / "fixtures" / "formats"
 CAPTURED = Path(__file__).parent / "fixtures" / "otlp_captured"
@@ -471,3 +472,71 @@ def test_span_attributes_win_over_events_without_duplicating() -> None:
                       [{"name": "gen_ai.user.message", "attrs": {"content": "event"}}])
     (rec,) = convert("otlp", body).records
     assert rec["messages"] == [{"role": "user", "content": "attr"}]
+
+
+# --- payloads captured from the real instrumentations (tests/fixtures/otlp_captured, see record.py there) ----
+
+
+def _writer_merge(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Records by request_id, a later record filling only empty fields (what the writer does with them)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.get("type") == "feedback":
+            continue
+        cur = out.setdefault(r["request_id"], {})
+        for k, v in r.items():
+            if cur.get(k) in (None, "", []):
+                cur[k] = v
+    return out
+
+
+@pytest.mark.parametrize("config", ["v2-nocontent", "v2-content-legacy", "v2-latest-span-only",
+                                    "v2-latest-event-only", "openinference"])
+def test_captured_real_instrumentation_payloads(config: str) -> None:
+    calls_file = CAPTURED / f"{config}-calls.json"
+    if not calls_file.exists():
+        pytest.skip(f"{calls_file.name} not recorded (tests/fixtures/otlp_captured/record.py)")
+    from tests.otel_capture import CONFIGS
+
+    calls = json.loads(calls_file.read_text())
+    converted: list[Converted] = []
+    exported = ""  # everything the instrumentation sent, to know whether it exported content at all
+    pbs = sorted(CAPTURED.glob(f"{config}-*-*.pb"))
+    logs = [p.read_bytes() for p in pbs if "-logs-" in p.name]
+    # the capture exports one log record per POST; a batch exporter sends a call's events together, which is
+    # what joins them into one record (protobuf: concatenated requests are one request with all their logs)
+    batches = [b"".join(logs)] if logs else []
+    for pb in pbs:
+        fmt: TopicFormat = "otlp" if "-traces-" in pb.name else "otlp_logs"
+        exported += pb.with_suffix(".json").read_text() if pb.with_suffix(".json").exists() else ""
+        conv = convert(fmt, pb.read_bytes(), content_type=PB)
+        assert not conv.rejected, (pb.name, conv.rejected)
+        twin = pb.with_suffix(".json")  # the same request as protobuf's JSON mapping (base64 ids)
+        if twin.exists():
+            assert convert(fmt, twin.read_bytes(), content_type=JSON) == conv
+        decoded(conv, now=datetime.now(UTC))
+        if fmt == "otlp":
+            converted.append(conv)
+    for body in batches:
+        converted.append(convert("otlp_logs", body, content_type=PB))
+    merged = _writer_merge([r for c in converted for r in c.records])
+    spans = sorted((r for r in merged.values() if "latency_ms" in r), key=lambda r: r["timestamp"])
+    assert len(spans) == len(calls), f"one LLM span record per call, got {len(spans)} for {len(calls)}"
+    # content is asserted where the instrumentation exported it (the user's text is in the payload)
+    content = all(c["user"] in exported for c in calls)
+    assert content == CONFIGS[config].content, "the configuration exports content iff it says so"
+    for call, rec in zip(calls, spans, strict=True):
+        assert rec["request_id"].startswith("otel-")
+        assert rec["model_id"].startswith("toy-chat")
+        assert (rec["tokens_in"], rec["tokens_out"]) == (call["tokens_in"], call["tokens_out"])
+        # openai-v2 records no finish reason for a streamed call; where a span has one, it is the server's
+        if not (call["stream"] and config.startswith("v2-")):
+            assert rec["finish_reason"] == call["finish_reason"]
+        assert rec.get("finish_reason", call["finish_reason"]) == call["finish_reason"]
+        assert rec["latency_ms"] > 0
+        if content:
+            expected = ([{"role": "system", "content": call["system"]}] if call["system"] else [])
+            assert rec["messages"] == [*expected, {"role": "user", "content": call["user"]}]
+            assert rec["response"] == call["response"]
+        else:
+            assert rec["messages"] == [] and "response" not in rec

@@ -328,6 +328,8 @@ class _Content:
                 content = text_of(body.get("content"))
             else:
                 content = text_of(body)
+            if content is None:  # content capture off: the event says a message existed, not what it said
+                return True
             if not self.has_input:
                 self.messages, self.event_input = [], True
             if self.event_input and self.messages is not None:
