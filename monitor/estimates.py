@@ -98,11 +98,15 @@ def choose_source(machine: Mapping[str, Mapping[str, float]], wanted: str) -> st
     return None
 
 
-def estimate(ws: WindowScores, s: EstimateSettings, positive_threshold: float) -> Estimate | None:
+def estimate(ws: WindowScores, s: EstimateSettings, positive_threshold: float,
+             population: int | None = None) -> Estimate | None:  # fmt: skip
     """The positive rate of these interactions with its ``1 - s.alpha`` interval, or None (too few labels).
 
     PPI++ when the chosen machine source scored at least ``min_labeled`` labelled interactions and at least
-    one unlabelled one; otherwise the classical interval from all labels.
+    one unlabelled one; otherwise the classical interval from all labels. ``population`` (the number of
+    interactions): the interval is for their own rate, with the finite-population factor, when the labels
+    are a sample of them and, for PPI++, the machine source scored every one of them; otherwise it is for
+    the rate of the process that produced them (wider; a judge that scored a sample gives this).
     """
     if len(ws.labels) < s.min_labeled:
         return None
@@ -113,8 +117,11 @@ def estimate(ws: WindowScores, s: EstimateSettings, positive_threshold: float) -
         pairs = [rid for rid in sorted(y) if rid in f]
         unlabeled = [v for rid, v in sorted(f.items()) if rid not in y]
         if len(pairs) >= s.min_labeled and unlabeled:
-            return ppi_mean_ci([y[r] for r in pairs], [f[r] for r in pairs], unlabeled, alpha=s.alpha)
-    return classical_mean_ci([y[r] for r in sorted(y)], alpha=s.alpha)
+            whole = population if population == len(pairs) + len(unlabeled) and len(pairs) == len(y) else None
+            return ppi_mean_ci([y[r] for r in pairs], [f[r] for r in pairs], unlabeled, alpha=s.alpha,
+                               population=whole)  # fmt: skip
+    whole = population if population is not None and population >= len(y) else None
+    return classical_mean_ci([y[r] for r in sorted(y)], alpha=s.alpha, population=whole)
 
 
 def estimate_metrics(conn: Connection, ids: Sequence[int], s: EstimateSettings, positive_threshold: float,
@@ -125,7 +132,7 @@ def estimate_metrics(conn: Connection, ids: Sequence[int], s: EstimateSettings, 
     estimate and its bounds are None, and ``quality.estimate_n_labeled`` says how many there were.
     """
     ws = load_scores(conn, ids, s)
-    e = estimate(ws, s, positive_threshold)
+    e = estimate(ws, s, positive_threshold, population=len(set(ids)))
     vals: dict[str, float | None] = {ESTIMATE: None, ESTIMATE_LOW: None, ESTIMATE_HIGH: None,
                                      ESTIMATE_N_LABELED: float(len(ws.labels))}  # fmt: skip
     if e is not None:

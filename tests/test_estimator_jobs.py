@@ -149,12 +149,13 @@ def test_train_score_and_check_with_ppi(engine: Engine, pg_url: str, tmp_path: P
     y = ws.labels
     f = ws.machine[source]
     lab = sorted(y)
+    assert len(f) == len(win_ids)  # every interaction scored: the interval is for the window's own rate
     e = ppi_mean_ci([y[r] for r in lab], [f[r] for r in lab], [x for r, x in sorted(f.items()) if r not in y],
-                    alpha=s.quality.estimate.alpha)  # fmt: skip
+                    alpha=s.quality.estimate.alpha, population=len(win_ids))  # fmt: skip
     assert m1["quality.estimate"] == pytest.approx(e.mean)
     assert m1["quality.estimate_low"] == pytest.approx(max(0.0, e.low))
     assert m1["quality.estimate_n_labeled"] == len(lab) == WINDOW // 2
-    classical = classical_mean_ci([y[r] for r in lab], alpha=s.quality.estimate.alpha)
+    classical = classical_mean_ci([y[r] for r in lab], alpha=s.quality.estimate.alpha, population=len(win_ids))
     assert e.width <= classical.width * 1.02 and e.mean != pytest.approx(classical.mean, abs=1e-12)
 
 

@@ -117,3 +117,45 @@ def test_bad_alpha_and_lambda() -> None:
         ppi_mean_ci([1, 0], [1, 0], [0.5], lam=2.0)
     with pytest.raises(ValueError, match="y"):
         classical_mean_ci([])
+
+
+@pytest.mark.parametrize("agreement", [0.7, 0.95])
+def test_window_population_interval_covers_the_windows_rate_and_is_narrower(agreement: float) -> None:
+    """With ``population`` (every record of the window scored) the interval is for the window's own rate:
+    narrower (no error for the scores' mean, the finite-population factor), still covering it."""
+    rng = np.random.default_rng(11)
+    rates = (0.02, 0.1, 0.3, 0.5)
+    hits = total = 0
+    ratio = []
+    for i in range(2000):
+        y, f, lab = _window(rng, rates[i % len(rates)], agreement)
+        if not lab.any():
+            continue
+        e = ppi_mean_ci(y[lab], f[lab], f[~lab], alpha=0.1, population=y.size)
+        wide = ppi_mean_ci(y[lab], f[lab], f[~lab], alpha=0.1)
+        c = classical_mean_ci(y[lab], alpha=0.1, population=y.size)
+        hits += e.low <= y.mean() <= e.high
+        total += 1
+        assert e.width <= c.width + 1e-12  # power tuning: never wider than the labels alone, same target
+        ratio.append(e.width / wide.width if wide.width else 1.0)
+        assert e.se_model >= e.se  # comparing windows adds the window's own variation
+    assert hits / total >= 0.88, hits / total
+    assert float(np.mean(ratio)) < 0.99
+
+
+def test_population_must_be_the_whole_window() -> None:
+    with pytest.raises(ValueError, match="machine score for every one"):
+        ppi_mean_ci([1, 0], [1, 0], [0.5, 0.2], population=10)
+    with pytest.raises(ValueError, match="smaller than the number of labels"):
+        classical_mean_ci([1, 0, 1], population=2)
+
+
+def test_drop_test_compares_process_rates_not_window_rates() -> None:
+    # the same labels as a window of 300 (finite) and as a sample of the process: the finite interval is
+    # narrower, but the test between two windows uses the process error, so p-values barely move
+    y_ref = np.r_[np.ones(60), np.zeros(30)]
+    y_win = np.r_[np.ones(14), np.zeros(16)]
+    ref, win = classical_mean_ci(y_ref, population=900), classical_mean_ci(y_win, population=300)
+    ref_p, win_p = classical_mean_ci(y_ref), classical_mean_ci(y_win)
+    assert win.width < win_p.width
+    assert drop_test(win, ref) == pytest.approx(drop_test(win_p, ref_p), rel=0.2)

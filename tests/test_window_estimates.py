@@ -80,8 +80,10 @@ def _seed(engine: Engine, rates: list[float], *, label_every: int = 3, seed: int
 def _direct(t: dict[str, dict[str, float]]) -> tuple[float, float, float, int]:
     y, f = t["y"], t["f"]
     lab = sorted(y)
+    # the estimator scored every interaction: the interval is for the window's own rate (population)
     e = ppi_mean_ci([y[r] for r in lab], [f[r] for r in lab], [v for r, v in sorted(f.items()) if r not in y],
-                    alpha=0.1)  # fmt: skip
+                    alpha=0.1, population=WINDOW)  # fmt: skip
+    assert len(f) == WINDOW
     return e.mean, max(0.0, e.low), min(1.0, e.high), e.n_labeled
 
 
@@ -114,7 +116,7 @@ def test_check_stores_the_ppi_estimate_and_its_reference(engine: Engine, pg_url:
     assert all(is_known_metric(n) for w in m.values() for n in w)
     # PPI++ with a good estimator: narrower than the labels alone, and the drop is seen by the rule
     e1 = truth[1]
-    classical = classical_mean_ci([e1["y"][r] for r in sorted(e1["y"])], alpha=0.1)
+    classical = classical_mean_ci([e1["y"][r] for r in sorted(e1["y"])], alpha=0.1, population=WINDOW)
     assert m[1]["quality.estimate_high"] - m[1]["quality.estimate_low"] < classical.width  # type: ignore[operator]
     rule = parse_condition(RULE)
     assert rule.eval(m[2]) is True
@@ -141,9 +143,11 @@ def test_labels_without_machine_scores_give_the_classical_interval(engine: Engin
     DriftCheckJob(_settings(pg_url, tmp_path, min_labeled=20), engine).run_once()
     m = _stored(engine)[1]
     y = truth[1]["y"]
-    e = classical_mean_ci([y[r] for r in sorted(y)], alpha=0.1)
+    e = classical_mean_ci([y[r] for r in sorted(y)], alpha=0.1, population=WINDOW)
     assert m["quality.estimate"] == pytest.approx(e.mean)
     assert m["quality.estimate_low"] == pytest.approx(max(0.0, e.low))
+    # the finite-population factor: narrower than the interval for the process's rate, same centre
+    assert e.width < classical_mean_ci([y[r] for r in sorted(y)], alpha=0.1).width
     assert m["quality.estimate_n_labeled"] == len(y)
 
 
