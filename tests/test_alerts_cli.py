@@ -164,7 +164,7 @@ def test_policies_test_json_and_rules_that_never_fire(cli: typer.Typer, pg_url: 
     assert [(r["rule"], r["state"], r["window"], r["first_window"]) for r in rows] == [
         ("drift", "fired", 11, 11), ("drift", "resolved", 12, 11)]  # fmt: skip
     assert rows[0] | {"message": "", "value": None} == {
-        "model": "chat", "segment": "", "window": 11, "window_start": "2026-01-01T00:50:00Z",
+        "model": "chat", "workload": "", "segment": "", "window": 11, "window_start": "2026-01-01T00:50:00Z",
         "window_end": "2026-01-01T00:55:00Z", "rule": "drift", "state": "fired", "group": "chat",
         "first_window": 11, "value": None, "message": ""}  # fmt: skip
     text = CliRunner().invoke(cli, ["policies", "test", str(policy)]).output.splitlines()

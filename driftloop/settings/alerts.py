@@ -44,7 +44,10 @@ class ChannelSettings(Section):
         return self
 
 
-_MODEL_ONLY: tuple[Literal["model", "segment"], ...] = ("model",)
+GroupBy = Literal["model", "workload", "segment"]
+#: one alert (and one window history) per model and workload: a model serving three tasks is three streams.
+#: Windows of records without a workload have workload "", so a deployment without workloads sees one per model.
+_DEFAULT_GROUP_BY: tuple[GroupBy, ...] = ("model", "workload")
 
 
 class RuleSettings(Section):
@@ -57,7 +60,8 @@ class RuleSettings(Section):
     severity: Literal["info", "warning", "critical"] = "warning"
     channels: list[str] = Field(default_factory=lambda: ["log"])
     cooldown_minutes: float = Field(30.0, ge=0)
-    group_by: list[Literal["model", "segment"]] = Field(default_factory=lambda: list(_MODEL_ONLY))
+    group_by: list[GroupBy] = Field(default_factory=lambda: list(_DEFAULT_GROUP_BY),
+                                    description="model, and optionally workload and segment: one alert per group")
     description: str = ""
 
     @model_validator(mode="after")

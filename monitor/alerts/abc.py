@@ -22,6 +22,12 @@ class AlertEvent:
     value: float | None
     at: datetime
     extra: dict[str, Any] = field(default_factory=dict)
+    workload: str = ""  # the group's workload ("": not grouped by workload, or the unnamed workload)
+
+    def stream(self) -> str:
+        """``model [workload] / segment``: what the alert is about, for notification titles."""
+        return (self.model_id + (f" [{self.workload}]" if self.workload else "")
+                + (f" / {self.segment}" if self.segment else ""))  # fmt: skip
 
     @property
     def event(self) -> str:
@@ -36,6 +42,7 @@ class AlertEvent:
             "alert_id": self.alert_id,
             "rule": self.rule,
             "model_id": self.model_id,
+            "workload": self.workload,
             "segment": self.segment,
             "severity": self.severity,
             "condition": self.condition,

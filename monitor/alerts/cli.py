@@ -103,7 +103,7 @@ def _alert_rows(eng: Any, state: str, model: str | None, limit: int) -> list[Any
 
 
 def _alert_json(r: Mapping[str, Any]) -> dict[str, Any]:
-    return {"model": r["model_id"], "segment": r["segment"], "window": r["window_index"],
+    return {"model": r["model_id"], "workload": r["workload"], "segment": r["segment"], "window": r["window_index"],
             "window_start": _iso(utc(r["window_start"]) if r["window_start"] else None),
             "window_end": _iso(utc(r["window_end"]) if r["window_end"] else None), "rule": r["rule"],
             "state": r["state"], "id": r["id"], "severity": r["severity"], "message": r["message"],
@@ -216,7 +216,7 @@ def policies_test(
 
 
 def _transition_json(t: Any) -> dict[str, Any]:
-    return {"model": t.model_id, "segment": t.segment, "window": t.window, "window_start": _iso(t.window_start),
+    return {"model": t.model_id, "workload": t.workload, "segment": t.segment, "window": t.window, "window_start": _iso(t.window_start),
             "window_end": _iso(t.at), "rule": t.rule, "state": t.event, "group": t.group,
             "first_window": t.first_window, "value": t.value, "message": t.message}  # fmt: skip
 

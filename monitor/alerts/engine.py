@@ -18,12 +18,13 @@ notifies them as the engine does its own.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -43,7 +44,7 @@ Decision = Literal["firing", "clear", "hold", "no_data"]
 
 @dataclass(frozen=True)
 class WindowPoint:
-    """One checked window of one (model, segment), with its metrics."""
+    """One checked window of one stream (model, workload, segment), with its metrics."""
 
     window_id: int
     model_id: str
@@ -53,6 +54,7 @@ class WindowPoint:
     metrics: dict[str, float | None]
     window_index: int | None = None  # the window's number (``monitor_windows.window_index``)
     window_start: datetime | None = None
+    workload: str = ""  # "" is the unnamed workload
 
 
 #: What :func:`evaluate` reads of a window: a :class:`WindowPoint`, or a bare metrics mapping (an ``ok`` window).
@@ -116,10 +118,30 @@ def describe(rule: RuleSettings, node: Node, verdict: Verdict) -> tuple[str, flo
     return msg, metrics.get(names[0]) if names else None
 
 
-def group_key(rule: RuleSettings, model_id: str, segment: str) -> tuple[str, str, str]:
-    """(model, segment or "", printable key) of the group a window belongs to under ``rule``."""
+class Group(NamedTuple):
+    """The group a window belongs to under a rule: one alert, and one window history, per group."""
+
+    model_id: str
+    workload: str  # "" when the rule does not group by workload
+    segment: str  # "" when the rule does not group by segment
+    key: str  # alerts.group_key: ``model[workload]/segment``, the parts the rule groups by
+
+
+GROUP_KEY_CHARS = 600  # alerts.group_key
+
+
+def group_key(rule: RuleSettings, model_id: str, segment: str, workload: str = "") -> Group:
+    """The group of a window of (model, workload, segment) under ``rule.group_by``.
+
+    The key of an unnamed workload and whole-model segment is the model id alone, as before workloads: the
+    open alerts of an existing deployment keep their keys. A key longer than the column keeps a hash of the rest.
+    """
     seg = segment if "segment" in rule.group_by else ""
-    return model_id, seg, f"{model_id}/{seg}" if seg else model_id
+    wl = workload if "workload" in rule.group_by else ""
+    key = model_id + (f"[{wl}]" if wl else "") + (f"/{seg}" if seg else "")
+    if len(key) > GROUP_KEY_CHARS:
+        key = key[: GROUP_KEY_CHARS - 17] + "#" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+    return Group(model_id, wl, seg, key)
 
 
 @dataclass
@@ -141,6 +163,7 @@ class Transition:
     window: int | None = None
     window_start: datetime | None = None
     first_window: int | None = None
+    workload: str = ""
 
 
 def backtest(rules: Sequence[RuleSettings], points: Sequence[WindowPoint]) -> list[Transition]:
@@ -159,7 +182,7 @@ def _replay_rule(rule: RuleSettings, ordered: Sequence[WindowPoint]) -> list[Tra
     history: dict[str, list[WindowPoint]] = defaultdict(list)
     opened: dict[str, WindowPoint] = {}  # group -> the window its open alert fired in
     for p in ordered:
-        model_id, segment, key = group_key(rule, p.model_id, p.segment)
+        model_id, workload, segment, key = group_key(rule, p.model_id, p.segment, p.workload)
         history[key].append(p)
         v = evaluate(node, history[key], rule.windows, rule.of)
         if v.decision == "firing" and key not in opened:
@@ -172,7 +195,7 @@ def _replay_rule(rule: RuleSettings, ordered: Sequence[WindowPoint]) -> list[Tra
         else:
             continue
         out.append(Transition(rule.name, key, event, p.window_end, msg, value, model_id, segment,
-                              p.window_index, p.window_start, first.window_index))  # fmt: skip
+                              p.window_index, p.window_start, first.window_index, workload))  # fmt: skip
     return out
 
 
@@ -283,7 +306,7 @@ def load_points(engine: Engine, *, since: datetime | None = None, until: datetim
                 model_id: str | None = None, per_group: int | None = None) -> list[WindowPoint]:  # fmt: skip
     """Checked windows with their metrics, oldest first.
 
-    ``per_group`` keeps only the newest that many windows of each (model, segment); the cut is made in
+    ``per_group`` keeps only the newest that many windows of each stream (model, workload, segment); the cut is made in
     SQL (``row_number() over (partition by ...)``, PostgreSQL and SQLite >= 3.25), so the cost of a
     scheduled evaluation does not grow with the stored history.
     """
@@ -297,14 +320,16 @@ def load_points(engine: Engine, *, since: datetime | None = None, until: datetim
         conds.append(mw.c.window_end <= until)
     if model_id is not None:
         conds.append(mw.c.model_id == model_id)
-    cols = [mw.c.id, mw.c.model_id, mw.c.segment, mw.c.window_end, mw.c.status, mw.c.window_index, mw.c.window_start]
+    cols = [mw.c.id, mw.c.model_id, mw.c.segment, mw.c.window_end, mw.c.status, mw.c.window_index, mw.c.window_start,
+            mw.c.workload]  # fmt: skip
     if per_group is None:
         q = select(*cols)
         if conds:
             q = q.where(and_(*conds))
     else:
         rank = func.row_number().over(
-            partition_by=(mw.c.model_id, mw.c.segment), order_by=(mw.c.window_end.desc(), mw.c.id.desc())
+            partition_by=(mw.c.model_id, mw.c.workload, mw.c.segment),
+            order_by=(mw.c.window_end.desc(), mw.c.id.desc()),
         )
         inner = select(*cols, rank.label("rank"))
         if conds:
@@ -329,6 +354,7 @@ def load_points(engine: Engine, *, since: datetime | None = None, until: datetim
             metrics.get(w.id, {}),
             int(w.window_index),
             utc(w.window_start),
+            w.workload or "",
         )
         for w in wins
     ]
@@ -368,15 +394,15 @@ class AlertEvaluationJob:
             except ValueError:  # validated at load time; guard anyway
                 log.exception("rule %s has an invalid condition; skipped", rule.name)
                 continue
-            groups: dict[tuple[str, str, str], list[WindowPoint]] = defaultdict(list)
+            groups: dict[Group, list[WindowPoint]] = defaultdict(list)
             for p in points:
                 if sr.applies(p):
-                    groups[group_key(rule, p.model_id, p.segment)].append(p)
+                    groups[group_key(rule, p.model_id, p.segment, p.workload)].append(p)
             for key, hist in groups.items():
                 try:
                     ev = self._evaluate(rule, node, key, hist, now)
                 except Exception:  # one rule/group failing never stops the others
-                    log.exception("evaluating rule %s for %s failed", rule.name, key[2])
+                    log.exception("evaluating rule %s for %s failed", rule.name, key.key)
                     continue
                 if ev is not None:
                     events.append(ev)
@@ -396,22 +422,22 @@ class AlertEvaluationJob:
         if res.rowcount:
             log.warning("closed %d open alert(s) whose rule is no longer in the policy", res.rowcount)
 
-    def _evaluate(self, rule: RuleSettings, node: Node, key: tuple[str, str, str], hist: list[WindowPoint],
+    def _evaluate(self, rule: RuleSettings, node: Node, key: Group, hist: list[WindowPoint],
                   now: datetime) -> AlertEvent | None:  # fmt: skip
         v = evaluate(node, hist, rule.windows, rule.of)
         try:
             ev, notify = self._transition(rule, node, key, v, now)
         except IntegrityError:  # another evaluator opened the same alert a moment ago: deduplicated
-            log.info("alert %s for %s is already open; not fired twice", rule.name, key[2])
+            log.info("alert %s for %s is already open; not fired twice", rule.name, key.key)
             return None
         if ev is not None and notify:
             self._notify(rule, ev)
         return ev
 
-    def _transition(self, rule: RuleSettings, node: Node, key: tuple[str, str, str], v: Verdict,
+    def _transition(self, rule: RuleSettings, node: Node, key: Group, v: Verdict,
                     now: datetime) -> tuple[AlertEvent | None, bool]:  # fmt: skip
         """Apply the verdict to the stored alert in one transaction; return the event and whether to notify."""
-        model_id, segment, gk = key
+        model_id, workload, segment, gk = key
         cooldown = timedelta(minutes=rule.cooldown_minutes)
         ev: AlertEvent | None = None
         notify = False
@@ -428,13 +454,14 @@ class AlertEvaluationJob:
                     last_note = self._last_notified(conn, rule.name, gk)
                     aid = conn.execute(
                         insert(alerts).returning(alerts.c.id),
-                        {"rule": rule.name, "group_key": gk, "model_id": model_id, "segment": segment,
+                        {"rule": rule.name, "group_key": gk, "model_id": model_id, "workload": workload,
+                         "segment": segment,
                          "severity": rule.severity, "state": "fired", "condition": rule.condition,
                          "message": msg, "value": value, "window_id": wid, "fired_at": now,
                          "last_evaluated_at": now, "notify_count": 0},
                     ).scalar_one()  # fmt: skip
                     ev = AlertFired(aid, rule.name, model_id, segment, rule.severity, rule.condition, msg, value,
-                                    now, extra)  # fmt: skip
+                                    now, extra, workload)  # fmt: skip
                     notify = last_note is None or now - utc(last_note) >= cooldown
                     if not notify:
                         log.info("alert %s for %s fired again within its cooldown; not notified", rule.name, gk)
@@ -451,11 +478,11 @@ class AlertEvaluationJob:
                         last_note = self._last_notified(conn, rule.name, gk)
                         if last_note is None or now - utc(last_note) >= cooldown:
                             ev = AlertFired(open_row["id"], rule.name, model_id, segment, rule.severity,
-                                            rule.condition, msg, value, now, extra)  # fmt: skip
+                                            rule.condition, msg, value, now, extra, workload)  # fmt: skip
                             notify = True
                     elif cooldown and now - utc(open_row["last_notified_at"] or open_row["fired_at"]) >= cooldown:
                         ev = AlertReminded(open_row["id"], rule.name, model_id, segment, rule.severity,
-                                           rule.condition, msg, value, now, extra)  # fmt: skip
+                                           rule.condition, msg, value, now, extra, workload)  # fmt: skip
                         notify = True
             elif open_row is not None:
                 conn.execute(update(alerts).where(alerts.c.id == open_row["id"]).values(last_evaluated_at=now))
@@ -464,7 +491,7 @@ class AlertEvaluationJob:
                     conn.execute(update(alerts).where(alerts.c.id == open_row["id"]).values(
                         state="resolved", resolved_at=now, message=msg))  # fmt: skip
                     ev = AlertResolved(open_row["id"], rule.name, model_id, segment, rule.severity, rule.condition,
-                                       msg, None, now)  # fmt: skip
+                                       msg, None, now, {}, workload)  # fmt: skip
                     # Tell about the resolution only those who were told about the firing.
                     notify = open_row["notify_count"] > 0
         return ev, notify

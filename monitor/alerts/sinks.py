@@ -120,7 +120,7 @@ class SlackAlertSink(_HttpSink):
     def payload(self, event: AlertEvent) -> dict[str, Any]:
         state = {"fired": "FIRING", "resolved": "RESOLVED", "reminder": "STILL FIRING"}.get(event.event, event.event)
         icon = ":white_check_mark:" if event.event == "resolved" else self.EMOJI.get(event.severity, "")
-        title = f"{icon} [{state}] {event.rule} on {event.model_id}" + (f" / {event.segment}" if event.segment else "")
+        title = f"{icon} [{state}] {event.rule} on {event.stream()}"
         value = "n/a" if event.value is None else f"{event.value:.4g}"
         return {
             "text": f"{title}: {event.message}",
@@ -163,6 +163,8 @@ class GrafanaAnnotationSink(AlertSink):
         api = GrafanaApi.from_url(self.cfg.url, credential=token, timeout=self.cfg.timeout_s)
         ms = int(event.at.timestamp() * 1000)
         tags = ["driftloop", "alert", event.event, event.severity, f"rule:{event.rule}", f"model:{event.model_id}"]
+        if event.workload:
+            tags.append(f"workload:{event.workload}")
         if event.segment:
             tags.append(f"segment:{event.segment}")
 
@@ -172,7 +174,7 @@ class GrafanaAnnotationSink(AlertSink):
                 time_from=ms,
                 time_to=ms,
                 tags=tags,
-                text=f"[{event.event}] {event.rule} on {event.model_id}: {event.message}",
+                text=f"[{event.event}] {event.rule} on {event.stream()}: {event.message}",
             )
 
         def bad_request(e: BaseException) -> bool:  # a bad token or dashboard will not get better by retrying
