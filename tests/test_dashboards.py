@@ -98,7 +98,13 @@ def test_lint_finds_what_the_schema_cannot() -> None:
     for want in ("ids must be unique", "overlaps", "not a core Grafana panel type", "quotes a multi-value",
                  "$nope is not a variable", "> 24", "expected 'driftloop-pg'"):  # fmt: skip
         assert want in problems, problems
+    workload = [v for v in d["templating"]["list"] if v["name"] == "workload"]
     del d["templating"]["list"][0]  # the model variable
+    assert any("templating" in p for p in lint(d, load_schema(DASH_DIR)))
+    d["templating"]["list"] = workload  # the workload variable alone is not enough either
+    assert any("templating" in p for p in lint(d, load_schema(DASH_DIR)))
+    d = copy.deepcopy(_dash(DASH_DIR / "drift.json"))
+    d["templating"]["list"] = [v for v in d["templating"]["list"] if v["name"] != "workload"]
     assert any("templating" in p for p in lint(d, load_schema(DASH_DIR)))
 
 
@@ -396,7 +402,7 @@ def _run(conn: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         return [c.name for c in cur.description or []], list(cur.fetchall())
 
 
-@pytest.mark.parametrize("selection", ["all", "one"])
+@pytest.mark.parametrize("selection", ["all", "one", "unnamed-workload"])
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 def test_every_query_runs_and_returns_what_its_panel_needs(scenario: Scenario, path: Path, selection: str) -> None:
     d = _dash(path)
@@ -407,13 +413,18 @@ def test_every_query_runs_and_returns_what_its_panel_needs(scenario: Scenario, p
         # the variables' own queries first: they give what "All" expands to
         options: dict[str, list[str]] = {}
         for v in d["templating"]["list"]:
-            if v["type"] == "query":
-                cols, rows = _run(conn, expand(v["query"], scenario.time_range))
+            if v["type"] == "query":  # a variable's query sees those above it at All (workload reads $model)
+                above = dashboard_variables(d, {"model": ALL}, options)
+                cols, rows = _run(conn, expand(v["query"], scenario.time_range, above))
                 values = [r[cols.index("__value")] if "__value" in cols else r[0] for r in rows]
                 assert values, f"variable {v['name']} has no options"
                 options[v["name"]] = [str(x) for x in values]
         assert set(scenario.models) <= set(options["model"]), options["model"]
-        variables = dashboard_variables(d, {"model": ALL if selection == "all" else [MODEL]}, options)
+        assert options["workload"] == ["(none)"], "no workload is named here: one unnamed stream"
+        selected: dict[str, Any] = {"model": ALL if selection == "all" else [MODEL]}
+        if selection == "unnamed-workload":
+            selected = {"model": ALL, "workload": ["(none)"]}
+        variables = dashboard_variables(d, selected, options)
         n = 0
         for kind, where, target, panel in _queries(d):
             n += 1
