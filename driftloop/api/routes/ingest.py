@@ -66,22 +66,28 @@ class IngestOut(BaseModel):
 
 _ERR = {"model": S.ErrorOut}
 _RETRY = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+_WHEN = {
+    400: "the body is malformed (not this format, not valid gzip)",
+    413: "body (also once decompressed) over api.receiver.max_body_bytes, or more than api.receiver.max_records records",
+    415: "unsupported Content-Type or Content-Encoding",
+    500: "the receiver has no topic to produce to (configuration)",
+    503: "the broker did not acknowledge the records in time; retry after Retry-After",
+}
 RESPONSES: dict[int | str, dict[str, Any]] = {
     **AUTH_ERRORS,
-    400: {**_ERR, "description": "the body is malformed (not this format, not valid gzip)"},
-    413: {
-        **_ERR,
-        "description": "body (also once decompressed) over api.receiver.max_body_bytes, or more records "
-        "than api.receiver.max_records",
-    },
-    415: {**_ERR, "description": "unsupported Content-Type or Content-Encoding"},
-    500: {**_ERR, "description": "the receiver has no topic to produce to (configuration)"},
-    503: {
-        **_ERR,
-        "description": "the broker did not acknowledge the records in time; retry after Retry-After",
-        "headers": _RETRY,
-    },
+    **{code: {**_ERR, "description": d, **({"headers": _RETRY} if code == 503 else {})} for code, d in _WHEN.items()},
 }
+# OTLP errors carry a google.rpc.Status in the request's encoding (auth errors stay FastAPI's JSON)
+_STATUS = {"type": "object", "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+           "required": ["code", "message"]}  # fmt: skip
+OTLP_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Export*ServiceResponse in the request's encoding",
+          "content": {PROTOBUF: {"schema": {"type": "string", "format": "binary"}}, JSON: {"schema": {"type": "object"}}}},
+    **AUTH_ERRORS,
+    **{code: {"description": d + " (a google.rpc.Status)", **({"headers": _RETRY} if code == 503 else {}),
+              "content": {PROTOBUF: {"schema": {"type": "string", "format": "binary"}}, JSON: {"schema": _STATUS}}}
+       for code, d in _WHEN.items()},
+}  # fmt: skip
 
 
 def _otlp_body(types: tuple[str, ...]) -> dict[str, Any]:
@@ -169,13 +175,13 @@ def router(receiver: Receiver, ingest_auth: Callable[..., Principal]) -> APIRout
     traces_answer = _otlp_answer(ExportTraceServiceResponse, ExportTracePartialSuccess, "rejected_spans")
     logs_answer = _otlp_answer(ExportLogsServiceResponse, ExportLogsPartialSuccess, "rejected_log_records")
 
-    @routes.post("/v1/traces", summary="OTLP/HTTP traces (GenAI spans become v1 records)", responses=RESPONSES,
+    @routes.post("/v1/traces", summary="OTLP/HTTP traces (GenAI spans become v1 records)", responses=OTLP_RESPONSES,
                  openapi_extra=_otlp_body(otlp_types), response_class=Response)  # fmt: skip
     async def traces(request: Request, _who: Auth) -> Response:
         """An ``ExportTraceServiceRequest`` (protobuf or JSON, gzip allowed); answered once the broker acked."""
         return await _handle(receiver, "otlp", request, otlp_types, traces_answer, _otlp_error)
 
-    @routes.post("/v1/logs", summary="OTLP/HTTP logs (GenAI events become v1 records)", responses=RESPONSES,
+    @routes.post("/v1/logs", summary="OTLP/HTTP logs (GenAI events become v1 records)", responses=OTLP_RESPONSES,
                  openapi_extra=_otlp_body(otlp_types), response_class=Response)  # fmt: skip
     async def logs(request: Request, _who: Auth) -> Response:
         """An ``ExportLogsServiceRequest`` (protobuf or JSON, gzip allowed); answered once the broker acked."""
