@@ -181,7 +181,7 @@ def test_mapped_formats_store_each_call_once_and_reject_malformed_messages(
     kafka = {"bootstrap_servers": [kafka_bootstrap], "dlq_topic": t["dlq"], "group_id": f"g-{t['logs']}",
              "topics": [t["logs"], t["otlp"], t["otlp_logs"], t["litellm"], t["openai"]],
              "topic_formats": {t[f]: f for f in ("otlp", "otlp_logs", "litellm", "openai")}}  # fmt: skip
-    settings = make_settings(pg_url, kafka=kafka, ingest={"pipeline": pipeline})
+    settings = make_settings(pg_url, kafka=kafka, ingest={"pipeline": pipeline, "workload": {"default": "shop"}})
     stats = ingest_until_idle(settings)
     assert stats.pipeline == pipeline  # "process": the spawned writer got the topic formats with its settings
 
@@ -192,6 +192,7 @@ def test_mapped_formats_store_each_call_once_and_reject_malformed_messages(
                 | {"chatcmpl-o0", "chatcmpl-o1"})  # fmt: skip
     assert set(stored) == expected
     assert scalar(pg_url, "select count(*) from interactions") == len(expected)
+    assert scalar(pg_url, "select count(*) from interactions where workload = 'shop'") == len(expected)
     for n, ids in enumerate(b_ids):
         _, model, prompt, response, tin, tout, latency, topic, _ = stored[_rid(ids)]
         assert (model, tin, tout, latency) == ("gpt-4o-mini", 11, 7, 800.0)  # the span's

@@ -197,6 +197,7 @@ class DecodeWriteStep:
                 max_field_chars=ing.max_field_chars,
                 min_timestamp=datetime.fromisoformat(ing.min_timestamp).astimezone(UTC),
                 max_future_skew=timedelta(seconds=ing.max_future_skew_s),
+                workload=ing.workload,  # names each record's workload (ingest.workload)
             ),
             Redactor.from_settings(settings.pii),
         )
