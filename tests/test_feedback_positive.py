@@ -34,7 +34,7 @@ from driftloop.store.feedback import (
     stored_feedback_threshold,
 )
 from driftloop.store.models import feedback
-from tests.grafana_macros import TimeRange, Variable, expand
+from tests.grafana_macros import ALL, TimeRange, Variable, expand
 from tests.helpers import make_settings
 from tests.monitor_helpers import T0, insert_rows, interaction
 
@@ -126,7 +126,8 @@ def _panel_sql(title: str) -> str:
 def _dashboard_rate(url: str) -> Any:
     """The 'Feedback positive rate' stat as Grafana runs it (read-only, model = MODEL)."""
     sql = expand(_panel_sql("Feedback positive rate"), TimeRange(T0 - timedelta(hours=1), T0 + timedelta(hours=1)),
-                 {"model": Variable("model", [MODEL], multi=True, include_all=True, options=[MODEL])})  # fmt: skip
+                 {"model": Variable("model", [MODEL], multi=True, include_all=True, options=[MODEL]),
+                  "workload": Variable("workload", ALL, multi=True, include_all=True, all_value="'__all'")})  # fmt: skip
     assert "0.5" not in sql and "feedback_latest" in sql
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True, options="-c default_transaction_read_only=on") as conn:
