@@ -62,6 +62,11 @@ MESSAGE_EVENTS = {
     "gen_ai.tool.message": "tool",
 }
 CHOICE_EVENT = "gen_ai.choice"
+#: metadata key of a log-derived record whose messages come from per-message events: each message's
+#: event time (ns), in order. Such a record may hold only part of its call's messages (events of one
+#: call split over export bodies); the writer appends it to a stored list marked the same way
+#: (``driftloop.ingest.writer.PARTIAL_MESSAGES_KEY``).
+MESSAGE_TIMES_KEY = "otel.message_times"
 
 #: Attributes that hold content (prompts, outputs, documents, tool schemas): never copied to metadata,
 #: which is stored unredacted.
@@ -527,7 +532,7 @@ def convert_traces(body: bytes, content_type: str | None) -> Converted:
 class _LogCall:
     """What the log records of one call (one span context) say, merged in arrival order."""
 
-    __slots__ = ("attrs", "content", "details", "resource", "rid", "ts")
+    __slots__ = ("attrs", "content", "details", "resource", "rid", "times", "ts")
 
     def __init__(self, rid: str, resource: dict[str, Any], ts: str | None) -> None:
         self.rid = rid
@@ -536,6 +541,7 @@ class _LogCall:
         self.resource = resource
         self.ts = ts
         self.details = False
+        self.times: list[int] = []  # event time of each message taken from a per-message event
 
 
 def _log_time(lr: LogRecord) -> str | None:
@@ -568,7 +574,11 @@ def _log_record(lr: LogRecord, resource: dict[str, Any], calls: dict[str, _LogCa
         for k, v in a.items():
             call.attrs.setdefault(k, v)
     else:
-        call.content.from_event(name, a, any_value(lr.body) if lr.HasField("body") else None)
+        c = call.content
+        n = len(c.messages) if c.event_input and c.messages is not None else 0
+        c.from_event(name, a, any_value(lr.body) if lr.HasField("body") else None)
+        if c.event_input and c.messages is not None and len(c.messages) > n:
+            call.times.append(lr.time_unix_nano or lr.observed_time_unix_nano)
         for k, v in a.items():
             if k not in ("gen_ai.system", "gen_ai.provider.name"):
                 continue
@@ -596,5 +606,7 @@ def convert_logs(body: bytes, content_type: str | None) -> Converted:
         _fill(rec, call.attrs, call.content, call.resource)
         if call.rid.startswith("otel-"):
             rec.meta["otel.trace_id"], rec.meta["otel.span_id"] = call.rid[5:37], call.rid[38:]
+        if call.content.event_input and call.content.messages and len(call.times) == len(call.content.messages):
+            rec.meta[MESSAGE_TIMES_KEY] = call.times
         out.records.append(rec.wire())
     return out
