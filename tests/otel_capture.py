@@ -74,32 +74,42 @@ CALLS: tuple[Call, ...] = (
 # ------------------------------------------------------------------------------------------ the client process
 
 
-def _providers(otlp: str, headers: dict[str, str], service: str) -> tuple[Any, Any]:
-    """Global tracer and logger providers exporting synchronously (one POST per span / log record)."""
+def _providers(otlp: str, headers: dict[str, str], service: str, batch: bool) -> tuple[Any, Any]:
+    """Global tracer and logger providers exporting OTLP/HTTP protobuf to ``otlp``.
+
+    ``batch=False``: Simple processors, one POST per span or log record (what the fixtures show: a call's log
+    records in separate bodies). ``batch=True``: the SDK's Batch processors with gzip, what a service set up
+    by ``opentelemetry-instrument`` sends; their schedule delay comes from OTEL_BSP_/OTEL_BLRP_SCHEDULE_DELAY.
+    """
     from opentelemetry import trace
     from opentelemetry._logs import set_logger_provider
+    from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
     resource = Resource.create({"service.name": service})
+    comp = Compression.Gzip if batch else Compression.NoCompression
+    spans = OTLPSpanExporter(endpoint=f"{otlp}/v1/traces", headers=headers, compression=comp)
+    logs = OTLPLogExporter(endpoint=f"{otlp}/v1/logs", headers=headers, compression=comp)
     tp = TracerProvider(resource=resource)
-    tp.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{otlp}/v1/traces", headers=headers)))
+    tp.add_span_processor(BatchSpanProcessor(spans) if batch else SimpleSpanProcessor(spans))
     trace.set_tracer_provider(tp)
     lp = LoggerProvider(resource=resource)
-    lp.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=f"{otlp}/v1/logs", headers=headers)))
+    lp.add_log_record_processor(BatchLogRecordProcessor(logs) if batch else SimpleLogRecordProcessor(logs))
     set_logger_provider(lp)
     return tp, lp
 
 
-def run_client(config: str, serve: str, otlp: str, model: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+def run_client(config: str, serve: str, otlp: str, model: str, headers: dict[str, str],
+               batch: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Instrument, make :data:`CALLS` against ``serve``, flush; return what the server answered per call."""
     cfg = CONFIGS[config]
-    tp, lp = _providers(otlp, headers, f"otel-capture-{config}")
+    tp, lp = _providers(otlp, headers, f"otel-capture-{config}", batch)
     if cfg.instrumentation == "openai-v2":
         from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 
@@ -139,14 +149,18 @@ def run_client(config: str, serve: str, otlp: str, model: str, headers: dict[str
 
 
 def client_subprocess(config: str, serve: str, otlp: str, model: str, headers: dict[str, str] | None = None,
+                      batch: bool = False, env: dict[str, str] | None = None,
                       timeout_s: float = 300) -> list[dict[str, Any]]:  # fmt: skip
-    """Run :func:`run_client` in a fresh interpreter with exactly the configuration's OTel environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OPENINFERENCE_"))}
-    env |= CONFIGS[config].env | {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "", "PYTHONPATH": str(REPO)}
+    """Run :func:`run_client` in a fresh interpreter with exactly the configuration's OTel environment
+    (plus ``env``); raise with the client's stderr if it fails (an export error is logged there)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OPENINFERENCE_"))}
+    base |= CONFIGS[config].env | (env or {}) | {"PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "tests.otel_capture", config, "--serve", serve, "--otlp", otlp, "--model", model]
+    if batch:
+        cmd.append("--batch")
     for k, v in (headers or {}).items():
         cmd += ["--header", f"{k}={v}"]
-    p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False)
+    p = subprocess.run(cmd, env=base, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False)
     if p.returncode != 0:
         raise RuntimeError(f"client {config} failed ({p.returncode}):\n{p.stderr[-4000:]}")
     result: list[dict[str, Any]] = json.loads(p.stdout.strip().splitlines()[-1])
@@ -217,9 +231,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--otlp", required=True, help="OTLP/HTTP base URL (the exporter appends /v1/traces, /v1/logs)")
     ap.add_argument("--model", required=True)
     ap.add_argument("--header", action="append", default=[], help="K=V header on every export")
+    ap.add_argument("--batch", action="store_true", help="Batch processors + gzip (default: Simple, uncompressed)")
     a = ap.parse_args(argv)
     headers = dict(h.split("=", 1) for h in a.header)
-    print(json.dumps(run_client(a.config, a.serve, a.otlp, a.model, headers)))
+    print(json.dumps(run_client(a.config, a.serve, a.otlp, a.model, headers, a.batch)))
 
 
 if __name__ == "__main__":
