@@ -162,3 +162,116 @@ def test_many_merges_and_inserts_in_one_batch(db: _Db) -> None:
             _assert_joined(r, shared="from-span" if int(r["request_id"][1:]) < 100 else "from-log")
         else:
             assert r["response"] is None and r["model_id"] == "gpt-4o"
+
+
+# --- messages in parts: per-message events of one call split over export bodies ---------------------------
+
+T0 = 1_767_607_200_000_000_000  # 2026-01-05T10:00:00Z in ns
+PARTS_KEY = "otel.message_times"
+
+
+def _part(rid: str, role: str, content: str, t: int) -> dict[str, Any]:
+    """A record the OTLP logs mapper makes of one per-message event alone (marked with its event time)."""
+    return {"request_id": rid, "timestamp": "2026-01-05T10:00:00Z", "messages": [{"role": role, "content": content}],
+            "metadata": {"source_format": "otlp_logs", "gen_ai.system": "openai", PARTS_KEY: [t]}}  # fmt: skip
+
+
+def _call(rid: str) -> dict[str, dict[str, Any]]:
+    return {
+        "span": {**SPAN, "request_id": rid},
+        "system": _part(rid, "system", "Be brief.", T0 + 1000),
+        "user": _part(rid, "user", "Capital of France?", T0 + 2000),
+        # a gen_ai.choice alone: the answer, no input
+        "choice": {"request_id": rid, "timestamp": "2026-01-05T10:00:01Z", "messages": [], "response": "Paris.",
+                   "finish_reason": "stop", "metadata": {"source_format": "otlp_logs"}},
+    }  # fmt: skip
+
+
+def _rendered(messages: list[dict[str, Any]]) -> str:
+    """The prompt the decoder renders for one record holding all the messages."""
+    _, row, _ = Decoder(DecodePolicy(), Redactor()).decode(
+        json.dumps({"request_id": "x", "messages": messages}).encode(), Source("t", 0, 0, None))
+    return str(row["prompt"])
+
+
+def _assert_whole_call(row: dict[str, Any]) -> None:
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
+    assert row["messages"] == msgs
+    assert row["prompt"] == _rendered(msgs) == "system: Be brief.\nuser: Capital of France?"
+    assert (row["response"], row["finish_reason"], row["model_id"], row["tokens_in"]) == ("Paris.", "stop",
+                                                                                          "gpt-4o", 12)
+    assert row["metadata"][PARTS_KEY] == [T0 + 1000, T0 + 2000]
+
+
+ORDERS = [
+    ["span", "system", "user", "choice"],
+    ["user", "system", "choice", "span"],
+    ["choice", "user", "span", "system"],
+    ["system", "span", "choice", "user"],
+]
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=["-".join(o) for o in ORDERS])
+def test_messages_in_parts_are_appended_in_event_order(db: _Db, db_url: str, order: list[str]) -> None:
+    call = _call(RID)
+    results = [db.write(call[name]) for name in order]  # one batch each
+    assert sum(r.inserted for r in results) == 1 and sum(r.merged for r in results) == 3
+    [row] = db.rows()
+    _assert_whole_call(row)
+    assert row["source_offset"] == 0  # origin: the first record
+    version = db.row_version() if db_url.startswith("postgresql") else None
+    res = db.write(*(call[n] for n in order))  # a replay of everything: nothing changes
+    assert (res.inserted, res.merged, res.duplicates) == (0, 0, 4)
+    for name in order:
+        assert db.write(call[name]).duplicates == 1
+    assert db.rows() == [row]
+    if version is not None:
+        assert db.row_version() == version
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=["-".join(o) for o in ORDERS])
+def test_messages_in_parts_in_one_batch_and_split(db: _Db, order: list[str]) -> None:
+    one, two = "otel-" + "1" * 32 + "-" + "2" * 16, "otel-" + "3" * 32 + "-" + "4" * 16
+    a, b = _call(one), _call(two)
+    res = db.write(*(a[n] for n in order), b[order[0]], b[order[1]])  # a whole, b's first half
+    assert (res.inserted, res.merged) == (2, 4)
+    res = db.write(b[order[2]], b[order[3]], a[order[1]])  # b's second half, a redelivered part
+    assert res.inserted == 0 and res.merged >= 1  # a stored row filled by two records of a batch may count once
+    for row in db.rows():
+        _assert_whole_call(row)
+
+
+def test_parts_dedup_by_time_role_and_content(db: _Db) -> None:
+    """A repeated message at another time is another message; the same event again is not."""
+    db.write(_part("r", "user", "yes", T0 + 1), _part("r", "assistant", "Sure?", T0 + 2))
+    db.write(_part("r", "user", "yes", T0 + 3), _part("r", "user", "yes", T0 + 1))
+    [row] = db.rows()
+    assert [m["content"] for m in row["messages"]] == ["yes", "Sure?", "yes"]
+    assert row["prompt"] == "user: yes\nassistant: Sure?\nuser: yes"
+    res = db.write(_part("r", "assistant", "Sure?", T0 + 2))
+    assert (res.merged, res.duplicates) == (0, 1)
+
+
+def test_equal_times_keep_arrival_order(db: _Db) -> None:
+    db.write(_part("r", "system", "S", T0))
+    db.write(_part("r", "user", "U", T0))
+    assert [m["role"] for m in db.rows()[0]["messages"]] == ["system", "user"]
+
+
+def test_a_complete_list_is_not_appended_to(db: _Db) -> None:
+    """Only marked lists (per-message events) take parts: a list from one record is the whole input."""
+    db.write(CONTENT)
+    res = db.write(_part(RID, "user", "Another question?", T0 + 5))
+    [row] = db.rows()
+    assert len(row["messages"]) == 2 and PARTS_KEY in row["metadata"]  # the key was new: filled in
+    assert res.merged == 1
+    db.write(_part(RID, "user", "A third?", T0 + 6))  # the stored list is still not marked as parts
+    assert len(db.rows()[0]["messages"]) == 2
+
+
+def test_a_marker_that_does_not_fit_its_messages_is_ignored(db: _Db) -> None:
+    bad = _part("r", "user", "U", T0)
+    bad["metadata"][PARTS_KEY] = [T0, T0 + 1]  # two times for one message
+    db.write(_part("r", "system", "S", T0))
+    db.write(bad)
+    assert [m["role"] for m in db.rows()[0]["messages"]] == ["system"]

@@ -21,6 +21,18 @@ the first record's. A record that adds nothing (an identical redelivery) changes
 row is not rewritten. Two records of one ``request_id`` in one batch are merged in Python by the
 same rule first (an upsert cannot touch a row twice in one statement). ``WriteResult.duplicates``
 counts the records that added nothing; ``merged`` those that filled something in.
+
+Messages that arrive in parts: a record whose messages come from per-message events (OTel
+``gen_ai.user.message`` … log records; the mapper marks it with ``metadata[PARTIAL_MESSAGES_KEY]``, the
+event time of each message, in order) may hold only some of its call's messages, because the events
+of one call can be split over export bodies. When both the stored row and the later record are marked,
+the later record's messages are APPENDED instead of ignored: the union ordered by event time (ties
+keep arrival order, stored first), a message already stored with the same (time, role, content) is
+not added again, so a redelivery adds nothing. The row's ``prompt`` is then re-rendered from the
+merged messages exactly as the decoder renders a messages list (``render_messages``; the message
+contents are already redacted) and the marker holds the merged times. On PostgreSQL such rows take
+a Python path (insert-or-skip, then ``SELECT … FOR UPDATE`` and the same ``merge_changes``), as
+ordering and deduplicating a JSON list is not a column-wise upsert.
 """
 
 from __future__ import annotations
@@ -58,13 +70,55 @@ _OWN_RULE_COLS = ("prompt", "messages", "model_id", "metadata")
 #: filled when NULL (the columns above have their own rules)
 _FILL_COLS = tuple(c for c in INTERACTION_COLS if c not in _ORIGIN_COLS and c not in _OWN_RULE_COLS)
 PLACEHOLDER_MODEL_ID = DecodePolicy().default_model_id
+#: metadata key marking a record whose messages may be only part of its call's (one event time, ns,
+#: per message); set by the OTLP logs mapper (``driftloop.ingest.formats.otlp.MESSAGE_TIMES_KEY``)
+PARTIAL_MESSAGES_KEY = "otel.message_times"
+
+
+def render_messages(messages: Sequence[dict[str, Any]]) -> str:
+    """The prompt text of a messages list, as the decoder renders it (``role: content`` lines)."""
+    return "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in messages)
+
+
+def message_times(row: Row) -> list[int] | None:
+    """The event times of a marked row's messages (see the module docstring), or None when the row
+    is not marked or the marker does not fit its messages (then the plain fill rule applies)."""
+    meta, msgs = row.get("metadata"), row.get("messages")
+    if not isinstance(meta, dict) or not isinstance(msgs, list) or not msgs:
+        return None
+    times = meta.get(PARTIAL_MESSAGES_KEY)
+    if not isinstance(times, list) or len(times) != len(msgs):
+        return None
+    if not all(type(t) is int for t in times) or not all(isinstance(m, dict) for m in msgs):
+        return None
+    return times
+
+
+def appended_messages(stored: Row, later: Row) -> tuple[list[dict[str, Any]], list[int]] | None:
+    """(messages, times) of ``stored`` with the messages of ``later`` appended, both marked as parts;
+    None when either is not marked or ``later`` adds no message that is not stored already."""
+    st, lt = message_times(stored), message_times(later)
+    if st is None or lt is None:
+        return None
+    seen = {(t, m.get("role"), m.get("content")) for t, m in zip(st, stored["messages"], strict=True)}
+    new: list[tuple[int, dict[str, Any]]] = []
+    for t, m in zip(lt, later["messages"], strict=True):
+        key = (t, m.get("role"), m.get("content"))
+        if key not in seen:
+            seen.add(key)
+            new.append((t, m))
+    if not new:
+        return None
+    merged = sorted([*zip(st, stored["messages"], strict=True), *new], key=itemgetter(0))  # stable: ties keep order
+    return [m for _, m in merged], [t for t, _ in merged]
 
 
 def merge_changes(stored: Row, later: Row, placeholder_model_id: str = PLACEHOLDER_MODEL_ID) -> Row:
     """The columns of ``stored`` that ``later`` (same request_id) fills in; empty when it adds nothing.
 
     The rule of the module docstring: only empty columns are filled, metadata keys are added
-    without replacing stored ones.
+    without replacing stored ones; messages of per-message events are appended to a stored list of
+    per-message events (and the prompt re-rendered).
     """
     changes: Row = {}
     for c in _FILL_COLS:
@@ -87,6 +141,13 @@ def merge_changes(stored: Row, later: Row, placeholder_model_id: str = PLACEHOLD
             extra = {k: v for k, v in lmeta.items() if k not in smeta}
             if extra:
                 changes["metadata"] = {**smeta, **extra}
+    appended = appended_messages(stored, later)
+    if appended is not None:
+        msgs, times = appended
+        changes["messages"] = msgs
+        changes["prompt"] = render_messages(msgs)
+        meta: dict[str, Any] = changes["metadata"] if "metadata" in changes else stored["metadata"]
+        changes["metadata"] = {**meta, PARTIAL_MESSAGES_KEY: times}
     return changes
 
 
@@ -288,8 +349,15 @@ class BatchWriter:
         if not rows:
             return 0, 0
         filled: dict[str, int] = {}
+        written: list[tuple[str, bool]] = []
         if spec.merge:
             rows, filled = premerge(rows, self.placeholder_model_id)
+            parts = [r for r in rows if message_times(r) is not None]
+            if parts:
+                written = self._merge_in_python(conn, parts, lock=True)
+                rows = [r for r in rows if message_times(r) is None]
+                if not rows:
+                    return self._count(written, filled)
         raw = conn.connection.driver_connection
         assert raw is not None
         tmp = f"_dl_{spec.table}"
@@ -320,7 +388,7 @@ class BatchWriter:
             # xmax = 0 only in a freshly inserted row version: tells inserted rows from updated ones
             cur.execute(f"{insert} DO UPDATE SET {sets} WHERE {changed} RETURNING request_id, (xmax = 0)",
                         {"ph": self.placeholder_model_id})  # fmt: skip
-            return self._count(cur.fetchall(), filled)
+            return self._count([*written, *cur.fetchall()], filled)
 
     @staticmethod
     def _count(written: Sequence[tuple[str, bool]], filled: dict[str, int]) -> tuple[int, int]:
@@ -338,22 +406,42 @@ class BatchWriter:
                 merged += max(1, filled.get(rid, 0))
         return inserted, merged
 
-    # -- SQLite -------------------------------------------------------------------------------
+    # -- in Python: SQLite, and rows with messages in parts on PostgreSQL ------------------------
     def _sqlite_merge(self, conn: Connection, rows: Sequence[Row]) -> tuple[int, int]:
         """INSERT the new request_ids, fill in the stored ones (one writer: read, merge, update)."""
         if not rows:
             return 0, 0
         unique, filled = premerge(rows, self.placeholder_model_id)
+        return self._count(self._merge_in_python(conn, unique, lock=False), filled)
+
+    def _merge_in_python(self, conn: Connection, unique: Sequence[Row], lock: bool) -> list[tuple[str, bool]]:
+        """Insert the rows (one per request_id) whose key is new, merge the others into the stored
+        rows with ``merge_changes``; (request_id, inserted?) of each row written.
+
+        ``lock`` (PostgreSQL, where other writers may run): insert first with ON CONFLICT DO NOTHING
+        (which waits for a concurrent insert of the key to commit), then read the conflicting rows
+        FOR UPDATE, so no concurrent merge of the same row is lost between the read and the update.
+        """
         c = interactions.c
-        stored: dict[str, Row] = {}
         ids = [r["request_id"] for r in unique]
+        written: list[tuple[str, bool]] = []
+        if lock:
+            stmt = postgresql.insert(interactions).on_conflict_do_nothing(index_elements=["request_id"])
+            inserted = {x for (x,) in conn.execute(stmt.returning(c.request_id), list(unique))}
+            written = [(rid, True) for rid in ids if rid in inserted]
+            rest = [r for r in unique if r["request_id"] not in inserted]
+            ids = [r["request_id"] for r in rest]
+        stored: dict[str, Row] = {}
         for i in range(0, len(ids), 500):  # below SQLite's bound-parameter limit
             q = interactions.select().where(c.request_id.in_(ids[i : i + 500]))
+            if lock:
+                q = q.with_for_update()
             stored.update((r["request_id"], dict(r)) for r in conn.execute(q).mappings())
-        new = [r for r in unique if r["request_id"] not in stored]
-        if new:
-            conn.execute(interactions.insert(), new)
-        written: list[tuple[str, bool]] = [(r["request_id"], True) for r in new]
+        if not lock:
+            new = [r for r in unique if r["request_id"] not in stored]
+            if new:
+                conn.execute(interactions.insert(), new)
+            written = [(r["request_id"], True) for r in new]
         for r in unique:
             old = stored.get(r["request_id"])
             if old is None:
@@ -362,7 +450,7 @@ class BatchWriter:
             if changes:
                 conn.execute(interactions.update().where(c.request_id == r["request_id"]).values(**changes))
                 written.append((r["request_id"], False))
-        return self._count(written, filled)
+        return written
 
     # -- both ---------------------------------------------------------------------------------
     def _insert_ignore(self, conn: Connection, table: Any, rows: Sequence[Row], keys: list[str]) -> int:
