@@ -7,6 +7,10 @@ from prometheus_client import Counter, Gauge
 CONSUMED = Counter("driftloop_ingest_consumed_messages", "Messages consumed from Kafka")
 STORED = Counter("driftloop_ingest_stored_records", "Interaction records newly stored")
 DUPLICATES = Counter("driftloop_ingest_duplicate_records", "Interaction records skipped as duplicates (request_id)")
+MERGED = Counter("driftloop_ingest_merged_records", "Interaction records that filled in a row of the same request_id "
+                 "(a call sent in parts, e.g. an OTel span and its log events)")  # fmt: skip
+SKIPPED = Counter("driftloop_ingest_skipped_items", "Items of mapped-format messages that are not LLM calls (e.g. an "
+                  "HTTP span): neither rows nor rejects")  # fmt: skip
 FEEDBACK = Counter("driftloop_ingest_feedback_records", "Feedback rows newly stored")
 REJECTS = Counter("driftloop_ingest_rejected_messages", "Messages rejected (a rejected_messages row each)", ["reason"])
 DLQ_FAILURES = Counter("driftloop_ingest_dlq_failures", "Rejected messages whose dead-letter copy failed (still kept "

@@ -385,6 +385,8 @@ class IngestService:
         s.feedback += ev.feedback_inserted
         m.STORED.inc(ev.inserted)
         m.DUPLICATES.inc(ev.duplicates)
+        m.MERGED.inc(ev.merged)
+        m.SKIPPED.inc(ev.skipped)
         m.FEEDBACK.inc(ev.feedback_inserted)
         m.BATCHES.inc()
         for reason, k in ev.rejected_by_reason.items():
