@@ -336,3 +336,52 @@ def test_concurrent_requests_share_one_producer(client: TestClient, kafka_bootst
         t.join(60)
     assert codes == [200] * 6
     assert len({m.key for m in read_topic(kafka_bootstrap, topics["logs"], expect=18)}) == 18
+
+
+def test_murmur2_and_the_partitioner_pick_kafkas_default_partition() -> None:
+    """The receiver's murmur2 is kafka-python's (Java's) for every tail length; the partitioner picks the same
+    partition as kafka-python's default one, so a request id's records stay on one partition, in order."""
+    import random
+
+    from kafka.cluster import ClusterMetadata
+    from kafka.partitioner import DefaultPartitioner
+    from kafka.partitioner.default import murmur2 as reference
+
+    from driftloop.api.receiver import Murmur2Partitioner, murmur2
+
+    rnd = random.Random(16)
+    for n in [*range(0, 70), 255, 1000]:
+        for _ in range(20):
+            data = rnd.randbytes(n)
+            assert murmur2(data) == reference(data), data
+    assert murmur2(b"21") == reference(b"21") == -973932308 & 0xFFFFFFFF  # the Java client's test vector
+
+    class Cluster(ClusterMetadata):
+        def partitions_for_topic(self, topic: str) -> set[int] | None:
+            return {0, 1, 2, 3, 4} if topic == "t" else None
+
+        def available_partitions_for_topic(self, topic: str) -> set[int] | None:
+            return self.partitions_for_topic(topic)
+
+        def topics(self, exclude_internal_topics: bool = True) -> set[str]:
+            return {"t"}
+
+    cluster = Cluster()
+    keys = [f"otel-{rnd.randbytes(16).hex()}-{rnd.randbytes(8).hex()}".encode() for _ in range(200)]
+    ours = [Murmur2Partitioner().partition("t", k, k, None, b"v", cluster) for k in keys]
+    assert ours == [DefaultPartitioner().partition("t", k, k, None, b"v", cluster) for k in keys]
+    assert set(ours) == {0, 1, 2, 3, 4}
+    with pytest.raises(ValueError, match="not found"):
+        Murmur2Partitioner().partition("other", b"k", b"k", None, b"v", cluster)
+
+
+def test_records_land_on_the_default_partition_of_their_request_id(client: TestClient, kafka_bootstrap: str,
+                                                                    topics: dict[str, str]) -> None:  # fmt: skip
+    from kafka.partitioner.default import murmur2 as reference
+
+    spans = [genai_span(i) for i in range(20)]
+    r = client.post("/v1/traces", content=export(*spans).SerializeToString(), headers=auth(**{"Content-Type": PB}))
+    assert r.status_code == 200, r.text
+    msgs = read_topic(kafka_bootstrap, topics["logs"], expect=20)
+    assert {m.key.decode() for m in msgs} == {otel_id(s) for s in spans}
+    assert all(m.partition == (reference(m.key) & 0x7FFFFFFF) % 3 for m in msgs)

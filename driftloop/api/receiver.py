@@ -10,6 +10,7 @@ knows nothing about FastAPI beyond reading a Starlette request's body.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 import zlib
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
+from kafka.partitioner import DefaultPartitioner
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings, TopicFormat
@@ -114,6 +116,50 @@ def gunzip_capped(data: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), equal to ``kafka.partitioner.murmur2``.
+
+    Why not kafka-python's: it spends ~20 Python operations per 4 bytes, about 12 us for a 54-byte
+    ``otel-<trace>-<span>`` key; here the words are unpacked at once and each takes a few int operations
+    (a product mod 2**32 needs the mask only once, after the xor).
+    """
+    n = len(data)
+    h = 0x9747B28C ^ n
+    if n >= 4:
+        for k in struct.unpack_from(f"<{n >> 2}I", data):
+            k = (k * 0x5BD1E995) & 0xFFFFFFFF
+            h = ((h * 0x5BD1E995) ^ ((k ^ (k >> 24)) * 0x5BD1E995)) & 0xFFFFFFFF
+    tail = n & 3
+    if tail:
+        i = n - tail
+        if tail == 3:
+            h ^= data[i + 2] << 16
+        if tail >= 2:
+            h ^= data[i + 1] << 8
+        h = ((h ^ data[i]) * 0x5BD1E995) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0x5BD1E995) & 0xFFFFFFFF
+    return h ^ (h >> 15)
+
+
+class Murmur2Partitioner(DefaultPartitioner):
+    """kafka-python's default partitioner with :func:`murmur2`: a key lands on the partition Kafka's Java
+    client (and the default partitioner) picks, which keeps each ``request_id``'s records in order.
+
+    Records without a key keep the default's random choice.
+    """
+
+    def partition(self, topic: str, key: Any, serialized_key: bytes | None, value: Any,
+                  serialized_value: bytes | None, cluster: Any) -> int:  # fmt: skip
+        if serialized_key is None:
+            return cast("int", super().partition(topic, key, serialized_key, value, serialized_value, cluster))
+        parts = cluster.partitions_for_topic(topic)
+        if parts is None:
+            raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+        all_partitions = sorted(parts)
+        return cast("int", all_partitions[(murmur2(serialized_key) & 0x7FFFFFFF) % len(all_partitions)])
+
+
 class BrokerUnavailable(Exception):
     """The records could not be produced and acknowledged in time: answer 503 with ``Retry-After``."""
 
@@ -137,11 +183,12 @@ class KafkaSink:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def producer_options(self) -> dict[str, Any]:
-        """kafka-python options: every wait bounded by ``timeout_s``; ``kafka.producer`` may override them."""
+        """kafka-python options: every wait bounded by ``timeout_s``, the fast murmur2 partitioner;
+        ``kafka.producer`` may override them."""
         ms = max(1, int(self.timeout_s * 1000))
         opts: dict[str, Any] = {"linger_ms": 5, "max_block_ms": ms, "bootstrap_timeout_ms": ms,
                                 "request_timeout_ms": ms, "delivery_timeout_ms": ms + 5,
-                                "reconnect_backoff_max_ms": 1000}  # fmt: skip
+                                "reconnect_backoff_max_ms": 1000, "partitioner": Murmur2Partitioner()}  # fmt: skip
         opts.update(self.options)
         return opts
 
