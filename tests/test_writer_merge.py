@@ -252,6 +252,13 @@ def test_parts_dedup_by_time_role_and_content(db: _Db) -> None:
     assert (res.merged, res.duplicates) == (0, 1)
 
 
+def test_the_mapper_marks_parts_with_the_key_the_writer_reads() -> None:
+    from driftloop.ingest.formats.otlp import MESSAGE_TIMES_KEY
+    from driftloop.ingest.writer import PARTIAL_MESSAGES_KEY
+
+    assert PARTS_KEY == PARTIAL_MESSAGES_KEY == MESSAGE_TIMES_KEY
+
+
 def test_equal_times_keep_arrival_order(db: _Db) -> None:
     db.write(_part("r", "system", "S", T0))
     db.write(_part("r", "user", "U", T0))
