@@ -216,7 +216,16 @@ class Rec:
             self.meta["metadata_truncated"] = self.meta.get("metadata_truncated", 0) + 1
             return
         self._extra += 1
-        self.meta[short(key, 200)] = simple(value)
+        # the common cases (a short string key; a short string or int value) skip short() and simple()
+        if type(key) is not str or len(key) > 200:
+            key = short(key, 200)
+        kind = type(value)
+        if kind is str:
+            if len(value) > MAX_META_STR:
+                value = short(value)
+        elif kind is not int or not -(2**63) < value < 2**63:
+            value = simple(value)
+        self.meta[key] = value
 
     def wire(self, *, needs_input: bool = True) -> dict[str, Any]:
         """The v1 wire dict. The Decoder needs ``prompt`` or ``messages``: a record without input gets

@@ -89,6 +89,9 @@ _USER_KEYS = ("user.id", "enduser.id")
 _SESSION_KEYS = ("session.id", "gen_ai.conversation.id")
 _INDEXED_OI = re.compile(r"^llm\.(input|output)_messages\.(\d+)\.message\.(.+)$")
 _INDEXED_LEGACY = re.compile(r"^gen_ai\.(prompt|completion)\.(\d+)\.(.+)$")
+#: the regexes' literal prefixes: a cheap test first, since most keys match neither
+_LEGACY_INDEXED_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.")
+_OI_INDEXED_PREFIXES = ("llm.input_messages.", "llm.output_messages.")
 _OI_CONTENT = re.compile(r"^contents\.(\d+)\.message_content\.(type|text)$")
 _ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
 _HEX = re.compile(r"^(?:[0-9a-fA-F]{2})*$")
@@ -158,7 +161,16 @@ def any_value(v: AnyValue) -> Any:
 
 
 def attrs(kvs: Iterable[KeyValue]) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in kvs}
+    """Attributes as a dict (a repeated key: the last value, at the first one's position).
+
+    Strings, the common case, are read directly: each protobuf field access is a Python call.
+    """
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        v = kv.value
+        kind = v.WhichOneof("value")
+        out[kv.key] = v.string_value if kind == "string_value" else any_value(v) if kind is not None else None
+    return out
 
 
 def _hexid(trace_id: bytes, span_id: bytes) -> str | None:
@@ -197,9 +209,11 @@ def _parts_message(m: Any) -> dict[str, Any] | None:
         for p in parts:
             if not isinstance(p, dict):
                 continue
-            if p.get("type") == "text" and isinstance(p.get("content"), str):
-                texts.append(p["content"])
-            elif p.get("type") == "tool_call_response":
+            kind = p.get("type")
+            if kind == "text":
+                if isinstance(text := p.get("content"), str):
+                    texts.append(text)
+            elif kind == "tool_call_response":
                 texts.append(text_of(p.get("response")) or "")
         content = "\n".join(texts) if texts else None
     else:
@@ -211,7 +225,11 @@ def _semconv_messages(value: Any) -> list[dict[str, Any]] | None:
     v = _as_json(value)
     if not isinstance(v, list):
         return None
-    out = [pm for pm in (_parts_message(m) for m in v) if pm is not None]
+    out = []
+    for m in v:
+        pm = _parts_message(m)
+        if pm is not None:
+            out.append(pm)
     return out
 
 
@@ -261,8 +279,8 @@ class _Content:
                 msgs.insert(0, {"role": "system", "content": system})
             self.set_input(msgs)
         if "gen_ai.output.messages" in a:
-            outs = _semconv_messages(a["gen_ai.output.messages"])
             raw = _as_json(a["gen_ai.output.messages"])
+            outs = _semconv_messages(raw)
             if outs:
                 finish = raw[0].get("finish_reason") if isinstance(raw, list) and isinstance(raw[0], dict) else None
                 self.set_output(outs[0]["content"], finish)
@@ -281,7 +299,7 @@ class _Content:
                 self.set_output(v)
         indexed: dict[str, dict[int, dict[str, Any]]] = {"prompt": {}, "completion": {}}
         for k, v in a.items():
-            mt = _INDEXED_LEGACY.match(k)
+            mt = _INDEXED_LEGACY.match(k) if k.startswith(_LEGACY_INDEXED_PREFIXES) else None
             if mt:
                 indexed[mt.group(1)].setdefault(int(mt.group(2)), {})[mt.group(3)] = v
         if indexed["prompt"]:
@@ -294,7 +312,7 @@ class _Content:
         """llm.input_messages.N.message.* / llm.output_messages.N.message.*, then input.value / output.value."""
         grouped: dict[str, dict[int, dict[str, Any]]] = {"input": {}, "output": {}}
         for k, v in a.items():
-            mt = _INDEXED_OI.match(k)
+            mt = _INDEXED_OI.match(k) if k.startswith(_OI_INDEXED_PREFIXES) else None
             if mt:
                 grouped[mt.group(1)].setdefault(int(mt.group(2)), {})[mt.group(3)] = v
         if grouped["input"]:
@@ -374,9 +392,10 @@ def _oi_message(fields: dict[str, Any]) -> dict[str, Any]:
 
 def _first(a: dict[str, Any], keys: tuple[str, ...], used: set[str]) -> Any:
     for k in keys:
-        if k in a and a[k] is not None and a[k] != "":
+        v = a.get(k)
+        if v is not None and v != "":
             used.add(k)
-            return a[k]
+            return v
     return None
 
 
@@ -389,10 +408,6 @@ def is_llm_span(a: dict[str, Any]) -> bool:
     if op is not None:
         return op in LLM_OPERATIONS
     return "gen_ai.request.model" in a or "gen_ai.response.model" in a or "llm.model_name" in a
-
-
-def _is_content_key(k: str) -> bool:
-    return k in _CONTENT_KEYS or k.startswith(_CONTENT_PREFIXES)
 
 
 def _fill(rec: Rec, a: dict[str, Any], content: _Content, resource: dict[str, Any]) -> None:
@@ -415,7 +430,7 @@ def _fill(rec: Rec, a: dict[str, Any], content: _Content, resource: dict[str, An
         rec.set("prompt", content.prompt)
     rec.set("response", content.response)
     for k, v in a.items():
-        if k not in used and not _is_content_key(k) and k != "event.name":
+        if k not in used and k not in _CONTENT_KEYS and not k.startswith(_CONTENT_PREFIXES) and k != "event.name":
             rec.add_meta(k, v)
     for k, v in resource.items():
         rec.add_meta(k, v)
@@ -482,25 +497,27 @@ def _span_records(span: Span, resource: dict[str, Any], scope: str, out: Convert
     if rid is None:
         raise ItemError(MISSING_SPAN_CONTEXT, f"span {span.name!r} has no trace/span id")
     a = attrs(span.attributes)
-    events = [(e.name, attrs(e.attributes), None) for e in span.events]
-    for e, (_, ea, _) in zip(span.events, events, strict=True):
-        if ea.get("event.name", e.name) == EVALUATION_EVENT:
-            try:
-                out.records.append(_feedback(rid, ea, rfc3339_ns(e.time_unix_nano), "otlp"))
-            except ItemError as err:
-                out.rejected.append((err.reason, err.detail))
+    events: list[tuple[str, dict[str, Any], Any]] = []
+    if span.events:
+        events = [(e.name, attrs(e.attributes), None) for e in span.events]
+        for e, (_, ea, _) in zip(span.events, events, strict=True):
+            if ea.get("event.name", e.name) == EVALUATION_EVENT:
+                try:
+                    out.records.append(_feedback(rid, ea, rfc3339_ns(e.time_unix_nano), "otlp"))
+                except ItemError as err:
+                    out.rejected.append((err.reason, err.detail))
     if not is_llm_span(a):
         out.skipped += 1
         return
     rec = Rec("otlp")
     rec.set("request_id", rid)
-    rec.set("timestamp", rfc3339_ns(span.start_time_unix_nano))
-    if span.end_time_unix_nano and span.start_time_unix_nano:
-        rec.latency((span.end_time_unix_nano - span.start_time_unix_nano) / 1e6)
+    start, end = span.start_time_unix_nano, span.end_time_unix_nano
+    rec.set("timestamp", rfc3339_ns(start))
+    if end and start:
+        rec.latency((end - start) / 1e6)
     content = _content_of(a, events)
     _fill(rec, a, content, resource)
-    rec.meta.update({"otel.trace_id": span.trace_id.hex(), "otel.span_id": span.span_id.hex(),
-                     "otel.span_name": short(span.name, 200)})
+    rec.meta.update({"otel.trace_id": rid[5:37], "otel.span_id": rid[38:], "otel.span_name": short(span.name, 200)})
     if scope:
         rec.meta["otel.scope"] = short(scope, 200)
     if span.status.code == Status.STATUS_CODE_ERROR:
