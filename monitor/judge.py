@@ -251,11 +251,11 @@ class Judge:
     def pending_windows(self, conn: Connection) -> list[Any]:
         """Checked windows with records that this judge has not judged yet, newest first.
 
-        Every segment's window counts (with segment keys there is no whole-model window; segments' records
-        are disjoint, so nothing is judged twice)."""
+        Every segment's and workload's window counts (streams' records are disjoint: with segment keys there
+        is no whole-model window, and each workload has its own windows, so nothing is judged twice)."""
         mw, wm = monitor_windows.c, window_metrics.c
         judged = select(wm.window_id).where(wm.name == self.metric_n)
-        q = (select(mw.id, mw.model_id, mw.segment, mw.window_kind, mw.window_index, mw.window_start, mw.window_end,
+        q = (select(mw.id, mw.model_id, mw.workload, mw.segment, mw.window_kind, mw.window_index, mw.window_start, mw.window_end,
                     mw.first_id, mw.last_id)
              .where(mw.n_records > 0, mw.status.in_(("ok", "insufficient_data")),
                     mw.id.not_in(judged))
@@ -264,8 +264,9 @@ class Judge:
 
     def sample(self, conn: Connection, w: Any) -> tuple[list[Item], int]:
         """``sample`` records of window ``w`` with an answer (seeded by content and window); also how many lacked one."""
+        # the window's own workload only: other workloads of the model share its time span
         rows = window_rows(conn, self.monitor, w.model_id, w.segment, w.window_kind, utc(w.window_start),
-                           utc(w.window_end), w.first_id, w.last_id)  # fmt: skip
+                           utc(w.window_end), w.first_id, w.last_id, w.workload)  # fmt: skip
         ids = [int(r[0]) for r in rows]
         c = interactions.c
         items: list[Item] = []
@@ -417,7 +418,8 @@ class Judge:
 
     def _mark(self, w: Any, values: list[float], failures: int) -> None:
         """Window metrics judge.<name>.{mean,n,parse_failures}; ``.n`` also marks the window as judged."""
-        base = {"window_id": int(w.id), "model_id": w.model_id, "segment": w.segment, "window_end": w.window_end}
+        base = {"window_id": int(w.id), "model_id": w.model_id, "workload": w.workload, "segment": w.segment,
+                "window_end": w.window_end}  # fmt: skip
         p = f"{METRIC_PREFIX}{self.s.name}."
         rows = [{**base, "name": p + "n", "value": float(len(values))},
                 {**base, "name": p + "mean", "value": statistics.fmean(values) if values else None},

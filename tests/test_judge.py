@@ -94,7 +94,7 @@ def judge_settings(url: str, **kw: Any) -> JudgeSettings:
 
 
 def add_window(engine: Engine, rows: list[dict[str, Any]], index: int = 0, model: str = "m", segment: str = "",
-               store: bool = True) -> int:  # fmt: skip
+               store: bool = True, workload: str = "") -> int:  # fmt: skip
     """Store interactions and one checked count window over them, as the monitor would; returns its id."""
     if store:
         insert_rows(engine, rows)
@@ -103,7 +103,7 @@ def add_window(engine: Engine, rows: list[dict[str, Any]], index: int = 0, model
             interactions.c.request_id.in_([r["request_id"] for r in rows])).order_by(interactions.c.ts,
                                                                                     interactions.c.id)).all()  # fmt: skip
         return int(c.execute(insert(monitor_windows).returning(monitor_windows.c.id), {
-            "model_id": model, "segment": segment, "window_kind": "count", "window_index": index,
+            "model_id": model, "workload": workload, "segment": segment, "window_kind": "count", "window_index": index,
             "window_start": ids[0][1], "window_end": ids[-1][1], "first_id": ids[0][0], "last_id": ids[-1][0],
             "n_records": len(ids), "ref_kind": "none", "ref_n": 0, "status": "ok",
             "created_at": datetime.now(UTC)}).scalar_one())  # fmt: skip
@@ -218,6 +218,25 @@ def test_segment_windows_are_judged_each_on_its_own_records(engine: Engine, stub
     for wid, want in ((eu, "eu"), (us, "us")):
         assert {region[r.request_id] for r in stored(engine) if r.metadata["window_id"] == wid} == {want}
         assert metric(engine, wid, "judge.stub.n") == 4
+
+
+def test_workload_windows_are_judged_each_on_its_own_records(engine: Engine, stub: Stub) -> None:
+    # two workloads of one model interleaved in time: each window's bounds span the other's records too
+    rows = [{**r, "workload": "chat" if i % 2 else "rag"} for i, r in enumerate(texts(10))]
+    insert_rows(engine, rows)
+    wids = {wl: add_window(engine, [r for r in rows if r["workload"] == wl], workload=wl, store=False)
+            for wl in ("chat", "rag")}  # fmt: skip
+    st = run(engine, judge_settings(stub.url, sample=20))
+    assert (st.windows_done, st.sampled, st.scored) == (2, 10, 10)
+    workload = {r["request_id"]: r["workload"] for r in rows}
+    for wl, wid in wids.items():
+        judged = [r for r in stored(engine) if r.metadata["window_id"] == wid]
+        assert len(judged) == 5 and {workload[r.request_id] for r in judged} == {wl}
+        with engine.connect() as c:  # the dashboards' workload filter finds the window's judge metrics
+            got = c.execute(select(window_metrics.c.name, window_metrics.c.workload).where(
+                window_metrics.c.window_id == wid)).all()  # fmt: skip
+        assert len(got) == 3 and {w for _, w in got} == {wl}
+        assert metric(engine, wid, "judge.stub.n") == 5
 
 
 # ------------------------------------------------------------------------------------------------ pairwise
