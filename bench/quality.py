@@ -113,130 +113,171 @@ def auc(y: np.ndarray, s: np.ndarray) -> float | None:
 
 
 def ppi_window(y: np.ndarray, f: np.ndarray, lab: np.ndarray) -> Any:
+    """PPI++ for the window's own rate: every record of it has a machine score (``population``)."""
     from driftloop.monitor.ppi import ppi_mean_ci
 
-    return ppi_mean_ci(y[lab], f[lab], f[~lab], alpha=ALPHA)
+    return ppi_mean_ci(y[lab], f[lab], f[~lab], alpha=ALPHA, population=y.size)
+
+
+def alarms_of(e: Any, ref: Any, p_alert: float) -> tuple[bool, bool]:
+    """(the documented rule ``quality.estimate_high < ref.quality.estimate_low`` fires, drop_test p < p_alert)."""
+    from driftloop.monitor.ppi import drop_test
+
+    return e.high < ref.low, drop_test(e, ref) < p_alert
 
 
 def evaluate_model(
-    model: str, y: np.ndarray, scores: dict[str, np.ndarray], rows: np.ndarray, ref: Any, args: argparse.Namespace,
-    rng: np.random.Generator,
-) -> dict[str, Any]:  # fmt: skip
-    """No-drift windows of one model: coverage, widths, false alarms (against its own reference estimate)."""
-    from driftloop.monitor.ppi import classical_mean_ci, drop_test
+    y: np.ndarray, scores: dict[str, np.ndarray], rows: np.ndarray, ref: Any, args: argparse.Namespace,
+    rng: np.random.Generator, n_windows: int, acc: dict[str, Any],
+) -> None:  # fmt: skip
+    """No-drift windows of one model (one replicate): coverage, widths, false alarms, added into ``acc``."""
+    from driftloop.monitor.ppi import classical_mean_ci
 
-    hits = {s: 0 for s in ("classical", *scores)}
-    width = {s: 0.0 for s in hits}
-    ratio_max = {s: 0.0 for s in scores}
-    alarms = 0
-    frac_width: dict[str, dict[str, float]] = {str(fr): {"classical": 0.0, "judge_95": 0.0} for fr in FRACTIONS}
-    n = 0
-    for _ in range(args.windows):
+    for _ in range(n_windows):
         idx = rng.choice(rows, size=WINDOW, replace=True)
         yw = y[idx]
         lab = rng.random(WINDOW) < LABEL_FRACTION
         if not lab.any():
             continue
-        n += 1
+        acc["n"] += 1
         truth = yw.mean()
-        c = classical_mean_ci(yw[lab], alpha=ALPHA)
-        hits["classical"] += c.low <= truth <= c.high
-        width["classical"] += c.width
-        for s, f in scores.items():
+        c = classical_mean_ci(yw[lab], alpha=ALPHA, population=WINDOW)
+        acc["hits"]["classical"] += c.low <= truth <= c.high
+        acc["width"]["classical"] += c.width
+        for src, f in scores.items():
             e = ppi_window(yw, f[idx], lab)
-            hits[s] += e.low <= truth <= e.high
-            width[s] += e.width
-            ratio_max[s] = max(ratio_max[s], e.width / c.width if c.width > 0 else 1.0)
-            if s == "estimator":
-                alarms += drop_test(e, ref) < args.p_alert
+            acc["hits"][src] += e.low <= truth <= e.high
+            acc["width"][src] += e.width
+            acc["ratio_max"][src] = max(acc["ratio_max"][src], e.width / c.width if c.width > 0 else 1.0)
+            if src == "estimator":
+                rule, test = alarms_of(e, ref, args.p_alert)
+                acc["alarms_rule"] += rule
+                acc["alarms_test"] += test
         u = rng.random(WINDOW)
         for fr in FRACTIONS:
             lab_f = u < fr
             if lab_f.any():
-                frac_width[str(fr)]["classical"] += classical_mean_ci(yw[lab_f], alpha=ALPHA).width / args.windows
-                frac_width[str(fr)]["judge_95"] += ppi_window(yw, scores["judge_95"][idx], lab_f).width / args.windows
-    out: dict[str, Any] = {"windows": n, "rate": float(y[rows].mean())}
-    out["coverage"] = hits["estimator"] / n
-    out["coverage_classical"] = hits["classical"] / n
-    out["width_classical"] = width["classical"] / n
-    out["width_estimator"] = width["estimator"] / n
-    out["width_ratio"] = width["estimator"] / width["classical"]
-    out["width_ratio_max_window"] = ratio_max["estimator"]
+                fw = acc["frac_width"][str(fr)]
+                fw["classical"] += classical_mean_ci(yw[lab_f], alpha=ALPHA, population=WINDOW).width
+                fw["judge_95"] += ppi_window(yw, scores["judge_95"][idx], lab_f).width
+                fw["n"] += 1
+
+
+def new_acc(sources: list[str]) -> dict[str, Any]:
+    return {
+        "n": 0, "hits": {s: 0 for s in ("classical", *sources)}, "width": {s: 0.0 for s in ("classical", *sources)},
+        "ratio_max": {s: 0.0 for s in sources}, "alarms_rule": 0, "alarms_test": 0, "replicate_alarms": [],
+        "frac_width": {str(fr): {"classical": 0.0, "judge_95": 0.0, "n": 0} for fr in FRACTIONS},
+        "delays_rule": [], "delays_test": [], "rates": [],
+    }  # fmt: skip
+
+
+def width_ratio_bound(rate: float, agreement: float, label_fraction: float = LABEL_FRACTION) -> float | None:
+    """The smallest width ratio any estimator can reach from the labels and a judge that flips a ``1 -
+    agreement`` share of labels at random: ``sqrt(1 - R^2)`` for the window's own rate (asymptotically; R^2 is
+    the share of the label's variance the judge explains). At a 2 % rate a 95 % judge explains only ~0.3 of it:
+    most of its "positives" are flips of negatives."""
+    if not 0 < rate < 1:
+        return None
+    ef = rate * agreement + (1 - rate) * (1 - agreement)
+    cov = rate * agreement - rate * ef
+    r2 = cov * cov / (rate * (1 - rate) * ef * (1 - ef))
+    return float(np.sqrt(1 - r2))
+
+
+def summarize_model(acc: dict[str, Any]) -> dict[str, Any]:
+    n = acc["n"]
+    out: dict[str, Any] = {"windows": n, "rate": float(np.mean(acc["rates"]))}
+    out["bound_width_ratio_judge_95"] = width_ratio_bound(out["rate"], 0.95)
+    out["coverage"] = acc["hits"]["estimator"] / n
+    out["coverage_classical"] = acc["hits"]["classical"] / n
+    out["width_classical"] = acc["width"]["classical"] / n
+    out["width_estimator"] = acc["width"]["estimator"] / n
+    out["width_ratio"] = acc["width"]["estimator"] / acc["width"]["classical"]
+    out["width_ratio_max_window"] = acc["ratio_max"]["estimator"]
     for a in AGREEMENTS:
         s = f"judge_{round(a * 100)}"
-        out[f"coverage_{s}"] = hits[s] / n
-        out[f"width_ratio_{s}"] = width[s] / width["classical"]
-        out[f"width_ratio_max_window_{s}"] = ratio_max[s]
-    out["false_alarm_rate"] = alarms / n
-    out["width_by_label_fraction"] = frac_width
+        out[f"coverage_{s}"] = acc["hits"][s] / n
+        out[f"width_ratio_{s}"] = acc["width"][s] / acc["width"]["classical"]
+        out[f"width_ratio_max_window_{s}"] = acc["ratio_max"][s]
+    out["false_alarm_rate"] = acc["alarms_rule"] / n
+    out["false_alarm_rate_drop_test"] = acc["alarms_test"] / n
+    out["false_alarms_per_replicate"] = acc["replicate_alarms"]
+    out["width_by_label_fraction"] = {
+        fr: {k: v[k] / v["n"] for k in ("classical", "judge_95")} for fr, v in acc["frac_width"].items() if v["n"]
+    }
     return out
 
 
-def detection(
-    strong: str, weak: str, y: dict[str, np.ndarray], f: dict[str, np.ndarray], rows: dict[str, np.ndarray],
-    ref: Any, args: argparse.Namespace, rng: np.random.Generator,
-) -> dict[str, Any]:  # fmt: skip
-    """Streams that switch from ``strong`` to ``weak``: the first window whose estimate drops significantly."""
-    from driftloop.monitor.ppi import drop_test
-
-    delays: list[int | None] = []
-    for _ in range(args.switch_streams):
-        delay = None
+def detection_delays(
+    y: np.ndarray, f: np.ndarray, rows: np.ndarray, ref: Any, args: argparse.Namespace, rng: np.random.Generator,
+    streams: int,
+) -> tuple[list[int | None], list[int | None]]:  # fmt: skip
+    """Streams that switch from the strong model to this one: the first window that alarms, per rule."""
+    rule_delays: list[int | None] = []
+    test_delays: list[int | None] = []
+    for _ in range(streams):
+        rule_d = test_d = None
         for k in range(1, args.post + 1):
-            idx = rng.choice(rows[weak], size=WINDOW, replace=True)
+            idx = rng.choice(rows, size=WINDOW, replace=True)
             lab = rng.random(WINDOW) < LABEL_FRACTION
-            if lab.any() and drop_test(ppi_window(y[weak][idx], f[weak][idx], lab), ref) < args.p_alert:
-                delay = k
+            if not lab.any():
+                continue
+            rule, test = alarms_of(ppi_window(y[idx], f[idx], lab), ref, args.p_alert)
+            rule_d = k if rule and rule_d is None else rule_d
+            test_d = k if test and test_d is None else test_d
+            if rule_d is not None and test_d is not None:
                 break
-        delays.append(delay)
+        rule_delays.append(rule_d)
+        test_delays.append(test_d)
+    return rule_delays, test_delays
+
+
+def delay_summary(delays: list[int | None], post: int) -> dict[str, Any]:
     found = [d for d in delays if d is not None]
     return {
         "streams": len(delays),
         "detected_within_3": sum(d <= 3 for d in found) / len(delays),
-        "median_delay": float(np.median([d if d is not None else args.post + 1 for d in delays])),
-        "max_delay": max(d if d is not None else args.post + 1 for d in delays),
+        "median_delay": float(np.median([d if d is not None else post + 1 for d in delays])),
+        "max_delay": max(d if d is not None else post + 1 for d in delays),
         "missed": delays.count(None),
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def replicate(
+    rep: int, args: argparse.Namespace, data: dict[str, list[dict[str, Any]]], y: dict[str, np.ndarray],
+    emb: DiskEmbeddings, accs: dict[str, dict[str, Any]], strong_name: str | None, n_windows: int, streams: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One replicate: its own prompt split, reference period, labels, estimator and simulated judges."""
     from driftloop.monitor.estimator import QualityEstimator
     from driftloop.monitor.ppi import ppi_mean_ci
     from driftloop.settings.estimator import EstimatorSettings
 
-    rng = np.random.default_rng(args.seed)
-    data = {m: rows_of(m) for m in args.models}
+    rng = np.random.default_rng([args.seed, rep])
     n_prompts = min(len(r) for r in data.values())
     perm = rng.permutation(n_prompts)
-    if args.prompts:
-        perm = perm[: args.prompts]
     half = len(perm) // 2
     ref_rows, eval_rows = np.sort(perm[:half]), np.sort(perm[half:])
-    y = {m: np.array([float(r["win"] >= 0.5) for r in rows]) for m, rows in data.items()}
-    emb = DiskEmbeddings(Path(args.cache_dir))
     used = np.sort(perm)
-    emb.prepare(
-        [data[args.models[0]][i]["instruction"] for i in used] + [data[m][i]["output"] for m in data for i in used]
-    )
 
     # reference period: windows of every model from the reference half, a uniform 10 % labelled
-    say("reference period and estimator training")
     ref_idx: dict[str, np.ndarray] = {}
     ref_lab: dict[str, np.ndarray] = {}
     train_recs: list[dict[str, str]] = []
     train_y: list[float] = []
-    for m in args.models:
+    for m in data:
         idx = rng.choice(ref_rows, size=WINDOW * args.ref_windows, replace=True)
         lab = rng.random(idx.size) < LABEL_FRACTION
         ref_idx[m], ref_lab[m] = idx, lab
         for i in np.unique(idx[lab]):  # a record labelled twice is one training example
             train_recs.append({"prompt": data[m][i]["instruction"], "response": data[m][i]["output"]})
             train_y.append(y[m][i])
-    est = QualityEstimator(EstimatorSettings(seed=args.seed), embed=emb, embedding_digest=emb.digest)
+    est = QualityEstimator(EstimatorSettings(seed=args.seed + rep), embed=emb, embedding_digest=emb.digest)
     est.fit(train_recs, np.array(train_y))
     cfg = est.config
     assert cfg is not None
-    say(f"estimator {est.version}: {cfg.n_train} labels, rate {cfg.label_rate:.3f}, CV AUC {cfg.cv_auc:.3f}")
+    say(f"replicate {rep}: estimator {est.version}: {cfg.n_train} labels, rate {cfg.label_rate:.3f}, "
+        f"CV AUC {cfg.cv_auc:.3f}")  # fmt: skip
 
     f_est = {m: np.full(n_prompts, np.nan) for m in data}  # scored where used (--prompts limits it)
     for m in data:
@@ -248,29 +289,60 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         m: {"estimator": f_est[m], **{f"judge_{round(a * 100)}": np.abs(y[m] - flips[a][m]) for a in AGREEMENTS}}
         for m in data
     }
-    # the reference estimate of each model: PPI over its reference period (labels + estimator scores)
-    refs = {m: ppi_mean_ci(y[m][ref_idx[m]][ref_lab[m]], f_est[m][ref_idx[m]][ref_lab[m]],
-                           f_est[m][ref_idx[m]][~ref_lab[m]], alpha=ALPHA) for m in data}  # fmt: skip
+    # the reference estimate of each model: PPI over its reference period (labels + estimator scores), for
+    # the rate of those records, as the monitor computes ref.quality.estimate* (every record scored)
+    refs = {}
+    for m in data:
+        yr, fr, lr = y[m][ref_idx[m]], f_est[m][ref_idx[m]], ref_lab[m]
+        refs[m] = ppi_mean_ci(yr[lr], fr[lr], fr[~lr], alpha=ALPHA, population=yr.size)
+    for m in data:
+        acc = accs[m]
+        before = acc["alarms_rule"], acc["n"]
+        evaluate_model(y[m], scores[m], eval_rows, refs[m], args, rng, n_windows, acc)
+        acc["replicate_alarms"].append([acc["alarms_rule"] - before[0], acc["n"] - before[1]])
+        acc["rates"].append(float(y[m][eval_rows].mean()))
+    strong = strong_name if strong_name in data else max(data, key=lambda m: (y[m].mean() < 1, y[m].mean()))
+    for m in data:
+        if m != strong and y[m][eval_rows].mean() < y[strong][eval_rows].mean():
+            rule_d, test_d = detection_delays(y[m], f_est[m], eval_rows, refs[strong], args, rng, streams)
+            accs[m]["delays_rule"] += rule_d
+            accs[m]["delays_test"] += test_d
+    eval_y = np.concatenate([y[m][eval_rows] for m in data])
+    eval_f = np.concatenate([f_est[m][eval_rows] for m in data])
+    within = [auc(y[m][eval_rows], f_est[m][eval_rows]) for m in data]
+    return {"version": est.version, "n_train": cfg.n_train, "label_rate": cfg.label_rate, "cv_auc": cfg.cv_auc,
+            "brier_cv": cfg.brier, "auc_pooled_eval": auc(eval_y, eval_f), "auc_within_model": within,
+            "strong": strong, "reference_estimates": {m: [refs[m].mean, refs[m].low, refs[m].high] for m in data}}  # fmt: skip
 
-    per_model: dict[str, Any] = {}
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    data = {m: rows_of(m) for m in args.models}
+    if args.prompts:  # the same first prompts of every model (the files are aligned by prompt)
+        data = {m: rows[: args.prompts] for m, rows in data.items()}
+    y = {m: np.array([float(r["win"] >= 0.5) for r in rows]) for m, rows in data.items()}
+    emb = DiskEmbeddings(Path(args.cache_dir))
+    n_prompts = min(len(r) for r in data.values())
+    first = args.models[0]
+    emb.prepare([data[first][i]["instruction"] for i in range(n_prompts)]
+                + [data[m][i]["output"] for m in data for i in range(n_prompts)])  # fmt: skip
+
+    sources = ["estimator", *(f"judge_{round(a * 100)}" for a in AGREEMENTS)]
+    accs = {m: new_acc(sources) for m in args.models}
+    reps = []
+    n_windows = -(-args.windows // args.replicates)
+    streams = -(-args.switch_streams // args.replicates)
+    for rep in range(args.replicates):
+        say(f"replicate {rep + 1}/{args.replicates}: {n_windows} no-drift windows per model, {streams} switch streams")
+        reps.append(replicate(rep, args, data, y, emb, accs, args.strong, n_windows, streams))
+
+    per_model = {m: summarize_model(accs[m]) for m in args.models}
     for m in args.models:
-        say(f"{m}: {args.windows} no-drift windows")
-        per_model[m] = evaluate_model(m, y[m], scores[m], eval_rows, refs[m], args, rng)
-        yy = y[m][eval_rows]
-        per_model[m]["estimator_auc_within_model"] = auc(yy, f_est[m][eval_rows])
-        per_model[m]["reference_estimate"] = {"mean": refs[m].mean, "low": refs[m].low, "high": refs[m].high}
-    strong = args.strong if args.strong in data else max(data, key=lambda m: (y[m].mean() < 1, y[m].mean()))
-    for m in args.models:
-        if y[m][eval_rows].mean() < y[strong][eval_rows].mean() and m != strong:
-            say(f"switch {strong} -> {m}: {args.switch_streams} streams")
-            rows_eval = {m: eval_rows}
-            per_model[m]["detection"] = detection(strong, m, y, f_est, rows_eval, refs[strong], args, rng)
+        if accs[m]["delays_rule"]:
+            per_model[m]["detection"] = delay_summary(accs[m]["delays_rule"], args.post)
+            per_model[m]["detection_drop_test"] = delay_summary(accs[m]["delays_test"], args.post)
             per_model[m]["detection_delay_windows"] = per_model[m]["detection"]["median_delay"]
         else:
             per_model[m]["detection_delay_windows"] = None
-
-    pooled_y = np.concatenate([y[m][eval_rows] for m in data])
-    pooled_f = np.concatenate([f_est[m][eval_rows] for m in data])
     total = sum(p["windows"] for p in per_model.values())
 
     def pooled(key: str) -> float:
@@ -280,13 +352,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         num = sum(p["width_classical"] * p[f"width_ratio{source}"] * p["windows"] for p in per_model.values())
         return num / sum(p["width_classical"] * p["windows"] for p in per_model.values())
 
-    eligible = [m for m in data if 0 < per_model[m]["rate"] < 1]
+    eligible = [m for m in per_model if 0 < per_model[m]["rate"] < 1]
     delays = [p["detection_delay_windows"] for p in per_model.values() if p["detection_delay_windows"] is not None]
-    widths = {
-        fr: {s: float(np.mean([p["width_by_label_fraction"][fr][s] for p in per_model.values()]))
-             for s in ("classical", "judge_95")}
-        for fr in per_model[args.models[0]]["width_by_label_fraction"]
-    }  # fmt: skip
+    fracs = per_model[first]["width_by_label_fraction"]
+    widths = {fr: {s: float(np.mean([p["width_by_label_fraction"][fr][s] for p in per_model.values()]))
+                   for s in ("classical", "judge_95")} for fr in fracs}  # fmt: skip
     result: dict[str, Any] = {
         "coverage": pooled("coverage"),
         "coverage_classical": pooled("coverage_classical"),
@@ -297,32 +367,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "width_ratio_judges": {str(round(a * 100)): width_ratio(f"_judge_{round(a * 100)}") for a in AGREEMENTS},
         "width_ratio_judge_95": max(per_model[m]["width_ratio_judge_95"] for m in eligible) if eligible else None,
         "detection_delay_windows": max(delays) if delays else None,
+        "detected_within_3_min_model": min(p["detection"]["detected_within_3"] for p in per_model.values()
+                                           if "detection" in p) if delays else None,
+        "detection_worst_stream": max(p["detection"]["max_delay"] for p in per_model.values()
+                                      if "detection" in p) if delays else None,
         "false_alarm_rate": pooled("false_alarm_rate"),
+        "false_alarm_rate_max_model": max(p["false_alarm_rate"] for p in per_model.values()),
+        "false_alarm_rate_drop_test": pooled("false_alarm_rate_drop_test"),
+        "false_alarm_rate_drop_test_max_model": max(p["false_alarm_rate_drop_test"] for p in per_model.values()),
         "estimator": {
-            "version": est.version,
-            "n_train": cfg.n_train,
-            "label_rate": cfg.label_rate,
-            "cv_auc": cfg.cv_auc,
-            "brier_cv": cfg.brier,
-            "auc_pooled_eval": auc(pooled_y, pooled_f),
+            "replicates": reps,
+            "cv_auc_mean": float(np.mean([r["cv_auc"] for r in reps])),
+            "auc_pooled_eval_mean": float(np.mean([r["auc_pooled_eval"] for r in reps if r["auc_pooled_eval"]])),
         },
         "width_by_label_fraction": widths,
         "config": {
             "models": list(args.models),
             "windows_per_model": args.windows,
+            "replicates": args.replicates,
             "window": WINDOW,
             "label_fraction": LABEL_FRACTION,
             "alpha": ALPHA,
+            "interval": "the window's own rate (population = window; every record has a machine score)",
+            "alarm": "quality.estimate_high < ref.quality.estimate_low (the documented rule); "
+                     "drop_test p < p_alert reported beside it",
             "ref_windows": args.ref_windows,
-            "strong": strong,
+            "strong": args.strong,
             "switch_streams": args.switch_streams,
             "post": args.post,
             "p_alert": args.p_alert,
             "seed": args.seed,
-            "prompts": len(perm),
+            "prompts": args.prompts or n_prompts,
             "quick": args.quick,
         },
-    }
+    }  # fmt: skip
     result["targets"] = {
         "coverage_ge_0.85_estimator": result["coverage"] >= 0.85,
         "coverage_ge_0.85_every_judge": all(v >= 0.85 for v in result["coverage_judges"].values()),
@@ -333,6 +411,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         and result["width_ratio_judge_95"] <= 0.85,
         "detection_within_3_windows": bool(delays) and max(delays) <= 3,
         "false_alarm_rate_le_0.05": result["false_alarm_rate"] <= 0.05,
+        "false_alarm_rate_le_0.05_every_model": result["false_alarm_rate_max_model"] <= 0.05,
         "windows_ge_200": total >= 200,
     }
     result["per_model"] = per_model
@@ -348,12 +427,15 @@ def _plain(o: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--windows", type=int, default=None, help="no-drift evaluation windows per model (60; --quick 10)")
+    p.add_argument("--windows", type=int, default=None, help="no-drift evaluation windows per model (200; --quick 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated model files")
     p.add_argument("--ref-windows", type=int, default=3, help="reference-period windows per model")
     p.add_argument("--strong", default="FuseChat-Llama-3.2-1B-Instruct", help="the model switched away from")
-    p.add_argument("--switch-streams", type=int, default=20)
+    p.add_argument("--switch-streams", type=int, default=20, help="switch streams per weaker model (in all)")
+    p.add_argument("--replicates", type=int, default=10,
+                   help="independent replicates (prompt split, reference labels, estimator, judges); windows and "
+                        "streams are split between them, so a per-model rate is not one reference draw's luck")
     p.add_argument("--post", type=int, default=6, help="windows observed after a switch")
     p.add_argument("--p-alert", type=float, default=0.01, help="drop_test p-value that alerts")
     p.add_argument("--prompts", type=int, default=0, help="use only this many prompts (0: all)")
@@ -364,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.models = ",".join(QUICK_MODELS) if args.models == ",".join(MODELS) else args.models
         args.windows, args.switch_streams, args.prompts = args.windows or 10, 5, args.prompts or 160
-    args.windows = args.windows or 60
+        args.replicates = min(args.replicates, 2)
+    args.windows = args.windows or 200
     args.models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     if args.cache_dir is None:
         from driftloop.monitor.embeddings import default_cache_dir
