@@ -63,14 +63,9 @@ def receiver(pg_url: str, kafka_bootstrap: str, topics: dict[str, str]) -> Itera
         eng.dispose()
 
 
-# One POST per log record (SimpleLogRecordProcessor) puts a legacy call's system and user message events in
-# separate requests; each becomes a partial record of the same request_id, and the writer's fill-empty merge
-# keeps the first stored messages list ([system] only): the user's question is lost. Documented as a
-# limitation in docs/ingest-formats.md; strict, so a fix (appending per-message events) makes this fail.
-SPLIT_LEGACY_EVENTS = pytest.mark.xfail(strict=True, reason="per-message log events in separate OTLP requests: "
-                                        "the writer keeps only the first request's messages")  # fmt: skip
-CASES = [pytest.param(name, batch, id=f"{name}-{'batch' if batch else 'simple'}",
-                      marks=[SPLIT_LEGACY_EVENTS] if (name, batch) == ("v2-content-legacy", False) else [])
+# Simple processors send one request per log record: a legacy call's system and user message events arrive
+# apart, as partial records of one request_id that the writer must append in event order (8e7c9a2).
+CASES = [pytest.param(name, batch, id=f"{name}-{'batch' if batch else 'simple'}")
          for batch in (True, False) for name in CONFIGS]  # fmt: skip
 
 
