@@ -31,6 +31,10 @@ def _when(v: str | None) -> datetime | None:
 
 
 SegmentOpt = Annotated[str, typer.Option("--segment", help="Segment (k1=v1,...; default: the whole model).")]
+# A window index exists once per (workload, segment) stream, so every command that names a window names its
+# workload too; the default is the unnamed stream (records without a workload), as stored ('' in the tables).
+WorkloadOpt = Annotated[str, typer.Option("--workload", help="Workload of the stream (default: the unnamed stream, "
+                                          "records without a workload).")]  # fmt: skip
 
 
 @monitor_app.command("check")
@@ -41,6 +45,7 @@ def check(
         int | None, typer.Option(help="Window number (default: the newest complete unchecked one).")
     ] = None,
     segment: SegmentOpt = "",
+    workload: WorkloadOpt = "",
     all_due: Annotated[bool, typer.Option("--all", help="Check every due window of the model, oldest first.")] = False,
     dry_run: Annotated[
         bool, typer.Option(help="Do not store the result (also re-inspects an already checked --window).")
@@ -55,17 +60,20 @@ def check(
         if all_due:
             _check_all(eng, s, model, dry_run)
         else:
-            _check_one(eng, s, model, window, segment, dry_run)
+            _check_one(eng, s, model, window, segment, workload, dry_run)
     finally:
         eng.dispose()
 
 
-def _check_one(eng: Engine, s: Settings, model: str, window: int | None, segment: str, dry_run: bool) -> None:
+def _check_one(eng: Engine, s: Settings, model: str, window: int | None, segment: str, workload: str,
+               dry_run: bool) -> None:  # fmt: skip
+    """Check ``--window`` of the stream ``workload``/``segment``, else the model's newest due window (any stream)."""
     from driftloop.monitor.check import run_check
 
-    stored = _stored_window(eng, s, model, window, segment) if window is not None else None
+    stored = _stored_window(eng, s, model, window, segment, workload) if window is not None else None
     try:
-        res = run_check(eng, s, model, window_index=window, persist=not dry_run, segment=segment)
+        res = run_check(eng, s, model, window_index=window, persist=not dry_run, segment=segment,
+                        workload=workload)  # fmt: skip
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -102,17 +110,21 @@ def show(
     config: ConfigOpt = None,
     window: Annotated[int | None, typer.Option(help="Window number (default: the newest checked one).")] = None,
     segment: Annotated[str | None, typer.Option("--segment", help="Only this segment ('' = whole model).")] = None,
+    workload: WorkloadOpt = "",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line (for scripts).")] = False,
 ) -> None:
     """Print a stored window: its reference, verdict, per-feature results and metrics."""
     s, eng = settings_and_engine(config)
     try:
         with eng.connect() as conn:
-            rows = _show_rows(conn, s, model, window, segment)
+            rows = _show_rows(conn, s, model, window, segment, workload)
             if not rows:
                 which = f"window #{window}" if window is not None else "checked window"
-                typer.echo(f"error: no {which} of model {model!r} ({s.monitor.window.kind} windows) is stored; "
-                           "see `driftloop monitor check`", err=True)  # fmt: skip
+                stream = f"workload {workload!r}" if workload else "the unnamed workload"
+                others = _workloads(conn, s, model) - {workload}
+                hint = f"; stored workloads: {', '.join(map(repr, sorted(others)))} (--workload)" if others else ""
+                typer.echo(f"error: no {which} of model {model!r}, {stream} ({s.monitor.window.kind} windows) is "
+                           f"stored{hint}; see `driftloop monitor check`", err=True)  # fmt: skip
                 raise typer.Exit(2)
             for w in rows:
                 feats, metrics = _details(conn, int(w["id"]))
@@ -127,6 +139,7 @@ def repin(
     from_window: Annotated[int, typer.Option("--from-window", min=0, help="First window of the new baseline.")],
     config: ConfigOpt = None,
     segment: SegmentOpt = "",
+    workload: WorkloadOpt = "",
     note: Annotated[str | None, typer.Option(help="Why (stored with the baseline).")] = None,
     by: Annotated[str | None, typer.Option(help="Who re-pins (default: the OS user).")] = None,
 ) -> None:
@@ -141,14 +154,14 @@ def repin(
     kind = s.monitor.window.kind
     who = (by or getpass.getuser())[:128]
     try:
-        known = _stored_window(eng, s, model, from_window, segment)
+        known = _stored_window(eng, s, model, from_window, segment, workload)
         with eng.begin() as conn:
             bid = conn.execute(insert(monitor_baselines).returning(monitor_baselines.c.id), {
-                "model_id": model, "segment": segment, "window_kind": kind, "from_window_index": from_window,
+                "model_id": model, "workload": workload, "segment": segment, "window_kind": kind, "from_window_index": from_window,
                 "pinned_at": datetime.now(UTC), "pinned_by": who, "note": note}).scalar_one()  # fmt: skip
     finally:
         eng.dispose()
-    seg = f" segment {segment!r}" if segment else ""
+    seg = (f" workload {workload!r}" if workload else "") + (f" segment {segment!r}" if segment else "")
     typer.echo(f"re-pinned {model!r}{seg} ({kind} windows): a last_healthy reference now starts at window "
                f"#{from_window} (baseline {bid}, by {who})")  # fmt: skip
     if known is None:
@@ -213,31 +226,49 @@ def _iso(v: datetime | None) -> str | None:
     return None if v is None else utc(v).isoformat().replace("+00:00", "Z")
 
 
-def _stored_window(eng: Engine, s: Settings, model: str, index: int | None, segment: str) -> RowMapping | None:
-    """The stored row of window ``index`` of ``model``/``segment`` (None if it was not checked)."""
+def _stream(model: str, workload: str, segment: str) -> str:
+    """``model[workload]/segment``, as the monitor's logs and summaries name a stream."""
+    return f"{model}{f'[{workload}]' if workload else ''}{'/' + segment if segment else ''}"
+
+
+def _stored_window(eng: Engine, s: Settings, model: str, index: int | None, segment: str,
+                   workload: str) -> RowMapping | None:  # fmt: skip
+    """The stored row of window ``index`` of the stream ``model``/``workload``/``segment`` (None if not checked)."""
     from sqlalchemy import select
 
     from driftloop.monitor.tables import monitor_windows as mw
 
     with eng.connect() as conn:
-        return conn.execute(select(mw).where(mw.c.model_id == model, mw.c.segment == segment,
+        return conn.execute(select(mw).where(mw.c.model_id == model, mw.c.workload == workload,
+                                             mw.c.segment == segment,
                                              mw.c.window_kind == s.monitor.window.kind,
                                              mw.c.window_index == index)).mappings().first()  # fmt: skip
 
 
-def _show_rows(conn: Connection, s: Settings, model: str, window: int | None,
-               segment: str | None) -> list[RowMapping]:  # fmt: skip
-    """Window ``window`` (every segment, or ``segment``), else the newest checked window."""
+def _show_rows(conn: Connection, s: Settings, model: str, window: int | None, segment: str | None,
+               workload: str) -> list[RowMapping]:  # fmt: skip
+    """Window ``window`` of ``workload`` (every segment, or ``segment``), else its newest checked window."""
     from sqlalchemy import select
 
     from driftloop.monitor.tables import monitor_windows as mw
 
-    q = select(mw).where(mw.c.model_id == model, mw.c.window_kind == s.monitor.window.kind)
+    q = select(mw).where(mw.c.model_id == model, mw.c.workload == workload,
+                         mw.c.window_kind == s.monitor.window.kind)  # fmt: skip
     if segment is not None:
         q = q.where(mw.c.segment == segment)
     if window is not None:
         return list(conn.execute(q.where(mw.c.window_index == window).order_by(mw.c.segment)).mappings())
     return list(conn.execute(q.order_by(mw.c.window_end.desc(), mw.c.id.desc()).limit(1)).mappings())
+
+
+def _workloads(conn: Connection, s: Settings, model: str) -> set[str]:
+    """The workloads of ``model`` with stored windows (to point at the right ``--workload``)."""
+    from sqlalchemy import select
+
+    from driftloop.monitor.tables import monitor_windows as mw
+
+    q = select(mw.c.workload).where(mw.c.model_id == model, mw.c.window_kind == s.monitor.window.kind).distinct()
+    return set(conn.execute(q).scalars())
 
 
 def _details(conn: Connection, wid: int) -> tuple[list[RowMapping], dict[str, float | None]]:
@@ -262,8 +293,7 @@ def _dash(v: Any, fmt: str = "") -> str:
 
 
 def _print_text(w: RowMapping, feats: Sequence[RowMapping], metrics: Mapping[str, float | None]) -> None:
-    seg = f"/{w['segment']}" if w["segment"] else ""
-    typer.echo(f"{w['model_id']}{seg} window #{w['window_index']} [{_ts(w['window_start'])} .. "
+    typer.echo(f"{_stream(w['model_id'], w['workload'], w['segment'])} window #{w['window_index']} [{_ts(w['window_start'])} .. "
                f"{_ts(w['window_end'])}] n={w['n_records']} status {w['status']}"
                + (f" ({w['error']})" if w["error"] else "") + f", checked {_ts(w['created_at'])}")  # fmt: skip
     typer.echo(f"  reference: {w['ref_kind']} n={w['ref_n']} [{_ts(w['ref_start'])} .. {_ts(w['ref_end'])}]")
@@ -289,9 +319,9 @@ def _print_text(w: RowMapping, feats: Sequence[RowMapping], metrics: Mapping[str
 
 def _print_json(w: RowMapping, feats: Sequence[RowMapping], metrics: Mapping[str, float | None]) -> None:
     """One object per line: the window, then each feature, then each metric; each names its window."""
-    key = {"model": w["model_id"], "segment": w["segment"], "window": w["window_index"],
+    key = {"model": w["model_id"], "workload": w["workload"], "segment": w["segment"], "window": w["window_index"],
            "window_start": _iso(w["window_start"]), "window_end": _iso(w["window_end"])}  # fmt: skip
-    skip = {"id", "model_id", "segment", "window_index", "window_start", "window_end"}
+    skip = {"id", "model_id", "workload", "segment", "window_index", "window_start", "window_end"}
     head = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in w.items() if k not in skip}
     typer.echo(json.dumps({"type": "window", **key, **head}))
     for f in feats:

@@ -29,14 +29,14 @@ def cli() -> typer.Typer:
     return app
 
 
-def _store_window(url: str, index: int, *, new_columns: bool) -> None:
+def _store_window(url: str, index: int, *, new_columns: bool, workload: str = "", score: float = 0.5) -> int:
     """A checked window as a check stores it; ``new_columns=False``: a row from before migration 0010."""
     end = T0 + timedelta(minutes=10 * index)
     row: dict[str, Any] = {
-        "model_id": "chat", "segment": "", "window_kind": "count", "window_index": index,
+        "model_id": "chat", "workload": workload, "segment": "", "window_kind": "count", "window_index": index,
         "window_start": end - timedelta(minutes=10), "window_end": end, "first_id": 1, "last_id": 100,
         "n_records": 100, "ref_kind": "previous", "ref_start": end - timedelta(minutes=20),
-        "ref_end": end - timedelta(minutes=10), "ref_n": 100, "status": "ok", "drift_score": 0.5, "drifted": True,
+        "ref_end": end - timedelta(minutes=10), "ref_n": 100, "status": "ok", "drift_score": score, "drifted": True,
         "n_features": 2, "n_drifted": 1, "created_at": end}  # fmt: skip
     if new_columns:
         row |= {"n_groups": 4, "n_groups_drifted": 2, "drift_share": 0.5, "healthy": False}
@@ -51,10 +51,12 @@ def _store_window(url: str, index: int, *, new_columns: bool) -> None:
              "statistic": 0.02, "threshold": 0.05, "p_value": 0.7, "p_adjusted": 0.7, "drifted": False,
              "feature_group": "prompt" if new_columns else None}])  # fmt: skip
         c.execute(insert(window_metrics), [
-            {"window_id": wid, "model_id": "chat", "segment": "", "window_end": end, "name": n, "value": v}
+            {"window_id": wid, "model_id": "chat", "workload": workload, "segment": "", "window_end": end, "name": n,
+             "value": v}
             for n, v in {"quality.feedback_positive_rate": 0.61, "ref.quality.feedback_positive_rate": 0.8,
                          "latency.p95_ms": 900.0}.items()])  # fmt: skip
     eng.dispose()
+    return int(wid)
 
 
 def test_show_prints_a_stored_window_and_older_rows_with_dashes(cli: typer.Typer, sqlite_url: str,
@@ -142,3 +144,76 @@ def test_repin_stores_a_baseline(cli: typer.Typer, sqlite_url: str, tmp_path: Pa
     assert [(r["model_id"], r["segment"], r["window_kind"], r["from_window_index"], r["note"]) for r in rows] == [
         ("chat", "", "count", 4, "new prompt template"), ("chat", "lang=de", "count", 9, None)]  # fmt: skip
     assert rows[0]["pinned_by"] == "alice" and rows[1]["pinned_by"]
+
+
+def test_show_check_and_repin_name_the_workload_of_a_window(cli: typer.Typer, sqlite_url: str,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    """Window #4 exists once per workload: each command picks the one of ``--workload`` (default: unnamed)."""
+    cfg = write_config(tmp_path / "c.yaml", sqlite_url, monitor=MONITOR)
+    ids = {wl: _store_window(sqlite_url, 4, new_columns=True, workload=wl, score=sc)
+           for wl, sc in (("rag", 0.25), ("", 0.5), ("agent", 0.75))}  # fmt: skip
+    run = CliRunner()
+    for wl, score in (("rag", "0.25"), ("agent", "0.75")):
+        for args in ([], ["--window", "4"]):
+            res = run.invoke(cli, ["monitor", "show", "--model", "chat", "--workload", wl, *args, "-c", str(cfg)])
+            assert res.exit_code == 0, res.output
+            out = res.output.splitlines()
+            assert out[0].startswith(f"chat[{wl}] window #4 ") and f"score {score}," in out[2]
+            assert sum(ln.startswith("chat") for ln in out) == 1
+    res = run.invoke(cli, ["monitor", "show", "--model", "chat", "--window", "4", "-c", str(cfg)])
+    assert res.output.startswith("chat window #4 ") and "score 0.50," in res.output
+    res = run.invoke(cli, ["monitor", "show", "--model", "chat", "--workload", "rag", "--json", "-c", str(cfg)])
+    rows = [json.loads(ln) for ln in res.output.splitlines()]
+    assert len(rows) == 6 and {r["workload"] for r in rows} == {"rag"} and rows[0]["drift_score"] == 0.25
+    res = run.invoke(cli, ["monitor", "show", "--model", "chat", "--workload", "chatbot", "-c", str(cfg)])
+    assert res.exit_code == 2 and "workload 'chatbot'" in res.output
+    assert "stored workloads: '', 'agent', 'rag' (--workload)" in res.output
+
+    # repin: the baseline belongs to the named workload's stream, and the known-window check looks there
+    res = run.invoke(cli, ["monitor", "repin", "--model", "chat", "--from-window", "4", "--workload", "agent",
+                           "-c", str(cfg)])  # fmt: skip
+    assert res.exit_code == 0 and "re-pinned 'chat' workload 'agent' (count windows)" in res.output
+    assert "not checked yet" not in res.output
+    res = run.invoke(cli, ["monitor", "repin", "--model", "chat", "--from-window", "5", "--workload", "agent",
+                           "-c", str(cfg)])  # fmt: skip
+    assert res.exit_code == 0 and "window #5 is not checked yet" in res.output
+    eng = create_engine(sqlite_url)
+    with eng.connect() as c:
+        got = c.execute(select(monitor_baselines.c.workload, monitor_baselines.c.from_window_index)).all()
+    assert sorted(got) == [("agent", 4), ("agent", 5)]
+
+    # check --window: "already checked" names the window of the asked workload
+    insert_rows(eng, [{**interaction(i, model="chat"), "workload": "rag"} for i in range(10)])
+    eng.dispose()
+    for wl in ("rag", "agent"):
+        res = run.invoke(cli, ["monitor", "check", "--model", "chat", "--window", "4", "--workload", wl,
+                               "-c", str(cfg)])  # fmt: skip
+        assert res.exit_code == 2 and f"monitor_windows.id {ids[wl]})" in res.output, res.output
+
+
+def test_check_window_of_a_workload_checks_that_workloads_records(cli: typer.Typer, sqlite_url: str,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    cfg = write_config(tmp_path / "c.yaml", sqlite_url, monitor=MONITOR)
+    eng = create_engine(sqlite_url)
+    # two workloads interleaved in time: 200 records each, so windows #0 and #1 of each, over the same span
+    insert_rows(eng, [{**interaction(i, model="chat", latency=100.0 if i % 2 else 5000.0),
+                       "workload": "rag" if i % 2 else "agent"} for i in range(400)])  # fmt: skip
+    run = CliRunner()
+    for wl, p95 in (("rag", 100), ("agent", 5000)):
+        res = run.invoke(cli, ["monitor", "check", "--model", "chat", "--window", "1", "--workload", wl, "--dry-run",
+                               "-c", str(cfg)])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        assert f"chat[{wl}] window #1" in res.output and f"p95 latency {p95} ms" in res.output
+    res = run.invoke(cli, ["monitor", "check", "--model", "chat", "--window", "1", "-c", str(cfg)])
+    assert res.exit_code == 2 and "not complete" in res.output  # the unnamed stream has no records
+    res = run.invoke(cli, ["monitor", "check", "--model", "chat", "--window", "1", "--workload", "agent",
+                           "-c", str(cfg)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with eng.connect() as c:
+        got = c.execute(select(monitor_windows.c.workload, monitor_windows.c.window_index,
+                               monitor_windows.c.n_records)).all()  # fmt: skip
+    eng.dispose()
+    assert got == [("agent", 1, 100)]
+    res = run.invoke(cli, ["monitor", "show", "--model", "chat", "--workload", "agent", "--json", "-c", str(cfg)])
+    metrics = {r["name"]: r["value"] for r in map(json.loads, res.output.splitlines()) if r["type"] == "metric"}
+    assert metrics["latency.p95_ms"] == 5000.0  # the agent's records only
