@@ -144,10 +144,30 @@ _TEXT_PARTS = frozenset({"text", "input_text", "output_text", "message_content"}
 
 
 def rfc3339_ns(ns: int) -> str | None:
-    """Epoch nanoseconds as the RFC 3339 text the Decoder's fast path takes; None for 0 (unset)."""
+    """Epoch nanoseconds as the RFC 3339 text the Decoder's fast path takes; None for 0 (unset).
+
+    Equal to ``rfc3339_s(ns / 1e9)``, which rounds to microseconds half-even as ``datetime.fromtimestamp``
+    does, but the date and time of day are formatted once per second: a batch's spans share seconds.
+    """
     if ns <= 0:
         return None
-    return rfc3339_s(ns / 1e9)
+    frac, whole = math.modf(ns / 1e9)
+    us = round(frac * 1e6)
+    secs = int(whole)
+    if us >= 1_000_000:
+        secs, us = secs + 1, us - 1_000_000
+    global _last_second
+    last_secs, prefix = _last_second
+    if secs != last_secs:
+        try:
+            prefix = datetime.fromtimestamp(secs, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        except (ValueError, OverflowError, OSError):
+            return None
+        _last_second = (secs, prefix)
+    return f"{prefix}.{us // 1000:03d}Z"
+
+
+_last_second: tuple[int, str] = (-1, "")
 
 
 def rfc3339_s(seconds: float) -> str | None:

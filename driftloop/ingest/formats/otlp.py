@@ -92,6 +92,12 @@ _INDEXED_LEGACY = re.compile(r"^gen_ai\.(prompt|completion)\.(\d+)\.(.+)$")
 #: the regexes' literal prefixes: a cheap test first, since most keys match neither
 _LEGACY_INDEXED_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.")
 _OI_INDEXED_PREFIXES = ("llm.input_messages.", "llm.output_messages.")
+#: what an attribute key is, as bits (content: never metadata; the start of an indexed message key),
+#: remembered for the first _MAX_KEY_KINDS keys seen: instrumentations use a few dozen keys, so a span's
+#: keys are classified by one dict lookup each instead of a dozen prefix tests
+_CONTENT, _LEGACY_INDEXED, _OI_INDEXED = 1, 2, 4
+_MAX_KEY_KINDS = 4096
+_key_kinds: dict[str, int] = {}
 _OI_CONTENT = re.compile(r"^contents\.(\d+)\.message_content\.(type|text)$")
 _ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
 _HEX = re.compile(r"^(?:[0-9a-fA-F]{2})*$")
@@ -163,14 +169,25 @@ def any_value(v: AnyValue) -> Any:
 def attrs(kvs: Iterable[KeyValue]) -> dict[str, Any]:
     """Attributes as a dict (a repeated key: the last value, at the first one's position).
 
-    Strings, the common case, are read directly: each protobuf field access is a Python call.
+    Strings, the common case, are read directly: each protobuf field access costs a Python call.
     """
     out: dict[str, Any] = {}
     for kv in kvs:
         v = kv.value
-        kind = v.WhichOneof("value")
-        out[kv.key] = v.string_value if kind == "string_value" else any_value(v) if kind is not None else None
+        text = v.string_value  # non-empty: the oneof holds a string (one access saved)
+        out[kv.key] = text if text else any_value(v)
     return out
+
+
+def _key_kind(k: str) -> int:
+    kind = _key_kinds.get(k)
+    if kind is None:
+        kind = ((_CONTENT if k in _CONTENT_KEYS or k.startswith(_CONTENT_PREFIXES) else 0)
+                | (_LEGACY_INDEXED if k.startswith(_LEGACY_INDEXED_PREFIXES) else 0)
+                | (_OI_INDEXED if k.startswith(_OI_INDEXED_PREFIXES) else 0))  # fmt: skip
+        if len(_key_kinds) < _MAX_KEY_KINDS:
+            _key_kinds[k] = kind
+    return kind
 
 
 def _hexid(trace_id: bytes, span_id: bytes) -> str | None:
@@ -429,8 +446,12 @@ def _fill(rec: Rec, a: dict[str, Any], content: _Content, resource: dict[str, An
     elif content.prompt is not None:
         rec.set("prompt", content.prompt)
     rec.set("response", content.response)
+    kinds = _key_kinds
     for k, v in a.items():
-        if k not in used and k not in _CONTENT_KEYS and not k.startswith(_CONTENT_PREFIXES) and k != "event.name":
+        kind = kinds.get(k)
+        if kind is None:
+            kind = _key_kind(k)
+        if not kind & _CONTENT and k not in used and k != "event.name":
             rec.add_meta(k, v)
     for k, v in resource.items():
         rec.add_meta(k, v)
@@ -444,8 +465,16 @@ def _content_of(a: dict[str, Any], events: Iterable[tuple[str, dict[str, Any], A
             c.from_semconv(ea)
     for name, ea, body in events:
         c.from_event(name, ea, body)
-    c.from_legacy_attrs(a)
-    c.from_openinference(a)
+    indexed = 0
+    kinds = _key_kinds
+    for k in a:
+        kind = kinds.get(k)
+        indexed |= _key_kind(k) if kind is None else kind
+    # each reads only these keys: most spans have none of them and skip both scans
+    if indexed & _LEGACY_INDEXED or "gen_ai.prompt" in a or "gen_ai.completion" in a:
+        c.from_legacy_attrs(a)
+    if indexed & _OI_INDEXED or "input.value" in a or "output.value" in a:
+        c.from_openinference(a)
     return c
 
 
