@@ -368,7 +368,7 @@ def test_metrics_parse_and_match_the_database(client: TestClient, seeded: Seeded
     eng = seeded.engine
     score = q(eng, "select drift_score from monitor_windows where model_id = :m and status = 'ok' "
                    "order by id desc limit 1", m=MODEL)[0][0]  # fmt: skip
-    assert val("driftloop_drift_score", model=MODEL, segment="") == pytest.approx(score)
+    assert val("driftloop_drift_score", model=MODEL, workload="", segment="") == pytest.approx(score)
     for st, n in q(eng, "select status, count(*) from monitor_windows group by status"):
         assert val("driftloop_windows_checked", model=MODEL, status=st) == n
     assert val("driftloop_alerts_open", rule="quality-drop", severity="critical",
@@ -404,6 +404,32 @@ def test_metrics_do_not_fail_on_an_empty_or_unmigrated_database(tmp_path: Path) 
     fams = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
     assert not fams["driftloop_metrics_query_errors"].samples
     assert c.get("/").status_code == 200
+
+
+def test_window_gauges_have_a_sample_per_workload(tmp_path: Path) -> None:
+    """Window indexes repeat per workload: each workload's newest window is a sample of its own."""
+    from driftloop.monitor.tables import monitor_windows
+
+    url = f"sqlite:///{tmp_path}/workloads.db"
+    migrate(url)
+    eng = create_engine_from_url(url)
+    end = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    with eng.begin() as c:
+        c.execute(insert(monitor_windows), [
+            {"model_id": MODEL, "workload": wl, "segment": "", "window_kind": "count", "window_index": 3,
+             "window_start": end - timedelta(minutes=10), "window_end": end + timedelta(minutes=k), "n_records": 100,
+             "ref_kind": "previous", "ref_n": 100, "status": "ok", "drift_score": sc, "drifted": sc > 0.5,
+             "created_at": end} for k, (wl, sc) in enumerate((("rag", 0.75), ("agent", 0.25), ("", 0.5)))])  # fmt: skip
+    r = TestClient(create_app(load_settings(None, database={"url": url}), eng)).get("/metrics")
+    eng.dispose()
+    samples = {(s.name, s.labels.get("workload")): s for f in text_string_to_metric_families(r.text)
+               for s in f.samples if s.name.startswith(("driftloop_drift", "driftloop_window_end"))}  # fmt: skip
+    assert {wl: samples[("driftloop_drift_score", wl)].value for wl in ("rag", "agent", "")} == {
+        "rag": 0.75, "agent": 0.25, "": 0.5}  # fmt: skip
+    assert samples[("driftloop_drifted", "rag")].value == 1 and samples[("driftloop_drifted", "agent")].value == 0
+    ends = {wl: s.value for (name, wl), s in samples.items() if name == "driftloop_window_end_timestamp_seconds"}
+    assert ends["agent"] == (end + timedelta(minutes=1)).timestamp()
+    assert all(s.labels["model"] == MODEL and s.labels["segment"] == "" for s in samples.values())
 
 
 def test_readyz_with_the_real_broker_and_a_bad_one(seeded: Seeded, kafka_bootstrap: str) -> None:

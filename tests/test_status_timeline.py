@@ -140,6 +140,30 @@ def test_timeline_and_verdict_table_from_the_database(sqlite_engine: Engine) -> 
     assert '<span class="groups">-</span>' in html  # OTHER's window predates the group verdict
 
 
+def test_each_workload_of_a_model_is_a_stream_of_its_own(sqlite_engine: Engine) -> None:
+    """Window indexes repeat per workload: two workloads of one model are two timelines and two table groups."""
+    end = datetime.now(UTC)
+    with sqlite_engine.begin() as c:
+        for wl, bad in (("rag", (1,)), ("agent", (0, 2))):
+            for i in range(3):
+                row = {**_window(10 + i, end + timedelta(minutes=10 * i)), "window_index": i, "workload": wl,
+                       "drifted": i in bad, "drift_score": 0.9 if i in bad else 0.1}  # fmt: skip
+                c.execute(insert(monitor_windows), row)
+    tls = {t.name: t for t in load_timelines(sqlite_engine)}
+    assert sorted(tls) == [f"{MODEL}[agent] (count windows)", f"{MODEL}[rag] (count windows)"]
+    assert [p.index for p in tls[f"{MODEL}[rag] (count windows)"].points] == [0, 1, 2]
+    html = render_status(sqlite_engine, make_settings("sqlite://"))
+    svgs = {s.get("aria-label"): s for s in _svgs(html)}
+    assert set(svgs) == set(tls)
+    for wl, drifted in (("rag", [1]), ("agent", [0, 2])):
+        svg = svgs[f"{MODEL}[{wl}] (count windows)"]
+        assert _count(svg, "pt-drift") == 3
+        assert sorted(int(el.get("data-window", -1)) for el in svg.iter() if "drifted" in (el.get("class") or "")) == (
+            drifted)  # fmt: skip
+    streams = re.findall(r'<span class="stream">([^<]*)</span>', html)
+    assert streams == [f"{MODEL}[agent]"] * 3 + [f"{MODEL}[rag]"] * 3
+
+
 def test_render_svg_with_no_one_and_many_windows() -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     assert "no windows checked yet" in render_svg(Timeline("m", "", "count"))

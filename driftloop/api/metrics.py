@@ -105,22 +105,24 @@ def _windows(c: Any) -> Iterable[Metric]:
     checked = GaugeMetricFamily("driftloop_windows_checked", "Monitor windows checked, by model and status",
                                 labels=["model", "status"])  # fmt: skip
     yield _grouped_count(c, checked, w.c.model_id, w.c.status)
-    newest = (select(w.c.model_id, w.c.segment, func.max(w.c.id).label("id"))
-              .where(w.c.status == "ok").group_by(w.c.model_id, w.c.segment).subquery())  # fmt: skip
-    rows = c.execute(select(w.c.model_id, w.c.segment, w.c.drift_score, w.c.drifted, w.c.window_end, w.c.id)
+    # per stream: a model's workloads have windows of their own (workload "" is the unnamed stream)
+    stream = (w.c.model_id, w.c.workload, w.c.segment)
+    newest = select(*stream, func.max(w.c.id).label("id")).where(w.c.status == "ok").group_by(*stream).subquery()
+    rows = c.execute(select(*stream, w.c.drift_score, w.c.drifted, w.c.window_end, w.c.id)
                      .join(newest, newest.c.id == w.c.id).limit(10_000)).all()  # fmt: skip
+    labels = ["model", "workload", "segment"]
     score = GaugeMetricFamily("driftloop_drift_score",
                               "Share of drifted signal groups (after Benjamini-Hochberg) in the newest checked window",
-                              labels=["model", "segment"])  # fmt: skip
-    drifted = GaugeMetricFamily("driftloop_drifted", "1 if the newest checked window drifted",
-                                labels=["model", "segment"])  # fmt: skip
+                              labels=labels)  # fmt: skip
+    drifted = GaugeMetricFamily("driftloop_drifted", "1 if the newest checked window drifted", labels=labels)
     end = GaugeMetricFamily("driftloop_window_end_timestamp_seconds", "End of the newest checked window",
-                            labels=["model", "segment"])  # fmt: skip
-    for model, seg, sc, dr, we, _wid in rows:
+                            labels=labels)  # fmt: skip
+    for model, wl, seg, sc, dr, we, _wid in rows:
+        key = [model, wl, seg]
         if sc is not None:
-            score.add_metric([model, seg], float(sc))
-        drifted.add_metric([model, seg], 1.0 if dr else 0.0)
-        end.add_metric([model, seg], we.timestamp())
+            score.add_metric(key, float(sc))
+        drifted.add_metric(key, 1.0 if dr else 0.0)
+        end.add_metric(key, we.timestamp())
     yield from (score, drifted, end)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from driftloop.api.timeline import render_timelines
+from driftloop.api.timeline import render_timelines, stream_name
 from driftloop.settings import Settings
 
 CSS = """
@@ -89,7 +89,8 @@ def _alerts(engine: Engine) -> str:
         win = f'<a href="/reports/{int(a["window_id"])}">window {int(a["window_id"])}</a>' if a["window_id"] else "-"
         out.append([
             f'<span class="pill {_e(a["severity"])}">{_e(a["severity"])}</span>',
-            f'<b class="alert-rule">{_e(a["rule"])}</b>', _e(a["model_id"]), _e(a["state"]), _ts(a["fired_at"]),
+            f'<b class="alert-rule">{_e(a["rule"])}</b>', _e(stream_name(a["model_id"], a["workload"], a["segment"])),
+            _e(a["state"]), _ts(a["fired_at"]),
             _e(a["message"]), win,
         ])  # fmt: skip
     return _table(["severity", "rule", "model", "state", "fired", "message", "report"], out, "no open alerts")
@@ -106,21 +107,23 @@ def _drift_row(r: Any) -> list[str]:
     verdict = ('<span class="bad">drifted</span>' if r["drifted"] else '<span class="ok">no drift</span>'
                ) if r["drifted"] is not None else '<span class="muted">-</span>'  # fmt: skip
     link = f'<a href="/reports/{int(r["id"])}">report</a>' if r["report_path"] else '<span class="muted">-</span>'
-    return [_e(r["model_id"]) + (f" / {_e(r['segment'])}" if r["segment"] else ""),
+    return [f'<span class="stream">{_e(stream_name(r["model_id"], r["workload"], r["segment"]))}</span>',
             _e(f"{r['window_kind']} #{r['window_index']}"), _ts(r["window_end"]), _e(r["status"]),
             f'<span class="verdict">{verdict}</span>', _e(score), f'<span class="groups">{_e(_groups(r))}</span>',
             f'<span class="share">{_e(share)}</span>', link]  # fmt: skip
 
 
 def _drift(engine: Engine) -> str:
-    """The newest windows (10 per model and segment) with driftloop's verdict: the share of signal groups
-    drifted after Benjamini-Hochberg against the threshold (``drift_share``) that verdict used."""
+    """The newest windows (10 per stream: model, workload, segment) with driftloop's verdict: the share of
+    signal groups drifted after Benjamini-Hochberg against the threshold (``drift_share``) that verdict used."""
     from driftloop.monitor.tables import monitor_windows as w
 
-    rank = func.row_number().over(partition_by=(w.c.model_id, w.c.segment), order_by=w.c.id.desc()).label("rank")
+    stream = (w.c.model_id, w.c.workload, w.c.segment)
+    rank = func.row_number().over(partition_by=stream, order_by=w.c.id.desc()).label("rank")
     sub = select(w, rank).subquery()
     with engine.connect() as c:
-        rows = c.execute(select(sub).where(sub.c.rank <= 10).order_by(sub.c.model_id, sub.c.segment, sub.c.id.desc())
+        rows = c.execute(select(sub).where(sub.c.rank <= 10)
+                         .order_by(sub.c.model_id, sub.c.workload, sub.c.segment, sub.c.id.desc())
                          .limit(200)).mappings().all()  # fmt: skip
     return _table(["model", "window", "ended", "status", "verdict", "drift score", "groups drifted", "threshold",
                    "report"], [_drift_row(r) for r in rows], "no windows checked yet")  # fmt: skip

@@ -1,4 +1,5 @@
-"""The status page's timeline: per model, segment and window kind, an inline SVG over the newest windows.
+"""The status page's timeline: per stream (model, workload, segment) and window kind, an inline SVG over the
+newest windows.
 
 Drift score per window (bars, red when the window's verdict is drift) against the threshold the verdict used
 (``monitor_windows.drift_share``, dashed), the quality signal (``quality.feedback_positive_rate``) and the
@@ -55,15 +56,23 @@ class Marker:
 
 @dataclass
 class Timeline:
+    """The windows of one stream: a window index exists once per workload, so the workload is part of the key."""
+
     model_id: str
     segment: str
     window_kind: str
     points: list[Point] = field(default_factory=list)
     markers: list[Marker] = field(default_factory=list)
+    workload: str = ""  # "" is the unnamed workload
 
     @property
     def name(self) -> str:
-        return self.model_id + (f" / {self.segment}" if self.segment else "") + f" ({self.window_kind} windows)"
+        return f"{stream_name(self.model_id, self.workload, self.segment)} ({self.window_kind} windows)"
+
+
+def stream_name(model_id: str, workload: str, segment: str) -> str:
+    """``model[workload]/segment``, as the monitor's logs and CLI summaries name a stream."""
+    return f"{model_id}{f'[{workload}]' if workload else ''}{'/' + segment if segment else ''}"
 
 
 def _e(v: Any) -> str:
@@ -76,13 +85,14 @@ def _f(v: float | None, fmt: str = ".2f") -> str:
 
 # ------------------------------------------------------------------------------------------ reading
 def load_timelines(engine: Engine, last: int = 60, max_timelines: int = 12) -> list[Timeline]:
-    """The newest ``last`` windows of each model/segment/kind (at most ``max_timelines``) with their events."""
+    """The newest ``last`` windows of each stream and kind (at most ``max_timelines``) with their events."""
     from driftloop.monitor.tables import monitor_windows as w
 
     with engine.connect() as c:
-        keys = c.execute(select(w.c.model_id, w.c.segment, w.c.window_kind).group_by(w.c.model_id, w.c.segment,
-                         w.c.window_kind).order_by(func.max(w.c.id).desc()).limit(max_timelines)).all()  # fmt: skip
-        out = [Timeline(*k) for k in sorted(keys)]
+        cols = (w.c.model_id, w.c.workload, w.c.segment, w.c.window_kind)
+        keys = c.execute(select(*cols).group_by(*cols).order_by(func.max(w.c.id).desc())
+                         .limit(max_timelines)).all()  # fmt: skip
+        out = [Timeline(m, seg, kind, workload=wl) for m, wl, seg, kind in sorted(keys)]
         for tl in out:
             tl.points = _points(c, tl, last)
             tl.markers = _markers(c, tl)
@@ -93,8 +103,8 @@ def _points(c: Connection, tl: Timeline, last: int) -> list[Point]:
     from driftloop.monitor.tables import monitor_windows as w
     from driftloop.monitor.tables import window_metrics as m
 
-    rows = c.execute(select(w).where(w.c.model_id == tl.model_id, w.c.segment == tl.segment,
-                                     w.c.window_kind == tl.window_kind)
+    rows = c.execute(select(w).where(w.c.model_id == tl.model_id, w.c.workload == tl.workload,
+                                     w.c.segment == tl.segment, w.c.window_kind == tl.window_kind)
                      .order_by(w.c.window_index.desc()).limit(last)).mappings().all()[::-1]  # fmt: skip
     ids = [int(r["id"]) for r in rows]
     metrics: dict[tuple[int, str], float | None] = {}
@@ -116,6 +126,8 @@ def _markers(c: Connection, tl: Timeline) -> list[Marker]:
 
     if not tl.points:
         return []
+    # alerts by window id: those of this stream's windows (an alert's own workload is "" when its rule does not
+    # group by workload); retrain runs and promotions act on the model, so every workload's timeline shows them
     slot_of = {p.window_id: i for i, p in enumerate(tl.points)}
     since = tl.points[0].start
     out = [Marker("alert", slot_of[int(r.window_id)], f"alert {r.rule} ({r.severity}, {r.state}) fired {r.fired_at:%Y-%m-%d %H:%M}")
@@ -270,7 +282,7 @@ LEGEND = (
 
 
 def render_timelines(engine: Engine) -> str:
-    """The status page section: one titled SVG per model/segment/kind, the legend once."""
+    """The status page section: one titled SVG per stream (``model[workload]/segment``) and kind, the legend once."""
     tls = load_timelines(engine)
     if not tls:
         return '<p class="muted">no windows checked yet</p>'
