@@ -5,6 +5,14 @@ the promotion and compares the mean of ``metric`` with the ``N`` windows that en
 more than ``tolerance`` -> roll back to ``previous`` (every target, then the registry), fire a
 ``retrain.rollback`` alert to the watch's channels and record why. Otherwise the watch records
 ``watch_passed`` and leaves the version alone.
+
+Workloads: one model can serve several workloads (``interactions.workload``), each with windows of its own
+and its own quality level. The promoted version serves all of them, so the watch compares each workload
+with itself (mixing them would compare different blends of workloads before and after, which can hide a
+drop in one workload or invent one) and acts on the worst: any workload worse by more than ``tolerance``
+rolls back. It passes once every workload with windows both before and after the promotion has ``N``
+windows after it; a workload without windows before it (new) has nothing to compare with, and one without
+traffic since (idle) nothing to judge, so neither holds the verdict up.
 """
 
 from __future__ import annotations
@@ -40,18 +48,30 @@ class WatchResult:
     message: str = ""
 
 
-def window_values(engine: Engine, family: str, metric: str) -> list[tuple[datetime, datetime, float]]:
-    """(window_start, window_end, value) of checked, whole-model windows of ``family``, oldest first."""
+def window_values(engine: Engine, family: str, metric: str) -> dict[str, list[tuple[datetime, datetime, float]]]:
+    """Per workload ("" the unnamed one): (window_start, window_end, value) of checked, whole-workload windows
+    of ``family`` (segment ""), oldest first."""
     from driftloop.monitor.tables import monitor_windows as mw
     from driftloop.monitor.tables import window_metrics as wm
 
-    q = (select(mw.c.window_start, mw.c.window_end, wm.c.value)
+    q = (select(mw.c.workload, mw.c.window_start, mw.c.window_end, wm.c.value)
          .join(wm, wm.c.window_id == mw.c.id)
          .where(mw.c.model_id == family, mw.c.segment == "", mw.c.status == "ok", wm.c.name == metric,
                 wm.c.value.is_not(None))
          .order_by(mw.c.window_end, mw.c.id))  # fmt: skip
+    out: dict[str, list[tuple[datetime, datetime, float]]] = {}
     with engine.connect() as c:
-        return [(utc(r[0]), utc(r[1]), float(r[2])) for r in c.execute(q)]
+        for wl, start, end, v in c.execute(q):
+            out.setdefault(wl or "", []).append((utc(start), utc(end), float(v)))
+    return out
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _named(family: str, workload: str) -> str:
+    return f"{family}[{workload}]" if workload else family
 
 
 class PromotionWatchJob:
@@ -98,23 +118,41 @@ class PromotionWatchJob:
         if not promoted or any(e["action"] in _DONE or e["action"] == "restored" for e in evs):
             return None
         at = utc(promoted[-1]["at"])
-        vals = window_values(self.engine, family, w.metric)
-        before = [v for s, e, v in vals if e <= at][-w.windows :]
-        after = [v for s, e, v in vals if s >= at][: w.windows]
-        if len(after) < w.windows:
+        # each workload against itself (see the module docstring): before/after windows per workload
+        split = {wl: ([v for s, e, v in vals if e <= at][-w.windows :], [v for s, e, v in vals if s >= at][: w.windows])
+                 for wl, vals in window_values(self.engine, family, w.metric).items()}  # fmt: skip
+        decided = {wl: ba for wl, ba in split.items() if len(ba[1]) >= w.windows}
+        if not decided:
+            most = max((len(ba[1]) for ba in split.values()), default=0)
             return WatchResult(family, champ.version, "pending",
-                               message=f"{len(after)}/{w.windows} window(s) after the promotion so far")  # fmt: skip
-        a = sum(after) / len(after)
-        if not before:
+                               message=f"{most}/{w.windows} window(s) after the promotion so far")  # fmt: skip
+        compared = {wl: (_mean(b), _mean(a)) for wl, (b, a) in decided.items() if b}
+
+        def margin(wl: str) -> float:  # how much worse than before (positive: worse)
+            b, a = compared[wl]
+            return b - a if w.higher_is_better else a - b
+
+        worst = max(sorted(compared), key=margin) if compared else None
+        if worst is None or margin(worst) <= w.tolerance:  # nothing worse (yet): wait for the rest to report
+            waiting = sorted(wl for wl, (b, a) in split.items() if b and 0 < len(a) < w.windows)
+            if waiting:
+                return WatchResult(family, champ.version, "pending", message=(
+                    f"waiting for {w.windows} window(s) after the promotion of workload(s) "
+                    + ", ".join(repr(x) for x in waiting)))  # fmt: skip
+        if worst is None:
+            a = _mean(next(iter(decided.values()))[1])
             self._record(family, champ.id, "watch_passed", "no windows before the promotion to compare with",
                          {"after": a})  # fmt: skip
             return WatchResult(family, champ.version, "no_baseline", None, a)
-        b = sum(before) / len(before)
-        worse = a < b - w.tolerance if w.higher_is_better else a > b + w.tolerance
+        before, after = decided[worst]
+        b, a = compared[worst]
+        worse = margin(worst) > w.tolerance
         detail = {"metric": w.metric, "before": b, "after": a, "tolerance": w.tolerance, "windows": w.windows,
-                  "before_values": before, "after_values": after}  # fmt: skip
-        desc = (f"{w.metric} {b:.4f} over {len(before)} window(s) before the promotion of {champ.version}, "
-                f"{a:.4f} over {len(after)} after (tolerance {w.tolerance})")  # fmt: skip
+                  "before_values": before, "after_values": after, "workload": worst,
+                  "workloads": {wl: {"before": bb, "after": aa} for wl, (bb, aa) in compared.items()}}  # fmt: skip
+        desc = (f"{w.metric} of {_named(family, worst)} {b:.4f} over {len(before)} window(s) before the promotion "
+                f"of {champ.version}, {a:.4f} over {len(after)} after (tolerance {w.tolerance}"
+                + (f"; worst of {len(compared)} workloads" if len(compared) > 1 else "") + ")")  # fmt: skip
         if not worse:
             self._record(family, champ.id, "watch_passed", desc, detail)
             return WatchResult(family, champ.version, "passed", b, a, desc)

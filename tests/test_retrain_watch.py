@@ -93,3 +93,44 @@ def test_watch_rolls_back_when_live_quality_drops(pg_url: str, tmp_path: Path, a
         assert len(n) == 1 and n[0].ok
         assert watch.run_once() == []  # the base model is not watched
         eng.dispose()
+
+
+def test_watch_compares_each_workload_with_itself(pg_url: str, tmp_path: Path) -> None:
+    """One workload's drop is not averaged away by another's gain: the blend of two workloads stays at ~0.5
+    before and after the promotion, but ``rag`` goes from 1 to 0, so the watch rolls back on it."""
+    from sqlalchemy import update
+
+    from driftloop.store.models import interactions
+
+    def store(n: int, start: datetime, *, rag_good: bool, prefix: str) -> None:
+        for k, (wl, good) in enumerate((("rag", rag_good), ("agent", not rag_good))):  # interleaved in time
+            recs = toy_records("A", n, start=start + timedelta(seconds=k), step=timedelta(seconds=2), good=good,
+                               prefix=f"{prefix}-{wl}")  # fmt: skip
+            store_records(pg_url, recs, "t")
+            with eng.begin() as c:
+                c.execute(update(interactions).where(interactions.c.request_id.like(f"{prefix}-{wl}-%"))
+                          .values(workload=wl))  # fmt: skip
+
+    with VllmStub() as vllm:
+        s = _settings(pg_url, tmp_path, vllm.url)
+        eng = create_engine_from_url(pg_url)
+        reg = ModelRegistry(eng)
+        store(3 * WINDOW, datetime.now(UTC) - timedelta(hours=1), rag_good=True, prefix="before")
+        base = reg.ensure_base("toy", "/models/base")
+        v1 = reg.register("toy", "/models/base", adapter_path=_adapter(tmp_path, "a1"), parent_id=base.id)
+        reg.promote(v1.id, build_promotion_targets(s), actor="gate", reason="gate passed")
+        watch = PromotionWatchJob(s, eng)
+        DriftCheckJob(s, eng).run_once()
+        assert watch.run_once()[0].status == "pending"
+        store(2 * WINDOW, datetime.now(UTC) + timedelta(seconds=5), rag_good=False, prefix="after")
+        DriftCheckJob(s, eng).run_once()
+        (res,) = watch.run_once()
+        print(f"\nwatch: {res.status}: {res.message}")
+        assert res.status == "rolled_back" and res.before == pytest.approx(1.0) and res.after == pytest.approx(0.0)
+        assert "toy[rag]" in res.message and "worst of 2 workloads" in res.message
+        failed = next(e for e in reg.events("toy", v1.id) if e["action"] == "watch_failed")
+        assert failed["details"]["workload"] == "rag"
+        assert failed["details"]["workloads"]["agent"] == {"before": 0.0, "after": 1.0}
+        champ = reg.champion("toy")
+        assert champ is not None and champ.id == base.id
+        eng.dispose()
