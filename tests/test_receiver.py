@@ -385,3 +385,45 @@ def test_records_land_on_the_default_partition_of_their_request_id(client: TestC
     msgs = read_topic(kafka_bootstrap, topics["logs"], expect=20)
     assert {m.key.decode() for m in msgs} == {otel_id(s) for s in spans}
     assert all(m.partition == (reference(m.key) & 0x7FFFFFFF) % 3 for m in msgs)
+
+
+def test_invalid_v1_records_are_rejected_per_item_at_the_receiver(client: TestClient, kafka_bootstrap: str,
+                                                                  topics: dict[str, str]) -> None:  # fmt: skip
+    """A v1 record the Decoder would dead-letter for its shape is a reject in the answer and never produced."""
+    good = {"request_id": "v1-good", "prompt": "p", "response": "r", "tokens_in": 3, "extra.field": {"kept": 1}}
+    feedback = {"type": "feedback", "request_id": "v1-good", "score": 0.5}
+    bad = [{"request_id": "v1-bad-tokens", "prompt": "p", "tokens_in": "three"},
+           {"prompt": "no id"},
+           {"request_id": "v1-bad-type", "type": "click"},
+           {"type": "feedback", "request_id": "v1-good"},
+           {"request_id": "v1-bad-ts", "prompt": "p", "timestamp": True},
+           {"request_id": "v1-bad-messages", "messages": [{"content": "no role"}]}]  # fmt: skip
+    r = client.post("/v1/ingest/v1", json=[good, *bad, feedback], headers=auth())
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["accepted"] == 2 and out["rejected"] == len(bad)
+    reasons = [(e["reason"], e["detail"].split(":", 1)[0]) for e in out["errors"]]
+    assert reasons == [("wrong_type", "record 'v1-bad-tokens'"), ("missing_field", "record None"),
+                       ("unknown_type", "record 'v1-bad-type'"), ("missing_field", "record 'v1-good'"),
+                       ("bad_timestamp", "record 'v1-bad-ts'"), ("missing_field", "record 'v1-bad-messages'")]  # fmt: skip
+    assert "$.tokens_in" in out["errors"][0]["detail"] and "score, comment, correction" in out["errors"][3]["detail"]
+    # the same verdicts as the Decoder that ingestion runs on the records
+    from datetime import UTC, datetime
+
+    from driftloop.ingest.decode import DecodePolicy, Decoder, InvalidMessage, Source
+    from driftloop.ingest.redact import Redactor
+
+    dec = Decoder(DecodePolicy(), Redactor())
+    for ok in (good, feedback):
+        dec.decode(json.dumps(ok).encode(), Source("t", 0, 0, None), datetime.now(UTC))
+    for rec, (reason, _) in zip(bad, reasons, strict=True):
+        with pytest.raises(InvalidMessage) as err:
+            dec.decode(json.dumps(rec).encode(), Source("t", 0, 0, None), datetime.now(UTC))
+        assert err.value.reason == reason
+    msgs = read_topic(kafka_bootstrap, topics["logs"], expect=2)
+    assert [json.loads(m.value) for m in msgs if m.key == b"v1-good"] == [good, feedback]
+    assert len(msgs) == 2
+    # all invalid: nothing accepted is not a success
+    r = client.post("/v1/ingest/v1", json=bad[:2], headers=auth())
+    assert r.status_code == 400 and r.json()["rejected"] == 2 and r.json()["accepted"] == 0
+    assert "wrong_type" in r.json()["detail"]

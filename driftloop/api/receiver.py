@@ -21,10 +21,14 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 from kafka.partitioner import DefaultPartitioner
 
+from driftloop.ingest.decode import BAD_TIMESTAMP, MISSING_FIELD, UNKNOWN_TYPE, WRONG_TYPE
+from driftloop.records import FeedbackEventV1, LogRecordV1
+
 if TYPE_CHECKING:
     from driftloop.settings import Settings, TopicFormat
 
 log = logging.getLogger("driftloop.api.receiver")
+_encode = msgspec.json.Encoder().encode
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -160,6 +164,37 @@ class Murmur2Partitioner(DefaultPartitioner):
         return cast("int", all_partitions[(murmur2(serialized_key) & 0x7FFFFFFF) % len(all_partitions)])
 
 
+def v1_problem(rec: dict[str, Any]) -> tuple[str, str] | None:
+    """Why ingestion's Decoder would dead-letter this v1 record for its shape, as ``(reason, detail)``; else None.
+
+    The same record types and reasons as the Decoder (``msgspec.convert`` into LogRecordV1 or FeedbackEventV1,
+    record type, a feedback event's one required value), so a sender hears of a bad record in the answer
+    instead of finding it in the DLQ later. Not checked here: what needs the ingest policy or content
+    (timestamp range, text lengths, NUL characters, JSON depth); the Decoder still checks everything.
+    """
+    kind = rec.get("type")
+    if kind not in (None, "interaction", "feedback"):
+        return UNKNOWN_TYPE, f"unknown record type {short_repr(kind)} (expected 'interaction' or 'feedback')"
+    try:
+        if kind == "feedback":
+            ev = msgspec.convert(rec, FeedbackEventV1)
+            if ev.score is None and ev.comment is None and ev.correction is None:
+                return MISSING_FIELD, "feedback event needs at least one of score, comment, correction"
+        else:
+            msgspec.convert(rec, LogRecordV1)
+    except msgspec.ValidationError as e:
+        msg = str(e)
+        reason = MISSING_FIELD if msg.startswith("Object missing required field") else \
+            BAD_TIMESTAMP if msg.endswith("- at `$.timestamp`") else WRONG_TYPE  # fmt: skip
+        return reason, msg
+    return None
+
+
+def short_repr(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class BrokerUnavailable(Exception):
     """The records could not be produced and acknowledged in time: answer 503 with ``Retry-After``."""
 
@@ -292,8 +327,12 @@ class Receiver:
         rejected = list(conv.rejected)
         messages: list[tuple[bytes | None, bytes]] = []
         cap = self.settings.ingest.max_message_bytes
+        check = fmt == "v1"  # the mappers' records are valid by construction (tests/test_formats.py)
         for rec in conv.records:
-            value = msgspec.json.encode(rec)
+            if check and (problem := v1_problem(rec)) is not None:
+                rejected.append((problem[0], f"record {short_repr(rec.get('request_id'))}: {problem[1]}"))
+                continue
+            value = _encode(rec)
             if len(value) > cap:  # ingestion would dead-letter it: say so now, to the sender
                 rejected.append(("oversize", f"record {rec.get('request_id')!r} is {len(value)} bytes once mapped, "
                                  f"over ingest.max_message_bytes ({cap})"))  # fmt: skip
