@@ -12,7 +12,9 @@ same run, against the same broker (a local Tansu unless --bootstrap is given):
 
 The two alternate ``--repeat`` times (fresh topics each time) and the medians are compared (ratio
 receiver / baseline; target >= 0.5). The receiver's produced-record counter (from its /metrics) is checked
-against N, and its process's peak RSS is reported. The last line is JSON.
+against N, and its process's peak RSS is reported. So is the CPU time per span of the receiver's process and of
+the baseline loop (its process, producer thread included): on a shared machine the spans/s of the two move
+with the load, the CPU they cost much less. The last line is JSON.
 
     python bench/otlp.py            # 20000 spans x 2, under ~2 minutes
     python bench/otlp.py --quick    # a few seconds
@@ -112,6 +114,12 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) that process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def produced_counter(url: str) -> float:
     import httpx
 
@@ -157,15 +165,16 @@ def run_receiver(url: str, data: list[bytes], clients: int, gz: bool, n: int) ->
     return n / dt
 
 
-def run_baseline(bootstrap: str, topic: str, data: list[bytes], n: int) -> float:
-    """spans/s of a bare loop: parse each body, produce each span's bytes, flush per body."""
+def run_baseline(bootstrap: str, topic: str, data: list[bytes], n: int, cpu: list[float]) -> float:
+    """spans/s of a bare loop: parse each body, produce each span's bytes, flush per body; appends the CPU
+    us/span of this process (the loop and the producer's I/O thread) to ``cpu``."""
     from driftloop.api.receiver import KafkaSink
 
     opts = KafkaSink([bootstrap], topic, 10.0).producer_options()
     prod = make_producer(bootstrap, **opts)
     # connect (metadata) outside the measurement, as the receiver is warmed by its first request
     prod.send(topic, b"warm-up").get(timeout=30)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for body in data:
         req = ExportTraceServiceRequest.FromString(body)
         for rs in req.resource_spans:
@@ -174,6 +183,7 @@ def run_baseline(bootstrap: str, topic: str, data: list[bytes], n: int) -> float
                     prod.send(topic, key=sp.span_id, value=sp.SerializeToString())
         prod.flush()
     dt = time.perf_counter() - t0
+    cpu.append((time.process_time() - c0) / n * 1e6)
     prod.close()
     return n / dt
 
@@ -209,15 +219,19 @@ def main() -> None:
                              str(port)])  # fmt: skip
     recv: list[float] = []
     base: list[float] = []
+    recv_cpu: list[float] = []
+    base_cpu: list[float] = []
     try:
         wait_for_port("127.0.0.1", port, 60)
         warm = min(args.batch, args.spans)
         run_receiver(url, data[:1], 1, args.gzip, warm)  # warm-up: the lazy producer connects
         for i in range(args.repeat):
+            c0 = cpu_s(proc.pid)
             recv.append(run_receiver(url, data, args.clients, args.gzip, args.spans))
-            base.append(run_baseline(bootstrap, btopic, data, args.spans))
-            print(f"run {i + 1}/{args.repeat}: receiver {recv[-1]:,.0f} spans/s, baseline {base[-1]:,.0f} spans/s",
-                  file=sys.stderr)  # fmt: skip
+            recv_cpu.append((cpu_s(proc.pid) - c0) / args.spans * 1e6)
+            base.append(run_baseline(bootstrap, btopic, data, args.spans, base_cpu))
+            print(f"run {i + 1}/{args.repeat}: receiver {recv[-1]:,.0f} spans/s ({recv_cpu[-1]:.0f} us CPU/span), "
+                  f"baseline {base[-1]:,.0f} spans/s ({base_cpu[-1]:.0f} us CPU/span)", file=sys.stderr)  # fmt: skip
         produced = produced_counter(url)
         expected = warm + args.repeat * args.spans
         if produced != expected:
@@ -232,11 +246,15 @@ def main() -> None:
     ratio = r / b
     print(f"receiver (HTTP -> map -> Kafka, acked), median: {r:,.0f} spans/s")
     print(f"baseline (parse + produce loop), median:       {b:,.0f} spans/s")
+    rc, bc = statistics.median(recv_cpu), statistics.median(base_cpu)
     print(f"ratio receiver/baseline: {ratio:.2f} (target >= 0.5)   receiver peak RSS: {rss:.0f} MB")
+    print(f"CPU per span, median: receiver process {rc:.0f} us, baseline {bc:.0f} us (baseline/receiver {bc / rc:.2f})")
     print(json.dumps({"receiver_spans_per_s": round(r), "baseline_spans_per_s": round(b), "ratio": round(ratio, 3),
                       "target": 0.5, "receiver_peak_rss_mb": round(rss, 1), "spans": args.spans, "batch": args.batch,
                       "clients": args.clients, "gzip": args.gzip, "repeat": args.repeat,
-                      "receiver_runs": [round(x) for x in recv], "baseline_runs": [round(x) for x in base]}))  # fmt: skip
+                      "receiver_runs": [round(x) for x in recv], "baseline_runs": [round(x) for x in base],
+                      "receiver_cpu_us_per_span": [round(x, 1) for x in recv_cpu],
+                      "baseline_cpu_us_per_span": [round(x, 1) for x in base_cpu]}))  # fmt: skip
 
 
 if __name__ == "__main__":
