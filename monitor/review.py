@@ -172,8 +172,13 @@ def _candidates(slice_: str, since: datetime, upto: int, margin: float, threshol
     base = [i.ts >= since, i.id <= upto, ~exists().where(review_items.c.request_id == i.request_id)]
     cols = [i.request_id, i.model_id, i.prompt, i.response]
     if slice_ == "drift":
+        # A drifted window's records: its model's, in its time span, of its own workload (each workload has
+        # windows of its own, so another workload's records in that span did not drift; NULL is the unnamed
+        # "" stream). Rates and caps stay per model (WorkloadPolicy), which is fine for a review sample.
+        # Only whole-workload windows (segment ""): with segment keys there are none, and the slice is empty.
         w = monitor_windows.c
-        j = interactions.join(monitor_windows, and_(w.model_id == i.model_id, w.segment == "", w.drifted.is_(True),
+        j = interactions.join(monitor_windows, and_(w.model_id == i.model_id, w.workload == func.coalesce(i.workload, ""),
+                                                    w.segment == "", w.drifted.is_(True),
                                                     i.ts >= w.window_start, i.ts <= w.window_end))  # fmt: skip
         return select(*cols, ("drifted window " + cast(w.id, String)).label("why")).select_from(j).where(*base)
     if slice_ == "low_confidence":

@@ -113,6 +113,22 @@ def test_targeted_slices_never_touch_the_uniform_slice(pg: Engine) -> None:
     assert {out[s] for s in by_slice} == {len(by_slice[s]) for s in by_slice}
 
 
+def test_the_drift_slice_takes_the_drifted_windows_workload_only(pg: Engine) -> None:
+    # two workloads of one model interleaved over the same time span; only the "rag" window drifted
+    data = [{**r, "workload": ("rag", "agent", None)[k % 3]} for k, r in enumerate(rows(300))]
+    insert_rows(pg, data)
+    with pg.begin() as conn:
+        for wl, drifted in (("rag", True), ("agent", False), ("", False)):
+            conn.execute(insert(monitor_windows), {
+                "model_id": "m", "workload": wl, "segment": "", "window_kind": "count", "window_index": 0,
+                "window_start": T0, "window_end": T0 + timedelta(seconds=299), "n_records": 100, "ref_kind": "previous",
+                "ref_n": 100, "status": "ok", "drifted": drifted, "created_at": NOW})  # fmt: skip
+    c = cfg(uniform_rate=0.0, drift={"rate": 1.0, "max_per_run": 1000})
+    assert sample_once(pg, c, 0.5, NOW)["drift"] == 100
+    workload = {r["request_id"]: r["workload"] for r in data}
+    assert {workload[k] for k, v in items(pg).items() if v["slice"] == "drift"} == {"rag"}
+
+
 def test_targeted_rates_caps_and_workload_overrides(pg: Engine) -> None:
     data, quiet = rows(400), rows(400, model="quiet")
     insert_rows(pg, data + quiet, scores={r["request_id"]: 0.1 for r in data + quiet})
