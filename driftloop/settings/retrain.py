@@ -16,7 +16,7 @@ from driftloop.settings.base import ConditionText, Section, duplicated, unique_n
 from driftloop.settings.connectors import TargetSettings
 from driftloop.settings.metrics import is_known_metric
 
-GATE_METRICS = ("perplexity", "rouge_l", "bleu", "exact_match", "estimate")
+GATE_METRICS = ("perplexity", "rouge_l", "bleu", "exact_match", "estimate", "similarity", "judge_win")
 
 
 class TriggerSettings(Section):
@@ -88,7 +88,11 @@ class TrainingSettings(Section):
 class GateSettings(Section):
     """The statistical promotion gate (paired bootstrap over held-out examples); ``retrain.gate.decide`` takes it."""
 
-    primary: Literal["perplexity", "rouge_l", "bleu", "exact_match", "estimate"] = "perplexity"
+    # similarity: MiniLM cosine of the answer to the reference (in distill mode: the teacher's answer);
+    # judge_win: a judge's pairwise preference of the answer over the reference (needs gate.judge)
+    primary: Literal["perplexity", "rouge_l", "bleu", "exact_match", "estimate", "similarity", "judge_win"] = (
+        "perplexity"
+    )
     min_improvement: float = Field(0.0, allow_inf_nan=False, description="lower bound the primary's interval must exceed")
     confidence: float = Field(0.95, gt=0.5, lt=1)
     n_bootstrap: int = Field(2000, ge=100, le=100_000)
@@ -103,6 +107,7 @@ class GateSettings(Section):
         description="score both models' generated answers with the workload's estimator champion "
         "(quality.estimator) and compare them as metric 'estimate' (mean P(positive); needs generate)",
     )
+    judge: str | None = Field(None, description="a quality.judges name: metric judge_win (pairwise vs the reference)")
 
     @field_validator("guards")
     @classmethod
@@ -120,6 +125,42 @@ class GateSettings(Section):
             raise ValueError(f"{self.primary} is the primary metric; remove it from guards")
         if not (self.estimate and self.generate) and (self.primary == "estimate" or "estimate" in self.guards):
             raise ValueError("metric 'estimate' needs gate.estimate: true and gate.generate: true")
+        if self.judge is None and (self.primary == "judge_win" or "judge_win" in self.guards):
+            raise ValueError("metric 'judge_win' needs gate.judge (a quality.judges name)")
+        return self
+
+
+class TeacherEndpointSettings(Section):
+    """A teacher called through an OpenAI-compatible chat endpoint, within a rate and a budget, cached."""
+
+    base_url: str = Field(min_length=1, description="e.g. http://teacher:8000/v1")
+    model: str = Field(min_length=1, description="the model name sent in each request")
+    api_key_env: str | None = Field(None, description="environment variable holding the bearer key")
+    max_requests_per_minute: float = Field(60.0, gt=0)
+    budget_requests: int = Field(1000, ge=0, description="most teacher calls per retrain run (cache hits are free)")
+    max_tokens: int = Field(512, gt=0, le=32_768)
+    temperature: float = Field(0.0, ge=0, le=2)
+    timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(3, ge=0, le=10)
+    cache: bool = Field(True, description="answers cached by content (prompt + model + settings) across runs")
+
+
+class TeacherSettings(Section):
+    """Where a distillation policy's target answers come from.
+
+    ``model_id``: logged responses of that model id in the same traffic (shadow or fallback traffic) for the
+    workload's prompts; ``endpoint``: a teacher called for prompts that have no logged answer. Both may be
+    set (logs first, the endpoint for the rest).
+    """
+
+    model_id: str | None = Field(None, min_length=1, description="interactions.model_id of the teacher's traffic")
+    endpoint: TeacherEndpointSettings | None = None
+    max_prompts: int = Field(2000, gt=0, description="most prompts distilled per run")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherSettings:
+        if self.model_id is None and self.endpoint is None:
+            raise ValueError("a teacher needs model_id (logged answers) or endpoint (an OpenAI-compatible server)")
         return self
 
 
@@ -134,12 +175,22 @@ class PolicySettings(Section):
     cooldown_minutes: float = Field(360.0, ge=0)
     max_runs_per_day: int = Field(4, gt=0)
     approval: Literal["auto", "manual"] = "auto"
+    # sft: positive feedback and corrections (the model's own good answers); distill: the teacher's answers to
+    # the workload's prompts; mix: both (a prompt with a correction keeps it)
+    mode: Literal["sft", "distill", "mix"] = "sft"
+    teacher: TeacherSettings | None = None
     data: DataSettings = Field(default_factory=DataSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     targets: list[str] = Field(default_factory=list, description="promotion target names (retrain.targets)")
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _teacher_for_distill(self) -> PolicySettings:
+        if self.mode != "sft" and self.teacher is None:
+            raise ValueError(f"mode {self.mode} needs a teacher (teacher.model_id or teacher.endpoint)")
+        return self
 
 
 class WatchSettings(Section):
