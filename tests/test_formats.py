@@ -540,3 +540,16 @@ def test_captured_real_instrumentation_payloads(config: str) -> None:
             assert rec["response"] == call["response"]
         else:
             assert rec["messages"] == [] and "response" not in rec
+
+
+@pytest.mark.parametrize("name", [["gen_ai.user.message"], {"k": "v"}, 7])
+def test_otlp_logs_non_string_event_name_is_no_event(name: Any) -> None:
+    """An ``event.name`` attribute that is not text (a list or map would be unhashable) is a plain log line."""
+    attr = {"key": "event.name", "value": {"arrayValue": {"values": [{"stringValue": name[0]}]}}
+            if isinstance(name, list) else {"kvlistValue": {"values": [{"key": "k", "value": {"stringValue": "v"}}]}}
+            if isinstance(name, dict) else {"intValue": str(name)}}  # fmt: skip
+    body = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{
+        "timeUnixNano": "1714561200100000000", "traceId": "5b8efff798038103d269b633813fc60c",
+        "spanId": "eee19b7ec3c1b174", "body": {"stringValue": "hi"}, "attributes": [attr]}]}]}]}
+    conv = convert("otlp_logs", json.dumps(body).encode(), content_type=JSON)
+    assert (conv.records, conv.skipped, conv.rejected) == ([], 1, [])

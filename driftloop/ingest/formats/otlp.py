@@ -597,6 +597,8 @@ def _log_time(lr: LogRecord) -> str | None:
 def _log_record(lr: LogRecord, resource: dict[str, Any], calls: dict[str, _LogCall], out: Converted) -> None:
     a = attrs(lr.attributes)
     name = lr.event_name or a.get("event.name") or ""
+    if type(name) is not str:  # an event.name that is a list or a map (unhashable) names no GenAI event
+        name = ""
     rid = _hexid(lr.trace_id, lr.span_id)
     if name == EVALUATION_EVENT:
         out.records.append(_feedback(rid, a, _log_time(lr), "otlp_logs"))
