@@ -7,7 +7,10 @@ scores alike, the newest one wins). Refusals, empties and exact or near duplicat
 ``eval_fraction`` is held out for evaluation (split by time, and an evaluation prompt that also occurs in
 training is dropped from evaluation), and the result is written as JSONL plus a manifest with the row counts,
 time range, filters and a content hash. The directory name carries the hash, so the same data gives the same
-snapshot.
+snapshot. ``data.workload`` restricts everything to one workload's records.
+
+Distillation (``retrain.distill``) selects other records (the teacher's answers to production prompts) and
+writes them with :func:`write_snapshot`, through the same filters (:func:`filter_records`).
 """
 
 from __future__ import annotations
@@ -80,9 +83,10 @@ def _corrections() -> Any:
     ).subquery("corr")  # fmt: skip
 
 
-def _eligible_query(model_id: str, since: datetime, until: datetime, use_corrections: bool) -> Any:
-    """Interactions of ``model_id`` in [since, until) whose feedback is positive (the view
-    ``feedback_latest``, the one definition shared with the monitor and the dashboards) or, with
+def _eligible_query(model_id: str, since: datetime, until: datetime, use_corrections: bool,
+                    workload: str | None = None) -> Any:  # fmt: skip
+    """Interactions of ``model_id`` (of ``workload``, if given) in [since, until) whose feedback is positive
+    (the view ``feedback_latest``, the one definition shared with the monitor and the dashboards) or, with
     ``use_corrections``, that have a correction (user feedback or a reviewer's): one row per correction,
     oldest first."""
     i, fl = interactions.c, feedback_latest.c
@@ -96,12 +100,13 @@ def _eligible_query(model_id: str, since: datetime, until: datetime, use_correct
         cond = or_(cond, corr.c.id.is_not(None))
         corr_cols = [corr.c.correction]
         order += [corr.c.ts, corr.c.origin, corr.c.id]
-    return (
+    q = (
         select(i.request_id, i.ts, i.prompt, i.response, *corr_cols)
         .select_from(j)
         .where(i.model_id == model_id, i.ts >= since, i.ts < until, cond)
         .order_by(*order)
     )
+    return q if workload is None else q.where(i.workload == workload)
 
 
 def count_eligible(engine: Engine, model_id: str, since: datetime, until: datetime, data: DataSettings, *,
@@ -112,7 +117,7 @@ def count_eligible(engine: Engine, model_id: str, since: datetime, until: dateti
     (driftloop.store.feedback.store_feedback_threshold).
     """
     store_feedback_threshold(engine, positive_threshold)
-    q = _eligible_query(model_id, since, until, data.use_corrections).order_by(None).subquery()
+    q = _eligible_query(model_id, since, until, data.use_corrections, data.workload).order_by(None).subquery()
     with engine.connect() as c:
         return int(c.execute(select(func.count(func.distinct(q.c.request_id)))).scalar_one())
 
@@ -125,10 +130,17 @@ def select_records(engine: Engine, model_id: str, data: DataSettings, now: datet
     Eligible: the request's latest scored feedback is positive (``positive_threshold``, stored for the
     view first), or it has a correction (the newest one replaces the response).
     """
+    return filter_records(sft_candidates(engine, model_id, data, now, since, positive_threshold=positive_threshold),
+                          data)
+
+
+def sft_candidates(engine: Engine, model_id: str, data: DataSettings, now: datetime | None = None,
+                   since: datetime | None = None, *, positive_threshold: float) -> list[dict[str, Any]]:  # fmt: skip
+    """Eligible records before filtering (one per request; a correction replaces the response)."""
     now = now or datetime.now(UTC)
     since = since or now - timedelta(hours=data.lookback_hours)
     store_feedback_threshold(engine, positive_threshold)
-    q = _eligible_query(model_id, since, now, data.use_corrections)
+    q = _eligible_query(model_id, since, now, data.use_corrections, data.workload)
     by_req: dict[str, dict[str, Any]] = {}
     with engine.connect() as c:
         for row in c.execute(q).mappings():
@@ -138,10 +150,15 @@ def select_records(engine: Engine, model_id: str, data: DataSettings, now: datet
             if row["correction"]:
                 rec["response"] = row["correction"]  # the latest correction wins (rows are in feedback time order)
                 rec["source"] = "correction"
+    return list(by_req.values())
+
+
+def filter_records(records: list[dict[str, Any]], data: DataSettings) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Drop empties, refusals (never a correction) and duplicates, keep the newest ``max_samples``; time order."""
     dropped = {"refusal": 0, "empty": 0, "duplicate": 0, "cap": 0}
     seen: set[str] = set()
     out: list[dict[str, Any]] = []
-    for rec in sorted(by_req.values(), key=lambda r: (r["ts"], r["request_id"])):
+    for rec in sorted(records, key=lambda r: (r["ts"], r["request_id"])):
         resp = rec["response"].strip()
         if data.drop_empty and (len(resp) < max(1, data.min_response_chars) or not rec["prompt"].strip()):
             dropped["empty"] += 1
@@ -189,12 +206,29 @@ def build_snapshot(engine: Engine, model_id: str, data: DataSettings, out_root: 
     """
     now = now or datetime.now(UTC)
     records, dropped = select_records(engine, model_id, data, now, positive_threshold=positive_threshold)
+    return write_snapshot(records, dropped, model_id, data, out_root, positive_threshold=positive_threshold,
+                          policy=policy, now=now)
+
+
+SOURCES = ("feedback", "correction", "teacher_log", "teacher_endpoint")
+
+
+def write_snapshot(records: list[dict[str, Any]], dropped: dict[str, int], model_id: str, data: DataSettings,
+                   out_root: str | Path, *, positive_threshold: float, policy: str = "manual",
+                   now: datetime | None = None, extra: dict[str, Any] | None = None,
+                   hint: str = "wait for more feedback") -> Snapshot:  # fmt: skip
+    """Split filtered ``records`` by time and write the snapshot; ``extra`` joins the manifest (e.g. teacher counts).
+
+    Raises DatasetError when there is too little data to train and evaluate.
+    """
+    now = now or datetime.now(UTC)
     train, ev = split_by_time(records, data.eval_fraction)
     if len(ev) < data.min_eval_samples or not train:
+        scope = f"model {model_id!r}" + (f", workload {data.workload!r}" if data.workload else "")
         raise DatasetError(
-            f"{len(records)} eligible record(s) for model {model_id!r} in the last {data.lookback_hours:g} h "
+            f"{len(records)} eligible record(s) for {scope} in the last {data.lookback_hours:g} h "
             f"({len(train)} train, {len(ev)} eval; need >= {data.min_eval_samples} eval) after dropping {dropped}; "
-            "wait for more feedback or lower retrain.policies[].data.min_eval_samples")  # fmt: skip
+            f"{hint} or lower retrain.policies[].data.min_eval_samples")  # fmt: skip
     train_b, eval_b = _jsonl(train), _jsonl(ev)
     digest = hashlib.sha256(b"train\n" + train_b + b"eval\n" + eval_b).hexdigest()
     manifest = {
@@ -203,7 +237,9 @@ def build_snapshot(engine: Engine, model_id: str, data: DataSettings, out_root: 
         "time_range": {"from": records[0]["ts"].isoformat(), "to": records[-1]["ts"].isoformat(),
                        "train_until": train[-1]["ts"].isoformat(), "eval_from": ev[0]["ts"].isoformat()},
         "filters": {**data.model_dump(), "positive_threshold": positive_threshold}, "dropped": dropped,
-        "sources": {s: sum(1 for r in records if r["source"] == s) for s in ("feedback", "correction")},
+        "sources": {s: sum(1 for r in records if r["source"] == s) for s in SOURCES
+                    if s in ("feedback", "correction") or any(r["source"] == s for r in records)},
+        **(extra or {}),
     }  # fmt: skip
     final = Path(out_root) / f"{policy}-{digest[:12]}"
     if not (final / "manifest.json").exists():

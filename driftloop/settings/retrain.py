@@ -44,6 +44,9 @@ class DataSettings(Section):
     min_response_chars: int = Field(1, ge=0)
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="the newest share of records, held out for evaluation")
     min_eval_samples: int = Field(20, gt=0)
+    workload: str | None = Field(
+        None, min_length=1, description="only this workload's records (interactions.workload); default: all"
+    )
 
 
 class LoraSettings(Section):
@@ -133,7 +136,9 @@ class GateSettings(Section):
 class TeacherEndpointSettings(Section):
     """A teacher called through an OpenAI-compatible chat endpoint, within a rate and a budget, cached."""
 
-    base_url: str = Field(min_length=1, description="e.g. http://teacher:8000/v1")
+    base_url: str = Field(pattern=r"^https?://\S+$", description=(
+        "the server's root or its /v1 (http://teacher:8000 or http://teacher:8000/v1): requests go to "
+        "<root>/v1/chat/completions"))  # fmt: skip
     model: str = Field(min_length=1, description="the model name sent in each request")
     api_key_env: str | None = Field(None, description="environment variable holding the bearer key")
     max_requests_per_minute: float = Field(60.0, gt=0)
