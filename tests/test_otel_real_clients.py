@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,26 +66,40 @@ def receiver(pg_url: str, kafka_bootstrap: str, topics: dict[str, str]) -> Itera
 
 # Simple processors send one request per log record: a legacy call's system and user message events arrive
 # apart, as partial records of one request_id that the writer must append in event order (8e7c9a2).
-CASES = [pytest.param(name, batch, id=f"{name}-{'batch' if batch else 'simple'}")
-         for batch in (True, False) for name in CONFIGS]  # fmt: skip
+# All five configurations run at once against one receiver and one database (their rows are told apart by
+# the resource's service.name, which the mapper keeps in metadata): one ingestion run per processor mode.
 
 
-@pytest.mark.parametrize(("config", "batch"), CASES)
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "simple"])
 def test_each_call_is_one_interaction_with_the_right_fields(
-    config: str, batch: bool, serve_url: str, receiver: tuple[Any, str], pg_url: str
+    batch: bool, serve_url: str, receiver: tuple[Any, str], pg_url: str
 ) -> None:
     settings, url = receiver
-    answered = client_subprocess(config, serve_url, url, MODEL, headers={"Authorization": f"Bearer {INGEST}"},
-                                 batch=batch, env=BATCH_ENV if batch else None)  # fmt: skip
-    # the receiver answers 200 only after the broker acknowledged, and the client flushed before exiting:
+    with ThreadPoolExecutor(len(CONFIGS)) as pool:  # each client in its own interpreter (global patching)
+        futures = {config: pool.submit(client_subprocess, config, serve_url, url, MODEL,
+                                       headers={"Authorization": f"Bearer {INGEST}"}, batch=batch,
+                                       env=BATCH_ENV if batch else None)
+                   for config in CONFIGS}  # fmt: skip
+        answered = {config: f.result() for config, f in futures.items()}
+    # the receiver answers 200 only after the broker acknowledged, and every client flushed before exiting:
     # every record is in the topic now, and ingestion runs until it has consumed all of it
     stats = ingest_until_idle(settings)
     assert stats.rejected == 0, stats.rejected_by_reason
     assert scalar(pg_url, "select count(*) from rejected_messages") == 0
 
     got = rows(pg_url, "select request_id, model_id, tokens_in, tokens_out, finish_reason, latency_ms, prompt, "
-                       "messages, response, metadata from interactions order by ts")  # fmt: skip
-    assert len(got) == len(CALLS), [r.request_id for r in got]  # exactly one row per call
+                       "messages, response, metadata from interactions order by ts, id")  # fmt: skip
+    by_client: dict[str, list[Any]] = {}
+    for r in got:
+        meta = r.metadata if not isinstance(r.metadata, str) else json.loads(r.metadata)
+        by_client.setdefault(str((meta or {}).get("service.name")), []).append(r)
+    assert set(by_client) == {f"otel-capture-{c}" for c in CONFIGS}, sorted(by_client)
+    for config in CONFIGS:
+        _check_config(config, answered[config], by_client[f"otel-capture-{config}"])
+
+
+def _check_config(config: str, answered: list[dict[str, Any]], got: list[Any]) -> None:
+    assert len(got) == len(CALLS), (config, [r.request_id for r in got])  # exactly one row per call
     content = CONFIGS[config].content
     for call, want, row in zip(CALLS, answered, got, strict=True):
         where = f"{config} call {call}: {row._asdict()}"
