@@ -347,7 +347,7 @@ def test_murmur2_and_the_partitioner_pick_kafkas_default_partition() -> None:
     from kafka.partitioner import DefaultPartitioner
     from kafka.partitioner.default import murmur2 as reference
 
-    from driftloop.api.receiver import Murmur2Partitioner, murmur2
+    from driftloop.api.receiver import Murmur2Partitioner, murmur2, murmur2_many
 
     rnd = random.Random(16)
     for n in [*range(0, 70), 255, 1000]:
@@ -355,6 +355,11 @@ def test_murmur2_and_the_partitioner_pick_kafkas_default_partition() -> None:
             data = rnd.randbytes(n)
             assert murmur2(data) == reference(data), data
     assert murmur2(b"21") == reference(b"21") == -973932308 & 0xFFFFFFFF  # the Java client's test vector
+    # the batch form: numpy for groups of keys of one length (every tail length), murmur2 for the rest
+    batch = [rnd.randbytes(n) for n in [*range(0, 60), *[54] * 50, *[13] * 9, *[3] * 10, *[0] * 9] for _ in range(2)]
+    rnd.shuffle(batch)
+    assert murmur2_many(batch) == [reference(k) & 0xFFFFFFFF for k in batch]
+    assert murmur2_many([]) == []
 
     class Cluster(ClusterMetadata):
         def partitions_for_topic(self, topic: str) -> set[int] | None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
+import numpy as np
 from kafka.partitioner import DefaultPartitioner
 
 from driftloop.ingest.decode import BAD_TIMESTAMP, MISSING_FIELD, UNKNOWN_TYPE, WRONG_TYPE
@@ -146,6 +147,46 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
+def murmur2_many(keys: list[bytes]) -> list[int]:
+    """:func:`murmur2` of each key, keys of one length hashed together: a request's ``otel-<trace>-<span>``
+    ids all have 54 bytes, so numpy runs each step once over every key (uint32 arithmetic wraps mod 2**32
+    as the hash needs) instead of ~13 Python steps per key; short groups take :func:`murmur2`."""
+    out = [0] * len(keys)
+    by_len: dict[int, list[int]] = {}
+    for i, k in enumerate(keys):
+        by_len.setdefault(len(k), []).append(i)
+    m = np.uint32(0x5BD1E995)
+    for n, idx in by_len.items():
+        if len(idx) < 8 or n < 4:
+            for i in idx:
+                out[i] = murmur2(keys[i])
+            continue
+        words = n >> 2
+        raw = np.frombuffer(b"".join([keys[i] for i in idx]), dtype=np.uint8).reshape(len(idx), n)
+        w = np.ascontiguousarray(raw[:, : words * 4]).view("<u4").astype(np.uint32)  # a copy: mixed in place
+        w *= m  # every word's mix at once; only the running hash is sequential
+        w ^= w >> np.uint32(24)
+        w *= m
+        h = np.full(len(idx), 0x9747B28C ^ n, dtype=np.uint32)
+        for j in range(words):
+            h *= m
+            h ^= w[:, j]
+        tail = n & 3
+        if tail:
+            t = raw[:, words * 4 :].astype(np.uint32)
+            if tail == 3:
+                h ^= t[:, 2] << np.uint32(16)
+            if tail >= 2:
+                h ^= t[:, 1] << np.uint32(8)
+            h = (h ^ t[:, 0]) * m
+        h ^= h >> np.uint32(13)
+        h = h * m
+        h ^= h >> np.uint32(15)
+        for i, v in zip(idx, h.tolist(), strict=True):
+            out[i] = v
+    return out
+
+
 class Murmur2Partitioner(DefaultPartitioner):
     """kafka-python's default partitioner with :func:`murmur2`: a key lands on the partition Kafka's Java
     client (and the default partitioner) picks, which keeps each ``request_id``'s records in order.
@@ -215,6 +256,8 @@ class KafkaSink:
     partitions: int = 3
     replication_factor: int = 1
     _producer: Any = None
+    #: the configured partitioner is ours, so produce() may compute keyed partitions itself
+    _keyed_partitions: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def producer_options(self) -> dict[str, Any]:
@@ -241,7 +284,9 @@ class KafkaSink:
                     ensure_topics(self.bootstrap, [self.topic], partitions=self.partitions,
                                   replication_factor=self.replication_factor,
                                   timeout_s=max(0.1, min(3.0, deadline - time.monotonic())))  # fmt: skip
-                self._producer = make_producer(self.bootstrap, **self.producer_options())
+                opts = self.producer_options()
+                self._keyed_partitions = isinstance(opts["partitioner"], Murmur2Partitioner)
+                self._producer = make_producer(self.bootstrap, **opts)
             return self._producer
         finally:
             self._lock.release()
@@ -255,7 +300,18 @@ class KafkaSink:
         deadline = time.monotonic() + self.timeout_s
         try:
             prod = self._get(deadline)
-            futures = [prod.send(self.topic, key=k, value=v) for k, v in messages]
+            send, topic = prod.send, self.topic
+            if self._keyed_partitions:
+                # the partition the Murmur2Partitioner would pick, for all keys at once (murmur2_many) and
+                # passed explicitly: send() then skips the partitioner's per-record calls
+                parts = sorted(prod.partitions_for(topic))
+                n = len(parts)
+                hashes = iter(murmur2_many([k for k, _ in messages if k is not None]))
+                futures = [send(topic, key=k, value=v) if k is None else
+                           send(topic, key=k, value=v, partition=parts[(next(hashes) & 0x7FFFFFFF) % n])
+                           for k, v in messages]  # fmt: skip
+            else:
+                futures = [send(topic, key=k, value=v) for k, v in messages]
             for f in futures:
                 f.get(timeout=max(0.0, deadline - time.monotonic()))
         except BrokerUnavailable:
