@@ -140,7 +140,8 @@ class TeacherEndpointSettings(Section):
         "the server's root or its /v1 (http://teacher:8000 or http://teacher:8000/v1): requests go to "
         "<root>/v1/chat/completions"))  # fmt: skip
     model: str = Field(min_length=1, description="the model name sent in each request")
-    api_key_env: str | None = Field(None, description="environment variable holding the bearer key")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="environment variable holding the bearer key (never the key)")
     max_requests_per_minute: float = Field(60.0, gt=0)
     budget_requests: int = Field(1000, ge=0, description="most teacher calls per retrain run (cache hits are free)")
     max_tokens: int = Field(512, gt=0, le=32_768)
