@@ -215,7 +215,9 @@ def _rows(conn: Connection, model_id: str, workload: str | None, since: datetime
     return list(conn.execute(q.order_by(i.ts, i.id)).all())
 
 
-def _logged_answers(conn: Connection, teacher_id: str, texts: Sequence[str], until: datetime) -> dict[str, tuple[Any, str]]:
+def _logged_answers(
+    conn: Connection, teacher_id: str, texts: Sequence[str], until: datetime
+) -> dict[str, tuple[Any, str]]:
     """The teacher's newest usable logged answer to each prompt text: ``{text: (ts, response)}``."""
     i, fl = interactions.c, feedback_latest.c
     out: dict[str, tuple[Any, str]] = {}

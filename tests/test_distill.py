@@ -154,9 +154,11 @@ def test_teacher_answers_from_shadow_and_fallback_logs(engine: Engine, tmp_path:
     q0 = next(r for r in recs if r["prompt"] == "Question 0?")
     assert q0["request_id"] == "r-stu-0"
 
-    snap, st2 = build_distill_snapshot(engine, p, tmp_path / "ds", positive_threshold=POS, cache_dir=None, now=NOW)
+    snap, _ = build_distill_snapshot(engine, p, tmp_path / "ds", positive_threshold=POS, cache_dir=None, now=NOW)
     assert snap.manifest["mode"] == "distill" and snap.manifest["teacher"]["from_logs"] == 8
-    assert snap.manifest["sources"]["teacher_log"] == 8 and snap.manifest["train_rows"] + snap.manifest["eval_rows"] == 8
+    assert (
+        snap.manifest["sources"]["teacher_log"] == 8 and snap.manifest["train_rows"] + snap.manifest["eval_rows"] == 8
+    )
     assert all(r["source"] == "teacher_log" for r in snap.train + snap.eval)
     assert load_snapshot(snap.path).eval == snap.eval
     # the workload filter: without it the other workload's prompts come too
@@ -171,7 +173,7 @@ def test_teacher_answers_from_shadow_and_fallback_logs(engine: Engine, tmp_path:
 
 def test_too_few_teacher_answers_say_what_to_configure(engine: Engine, tmp_path: Path) -> None:
     insert_rows(engine, [row(i, "stu", f"Question {i}?") for i in range(4)])
-    with pytest.raises(DatasetError, match="teacher.endpoint"):
+    with pytest.raises(DatasetError, match=r"teacher\.endpoint"):
         build_distill_snapshot(engine, policy(), tmp_path, positive_threshold=POS, cache_dir=None, now=NOW)
 
 
