@@ -361,7 +361,9 @@ def run_check(engine: Engine, settings: Settings, model_id: str, window: int | N
     """Check one window of ``model_id`` now: index ``window``, else the newest complete unchecked one.
 
     ``workload`` and ``segment`` name the stream of an indexed ``window`` ("" : the unnamed workload, the
-    whole workload).
+    whole workload). Without an index, a non-empty ``workload`` or ``segment`` narrows the choice to the
+    newest due window of that workload or segment (or both); "" leaves that part open (any stream), as
+    ``driftloop monitor check`` without ``--window`` passes its defaults.
     Returns None when the model has no complete unchecked window. Raises ValueError when the
     requested window does not exist (yet), or was already checked and ``persist`` is set; with
     ``persist=False`` a checked window is rebuilt from its stored bounds and checked again (re-inspection:
@@ -387,7 +389,11 @@ def run_check(engine: Engine, settings: Settings, model_id: str, window: int | N
             wins = [stored] if stored is not None else [w for w in wins if w.index == window and w.segment == segment
                                                         and w.workload == workload]  # fmt: skip
             if not wins:
-                raise ValueError(f"window {window} of {model_id!r} is not complete (or has no traffic) yet")
+                stream = f"{model_id!r}" + (f" workload {workload!r}" if workload else "") + (
+                    f" segment {segment!r}" if segment else "")
+                raise ValueError(f"window {window} of {stream} is not complete (or has no traffic) yet")
+        else:
+            wins = [w for w in wins if (not workload or w.workload == workload) and (not segment or w.segment == segment)]
     if not wins:
         return None
     return WindowChecker(settings, engine).check(wins[-1], persist=persist, report=report)

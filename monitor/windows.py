@@ -80,24 +80,64 @@ def workload_is(col: Any, workload: str) -> ColumnElement[bool]:
     return or_(col.is_(None), col == "") if workload == "" else col == workload
 
 
-def _light_rows(conn: Connection, model_id: str, since: datetime | None, with_meta: bool) -> list[Any]:
-    """(id, ts, workload[, metadata]) of a model's records at or after ``since``, in event-time order."""
+Stream = tuple[str, str]  # (workload, segment) of one model
+
+
+def _light_rows(conn: Connection, model_id: str, workload: str, since: datetime | None, with_meta: bool) -> list[Any]:
+    """(id, ts, workload[, metadata]) of one workload's records at or after ``since``, in event-time order.
+
+    One workload at a time: ``ix_interactions_model_workload_ts`` makes it a range scan from ``since``.
+    """
     c = interactions.c
     cols = [c.id, c.ts, c.workload]
     if with_meta:
         cols.append(c.metadata)
-    q = select(*cols).where(c.model_id == model_id)
+    q = select(*cols).where(c.model_id == model_id, workload_is(c.workload, workload))
     if since is not None:
         q = q.where(c.ts >= since)
     return list(conn.execute(q.order_by(c.ts, c.id)).all())
 
 
+def workloads(conn: Connection, model_id: str) -> list[str]:
+    """The workloads ``model_id`` has records of ("" : the unnamed one), sorted.
+
+    A loose index scan over ``ix_interactions_model_workload_ts`` (one probe per workload, recursively the
+    smallest workload above the previous one) instead of ``DISTINCT``, which would read every record's entry.
+    """
+    c = interactions.c
+    nxt = interactions.alias("nxt")
+    first = select(func.min(c.workload).label("workload")).where(c.model_id == model_id).cte("wl", recursive=True)
+    step = (select(func.min(nxt.c.workload)).where(nxt.c.model_id == model_id, nxt.c.workload > first.c.workload)
+            .scalar_subquery())  # fmt: skip
+    wl = first.union_all(select(step).where(first.c.workload.is_not(None)))
+    named = set(conn.execute(select(wl.c.workload).where(wl.c.workload.is_not(None))).scalars())
+    unnamed = conn.execute(select(c.id).where(c.model_id == model_id, c.workload.is_(None)).limit(1)).first()
+    return sorted({w or "" for w in named} | ({""} if unnamed is not None else set()))
+
+
+def _stream_rows(conn: Connection, s: MonitorSettings, model_id: str,
+                 done: dict[Stream, tuple[int, datetime, int | None]]) -> list[Any]:  # fmt: skip
+    """The records that can still form windows of ``model_id``, read per workload from that workload's bound.
+
+    A workload's records are read from the oldest end among its streams' newest checked windows (older
+    ones belong to checked windows or arrived too late), a workload without any checked window from its
+    first record: a stream is never cut short because another stream was checked further. While every
+    stream keeps being checked, each read starts near its newest window, not at the start of the history.
+
+    Segments are computed from the records' metadata, so within one workload the bound is the oldest end of
+    the segments that have a checked window: a segment whose records all lie before it and that has no
+    checked window yet is not seen (no index can find it without reading the workload's history).
+    """
+    out: list[Any] = []
+    for wl in workloads(conn, model_id):
+        ends = [v[1] for (w, _), v in done.items() if w == wl]
+        out += _light_rows(conn, model_id, wl, min(ends) if ends else None, bool(s.segment_keys))
+    return out
+
+
 def models(conn: Connection) -> list[str]:
     """Models that have traffic."""
     return [r[0] for r in conn.execute(select(interactions.c.model_id).distinct()).all()]
-
-
-Stream = tuple[str, str]  # (workload, segment) of one model
 
 
 def _last_checked(conn: Connection, model_id: str, kind: str) -> dict[Stream, tuple[int, datetime, int | None]]:
@@ -128,8 +168,7 @@ def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: dateti
         # Count windows follow event time (ts, then id), not arrival order: records of one
         # stream arrive interleaved across partitions. A record older than the newest checked
         # window of its segment arrived too late and is not re-windowed.
-        since = min((v[1] for v in done.values()), default=None) if done else None
-        rows = _light_rows(conn, model_id, since, bool(s.segment_keys))
+        rows = _stream_rows(conn, s, model_id, done)
         by_seg: dict[Stream, list[tuple[int, datetime]]] = defaultdict(list)
         for r in rows:
             key = (r[2] or "", segment_of(r[3], s.segment_keys) if s.segment_keys else "")
@@ -148,9 +187,7 @@ def due_windows(conn: Connection, s: MonitorSettings, model_id: str, now: dateti
     else:
         length = timedelta(minutes=w.minutes)
         secs = length.total_seconds()
-        # rows before the newest checked window's end belong to checked windows: not read again
-        since = min((v[1] for v in done.values()), default=None) if done else None
-        rows = _light_rows(conn, model_id, since, bool(s.segment_keys))
+        rows = _stream_rows(conn, s, model_id, done)  # rows of checked windows are not read again
         horizon = now - timedelta(seconds=w.grace_s)
         by_key: dict[tuple[str, str, int], list[int]] = defaultdict(list)
         for r in rows:

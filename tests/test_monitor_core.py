@@ -277,3 +277,30 @@ def test_check_on_sqlite(sqlite_url: str, tmp_path: Path) -> None:
     assert [r.status for r in res] == ["insufficient_data", "ok", "ok"]
     assert res[2].window_id is not None and res[2].outcome is not None and res[2].outcome.drifted
     eng.dispose()
+
+
+def test_run_check_without_index_takes_the_named_streams_newest_window(engine: Engine, pg_url: str,
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    """Issue 16 review: without an index, a given workload or segment picks that stream's newest due window;
+    without them, the newest due window of any stream (what ``monitor check`` without ``--window`` does)."""
+    s = _settings(pg_url, tmp_path, segment_keys=["region"])
+    # workload "a" (region eu): windows 0 and 1 in the first 200 s; "b": eu 0 and us 0, later
+    a = [interaction(i, meta={"region": "eu"}, prefix="a") | {"workload": "a"} for i in range(200)]
+    b = [interaction(i, meta={"region": "eu" if i < 300 else "us"}, prefix="b") | {"workload": "b"}
+         for i in range(200, 400)]  # fmt: skip
+    insert_rows(engine, a + b)
+    with engine.connect() as c:
+        due = due_windows(c, s.monitor, "m")
+    assert {(w.workload, w.segment, w.index) for w in due} == {
+        ("a", "region=eu", 0), ("a", "region=eu", 1), ("b", "region=eu", 0), ("b", "region=us", 0)}
+    r = run_check(engine, s, "m", workload="a", persist=False)
+    assert r is not None and (r.window.workload, r.window.segment, r.window.index) == ("a", "region=eu", 1)
+    r = run_check(engine, s, "m", workload="b", segment="region=eu", persist=False)
+    assert r is not None and (r.window.workload, r.window.segment, r.window.index) == ("b", "region=eu", 0)
+    r = run_check(engine, s, "m", segment="region=eu", persist=False)  # any workload, that segment: b's is newer
+    assert r is not None and (r.window.workload, r.window.segment) == ("b", "region=eu")
+    r = run_check(engine, s, "m", persist=False)  # any stream: b's us window is the newest
+    assert r is not None and (r.window.workload, r.window.segment) == ("b", "region=us")
+    assert run_check(engine, s, "m", workload="c") is None  # no such stream: nothing due
+    with pytest.raises(ValueError, match="workload 'c' is not complete"):
+        run_check(engine, s, "m", window=0, workload="c")

@@ -255,3 +255,72 @@ def test_every_panel_over_workload_tables_filters_by_workload() -> None:
         for sql in sqls:
             if re.search(r"\b(FROM|JOIN)\s+(interactions|monitor_windows|window_metrics|alerts)\b", sql):
                 assert "IN ($workload)" in sql and "'__all' IN ($workload)" in sql, (f.name, sql)
+
+
+# ------------------------------------------------- streams checked at different times (due_windows' reads)
+def _two_workloads(kind: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Workload "a": 100 records in the first 100 s; workload "b": 60 records between them and 40 more much
+    later. Count windows of 100: a#0 is complete at once, b#0 only with its late 40 (and needs its early 60).
+    Time windows of 5 min: both have a window #idx0 in the first 5 minutes."""
+    from tests.monitor_helpers import T0, interaction
+
+    a = [interaction(i, ts=T0 + timedelta(seconds=i), prefix="a") | {"workload": "a"} for i in range(100)]
+    b = [interaction(i, ts=T0 + timedelta(seconds=i, milliseconds=500), prefix="b") | {"workload": "b"}
+         for i in range(60)]  # fmt: skip
+    late = [interaction(i, ts=T0 + timedelta(seconds=200 + i), prefix="b") | {"workload": "b"} for i in range(60, 100)]
+    window = {"kind": "count", "size": 100} if kind == "count" else {"kind": "time", "minutes": 5, "grace_s": 0}
+    monitor = {"window": window, "reference": {"kind": "previous", "windows": 1}, "min_window_size": 50,
+               "reports": False, "embeddings": {"enabled": False}, "text_drift": False, "language_sample": 0}  # fmt: skip
+    return a + b + late, monitor
+
+
+@pytest.mark.parametrize("kind", ["count", "time"])
+def test_checking_one_workload_first_keeps_the_other_workloads_early_records(pg_url: str, kind: str) -> None:
+    """Issue 16 review: a stream without a checked window must not lose the records before another stream's."""
+    from driftloop.monitor.check import run_check
+    from tests.monitor_helpers import T0, insert_rows
+
+    rows, monitor = _two_workloads(kind)
+    s = make_settings(pg_url, monitor=monitor)
+    eng = create_engine_from_url(pg_url)
+    try:
+        insert_rows(eng, rows)
+        idx0 = 0 if kind == "count" else int(T0.timestamp() // 300)
+        first = run_check(eng, s, "m", window=idx0, workload="a")
+        assert first is not None and first.window.workload == "a" and len(first.window.ids) == 100
+        with eng.connect() as c:
+            due = due_windows(c, s.monitor, "m")
+        b0 = [w for w in due if w.workload == "b" and w.index == idx0]
+        assert len(b0) == 1, due
+        b_ids = {r["request_id"] for r in rows if r["workload"] == "b"}
+        if kind == "time":  # the first 5 minutes hold all of b's records
+            b_ids = {r["request_id"] for r in rows if r["workload"] == "b" and r["ts"] < T0 + timedelta(minutes=5)}
+        with eng.connect() as c:
+            got = set(c.execute(select(interactions.c.request_id).where(interactions.c.id.in_(b0[0].ids))).scalars())
+        assert got == b_ids
+        res = run_check(eng, s, "m", window=idx0, workload="b")
+        assert res is not None and res.window.ids == b0[0].ids
+    finally:
+        eng.dispose()
+
+
+def test_a_slow_workload_keeps_its_records_across_runs(pg_url: str) -> None:
+    """The scheduled job checks "a"'s window while "b" has too few records; b's first window, complete later,
+    still starts with b's first record."""
+    from tests.monitor_helpers import insert_rows
+
+    rows, monitor = _two_workloads("count")
+    s = make_settings(pg_url, monitor=monitor)
+    eng = create_engine_from_url(pg_url)
+    try:
+        insert_rows(eng, rows[:160])  # a's 100, b's first 60
+        first = DriftCheckJob(s, eng).run_once()
+        assert [(r.window.workload, r.window.index) for r in first] == [("a", 0)]
+        insert_rows(eng, rows[160:])  # b's late 40
+        second = DriftCheckJob(s, eng).run_once()
+        assert [(r.window.workload, r.window.index, len(r.window.ids)) for r in second] == [("b", 0, 100)]
+        with eng.connect() as c:
+            firsts = c.execute(select(interactions.c.id).where(interactions.c.request_id == "b-m-0")).scalar_one()
+        assert second[0].window.first_id == firsts
+    finally:
+        eng.dispose()
