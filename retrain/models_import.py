@@ -285,7 +285,8 @@ def import_model(source: str, *, artifacts_dir: Path, name: str | None = None, o
     summary = gguf_summary(path) if kind == "gguf" else _check_hf(path)
     say(f"hashing {path}")
     digest = source_digest(kind, path)
-    name = name or (summary.get("name") if kind == "gguf" else None) or (path.stem if kind == "gguf" else path.name)
+    # the file name, not general.name: that is often a training run's label ("Smollm2 135M 8k Lc100K Mix1 Ep2")
+    name = name or (path.stem if kind == "gguf" else path.name)
     target = Path(out) if out is not None else default_out(artifacts_dir, str(name), digest)
     existing = _check_existing(target, digest)
     if existing is not None:
