@@ -2,15 +2,19 @@
 
 Runs in the training subprocess (it needs torch, transformers and peft). Per example it computes the
 summed NLL of the reference tokens (+ eos) given the prompt, with the same formatting as training, and,
-when ``generate``, a greedy answer with its ROUGE-L F1, sentence BLEU and exact match. The results are
-``retrain.gate.ExampleScore`` records, which the daemon gates from JSON.
+when ``generate``, a greedy answer with its ROUGE-L F1, sentence BLEU and exact match, and what the answer
+cost: the wall time of the generate call that produced it and the tokens it generated (the gate's cost
+report: the student's tokens/s and latency). The results are ``retrain.gate.ExampleScore`` records, which
+the daemon gates from JSON (and to which it adds ``similarity`` and ``judge_win``, see ``retrain.distill``).
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +112,29 @@ def _nll(model: Any, encoded: list[tuple[list[int], list[int]]], pad_id: int, ba
     return out
 
 
-@torch.inference_mode()
+@dataclass(frozen=True)
+class Generated:
+    """One greedy answer and its cost: the generate call's wall time, its batch size, the tokens generated."""
+
+    text: str
+    tokens: int
+    latency_s: float
+    batch: int
+
+
 def _generate(model: Any, prompts: list[list[int]], pad_id: int, eos_id: int | None, max_new_tokens: int,
               batch_size: int, tokenizer: Any, tick: Callable[[int], None]) -> list[str]:  # fmt: skip
     """Greedy answers, left-padded batches sorted by prompt length, cut at the first eos."""
+    return [g.text for g in _generate_timed(model, prompts, pad_id, eos_id, max_new_tokens, batch_size, tokenizer,
+                                            tick)]  # fmt: skip
+
+
+@torch.inference_mode()
+def _generate_timed(model: Any, prompts: list[list[int]], pad_id: int, eos_id: int | None, max_new_tokens: int,
+                    batch_size: int, tokenizer: Any, tick: Callable[[int], None]) -> list[Generated]:  # fmt: skip
+    """Greedy answers, left-padded batches sorted by prompt length, cut at the first eos, each with its cost."""
     device = next(model.parameters()).device
-    out = [""] * len(prompts)
+    out: list[Generated] = [Generated("", 0, 0.0, 1)] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     stop = {t for t in (eos_id, pad_id) if t is not None}
     for batch in _batches(order, batch_size):
@@ -124,12 +145,16 @@ def _generate(model: Any, prompts: list[list[int]], pad_id: int, eos_id: int | N
             p = prompts[i]
             ids[row, width - len(p) :] = torch.tensor(p)
             mask[row, width - len(p) :] = 1
+        t0 = time.perf_counter()
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos_id)  # fmt: skip
+        new_ids = gen[:, width:].tolist()  # on the host: the device finished the batch
+        took = time.perf_counter() - t0
         for row, i in enumerate(batch):
-            new = gen[row, width:].tolist()
+            new = new_ids[row]
             cut = next((k for k, t in enumerate(new) if t in stop), len(new))
-            out[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+            text = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+            out[i] = Generated(text, cut, took, len(batch))
         tick(len(batch))
     return out
 
@@ -169,13 +194,15 @@ def score_examples(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, str]]
     for x, y in encoded:
         k = next((j for j, lab in enumerate(y) if lab != -100), len(y))  # the prompt: the unlabelled prefix
         prompts.append(list(x[:k])[-keep:] or [pad_id])
-    outputs = _generate(model, prompts, pad_id, tokenizer.eos_token_id, max_new_tokens, batch_size, tokenizer, tick)
+    outputs = _generate_timed(model, prompts, pad_id, tokenizer.eos_token_id, max_new_tokens, batch_size, tokenizer, tick)
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     scores = []
-    for (v, t), ref, hyp in zip(nll, refs, outputs, strict=True):
+    for (v, t), ref, g in zip(nll, refs, outputs, strict=True):
+        hyp = g.text
         scores.append(ExampleScore(nll=v, n_tokens=t, rouge_l=float(scorer.score(ref, hyp)["rougeL"].fmeasure),
                                    bleu=float(sacrebleu.sentence_bleu(hyp, [ref]).score),
-                                   exact_match=float(_normalise(hyp) == _normalise(ref)), output=hyp))  # fmt: skip
+                                   exact_match=float(_normalise(hyp) == _normalise(ref)), output=hyp,
+                                   gen_latency_s=g.latency_s, gen_tokens=g.tokens, gen_batch=g.batch))  # fmt: skip
     return scores
 
 

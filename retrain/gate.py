@@ -42,7 +42,13 @@ METRICS: dict[str, MetricInfo] = {
     "exact_match": MetricInfo("exact_match", True, "case/whitespace-normalised equality (0/1), mean"),
     # only with gate.estimate: the runner fills it from the workload's estimator champion (see runner)
     "estimate": MetricInfo("estimate", True, "the quality estimator's P(positive) of the answer, mean"),
+    # filled by the runner after the worker (retrain.distill): in distill mode the reference is the teacher's answer
+    "similarity": MetricInfo("similarity", True, "MiniLM cosine similarity of the answer to the reference, mean"),
+    "judge_win": MetricInfo("judge_win", True, "a judge's preference over the reference (1 win, 0.5 tie, 0 loss)"),
 }
+
+#: metrics computed only when configured: when absent and not primary or guard, no note either
+OPTIONAL = ("estimate", "similarity", "judge_win")
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,13 @@ class ExampleScore:
     exact_match: float | None = None
     output: str | None = None
     estimate: float | None = None
+    similarity: float | None = None
+    judge_win: float | None = None
+    # generation cost (the cost report): wall time of the generate call that produced the answer, the
+    # tokens it generated for this example, and how many examples that call generated together
+    gen_latency_s: float | None = None
+    gen_tokens: int | None = None
+    gen_batch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,8 +79,25 @@ class ExampleScore:
             v = d.get(k)
             return None if v is None else float(v)
 
+        def opt_int(k: str) -> int | None:
+            v = d.get(k)
+            return None if v is None else int(v)
+
         return cls(nll=float(d["nll"]), n_tokens=int(d["n_tokens"]), rouge_l=opt("rouge_l"), bleu=opt("bleu"),
-                   exact_match=opt("exact_match"), output=d.get("output"), estimate=opt("estimate"))  # fmt: skip
+                   exact_match=opt("exact_match"), output=d.get("output"), estimate=opt("estimate"),
+                   similarity=opt("similarity"), judge_win=opt("judge_win"), gen_latency_s=opt("gen_latency_s"),
+                   gen_tokens=opt_int("gen_tokens"), gen_batch=opt_int("gen_batch"))  # fmt: skip
+
+
+def with_metric(scores: Sequence[ExampleScore], metric: str, values: Sequence[float]) -> list[ExampleScore]:
+    """``scores`` with ``metric`` set per example (a metric computed after the worker, e.g. similarity)."""
+    from dataclasses import replace
+
+    if metric not in METRICS or metric == "perplexity":
+        raise ValueError(f"not a per-example metric: {metric!r}")
+    if len(values) != len(scores):
+        raise ValueError(f"{metric}: {len(values)} values for {len(scores)} examples")
+    return [replace(s, **{metric: float(v)}) for s, v in zip(scores, values, strict=True)]  # type: ignore[arg-type]
 
 
 ExampleScores = Sequence[ExampleScore]
@@ -106,17 +136,24 @@ class GateDecision:
     comparisons: list[Comparison]
     spec: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # what was kept and what was saved (retrain.cost.DistillReport.to_dict): quality retained vs the teacher
+    # and the student's cost vs the teacher's; None outside distillation
+    report: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"promote": self.promote, "primary": self.primary, "reasons": list(self.reasons),
-                "comparisons": [c.to_dict() for c in self.comparisons], "spec": dict(self.spec),
-                "notes": list(self.notes)}  # fmt: skip
+        out = {"promote": self.promote, "primary": self.primary, "reasons": list(self.reasons),
+               "comparisons": [c.to_dict() for c in self.comparisons], "spec": dict(self.spec),
+               "notes": list(self.notes)}  # fmt: skip
+        if self.report is not None:
+            out["report"] = dict(self.report)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GateDecision:
         return cls(promote=bool(d["promote"]), primary=str(d["primary"]), reasons=[str(r) for r in d["reasons"]],
                    comparisons=[Comparison.from_dict(c) for c in d.get("comparisons", [])],
-                   spec=dict(d.get("spec", {})), notes=[str(x) for x in d.get("notes", [])])  # fmt: skip
+                   spec=dict(d.get("spec", {})), notes=[str(x) for x in d.get("notes", [])],
+                   report=dict(d["report"]) if d.get("report") else None)  # fmt: skip
 
     def comparison(self, metric: str, suite: str = HELDOUT) -> Comparison | None:
         """The comparison of ``metric`` on ``suite``, if it was computed."""
@@ -138,6 +175,10 @@ class GateDecision:
         if self.notes:
             lines.append("notes:")
             lines += [f"  - {n}" for n in self.notes]
+        if self.report:
+            from driftloop.retrain.cost import report_lines
+
+            lines += report_lines(self.report)
         return "\n".join(lines)
 
 
@@ -262,6 +303,8 @@ def decide(suites: Mapping[str, tuple[ExampleScores, ExampleScores]], spec: Gate
             if metric == "estimate" and not spec.estimate:
                 continue  # off: not even a note
             role = "primary" if metric == spec.primary else ("guard" if metric in spec.guards else "report")
+            if role == "report" and metric in OPTIONAL and not (available(champ, metric) and available(cand, metric)):
+                continue  # not configured for this run: not even a note
             if n == 0 or not (available(champ, metric) and available(cand, metric)):
                 if role == "primary" and suite == HELDOUT:
                     failures.append(f"{metric} on {suite}: not computed, so the primary metric cannot be tested")

@@ -8,6 +8,10 @@ hands them to :meth:`RetrainRunner.execute`: it builds the dataset snapshot, sta
 keep their CPU time and a crash in torch cannot take the daemon down), copies its progress into the
 row, then applies the gate, registers the candidate and, if the gate passed and the policy approves
 automatically, promotes it.
+
+A ``distill`` or ``mix`` policy builds its snapshot from the teacher's answers (:mod:`driftloop.retrain.distill`),
+adds the metrics ``similarity`` (and ``judge_win`` with ``gate.judge``) to the worker's scores before the gate,
+and the gate decision carries a report of what was kept and saved (:mod:`driftloop.retrain.cost`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, and_, func, select, update
 
@@ -35,6 +39,13 @@ from driftloop.retrain.registry import ModelRegistry, ModelVersion, PromotionFai
 from driftloop.retrain.tables import ACTIVE_STATUSES, retrain_jobs
 from driftloop.settings.retrain import PolicySettings
 from driftloop.store.timestamps import utc
+
+if TYPE_CHECKING:
+    import httpx
+
+    from driftloop.retrain.dataset import Snapshot
+    from driftloop.retrain.distill import TeacherStats
+    from driftloop.retrain.gate import ExampleScore
 
 log = logging.getLogger("driftloop.retrain")
 
@@ -125,7 +136,10 @@ class RetrainRunner:
 
     def __init__(self, settings: Any, engine: Engine, instance: str, *,
                  targets: Mapping[str, PromotionTarget] | None = None,
-                 echo: Callable[[str], None] | None = None, fence: Callable[[], bool] | None = None) -> None:  # fmt: skip
+                 echo: Callable[[str], None] | None = None, fence: Callable[[], bool] | None = None,
+                 http_transport: httpx.BaseTransport | None = None) -> None:  # fmt: skip
+        """``http_transport``: for the teacher endpoint's and the judge's HTTP calls (tests); default: the network."""
+        self.http_transport = http_transport
         self.settings = settings
         self.engine = engine
         self.instance = instance
@@ -212,8 +226,18 @@ class RetrainRunner:
         s = self.settings
         t = time.perf_counter()
         champion = self.registry.ensure_base(policy.model_id, policy.base_model)
-        snap = build_snapshot(self.engine, policy.model_id, policy.data, artifacts_dir(s) / "datasets",
-                              positive_threshold=s.feedback.positive_threshold, policy=policy.name)  # fmt: skip
+        started = _now()
+        teacher: TeacherStats | None = None
+        if policy.mode == "sft":
+            snap = build_snapshot(self.engine, policy.model_id, policy.data, artifacts_dir(s) / "datasets",
+                                  positive_threshold=s.feedback.positive_threshold, policy=policy.name)  # fmt: skip
+        else:
+            from driftloop.retrain.distill import build_distill_snapshot
+
+            snap, teacher = build_distill_snapshot(
+                self.engine, policy, artifacts_dir(s) / "datasets", positive_threshold=s.feedback.positive_threshold,
+                cache_dir=artifacts_dir(s) / "teacher-cache", now=started, transport=self.http_transport)  # fmt: skip
+            self.echo(f"job {job_id}: teacher answers: {teacher.to_dict()}")
         timings["dataset_s"] = round(time.perf_counter() - t, 3)
         m = snap.manifest
         self.echo(f"job {job_id}: dataset {snap.path.name}: {m['train_rows']} train / {m['eval_rows']} eval rows "
@@ -253,7 +277,17 @@ class RetrainRunner:
                                               suite_prompts(snap.path / "eval.jsonl", g.golden_set))  # fmt: skip
             for note in est_notes:
                 self.echo(f"job {job_id}: {note}")
+        t = time.perf_counter()
+        suites, extra_notes = self._teacher_metrics(policy, snap, suites)
+        for note in extra_notes:
+            self.echo(f"job {job_id}: {note}")
         decision = decide(suites, g)
+        if policy.mode != "sft":
+            import dataclasses
+
+            report = self._distill_report(policy, snap, suites, teacher, started)
+            decision = dataclasses.replace(decision, report=report, notes=decision.notes + extra_notes)
+        timings["teacher_metrics_s"] = round(time.perf_counter() - t, 3)
         gate = decision.to_dict()
         self.echo(f"job {job_id}: gate {'PASSED' if decision.promote else 'REJECTED'} "
                   f"(candidate vs champion {champion.version})\n{decision.summary()}")  # fmt: skip
@@ -283,6 +317,95 @@ class RetrainRunner:
         timings["promote_s"] = round(time.perf_counter() - t, 3)
         self.echo(f"job {job_id}: promoted {v.family} {v.version} to champion")
         return RunOutcome(job_id, "succeeded", v, True, gate, f"promoted {v.version}")
+
+    def _teacher_metrics(self, policy: PolicySettings, snap: Snapshot,
+                         suites: dict[str, tuple[list[ExampleScore], list[ExampleScore]]],
+                         ) -> tuple[dict[str, tuple[list[ExampleScore], list[ExampleScore]]], list[str]]:  # fmt: skip
+        """``suites`` with ``similarity`` (distill/mix, or named by the gate) and ``judge_win`` (``gate.judge``)
+        against each row's reference; notes on what could not be scored."""
+        from driftloop.retrain.distill import AnswerCache, JudgeRun, judge_win_values, similarity_values, suite_rows
+        from driftloop.retrain.gate import with_metric
+
+        g = policy.gate
+        want_sim = g.generate and (policy.mode != "sft" or "similarity" in (g.primary, *g.guards))
+        if not g.generate or not (want_sim or g.judge):
+            return suites, []
+        rows = suite_rows(snap.path / "eval.jsonl", g.golden_set)
+        notes: list[str] = []
+        out = dict(suites)
+        embed: Callable[[list[str]], Any] | None = None
+        if want_sim:
+            try:
+                from driftloop.monitor.embeddings import load_embedder
+
+                e = self.settings.monitor.embeddings
+                emb = load_embedder(e.model_path, e.runtime, e.cache_dir)
+                embed = lambda texts: emb.encode(texts, 256)  # noqa: E731 - answers: more than the monitor's opening
+            except Exception as ex:  # no embeddings extra: the gate says the metric was not computed
+                notes.append(f"similarity not computed: the embedding model could not be loaded ({ex})")
+        judge = None
+        if g.judge:
+            judge = next((j for j in self.settings.quality.judges if j.name == g.judge), None)
+            if judge is None:
+                names = [j.name for j in self.settings.quality.judges]
+                notes.append(f"judge_win not computed: gate.judge {g.judge!r} is not configured (quality.judges: {names})")
+        run = JudgeRun(g.judge or "")
+        jcache = AnswerCache(artifacts_dir(self.settings) / "judge-cache")
+        client = None
+        if judge is not None:
+            from driftloop.monitor.judge import JudgeClient
+
+            client = JudgeClient(judge, judge.max_requests_per_run, transport=self.http_transport)
+        try:
+            for name, (champ, cand) in suites.items():
+                r = rows.get(name, [])
+                if len(r) != len(champ):
+                    notes.append(f"{name}: {len(r)} rows for {len(champ)} scores; similarity and judge_win skipped")
+                    continue
+                refs, prompts = [x["reference"] for x in r], [x["prompt"] for x in r]
+                sides = [champ, cand]
+                if embed is not None:
+                    a, b = (similarity_values([x.output for x in side], refs, embed) for side in sides)
+                    if a is not None and b is not None:
+                        sides = [with_metric(sides[0], "similarity", a), with_metric(sides[1], "similarity", b)]
+                if judge is not None and client is not None:
+                    wa, wb = (judge_win_values(judge, self.engine, prompts, [x.output for x in side], refs,
+                                               cache=jcache, run=run, client=client) for side in sides)  # fmt: skip
+                    if wa is not None and wb is not None:
+                        sides = [with_metric(sides[0], "judge_win", wa), with_metric(sides[1], "judge_win", wb)]
+                    else:
+                        notes.append(f"judge_win on {name} not computed: {run.to_dict()}")
+                out[name] = (sides[0], sides[1])
+        finally:
+            if client is not None:
+                client.close()
+        if judge is not None:
+            notes.append(f"judge {judge.name}: {run.requests} request(s), {run.cache_hits} cached verdict(s)")
+        return out, notes
+
+    def _distill_report(self, policy: PolicySettings, snap: Snapshot,
+                        suites: Mapping[str, tuple[list[ExampleScore], list[ExampleScore]]],
+                        teacher: TeacherStats | None, now: datetime) -> dict[str, Any]:  # fmt: skip
+        """What was kept and saved, on the held-out rows whose reference is the teacher's answer."""
+        from driftloop.retrain.cost import build_report, speed_from_latencies, teacher_log_speed
+
+        g = policy.gate
+        champ, cand = suites.get("heldout", ([], []))
+        sources = [str(r.get("source", "")) for r in snap.eval]
+        if len(sources) != len(champ):  # the worker scored another file: keep every row
+            sources = ["teacher_log"] * len(champ)
+        keep = [i for i, src in enumerate(sources) if src.startswith("teacher_")]
+        t = policy.teacher
+        speed = None
+        if t is not None and t.model_id is not None:
+            speed = teacher_log_speed(self.engine, t.model_id, now - timedelta(hours=policy.data.lookback_hours), now,
+                                      policy.data.workload)  # fmt: skip
+        if speed is None and teacher is not None and teacher.endpoint_latency_ms:
+            speed = speed_from_latencies("endpoint", teacher.endpoint_latency_ms)
+        rep = build_report(policy.mode, [champ[i] for i in keep], [cand[i] for i in keep],
+                           teacher_counts=teacher.to_dict() if teacher else {}, teacher_speed=speed,
+                           confidence=g.confidence, n_bootstrap=g.n_bootstrap, seed=g.seed)  # fmt: skip
+        return rep.to_dict()
 
     def _train_subprocess(self, job_id: int, work: Path, timeout_s: float) -> dict[str, Any]:
         py = self.settings.retrain.python or sys.executable
@@ -453,8 +576,13 @@ class RetrainPolicyJob:
                 retrain_jobs.c.policy == policy.name, retrain_jobs.c.status == "succeeded"))).scalar()  # fmt: skip
         if last_ok is not None:
             since = max(since, utc(last_ok))
-        n = count_eligible(self.engine, policy.model_id, since, now, policy.data,
-                           positive_threshold=self.settings.feedback.positive_threshold)
+        if policy.mode == "sft":
+            n = count_eligible(self.engine, policy.model_id, since, now, policy.data,
+                               positive_threshold=self.settings.feedback.positive_threshold)
+        else:  # distillation learns from every production prompt of the workload
+            from driftloop.retrain.distill import count_prompts
+
+            n = count_prompts(self.engine, policy.model_id, since, now, policy.data.workload)
         if n < policy.min_new_samples:
             return (
                 None,
