@@ -226,9 +226,9 @@ def report_lines(d: dict[str, Any]) -> list[str]:
     lines.append(_speed_line("student", d.get("student")))
     lines.append(_speed_line("teacher", d.get("teacher_speed")))
     if d.get("latency_ratio"):
-        lines.append(f"  the student's p50 latency is {d['latency_ratio']:.2f}x faster than the teacher's"
+        lines.append(f"  the student answers {d['latency_ratio']:.2f}x faster than the teacher (p50)"
                      if d["latency_ratio"] >= 1 else
-                     f"  the student's p50 latency is {1 / d['latency_ratio']:.2f}x slower than the teacher's")  # fmt: skip
+                     f"  the student answers {1 / d['latency_ratio']:.2f}x slower than the teacher (p50)")  # fmt: skip
     t = d.get("teacher") or {}
     if t:
         lines.append("teacher answers: " + ", ".join(f"{k} {v}" for k, v in t.items() if k != "endpoint_latency_ms"))
