@@ -8,6 +8,11 @@ its tolerance on any suite; the primary is not worse on the other suites (e.g. `
 held-out suite has at least ``min_examples`` examples. Improvements are oriented so that positive means
 "candidate better": for perplexity the relative reduction ``1 - ppl_cand / ppl_champ``, for the other
 metrics the difference of means ``candidate - champion``.
+
+``similarity`` and ``judge_win`` (closeness to the reference, which in distillation is the teacher's answer)
+are computed by the daemon after the worker (``retrain.distill``) and set with :func:`with_metric`; like
+``estimate`` they are left out silently when not configured. A distillation run's decision also carries a
+``report`` of what was kept and saved (``retrain.cost``).
 """
 
 from __future__ import annotations

@@ -278,3 +278,26 @@ def test_failed_calls_are_counted_and_retried_within_the_budget(engine: Engine, 
     assert st.failures == 1 and st.from_endpoint == 2 and st.requests == 4 and st.unanswered == 1
     assert {r["response"] for r in recs} == {"teacher says"}
     assert seen[0]["model"] == "big" and seen[0]["temperature"] == 0.0 and seen[0]["max_tokens"] == 512
+
+
+# ------------------------------------------------------------------------------------------------ settings
+def test_distill_settings_are_checked() -> None:
+    from pydantic import ValidationError
+
+    from driftloop.settings.alerts import AlertSettings
+    from driftloop.settings.retrain import RetrainSettings, cross_check_retrain
+
+    with pytest.raises(ValidationError, match="needs a teacher"):
+        PolicySettings.model_validate({"name": "p", "model_id": "m", "base_model": "/b",
+                                       "trigger": {"alerts": ["x"]}, "mode": "distill"})  # fmt: skip
+    with pytest.raises(ValidationError, match="base_url"):
+        policy(teacher={"endpoint": {"base_url": "teacher:8000", "model": "big"}})
+    with pytest.raises(ValidationError, match=r"data\.workload"):
+        policy(workload="")
+    p = policy(workload="support", teacher={"model_id": "tea"})
+    assert p.data.workload == "support"
+    p = p.model_copy(update={"gate": p.gate.model_copy(update={"judge": "nope"})})
+    r = RetrainSettings(policies=[p])
+    assert cross_check_retrain(r, AlertSettings()) == [
+        "retrain.policies.0.trigger.alerts.0: unknown alert rule 'x'; defined: []"]  # fmt: skip
+    assert any("gate.judge: unknown judge 'nope'" in x for x in cross_check_retrain(r, AlertSettings(), ["j1"]))

@@ -222,8 +222,9 @@ class RetrainSettings(Section):
     python: str | None = Field(None, description="interpreter for the training subprocess (default: this one)")
 
 
-def cross_check_retrain(r: RetrainSettings, alerts: AlertSettings) -> list[str]:
-    """Policies naming unknown alert rules, targets or metrics; ``path: message`` lines."""
+def cross_check_retrain(r: RetrainSettings, alerts: AlertSettings, judges: list[str] | None = None) -> list[str]:
+    """Policies naming unknown alert rules, targets, metrics or (given ``judges``, the quality.judges names)
+    judges; ``path: message`` lines."""
     rules = {x.name for x in alerts.rules}
     channels = {c.name for c in alerts.channels}
     targets = [t.name for t in r.targets]
@@ -238,6 +239,9 @@ def cross_check_retrain(r: RetrainSettings, alerts: AlertSettings) -> list[str]:
                                 f"defined: {sorted(rules)}")  # fmt: skip
         if p.trigger.condition:
             problems += condition_problems(f"retrain.policies.{i}.trigger.condition", p.trigger.condition)
+        if judges is not None and p.gate.judge is not None and p.gate.judge not in judges:
+            problems.append(f"retrain.policies.{i}.gate.judge: unknown judge {p.gate.judge!r}; "
+                            f"quality.judges: {sorted(judges)}")  # fmt: skip
         for j, t in enumerate(p.targets):
             if t not in targets:
                 problems.append(
