@@ -297,7 +297,8 @@ class RetrainRunner:
             policy.model_id, policy.base_model, adapter_path=str(adapter_out),
             status="rejected" if not decision.promote else status, reason="; ".join(decision.reasons)[:4000],
             parent_id=champion.id, job_id=job_id, policy=policy.name, dataset_hash=snap.content_hash,
-            dataset_path=str(snap.path), config={"train": train_config, "gate": g.model_dump()},
+            dataset_path=str(snap.path), config={"train": train_config, "gate": g.model_dump(), "mode": policy.mode,
+                                                 **({"teacher": policy.teacher.model_dump()} if policy.teacher else {})},
             metrics={"train": result["train"], "comparisons": gate["comparisons"]}, gate=gate)  # fmt: skip
         self.registry.set_status(version.id, version.status, "gate",
                                  reason="; ".join(decision.reasons)[:4000],
