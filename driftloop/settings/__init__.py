@@ -481,7 +481,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
 
 def cross_check(settings: Settings) -> list[str]:
     """Checks that span sections (e.g. alert rules naming channels that exist)."""
-    return cross_check_alerts(settings.alerts) + cross_check_retrain(settings.retrain, settings.alerts)
+    judges = [j.name for j in settings.quality.judges]
+    return cross_check_alerts(settings.alerts) + cross_check_retrain(settings.retrain, settings.alerts, judges)
 
 
 # -- start-up checks ----------------------------------------------------------------------------
