@@ -9,6 +9,7 @@ object, no usable id, a required part missing), so one bad span never costs the 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -246,6 +247,28 @@ class Rec:
         elif kind is not int or not -(2**63) < value < 2**63:
             value = simple(value)
         self.meta[key] = value
+
+    def add_meta_items(self, items: Iterable[tuple[str, Any]]) -> None:
+        """``add_meta`` for each item, in one loop: a span's attributes are a dozen calls otherwise."""
+        meta = self.meta
+        extra = self._extra
+        for key, value in items:
+            if value is None or key in meta:
+                continue
+            if extra >= MAX_META_KEYS:
+                meta["metadata_truncated"] = meta.get("metadata_truncated", 0) + 1
+                continue
+            extra += 1
+            kind = type(value)
+            if kind is str:
+                if len(value) > MAX_META_STR:
+                    value = short(value)
+            elif kind is not int or not -(2**63) < value < 2**63:
+                value = simple(value)
+            if type(key) is not str or len(key) > 200:
+                key = short(key, 200)
+            meta[key] = value
+        self._extra = extra
 
     def wire(self, *, needs_input: bool = True) -> dict[str, Any]:
         """The v1 wire dict. The Decoder needs ``prompt`` or ``messages``: a record without input gets

@@ -29,6 +29,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from driftloop.ingest.decode import INVALID_JSON, InvalidMessage
 from driftloop.ingest.formats._common import (
+    INT32_MAX,
     INVALID_EVALUATION,
     INVALID_OTLP,
     INVALID_PROTOBUF,
@@ -175,7 +176,11 @@ def attrs(kvs: Iterable[KeyValue]) -> dict[str, Any]:
     for kv in kvs:
         v = kv.value
         text = v.string_value  # non-empty: the oneof holds a string (one access saved)
-        out[kv.key] = text if text else any_value(v)
+        if text:
+            out[kv.key] = text
+        else:
+            kind = v.WhichOneof("value")
+            out[kv.key] = v.int_value if kind == "int_value" else any_value(v)
     return out
 
 
@@ -239,14 +244,37 @@ def _parts_message(m: Any) -> dict[str, Any] | None:
 
 
 def _semconv_messages(value: Any) -> list[dict[str, Any]] | None:
-    v = _as_json(value)
+    return _semconv_list(_as_json(value))
+
+
+def _semconv_list(v: Any) -> list[dict[str, Any]] | None:
+    """``_parts_message`` of each item of an already-parsed list, inlined (the hot path of a chat span)."""
     if not isinstance(v, list):
         return None
     out = []
     for m in v:
-        pm = _parts_message(m)
-        if pm is not None:
-            out.append(pm)
+        if not isinstance(m, dict):
+            continue
+        role = m.get("role")
+        if not isinstance(role, str):
+            continue
+        parts = m.get("parts")
+        content: str | None
+        if isinstance(parts, list):
+            texts = []
+            for p in parts:
+                if not isinstance(p, dict):
+                    continue
+                kind = p.get("type")
+                if kind == "text":
+                    if isinstance(text := p.get("content"), str):
+                        texts.append(text)
+                elif kind == "tool_call_response":
+                    texts.append(text_of(p.get("response")) or "")
+            content = "\n".join(texts) if texts else None
+        else:
+            content = text_of(m.get("content"))
+        out.append({"role": role[:MAX_ROLE], "content": content})
     return out
 
 
@@ -289,15 +317,18 @@ class _Content:
 
     def from_semconv(self, a: dict[str, Any]) -> None:
         """gen_ai.input.messages / gen_ai.system_instructions / gen_ai.output.messages (1.37+)."""
-        if not self.has_input and ("gen_ai.input.messages" in a or "gen_ai.system_instructions" in a):
-            msgs = _semconv_messages(a.get("gen_ai.input.messages")) or []
-            system = _system_text(a.get("gen_ai.system_instructions"))
-            if system is not None:
-                msgs.insert(0, {"role": "system", "content": system})
-            self.set_input(msgs)
-        if "gen_ai.output.messages" in a:
-            raw = _as_json(a["gen_ai.output.messages"])
-            outs = _semconv_messages(raw)
+        if self.messages is None and self.prompt is None and ("gen_ai.input.messages" in a
+                                                              or "gen_ai.system_instructions" in a):
+            msgs = _semconv_list(_as_json(a.get("gen_ai.input.messages"))) or []
+            if "gen_ai.system_instructions" in a:
+                system = _system_text(a["gen_ai.system_instructions"])
+                if system is not None:
+                    msgs.insert(0, {"role": "system", "content": system})
+            if msgs:
+                self.messages = msgs
+        if (out := a.get("gen_ai.output.messages")) is not None:
+            raw = _as_json(out)
+            outs = _semconv_list(raw)  # raw is parsed already
             if outs:
                 finish = raw[0].get("finish_reason") if isinstance(raw, list) and isinstance(raw[0], dict) else None
                 self.set_output(outs[0]["content"], finish)
@@ -427,37 +458,98 @@ def is_llm_span(a: dict[str, Any]) -> bool:
     return "gen_ai.request.model" in a or "gen_ai.response.model" in a or "llm.model_name" in a
 
 
-def _fill(rec: Rec, a: dict[str, Any], content: _Content, resource: dict[str, Any]) -> None:
-    """Map the call's attributes (span, details event or log) onto ``rec``; the rest goes to metadata."""
-    used: set[str] = set()
-    rec.str_field("model_id", _first(a, _MODEL_KEYS, used), MAX_SHORT)
-    rec.int_field("tokens_in", _first(a, _TOKENS_IN, used))
-    rec.int_field("tokens_out", _first(a, _TOKENS_OUT, used))
-    fr = _first(a, ("gen_ai.response.finish_reasons", "llm.finish_reason"), used)
+#: the mapped fields' keys, each in priority order: model, tokens in, tokens out, finish reason, user, session
+_GROUPS = (_MODEL_KEYS, _TOKENS_IN, _TOKENS_OUT, ("gen_ai.response.finish_reasons", "llm.finish_reason"), _USER_KEYS,
+           _SESSION_KEYS)
+_GROUP_KEYS = frozenset(k for g in _GROUPS for k in g)
+
+
+class _Plan:
+    """What a set of attribute keys (in order) needs: spans of one instrumentation share it, so it is
+    worked out once: the OR of the keys' kinds, the keys that may become metadata, and for each mapped
+    field the keys present, in priority order."""
+
+    __slots__ = ("bits", "groups", "plain")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        kinds = [_key_kind(k) for k in keys]
+        self.bits = 0
+        for kind in kinds:
+            self.bits |= kind
+        self.plain = tuple(k for k, kind in zip(keys, kinds, strict=True) if not kind & _CONTENT and k != "event.name")
+        present = set(keys) & _GROUP_KEYS
+        self.groups = tuple(tuple(k for k in g if k in present) for g in _GROUPS)
+
+
+_MAX_PLANS, _MAX_PLAN_KEYS = 1024, 64
+#: ``res_user`` not worked out by the caller
+_UNSET: Any = object()
+_plans: dict[tuple[str, ...], _Plan] = {}
+
+
+def _plan(a: dict[str, Any]) -> _Plan:
+    keys = tuple(a)
+    plan = _plans.get(keys)
+    if plan is None:
+        plan = _Plan(keys)
+        if len(_plans) < _MAX_PLANS and len(keys) <= _MAX_PLAN_KEYS:
+            _plans[keys] = plan
+    return plan
+
+
+def _fill(rec: Rec, a: dict[str, Any], content: _Content, resource: dict[str, Any], plan: _Plan | None = None,
+          res_user: Any = _UNSET) -> None:
+    """Map the call's attributes (span, details event or log) onto ``rec``; the rest goes to metadata.
+
+    ``res_user``: the resource's user id (``_first(resource, _USER_KEYS)``), worked out once per resource.
+    """
+    if plan is None:
+        plan = _plan(a)
+    used: list[str] = []
+    picked: list[Any] = []
+    for present in plan.groups:
+        val = None
+        for k in present:
+            v = a[k]
+            if v is not None and v != "":
+                used.append(k)
+                val = v
+                break
+        picked.append(val)
+    model, tin, tout, fr, user, session = picked
+    fields = rec.fields  # the common cases (valid values, fields not set yet) skip the checked setters
+    if type(model) is str and 0 < len(model) <= MAX_SHORT and "model_id" not in fields:
+        fields["model_id"] = model
+    else:
+        rec.str_field("model_id", model, MAX_SHORT)
+    if type(tin) is int and 0 <= tin <= INT32_MAX and "tokens_in" not in fields:
+        fields["tokens_in"] = tin
+    else:
+        rec.int_field("tokens_in", tin)
+    if type(tout) is int and 0 <= tout <= INT32_MAX and "tokens_out" not in fields:
+        fields["tokens_out"] = tout
+    else:
+        rec.int_field("tokens_out", tout)
     if isinstance(fr, list):
         fr = fr[0] if fr else None
     if fr is None:
         fr = content.finish_reason
     rec.str_field("finish_reason", fr, MAX_FINISH)
-    rec.str_field("user_id", _first(a, _USER_KEYS, used) or _first(resource, _USER_KEYS, set()))
-    rec.str_field("session_id", _first(a, _SESSION_KEYS, used), MAX_SHORT)
+    rec.str_field("user_id", user or (res_user if res_user is not _UNSET else _first(resource, _USER_KEYS, set())))
+    rec.str_field("session_id", session, MAX_SHORT)
     if content.messages is not None:
         rec.set("messages", content.messages)
     elif content.prompt is not None:
         rec.set("prompt", content.prompt)
     rec.set("response", content.response)
-    kinds = _key_kinds
-    for k, v in a.items():
-        kind = kinds.get(k)
-        if kind is None:
-            kind = _key_kind(k)
-        if not kind & _CONTENT and k not in used and k != "event.name":
-            rec.add_meta(k, v)
-    for k, v in resource.items():
-        rec.add_meta(k, v)
+    rec.add_meta_items([(k, a[k]) for k in plan.plain if k not in used] if used else
+                       [(k, a[k]) for k in plan.plain])
+    rec.add_meta_items(resource.items())
 
 
-def _content_of(a: dict[str, Any], events: Iterable[tuple[str, dict[str, Any], Any]] = ()) -> _Content:
+def _content_of(a: dict[str, Any], events: Iterable[tuple[str, dict[str, Any], Any]] = (),
+                indexed: int | None = None) -> _Content:
+    """``indexed``: the OR of the kinds of ``a``'s keys (its plan's bits), when known."""
     c = _Content()
     c.from_semconv(a)
     for name, ea, _body in events:
@@ -465,11 +557,8 @@ def _content_of(a: dict[str, Any], events: Iterable[tuple[str, dict[str, Any], A
             c.from_semconv(ea)
     for name, ea, body in events:
         c.from_event(name, ea, body)
-    indexed = 0
-    kinds = _key_kinds
-    for k in a:
-        kind = kinds.get(k)
-        indexed |= _key_kind(k) if kind is None else kind
+    if indexed is None:
+        indexed = _plan(a).bits
     # each reads only these keys: most spans have none of them and skip both scans
     if indexed & _LEGACY_INDEXED or "gen_ai.prompt" in a or "gen_ai.completion" in a:
         c.from_legacy_attrs(a)
@@ -521,7 +610,7 @@ def _feedback(request_id: str | None, a: dict[str, Any], ts: str | None, fmt: st
 # --- traces ----------------------------------------------------------------------------------------------
 
 
-def _span_records(span: Span, resource: dict[str, Any], scope: str, out: Converted) -> None:
+def _span_records(span: Span, resource: dict[str, Any], res_user: Any, scope: str, out: Converted) -> None:
     rid = _hexid(span.trace_id, span.span_id)
     if rid is None:
         raise ItemError(MISSING_SPAN_CONTEXT, f"span {span.name!r} has no trace/span id")
@@ -539,13 +628,21 @@ def _span_records(span: Span, resource: dict[str, Any], scope: str, out: Convert
         out.skipped += 1
         return
     rec = Rec("otlp")
-    rec.set("request_id", rid)
+    fields = rec.fields
+    fields["request_id"] = rid
     start, end = span.start_time_unix_nano, span.end_time_unix_nano
-    rec.set("timestamp", rfc3339_ns(start))
+    ts = rfc3339_ns(start)
+    if ts is not None:
+        fields["timestamp"] = ts
     if end and start:
-        rec.latency((end - start) / 1e6)
-    content = _content_of(a, events)
-    _fill(rec, a, content, resource)
+        ms = (end - start) / 1e6
+        if 0 <= ms <= 1e12:  # finite: a difference of two 64-bit integers
+            fields["latency_ms"] = ms
+        else:
+            rec.latency(ms)
+    plan = _plan(a)
+    content = _content_of(a, events, plan.bits)
+    _fill(rec, a, content, resource, plan, res_user)
     rec.meta.update({"otel.trace_id": rid[5:37], "otel.span_id": rid[38:], "otel.span_name": short(span.name, 200)})
     if scope:
         rec.meta["otel.scope"] = short(scope, 200)
@@ -563,10 +660,12 @@ def convert_traces(body: bytes, content_type: str | None) -> Converted:
     out = Converted(records=[])
     for rs in req.resource_spans:
         resource = attrs(rs.resource.attributes)
+        res_user = _first(resource, _USER_KEYS, set())
         for ss in rs.scope_spans:
+            scope = ss.scope.name
             for span in ss.spans:
                 try:
-                    _span_records(span, resource, ss.scope.name, out)
+                    _span_records(span, resource, res_user, scope, out)
                 except ItemError as e:
                     out.rejected.append((e.reason, e.detail))
     return out
