@@ -469,7 +469,7 @@ class _Plan:
     worked out once: the OR of the keys' kinds, the keys that may become metadata, and for each mapped
     field the keys present, in priority order."""
 
-    __slots__ = ("bits", "groups", "plain")
+    __slots__ = ("bits", "groups", "meta_keys", "plain")
 
     def __init__(self, keys: tuple[str, ...]) -> None:
         kinds = [_key_kind(k) for k in keys]
@@ -479,6 +479,16 @@ class _Plan:
         self.plain = tuple(k for k, kind in zip(keys, kinds, strict=True) if not kind & _CONTENT and k != "event.name")
         present = set(keys) & _GROUP_KEYS
         self.groups = tuple(tuple(k for k in g if k in present) for g in _GROUPS)
+        #: the metadata keys for a tuple of used (mapped) keys: most spans of a plan use the same ones
+        self.meta_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def meta_keys_for(self, used: tuple[str, ...]) -> tuple[str, ...]:
+        keys = self.meta_keys.get(used)
+        if keys is None:
+            keys = tuple(k for k in self.plain if k not in used)
+            if len(self.meta_keys) < 8:
+                self.meta_keys[used] = keys
+        return keys
 
 
 _MAX_PLANS, _MAX_PLAN_KEYS = 1024, 64
@@ -508,14 +518,14 @@ def _fill(rec: Rec, a: dict[str, Any], content: _Content, resource: dict[str, An
     used: list[str] = []
     picked: list[Any] = []
     for present in plan.groups:
-        val = None
         for k in present:
             v = a[k]
-            if v is not None and v != "":
+            if v is not None and (v or type(v) is not str):  # not None and != "" (values are plain types)
                 used.append(k)
-                val = v
                 break
-        picked.append(val)
+        else:
+            v = None
+        picked.append(v)
     model, tin, tout, fr, user, session = picked
     fields = rec.fields  # the common cases (valid values, fields not set yet) skip the checked setters
     if type(model) is str and 0 < len(model) <= MAX_SHORT and "model_id" not in fields:
@@ -542,9 +552,9 @@ def _fill(rec: Rec, a: dict[str, Any], content: _Content, resource: dict[str, An
     elif content.prompt is not None:
         rec.set("prompt", content.prompt)
     rec.set("response", content.response)
-    rec.add_meta_items([(k, a[k]) for k in plan.plain if k not in used] if used else
-                       [(k, a[k]) for k in plan.plain])
-    rec.add_meta_items(resource.items())
+    keys = plan.meta_keys_for(tuple(used))
+    rec.add_meta_items(zip(keys, map(a.__getitem__, keys), strict=True), len(keys))
+    rec.add_meta_items(resource.items(), len(resource))
 
 
 def _content_of(a: dict[str, Any], events: Iterable[tuple[str, dict[str, Any], Any]] = (),
@@ -610,7 +620,11 @@ def _feedback(request_id: str | None, a: dict[str, Any], ts: str | None, fmt: st
 # --- traces ----------------------------------------------------------------------------------------------
 
 
-def _span_records(span: Span, resource: dict[str, Any], res_user: Any, scope: str, out: Converted) -> None:
+_STATUS_ERROR = Status.STATUS_CODE_ERROR
+
+
+def _span_records(span: Span, resource: dict[str, Any], res_user: Any, scope: str | None, out: Converted) -> None:
+    """``scope``: the span's scope name as metadata (shortened), None when empty."""
     rid = _hexid(span.trace_id, span.span_id)
     if rid is None:
         raise ItemError(MISSING_SPAN_CONTEXT, f"span {span.name!r} has no trace/span id")
@@ -643,13 +657,18 @@ def _span_records(span: Span, resource: dict[str, Any], res_user: Any, scope: st
     plan = _plan(a)
     content = _content_of(a, events, plan.bits)
     _fill(rec, a, content, resource, plan, res_user)
-    rec.meta.update({"otel.trace_id": rid[5:37], "otel.span_id": rid[38:], "otel.span_name": short(span.name, 200)})
-    if scope:
-        rec.meta["otel.scope"] = short(scope, 200)
-    if span.status.code == Status.STATUS_CODE_ERROR:
-        rec.meta["otel.status"] = "error"
-        if span.status.message:
-            rec.meta["otel.status_message"] = short(span.status.message, 500)
+    meta = rec.meta
+    meta["otel.trace_id"] = rid[5:37]
+    meta["otel.span_id"] = rid[38:]
+    name = span.name
+    meta["otel.span_name"] = name if len(name) <= 200 else short(name, 200)
+    if scope is not None:
+        meta["otel.scope"] = scope
+    status = span.status
+    if status.code == _STATUS_ERROR:
+        meta["otel.status"] = "error"
+        if status.message:
+            meta["otel.status_message"] = short(status.message, 500)
     out.records.append(rec.wire())
 
 
@@ -663,9 +682,10 @@ def convert_traces(body: bytes, content_type: str | None) -> Converted:
         res_user = _first(resource, _USER_KEYS, set())
         for ss in rs.scope_spans:
             scope = ss.scope.name
+            scope_meta = short(scope, 200) if scope else None
             for span in ss.spans:
                 try:
-                    _span_records(span, resource, res_user, scope, out)
+                    _span_records(span, resource, res_user, scope_meta, out)
                 except ItemError as e:
                     out.rejected.append((e.reason, e.detail))
     return out
