@@ -553,3 +553,17 @@ def test_otlp_logs_non_string_event_name_is_no_event(name: Any) -> None:
         "spanId": "eee19b7ec3c1b174", "body": {"stringValue": "hi"}, "attributes": [attr]}]}]}]}
     conv = convert("otlp_logs", json.dumps(body).encode(), content_type=JSON)
     assert (conv.records, conv.skipped, conv.rejected) == ([], 1, [])
+
+
+def test_a_content_part_whose_type_is_not_text_is_skipped_not_a_crash() -> None:
+    from driftloop.ingest.formats._common import text_of
+
+    parts = [{"type": ["text"], "text": "x"}, {"type": {"a": 1}, "content": "y"}, {"type": "text", "text": "kept"}]
+    assert text_of(parts) == "kept"
+    # through a whole OpenAI pair too: the odd part is ignored, the record is still made
+    body = json.dumps({"request": {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": ["text"], "text": "odd"}, {"type": "text", "text": "hello"}]}]},
+        "response": {"id": "chatcmpl-odd", "model": "m", "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}]}}).encode()
+    out = convert("openai", body)
+    assert len(out.records) == 1 and not out.rejected

@@ -133,7 +133,8 @@ def text_of(value: Any) -> str | None:
             if isinstance(p, str):
                 texts.append(p)
             elif isinstance(p, dict):
-                t = p.get("text", p.get("content")) if p.get("type", "text") in _TEXT_PARTS else None
+                kind = p.get("type", "text")  # anything but a string (a list, a map) is no text part
+                t = p.get("text", p.get("content")) if isinstance(kind, str) and kind in _TEXT_PARTS else None
                 if isinstance(t, str):
                     texts.append(t)
         return "\n".join(texts) if texts else None
