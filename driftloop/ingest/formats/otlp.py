@@ -248,34 +248,10 @@ def _semconv_messages(value: Any) -> list[dict[str, Any]] | None:
 
 
 def _semconv_list(v: Any) -> list[dict[str, Any]] | None:
-    """``_parts_message`` of each item of an already-parsed list, inlined (the hot path of a chat span)."""
+    """``_parts_message`` of each item of an already-parsed list (items that are no message are left out)."""
     if not isinstance(v, list):
         return None
-    out = []
-    for m in v:
-        if not isinstance(m, dict):
-            continue
-        role = m.get("role")
-        if not isinstance(role, str):
-            continue
-        parts = m.get("parts")
-        content: str | None
-        if isinstance(parts, list):
-            texts = []
-            for p in parts:
-                if not isinstance(p, dict):
-                    continue
-                kind = p.get("type")
-                if kind == "text":
-                    if isinstance(text := p.get("content"), str):
-                        texts.append(text)
-                elif kind == "tool_call_response":
-                    texts.append(text_of(p.get("response")) or "")
-            content = "\n".join(texts) if texts else None
-        else:
-            content = text_of(m.get("content"))
-        out.append({"role": role[:MAX_ROLE], "content": content})
-    return out
+    return [msg for m in v if (msg := _parts_message(m)) is not None]
 
 
 def _system_text(value: Any) -> str | None:
