@@ -15,6 +15,7 @@ import threading
 import time
 import zlib
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -312,6 +313,10 @@ class KafkaSink:
                            for k, v in messages]  # fmt: skip
             else:
                 futures = [send(topic, key=k, value=v) for k, v in messages]
+            # send the batches now rather than after linger_ms (the answer waits for them); flush() also
+            # waits for every batch incomplete now, ours included, so each get() below finds its record done
+            # (acked or failed) and only reads the outcome
+            prod.flush(timeout=max(0.0, deadline - time.monotonic()))
             for f in futures:
                 f.get(timeout=max(0.0, deadline - time.monotonic()))
         except BrokerUnavailable:
@@ -364,16 +369,44 @@ class Receiver:
         self.sink = sink or (KafkaSink(list(k.bootstrap_servers), self.topic, self.limits.produce_timeout_s,
                                        dict(k.producer), k.create_topics, k.topic_partitions, k.replication_factor)
                              if self.topic else None)  # fmt: skip
+        self._mapping = threading.Lock()
+        #: runs :meth:`accept` for the routes (as many threads as anyio's default, started as needed)
+        self.executor = ThreadPoolExecutor(max_workers=40, thread_name_prefix="driftloop-receiver")
 
     def accept(self, fmt: str, body: bytes, gzipped: bool, content_type: str) -> Outcome:
         """Decompress, convert, check the limits and produce; raises :class:`ReceiverError` for the answer."""
         from driftloop.api.metrics import RECEIVER_RECORDS
+
+        sink = self.sink
+        if sink is None:
+            raise ReceiverError(500, INTERNAL, "the receiver has no topic: set api.receiver.topic, or keep a v1 "
+                                "topic in kafka.topics")  # fmt: skip
+        # One request at a time maps its body: that part holds the GIL all along, so concurrent requests
+        # gain nothing by running it together but GIL hand-offs (the producer's I/O thread then waits for
+        # the GIL behind several mapping threads). They wait on this lock instead. Producing is outside
+        # it: send() may block (connecting, metadata, a full buffer) until the deadline.
+        with self._mapping:
+            skipped, messages, rejected = self._map(fmt, body, gzipped, content_type)
+        RECEIVER_RECORDS.labels(fmt, "accepted").inc(len(messages))
+        RECEIVER_RECORDS.labels(fmt, "skipped").inc(skipped)
+        RECEIVER_RECORDS.labels(fmt, "rejected").inc(len(rejected))
+        if messages:
+            try:
+                sink.produce(messages)
+            except BrokerUnavailable as e:
+                log.warning("receiver: %d %s records not acknowledged by the broker, answered 503: %s",
+                            len(messages), fmt, e)  # fmt: skip
+                raise ReceiverError(503, UNAVAILABLE, f"the broker did not acknowledge the records ({e}); retry "
+                                    "later (what did get through is stored once)", retry_after_s=self.limits.retry_after_s) from None  # fmt: skip
+            RECEIVER_RECORDS.labels(fmt, "produced").inc(len(messages))
+        return Outcome(len(messages), skipped, rejected)
+
+    def _map(self, fmt: str, body: bytes, gzipped: bool, content_type: str
+             ) -> tuple[int, list[tuple[bytes | None, bytes]], list[tuple[str, str]]]:  # fmt: skip
+        """The body as ``(skipped, (key, value) messages, rejected)``, within the limits, or a ReceiverError."""
         from driftloop.ingest.decode import InvalidMessage
         from driftloop.ingest.formats import convert
 
-        if self.sink is None:
-            raise ReceiverError(500, INTERNAL, "the receiver has no topic: set api.receiver.topic, or keep a v1 "
-                                "topic in kafka.topics")  # fmt: skip
         if gzipped:
             body = gunzip_capped(body, self.limits.max_body_bytes)
         try:
@@ -398,20 +431,9 @@ class Receiver:
         if len(messages) > self.limits.max_records:
             raise too_large(f"{len(messages)} records in one request; api.receiver.max_records is "
                             f"{self.limits.max_records}: send smaller batches")  # fmt: skip
-        RECEIVER_RECORDS.labels(fmt, "accepted").inc(len(messages))
-        RECEIVER_RECORDS.labels(fmt, "skipped").inc(conv.skipped)
-        RECEIVER_RECORDS.labels(fmt, "rejected").inc(len(rejected))
-        if messages:
-            try:
-                self.sink.produce(messages)
-            except BrokerUnavailable as e:
-                log.warning("receiver: %d %s records not acknowledged by the broker, answered 503: %s",
-                            len(messages), fmt, e)  # fmt: skip
-                raise ReceiverError(503, UNAVAILABLE, f"the broker did not acknowledge the records ({e}); retry "
-                                    "later (what did get through is stored once)", retry_after_s=self.limits.retry_after_s) from None  # fmt: skip
-            RECEIVER_RECORDS.labels(fmt, "produced").inc(len(messages))
-        return Outcome(len(messages), conv.skipped, rejected)
+        return conv.skipped, messages, rejected
 
     def close(self) -> None:
+        self.executor.shutdown(wait=False)
         if self.sink is not None:
             self.sink.close()
