@@ -265,7 +265,8 @@ def test_broker_down_gives_503_with_retry_after_and_the_api_still_starts(topics:
                    headers=auth())  # fmt: skip
         assert r.status_code == 503 and r.headers["retry-after"] == "7" and "broker" in r.json()["detail"]
         assert 'driftloop_receiver_requests_total{format="otlp",status="503"}' in c.get("/metrics").text
-    app.state.receiver.close()
+    # the app's shutdown closed the receiver: its producer is gone and its worker threads were told to end
+    assert app.state.receiver.sink._producer is None and app.state.receiver.executor._shutdown
 
 
 # -- end to end: the OTel SDK exporter -> uvicorn -> Kafka -> ingestion -> PostgreSQL --------------------------------

@@ -64,6 +64,7 @@ def create_app(settings: Settings, engine: Engine, *, instance: str | None = Non
         from driftloop.api.receiver import Receiver
 
         app.state.receiver = Receiver(settings)
+        app.router.on_shutdown.append(app.state.receiver.close)  # its producer flushes, its threads end
         app.include_router(ingest.router(app.state.receiver, require_ingest(settings.api)))
     install_error_handlers(app)
     return app
