@@ -1,35 +1,46 @@
-"""Benchmark: LoRA SFT throughput of driftloop's trainer vs. a plain PEFT + ``transformers.Trainer`` run.
+"""Benchmark: LoRA SFT throughput of driftloop's trainer vs. the strongest setup a practitioner would pick.
 
-Both train the same LoRA (r=16, alpha=32, dropout 0.05, all attention and MLP projections) on the same
-examples of the same randomly initialised model (no hub is reachable here): by default a 494M-parameter
-model of Qwen2-0.5B's shape (Llama architecture, Qwen2-0.5B's dimensions). Examples are random token ids
-with log-normal lengths (median 350 tokens, clipped to 32-1024), split into a prompt (masked out of the
-loss) and a response;
-a word-level tokenizer maps one word to one token, so both sides see identical ``input_ids``/``labels``.
+All setups train the same LoRA (r=16, alpha=32, dropout 0.05, all attention and MLP projections) on the
+same examples of the same randomly initialised model (no hub is reachable here), Qwen2-shaped (Llama
+architecture with Qwen2-0.5B's or Qwen2-1.5B's dimensions; ``--model-size``). Examples are random token
+ids with log-normal lengths (median 350 tokens, clipped to 32-1024), split into a prompt (masked out of the
+loss) and a response; a word-level tokenizer maps one word to one token, and every setup gets the same
+``input_ids``/``labels`` (``retrain.trainer.encode_example``).
 
-* ``baseline``: ``Trainer`` with its defaults plus ``bf16=True`` and ``per_device_train_batch_size=8``,
-  ``DataCollatorForSeq2Seq`` padding, the model loaded with its defaults (fp32 weights, autocast bf16).
-* ``driftloop``: ``retrain.trainer.train_lora`` (length-grouped token-budget batches without padding
-  masks, bf16 weights, fused AdamW, SDPA, LM head on response positions only).
+* ``driftloop``: ``retrain.trainer.train_lora`` (length-grouped token-budget steps of ``--batch-tokens``,
+  micro-batches sized to free memory, bf16 weights, fused AdamW, SDPA, chunked LM head + cross-entropy on
+  response positions only).
+* ``trl`` (the strongest baseline): TRL ``SFTTrainer`` with ``padding_free=True`` (a batch's rows packed into
+  one row), Liger kernels (RMSNorm, RoPE, SwiGLU; TRL's own chunked LM head on label positions only), bf16
+  weights, flex attention (document-masked; the GPU image has no flash-attn package), no gradient
+  checkpointing, each batch size of ``--trl-batches`` (the fastest one counts).
+* ``plain``: PEFT + ``Trainer`` with its defaults plus ``bf16=True``, batch 8, ``DataCollatorForSeq2Seq``
+  padding, fp32 weights under autocast (reference only).
 
-Throughput is real (non-padding) tokens per second, prompt included, measured in the same process after
-warm-up steps; driftloop trains on exactly the examples the baseline consumed. MFU uses the same model
-FLOPs for both: ``4 * N * tokens`` (forward 2N, backward activation gradients 2N; frozen weights get no
-weight gradients; N = parameters of all matmul layers, LM head included, LoRA neglected) plus causal
-attention ``6 * n_layers * L^2 * d_attn`` per sequence of length L, divided by the GPU's dense bf16 peak.
+Each setup runs in its own process (Liger patches transformers' modules globally), one after the other on
+the same GPU. Throughput is real (non-padding) tokens per second, prompt included, over the steps after the
+warm-up (compiles, autotuning, the memory probe), whose time is reported separately. Peak memory is that
+process's ``torch.cuda.max_memory_reserved``.
 
-Imports only torch, transformers, peft, numpy, the standard library and ``retrain.trainer``. Without
-CUDA it prints ``skipped: no CUDA device`` and a JSON line of nulls; ``--allow-cpu --model-size tiny``
-runs a CPU smoke test. The last line printed is one JSON object: baseline_tokens_per_s,
-driftloop_tokens_per_s, ratio, mfu (plus context).
+MFU counts model FLOPs where a setup needs them: ``4 * N_body`` per token (forward 2N, backward activation
+gradients 2N; frozen weights get no weight gradients; LoRA neglected), ``4 * N_head`` per scored (response)
+token only (driftloop and TRL compute the LM head there only; the plain Trainer computes it on every
+position, padding included, which is not credited), plus causal attention ``6 * n_layers * L^2 * d_attn``
+per sequence of length L; over the GPU's dense bf16 peak.
+
+trl, liger-kernel and datasets are benchmark-only (carried to the GPU as wheels by bench/finetune_gpu.sh),
+never package dependencies. Without CUDA it prints ``skipped: no CUDA device`` and a JSON line of nulls;
+``--allow-cpu --model-size tiny`` is a CPU smoke test (trl without Liger and flex attention there, skipped
+when trl is not installed). The last line printed is one JSON object (``KEYS`` first).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,25 +52,33 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-KEYS = ("baseline_tokens_per_s", "driftloop_tokens_per_s", "ratio", "mfu")
+KEYS = ("ratio", "strongest_baseline", "driftloop_tokens_per_s", "baseline_tokens_per_s", "mfu",
+        "peak_reserved_gib", "baseline_peak_reserved_gib", "model_size")  # fmt: skip
+SETUPS = ("driftloop", "trl", "plain")
 
 # Dense bf16 peak (no sparsity), FLOP/s, by device-name substring.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "GH200": 989e12, "B200": 2250e12,
              "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}  # fmt: skip
 
+_QWEN2 = {"vocab_size": 151936, "max_position_embeddings": 32768, "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6,
+          "tie_word_embeddings": True}  # fmt: skip
 SIZES: dict[str, dict[str, Any]] = {
-    # Qwen2-0.5B's shape: 494M parameters (tied embeddings).
+    # Qwen2-0.5B's shape: 494M parameters; Qwen2-1.5B's: 1.54B (both tied embeddings).
     "0.5b": {
-        "vocab_size": 151936,
+        **_QWEN2,
         "hidden_size": 896,
         "intermediate_size": 4864,
         "num_hidden_layers": 24,
         "num_attention_heads": 14,
         "num_key_value_heads": 2,
-        "max_position_embeddings": 32768,
-        "rope_theta": 1_000_000.0,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True,
+    },
+    "1.5b": {
+        **_QWEN2,
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
     },
     "tiny": {
         "vocab_size": 2048,
@@ -73,8 +92,10 @@ SIZES: dict[str, dict[str, Any]] = {
     },
 }
 # (median, min, max) sequence length, default examples, driftloop token budget per step
-DATA = {"0.5b": ((350, 32, 1024), 1600, 32768), "tiny": ((48, 16, 128), 96, 1024)}
+DATA = {"0.5b": ((350, 32, 1024), 1600, 32768), "1.5b": ((350, 32, 1024), 1600, 32768),
+        "tiny": ((48, 16, 128), 96, 1024)}  # fmt: skip
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MAX_LENGTH = 1024
 
 
 def _null_result(reason: str) -> dict[str, Any]:
@@ -122,7 +143,7 @@ def make_rows(n: int, vocab_size: int, lengths: tuple[int, int, int], seed: int)
 def build_model(out: Path, size: str, seed: int, device: str) -> dict[str, Any]:
     """Random-weight model of Qwen2's shape saved (fp32) to ``out``; returns its shape facts.
 
-    The Llama architecture with Qwen2-0.5B's dimensions (Qwen2 differs only by q/k/v biases): with
+    The Llama architecture with Qwen2's dimensions (Qwen2 differs only by q/k/v biases): with
     ``model_type: qwen2`` transformers 5's ``AutoTokenizer`` forces the Qwen2 BPE tokenizer class onto
     any ``tokenizer.json``, which would break the word-level tokenizer used here.
     """
@@ -134,126 +155,213 @@ def build_model(out: Path, size: str, seed: int, device: str) -> dict[str, Any]:
     with torch.device(device):
         model = LlamaForCausalLM(cfg)
     model.save_pretrained(str(out))
-    n_params = sum(p.numel() for p in model.parameters())
-    n_matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    head = model.get_output_embeddings()
+    shape = {"n_params": sum(p.numel() for p in model.parameters()), "n_head": head.weight.numel(),
+             "n_body": sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head),
+             "n_layers": cfg.num_hidden_layers,
+             "d_attn": cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads)}  # fmt: skip
     del model
-    return {"n_params": n_params, "n_matmul": n_matmul, "n_layers": cfg.num_hidden_layers,
-            "d_attn": cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads)}  # fmt: skip
+    return shape
 
 
-def flops_per_token(shape: dict[str, Any], lengths: list[int]) -> float:
+def flops_per_token(shape: dict[str, Any], lengths: list[int], scored: list[int]) -> float:
     """Model FLOPs per real token for LoRA training (see the module docstring)."""
-    mean_sq_over_mean = sum(x * x for x in lengths) / sum(lengths)
-    return 4.0 * shape["n_matmul"] + 6.0 * shape["n_layers"] * shape["d_attn"] * mean_sq_over_mean
+    total = sum(4.0 * shape["n_body"] * n + 4.0 * shape["n_head"] * r + 6.0 * shape["n_layers"] * shape["d_attn"] * n * n
+                for n, r in zip(lengths, scored, strict=True))  # fmt: skip
+    return total / sum(lengths)
 
 
-# ------------------------------------------------------------------------------------------ baseline
+# ------------------------------------------------------------------------------------------- workers
 
 
-def run_baseline(model_dir: Path, tok: Any, rows: list[dict[str, str]], steps: int, warm: int, seed: int,
-                 device: str, work: Path) -> dict[str, Any]:  # fmt: skip
-    """Plain PEFT + Trainer, ``bf16=True``, batch 8; real tokens/s over the steps after ``warm``."""
+def _peak_gib() -> float | None:
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        DataCollatorForSeq2Seq,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
+
+    return torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
+
+
+def _warm_steps(steps: int) -> int:
+    return min(10, max(2, steps // 5))
+
+
+def _encoded(model_dir: Path, rows: list[dict[str, str]]) -> tuple[Any, list[tuple[list[int], list[int]]]]:
+    from transformers import AutoTokenizer
 
     from driftloop.retrain.trainer import encode_example
 
-    data = []
-    for r in rows:
-        ids, labels = encode_example(tok, r["prompt"], r["response"], 1024)
-        data.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    lcfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
-    model = get_peft_model(model, lcfg)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    return tok, [encode_example(tok, r["prompt"], r["response"], MAX_LENGTH) for r in rows]
 
-    counter = torch.zeros((), dtype=torch.long, device=device)
+
+def _run_hf(kind: str, meta: dict[str, Any], rows: list[dict[str, str]], batch: int, work: Path) -> dict[str, Any]:
+    """``trl`` or ``plain`` (see the module docstring): real tokens/s over the steps after the warm-up."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    t_start = time.perf_counter()
+    cuda, seed, mdir = meta["device"] == "cuda", meta["seed"], Path(meta["model_dir"])
+    tok, enc = _encoded(mdir, rows)
+    steps = meta["plain_steps"] if kind == "plain" else math.ceil(len(enc) / batch)
+    steps = min(steps, math.ceil(len(enc) / batch))
+    warm = _warm_steps(steps)
+    lcfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
+    common = {"output_dir": str(work / f"out-{kind}"), "per_device_train_batch_size": batch, "bf16": cuda,
+              "max_steps": steps, "learning_rate": 2e-4, "save_strategy": "no", "report_to": [], "seed": seed,
+              "disable_tqdm": True, "logging_steps": max(10, steps // 5), "use_cpu": not cuda}  # fmt: skip
+    counter = torch.zeros((), dtype=torch.long, device=meta["device"])
     padded = [0]
 
     def count(_mod: Any, _args: Any, kwargs: dict[str, Any]) -> None:
         am = kwargs.get("attention_mask")
-        if am is not None:
+        if am is not None and am.dim() == 2:
             counter.add_(am.sum())
             padded[0] += am.numel()
+        else:  # padding-free: one packed row, every token real
+            n = kwargs["input_ids"].numel()
+            counter.add_(n)
+            padded[0] += n
 
-    hook = model.get_base_model().base_model.register_forward_pre_hook(count, with_kwargs=True)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    marks: dict[str, tuple[float, int, int]] = {}
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    marks: dict[int, tuple[float, int, int]] = {}
 
     class Clock(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.global_step in (warm, steps):
                 sync()
-                marks["t0" if state.global_step == warm else "t1"] = (
-                    time.perf_counter(),
-                    int(counter.item()),
-                    padded[0],
-                )
+                marks[state.global_step] = (time.perf_counter(), int(counter.item()), padded[0])
 
-    args = TrainingArguments(output_dir=str(work / "baseline"), per_device_train_batch_size=8, bf16=device == "cuda",
-                             max_steps=steps, save_strategy="no", report_to=[], seed=seed, disable_tqdm=True,
-                             logging_steps=max(10, steps // 5), use_cpu=device == "cpu")  # fmt: skip
-    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[Clock()],
-                      data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))  # fmt: skip
-    t = time.perf_counter()
+    if kind == "trl":
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        model = AutoModelForCausalLM.from_pretrained(str(mdir), dtype=torch.bfloat16 if cuda else torch.float32,
+                                                     attn_implementation="flex_attention" if cuda else "sdpa")  # fmt: skip
+        ds = Dataset.from_dict({"input_ids": [x for x, _ in enc], "labels": [y for _, y in enc]})
+        args = SFTConfig(**common, padding_free=True, max_length=None, use_liger_kernel=cuda,
+                         gradient_checkpointing=False, dataset_num_proc=None)  # fmt: skip
+        trainer: Any = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lcfg,
+                                  callbacks=[Clock()])  # fmt: skip
+    else:
+        from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+        pmodel = get_peft_model(AutoModelForCausalLM.from_pretrained(str(mdir)), lcfg)
+        data = [{"input_ids": x, "attention_mask": [1] * len(x), "labels": y} for x, y in enc]
+        trainer = Trainer(model=pmodel, args=TrainingArguments(**common), train_dataset=data, callbacks=[Clock()],
+                          data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))  # fmt: skip
+    backbone = trainer.model.get_base_model().base_model
+    hook = backbone.register_forward_pre_hook(count, with_kwargs=True)
+    t_train = time.perf_counter()
     out = trainer.train()
-    wall = time.perf_counter() - t
+    wall = time.perf_counter() - t_train
     hook.remove()
-    (t0, k0, p0), (t1, k1, p1) = marks["t0"], marks["t1"]
-    res = {"tokens_per_s": (k1 - k0) / (t1 - t0), "measured_tokens": k1 - k0, "measured_steps": steps - warm,
-           "padding_frac": 1 - (k1 - k0) / max(1, p1 - p0), "wall_s": wall, "final_loss": float(out.training_loss)}  # fmt: skip
-    del trainer, model
-    return res
+    (t0, k0, p0), (t1, k1, p1) = marks[warm], marks[steps]
+    return {"tokens_per_s": (k1 - k0) / (t1 - t0), "measured_tokens": k1 - k0, "measured_steps": steps - warm,
+            "steps": steps, "batch": batch, "padding_frac": 1 - (k1 - k0) / max(1, p1 - p0),
+            "setup_s": t_train - t_start, "warmup_s": t0 - t_train, "train_wall_s": wall,
+            "final_loss": float(out.training_loss), "peak_reserved_gib": _peak_gib(),
+            "attn": str(getattr(trainer.model.config, "_attn_implementation", "")),
+            "gradient_checkpointing": bool(trainer.args.gradient_checkpointing)}  # fmt: skip
 
 
-# ----------------------------------------------------------------------------------------- driftloop
-
-
-def run_driftloop(model_dir: Path, rows: list[dict[str, str]], batch_tokens: int, seed: int, device: str,
-                  work: Path) -> dict[str, Any]:  # fmt: skip
+def _run_driftloop(meta: dict[str, Any], rows: list[dict[str, str]], work: Path) -> dict[str, Any]:
     """``retrain.trainer.train_lora`` over ``rows`` (one epoch); real tokens/s after the first report."""
     from driftloop.retrain.trainer import TrainProgress, train_lora
     from driftloop.settings.retrain import LoraSettings, TrainingSettings
 
-    cfg = TrainingSettings(epochs=1.0, learning_rate=2e-4, batch_tokens=batch_tokens, max_length=1024, seed=seed)
+    bt = meta["batch_tokens"]
+    cfg = TrainingSettings(epochs=1.0, learning_rate=2e-4, batch_tokens=bt, max_length=MAX_LENGTH, seed=meta["seed"])
     lora = LoraSettings(r=16, alpha=32, dropout=0.05, target_modules=list(LORA_TARGETS))
     seen: list[TrainProgress] = []
-    # a rough step count to pick the report interval (one report = one host sync)
-    approx_steps = max(1, sum(len(r["prompt"].split()) + len(r["response"].split()) + 1 for r in rows) // batch_tokens)
+    approx_steps = max(1, sum(len(r["prompt"].split()) + len(r["response"].split()) + 1 for r in rows) // bt)
     log_every = 5 if approx_steps >= 20 else 1
-    res = train_lora(str(model_dir), rows, str(work / "adapter"), cfg, lora, progress=seen.append, device=device,
-                     log_every=log_every)  # fmt: skip
+    res = train_lora(meta["model_dir"], rows, str(work / "adapter"), cfg, lora, progress=seen.append,
+                     device=meta["device"], log_every=log_every, micro_batch_tokens=meta["micro_batch_tokens"])  # fmt: skip
     a, b = seen[0], seen[-1]
     if b.step == a.step:
         a = TrainProgress(step=0, total_steps=b.total_steps, epoch=0.0, loss=0.0, tokens=0, elapsed_s=0.0)
     return {"tokens_per_s": (b.tokens - a.tokens) / (b.elapsed_s - a.elapsed_s), "measured_tokens": b.tokens - a.tokens,
-            "measured_steps": b.step - a.step, "steps": res.steps, "whole_loop_tokens_per_s": res.tokens_per_s,
-            "wall_s": res.duration_s, "final_loss": res.final_loss, "dtype": res.dtype}  # fmt: skip
+            "measured_steps": b.step - a.step, "steps": res.steps, "batch_tokens": bt,
+            "micro_batch_tokens": res.micro_batch_tokens, "whole_loop_tokens_per_s": res.tokens_per_s,
+            "setup_s": res.setup_s, "warmup_s": a.elapsed_s, "train_wall_s": res.duration_s - res.setup_s,
+            "final_loss": res.final_loss, "dtype": res.dtype, "peak_reserved_gib": _peak_gib()}  # fmt: skip
+
+
+def worker(name: str, work: Path, batch: int) -> int:
+    """One setup in this process; writes ``result-<name>[-<batch>].json`` into ``work``."""
+    meta = json.loads((work / "meta.json").read_text(encoding="utf-8"))
+    rows = json.loads((work / "rows.json").read_text(encoding="utf-8"))
+    if name == "driftloop":
+        res, tag = _run_driftloop(meta, rows, work), name
+    else:
+        res, tag = _run_hf(name, meta, rows, batch, work), f"{name}-{batch}"
+    (work / f"result-{tag}.json").write_text(json.dumps(res), encoding="utf-8")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- main
 
 
+def _spawn(name: str, work: Path, batch: int, log_dir: Path | None) -> tuple[dict[str, Any] | None, str]:
+    """Run one setup in a child process; ``(result or None, the error's last lines)``."""
+    tag = name if name == "driftloop" else f"{name}-{batch}"
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        name,
+        "--work",
+        str(work),
+        "--trl-batch",
+        str(batch),
+    ]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
+    log = proc.stdout + proc.stderr
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / f"{tag}.log").write_text(log, encoding="utf-8")
+    path = work / f"result-{tag}.json"
+    if proc.returncode == 0 and path.exists():
+        res: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        res["process_s"] = time.perf_counter() - t
+        return res, ""
+    lines = [ln for ln in log.splitlines() if ln.strip()]
+    oom = next((ln for ln in reversed(lines) if "out of memory" in ln.lower()), None)
+    return None, oom or "\n".join(lines[-15:])
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run both trainers, print the comparison and a JSON line (see the module docstring)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Run the setups, print the comparison and a JSON line (see the module docstring)."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--model-size", choices=sorted(SIZES), default="0.5b")
     ap.add_argument("--examples", type=int, default=None, help="examples generated (default 1600; tiny 96)")
-    ap.add_argument("--steps", type=int, default=None, help="baseline optimizer steps (default: one epoch of batch 8)")
-    ap.add_argument("--warmup-steps", type=int, default=None, help="baseline steps excluded from timing (default 10)")
-    ap.add_argument("--batch-tokens", type=int, default=None, help="driftloop token budget per step")
+    ap.add_argument("--setups", default=",".join(SETUPS), help="comma-separated, of: " + ", ".join(SETUPS))
+    ap.add_argument("--trl-batches", default="64", help="TRL per-device batch sizes tried (the fastest counts)")
+    ap.add_argument("--plain-steps", type=int, default=None, help="plain Trainer steps (default: one epoch of batch 8)")
+    ap.add_argument("--batch-tokens", type=int, default=None, help="driftloop token budget per optimizer step")
+    ap.add_argument("--micro-batch-tokens", type=int, default=None,
+                    help="driftloop tokens per micro-batch (default: fitted to free GPU memory)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--allow-cpu", action="store_true", help="run on CPU when there is no CUDA device (smoke test)")
-    ap.add_argument("--only", choices=("both", "baseline", "driftloop"), default="both")
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak; default from the GPU name")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON object to this file")
+    ap.add_argument("--log-dir", type=Path, default=None, help="write each setup's output there")
+    ap.add_argument("--worker", choices=SETUPS, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--trl-batch", type=int, default=8, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.worker:
+        return worker(a.worker, a.work, a.trl_batch)
 
     import peft
     import torch
@@ -264,17 +372,16 @@ def main(argv: list[str] | None = None) -> int:
         print("skipped: no CUDA device (use --allow-cpu --model-size tiny for a CPU smoke test)")
         print(json.dumps(_null_result("no CUDA device")))
         return 0
+    setups = [s for s in a.setups.split(",") if s]
+    if not set(setups) <= set(SETUPS):
+        ap.error(f"--setups: choose from {', '.join(SETUPS)}")
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     peak = a.peak_tflops * 1e12 if a.peak_tflops else next((v for k, v in PEAK_BF16.items() if k in gpu), None)
     (lens, n_default, bt_default) = DATA[a.model_size]
     n_ex = a.examples or n_default
-    steps = a.steps or max(2, n_ex // 8)
-    warm = a.warmup_steps if a.warmup_steps is not None else min(10, steps // 4)
-    if not 0 < warm < steps:
-        ap.error("--warmup-steps must be between 1 and --steps - 1")
-    batch_tokens = a.batch_tokens or bt_default
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-    print(f"device: {gpu}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                "trl": _version("trl"), "liger_kernel": _version("liger-kernel")}  # fmt: skip
+    print(f"device: {gpu}; " + ", ".join(f"{k} {v}" for k, v in versions.items()), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="driftloop-bench-ft-") as tmp:
         work = Path(tmp)
@@ -282,48 +389,78 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         shape = build_model(mdir, a.model_size, a.seed, device)
         tok = build_tokenizer(mdir, SIZES[a.model_size]["vocab_size"])
-        rows = make_rows(n_ex, SIZES[a.model_size]["vocab_size"], lens, a.seed)[: steps * 8]
-        lengths = [len(r["prompt"].split()) + len(r["response"].split()) + 1 for r in rows]
-        fpt = flops_per_token(shape, lengths)
-        print(f"model: {a.model_size} (Llama architecture, Qwen2 layer shapes), {shape['n_params'] / 1e6:.0f}M parameters ({shape['n_matmul'] / 1e6:.0f}M in "
-              f"matmuls), random weights; built in {time.perf_counter() - t:.1f} s")  # fmt: skip
-        print(f"data: {len(rows)} examples, {sum(lengths)} real tokens, length median {int(np.median(lengths))} "
-              f"mean {np.mean(lengths):.0f} max {max(lengths)}; LoRA r=16 alpha=32 on {', '.join(LORA_TARGETS)}")  # fmt: skip
+        rows = make_rows(n_ex, SIZES[a.model_size]["vocab_size"], lens, a.seed)
+        from driftloop.retrain.trainer import IGNORE_INDEX, encode_example
 
-        def mfu(tps: float | None) -> float | None:
-            return None if (tps is None or not peak) else tps * fpt / peak
+        enc = [encode_example(tok, r["prompt"], r["response"], MAX_LENGTH) for r in rows]
+        lengths = [len(x) for x, _ in enc]
+        scored = [sum(1 for v in y[1:] if v != IGNORE_INDEX) for _, y in enc]
+        fpt = flops_per_token(shape, lengths, scored)
+        print(f"model: {a.model_size} (Llama architecture, Qwen2 shapes), {shape['n_params'] / 1e6:.0f}M parameters, random "
+              f"weights; built in {time.perf_counter() - t:.1f} s")  # fmt: skip
+        print(f"data: {len(rows)} examples, {sum(lengths)} real tokens ({sum(scored)} scored), length median "
+              f"{int(np.median(lengths))} mean {np.mean(lengths):.0f} max {max(lengths)}; LoRA r=16 alpha=32 on "
+              f"{', '.join(LORA_TARGETS)}", flush=True)  # fmt: skip
+        meta = {"device": device, "seed": a.seed, "model_dir": str(mdir), "batch_tokens": a.batch_tokens or bt_default,
+                "micro_batch_tokens": a.micro_batch_tokens, "plain_steps": a.plain_steps or max(2, len(rows) // 8)}  # fmt: skip
+        (work / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        (work / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
+        if device == "cuda":
+            torch.cuda.empty_cache()
 
-        base = drift = None
-        if a.only in ("both", "baseline"):
-            base = run_baseline(mdir, tok, rows, steps, warm, a.seed, device, work)
-            print(f"baseline  (PEFT + Trainer, bf16={device == 'cuda'}, batch 8): {base['tokens_per_s']:,.0f} real "
-                  f"tokens/s over steps {warm + 1}-{steps} ({base['measured_tokens']} tokens, "
-                  f"{100 * base['padding_frac']:.0f}% padding), MFU {_pct(mfu(base['tokens_per_s']))}, "
-                  f"loss {base['final_loss']:.3f}, {base['wall_s']:.1f} s")  # fmt: skip
-            gc.collect()
-            if device == "cuda":
-                torch.cuda.empty_cache()
-        if a.only in ("both", "driftloop"):
-            drift = run_driftloop(mdir, rows, batch_tokens, a.seed, device, work)
-            print(f"driftloop (retrain.trainer, {drift['dtype']}, {batch_tokens} tokens/step): "
-                  f"{drift['tokens_per_s']:,.0f} real tokens/s over {drift['measured_steps']} of {drift['steps']} steps "
-                  f"({drift['measured_tokens']} tokens; whole loop {drift['whole_loop_tokens_per_s']:,.0f}), "
-                  f"MFU {_pct(mfu(drift['tokens_per_s']))}, loss {drift['final_loss']:.3f}, {drift['wall_s']:.1f} s")  # fmt: skip
+        results: dict[str, dict[str, Any]] = {}
+        errors: dict[str, str] = {}
+        for name in setups:
+            batches = [int(b) for b in a.trl_batches.split(",")] if name == "trl" else [8]
+            for batch in batches:
+                label = name if name == "driftloop" else f"{name}-{batch}"
+                if name == "trl" and _version("trl") is None:
+                    errors[label] = "trl is not installed"
+                    print(f"{label}: skipped (trl is not installed)", flush=True)
+                    continue
+                res, err = _spawn(name, work, batch, a.log_dir)
+                if res is None:
+                    errors[label] = err
+                    print(f"{label}: FAILED: {err}", flush=True)
+                    continue
+                res["mfu"] = res["tokens_per_s"] * fpt / peak if peak else None
+                results[label] = res
+                print(f"{label}: {res['tokens_per_s']:,.0f} real tokens/s over {res['measured_steps']} steps, MFU "
+                      f"{_pct(res['mfu'])}, peak reserved {_gib(res['peak_reserved_gib'])}, setup {res['setup_s']:.1f} s, "
+                      f"warm-up {res['warmup_s']:.1f} s, loss {res['final_loss']:.3f}", flush=True)  # fmt: skip
 
-    b_tps = base["tokens_per_s"] if base else None
-    d_tps = drift["tokens_per_s"] if drift else None
-    ratio = d_tps / b_tps if (b_tps and d_tps) else None
-    formula = "MFU = tokens/s * (4*N_matmul + 6*n_layers*d_attn*E[L^2]/E[L]) / peak_bf16_dense"
-    print(f"ratio driftloop/baseline: {ratio:.2f}x" if ratio else "ratio: n/a")
-    print(f"{formula}; N_matmul={shape['n_matmul']}, {fpt / 1e9:.2f} GFLOP/token, peak "
+    trl = [k for k in results if k.startswith("trl-")]
+    best = max(
+        trl or [k for k in results if k.startswith("plain")] or [""],
+        key=lambda k: results[k]["tokens_per_s"] if k else 0,
+    )
+    drift = results.get("driftloop")
+    base = results.get(best)
+    plain = results.get("plain-8")
+    ratio = drift["tokens_per_s"] / base["tokens_per_s"] if (drift and base) else None
+    name = (f"TRL {versions['trl']} SFTTrainer padding-free + Liger {versions['liger_kernel']} + {base['attn']}, bf16 "
+            f"weights, batch {base['batch']}" if best.startswith("trl") and base else
+            "PEFT + Trainer, bf16 autocast, batch 8" if base else None)  # fmt: skip
+    formula = ("MFU = tokens/s * (4*N_body + 4*N_head*scored/real + 6*n_layers*d_attn*E[L^2]/E[L]) / peak_bf16_dense "
+               "(LM head credited on scored tokens only)")  # fmt: skip
+
+    def g(r: dict[str, Any] | None, k: str, nd: int = 1) -> Any:
+        return None if r is None or r.get(k) is None else round(r[k], nd)
+
+    print(f"ratio driftloop / strongest ({name}): {ratio:.2f}x" if ratio else "ratio: n/a")
+    print(f"{formula}; N_body={shape['n_body']}, N_head={shape['n_head']}, {fpt / 1e9:.2f} GFLOP/real token, peak "
           f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")  # fmt: skip
     result = {
-        "baseline_tokens_per_s": _r(b_tps), "driftloop_tokens_per_s": _r(d_tps), "ratio": _r(ratio, 3),
-        "mfu": _r(mfu(d_tps), 4), "baseline_mfu": _r(mfu(b_tps), 4), "device": gpu, **versions,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"), "model_size": a.model_size, "n_params": shape["n_params"],
-        "examples": len(rows), "real_tokens": sum(lengths), "baseline_steps": steps, "warmup_steps": warm,
-        "batch_tokens": batch_tokens, "baseline_padding_frac": _r(base["padding_frac"], 3) if base else None,
-        "mfu_formula": formula, "peak_flops": peak,
+        "ratio": _r(ratio, 3), "strongest_baseline": name,
+        "driftloop_tokens_per_s": g(drift, "tokens_per_s"), "baseline_tokens_per_s": g(base, "tokens_per_s"),
+        "mfu": g(drift, "mfu", 4), "peak_reserved_gib": g(drift, "peak_reserved_gib"),
+        "baseline_peak_reserved_gib": g(base, "peak_reserved_gib"), "model_size": a.model_size,
+        "baseline_mfu": g(base, "mfu", 4), "plain_tokens_per_s": g(plain, "tokens_per_s"), "plain_mfu": g(plain, "mfu", 4),
+        "plain_peak_reserved_gib": g(plain, "peak_reserved_gib"), "device": gpu, **versions,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"), "n_params": shape["n_params"], "examples": len(rows),
+        "real_tokens": sum(lengths), "scored_tokens": sum(scored), "mfu_formula": formula, "peak_flops": peak,
+        "setups": {k: {kk: (round(v, 4) if isinstance(v, float) else v) for kk, v in r.items()} for k, r in results.items()},
+        "errors": errors,
     }  # fmt: skip
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -334,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _gib(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f} GiB"
 
 
 def _r(x: float | None, nd: int = 1) -> float | None:

@@ -93,6 +93,8 @@ class TrainResult:
     duration_s: float
     device: str
     dtype: str
+    micro_batch_tokens: int = 0  # padded tokens per micro-batch (0: steps not cut)
+    setup_s: float = 0.0  # loading, LoRA wrapping and the memory probe, before the first step
 
 
 class TrainingCancelled(Exception):
@@ -285,27 +287,129 @@ def _pick_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _loss_fn(model: Any, use_plain_head: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Loss = mean cross-entropy over the scored (response) positions of the batch."""
+class _HeadCrossEntropy(torch.autograd.Function):
+    """Sum of cross-entropy of ``h @ weight.T`` against ``tgt``, in row chunks, for a frozen head.
+
+    Why: the full ``(scored tokens, vocab)`` logits in fp32 (plus their bf16 copy and gradient) were the
+    trainer's largest buffers (the 1.5B out-of-memory). Here at most ``chunk`` rows of logits exist at a
+    time, and the gradient w.r.t. ``h`` is computed in the same pass (``(softmax - onehot) @ weight``), so
+    the backward re-reads nothing and the head runs two matmuls per chunk, like an unfused head. The head's
+    weight gets no gradient (LoRA leaves it frozen; the caller checks).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, tgt: torch.Tensor, chunk: int) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad = torch.empty_like(h) if h.requires_grad else None
+        w = weight.to(h.dtype)
+        for s in range(0, h.shape[0], chunk):
+            hc, tc = h[s : s + chunk], tgt[s : s + chunk]
+            logits = (hc @ w.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+            if grad is not None:
+                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                probs[torch.arange(tc.shape[0], device=tc.device), tc] -= 1.0
+                grad[s : s + chunk] = probs.to(h.dtype) @ w
+            del logits
+        ctx.save_for_backward(*(() if grad is None else (grad,)))
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        if not ctx.saved_tensors:
+            return None, None, None, None
+        (grad,) = ctx.saved_tensors
+        return grad * g.to(grad.dtype), None, None, None
+
+
+def _head_chunk(vocab: int) -> int:
+    """Rows per logits chunk: about 1 GiB of fp32 logits (at least 256 rows, at most 8192)."""
+    return max(256, min(8192, (1 << 28) // max(1, vocab)))
+
+
+_MAX_MICRO_TOKENS = 16384
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _loss_fn(model: Any, use_plain_head: bool) -> LossFn:
+    """Loss = summed cross-entropy over the scored (response) positions of the batch (the caller divides)."""
     causal_lm = model.get_base_model()
-    if use_plain_head:
+    head = causal_lm.get_output_embeddings()
+    plain = (use_plain_head and isinstance(head, nn.Linear) and head.bias is None
+             and not head.weight.requires_grad)  # fmt: skip
+    if plain:
         backbone = causal_lm.base_model
-        head = causal_lm.get_output_embeddings()
+        chunk = _head_chunk(head.weight.shape[0])
 
         def loss(ids: torch.Tensor, pos: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
             h = backbone(input_ids=ids, use_cache=False).last_hidden_state
             h = h.reshape(-1, h.shape[-1]).index_select(0, pos)
-            logits = head(h)
-            return nn.functional.cross_entropy(logits.float(), tgt)
+            out: torch.Tensor = _HeadCrossEntropy.apply(h, head.weight, tgt, chunk)
+            return out
 
     else:
 
         def loss(ids: torch.Tensor, pos: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
             logits = model(input_ids=ids, use_cache=False).logits
             logits = logits.reshape(-1, logits.shape[-1]).index_select(0, pos)
-            return nn.functional.cross_entropy(logits.float(), tgt)
+            return nn.functional.cross_entropy(logits.float(), tgt, reduction="sum")
 
     return loss
+
+
+def _split(batch: _Batch, lengths: Sequence[int], cap: int) -> list[_Batch]:
+    """``batch`` cut into micro-batches of at most ``cap`` padded tokens (rows kept in length order)."""
+    if cap <= 0 or batch.width * len(batch.rows) <= cap:
+        return [batch]
+    rows = sorted(batch.rows, key=lambda i: lengths[i])
+    out: list[_Batch] = []
+    cur: list[int] = []
+    width = 0
+    for i in rows:
+        w = max(width, lengths[i])
+        if cur and w * (len(cur) + 1) > cap:
+            out.append(_Batch(cur, width, sum(lengths[j] for j in cur)))
+            cur, w = [], lengths[i]
+        cur.append(i)
+        width = w
+    out.append(_Batch(cur, width, sum(lengths[j] for j in cur)))
+    return out
+
+
+def _fit_micro_tokens(loss_of: LossFn, params: Sequence[torch.Tensor], vocab: int, width: int, dev: torch.device,
+                      memory_fraction: float, cap: int) -> int:  # fmt: skip
+    """Padded tokens per micro-batch that fit in ``memory_fraction`` of the GPU memory still free.
+
+    Two probe forward/backward passes (``width``-long rows, all positions scored) give the bytes per token
+    (the slope) and the fixed workspace (the intercept); their gradients are discarded. Why a probe: the
+    activation memory per token depends on the architecture, LoRA targets, attention kernel and library
+    versions, which no formula here would track.
+    """
+    peaks: list[tuple[int, int]] = []
+    for n_tok in (2048, 6144):
+        rows = max(1, n_tok // width)
+        ids = torch.randint(3, vocab, (rows, width), device=dev)
+        pos = torch.arange(rows * width - 1, device=dev)
+        tgt = ids.reshape(-1)[1:]
+        torch.cuda.synchronize(dev)
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            loss = loss_of(ids, pos, tgt)
+        loss.backward()
+        torch.cuda.synchronize(dev)
+        peaks.append((rows * width, torch.cuda.max_memory_allocated(dev) - base))
+        del ids, pos, tgt, loss
+        for p in params:
+            p.grad = None
+    (t1, m1), (t2, m2) = peaks
+    per_tok = max(1.0, (m2 - m1) / max(1, t2 - t1))
+    fixed = max(0.0, m1 - per_tok * t1)
+    free, _total = torch.cuda.mem_get_info(dev)
+    avail = free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    fit = int((memory_fraction * avail - fixed) / per_tok)
+    return max(width, min(cap, fit) if cap > 0 else fit)
 
 
 def train_lora(
@@ -319,6 +423,8 @@ def train_lora(
     should_stop: Callable[[], bool] | None = None,
     device: str | None = None,
     log_every: int = 10,
+    micro_batch_tokens: int | None = None,
+    memory_fraction: float = 0.85,
 ) -> TrainResult:
     """Train a LoRA adapter on ``train_rows`` (``{"prompt", "response"}``) and save it to ``out_dir``.
 
@@ -327,6 +433,12 @@ def train_lora(
     fails or ``should_stop()`` (checked before every step) returns True, which raises
     :class:`TrainingCancelled`. ``progress`` is called every ``log_every`` steps and after the last.
     Deterministic for a given ``cfg.seed`` on CPU. ``lora``: the adapter's shape (default ``LoraSettings()``).
+
+    An optimizer step always covers the batch ``cfg`` asks for (``batch_tokens`` or ``batch_size``): what is
+    learned does not depend on the GPU. Only how it is cut into micro-batches (gradients accumulated, loss =
+    mean over the step's scored tokens) does: ``micro_batch_tokens`` None = on CUDA, the most padded tokens
+    that fit in ``memory_fraction`` of the free memory (measured by a probe, at most 16384, where throughput
+    has levelled off), on CPU no cutting; 0 = never cut; > 0 = at most that many.
     """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
@@ -336,6 +448,8 @@ def train_lora(
         raise ValueError("train_rows: no training examples")
     if log_every < 1:
         raise ValueError("log_every: must be >= 1")
+    if not 0 < memory_fraction <= 1:
+        raise ValueError("memory_fraction: must be in (0, 1]")
     t_start = time.perf_counter()
     dev = _pick_device(device)
     on_cuda = dev.type == "cuda"
@@ -373,29 +487,44 @@ def train_lora(
     warmup = math.ceil(cfg.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
     loss_of = _loss_fn(model, _model_type(model.get_base_model()) in _PLAIN_HEAD)
+    if micro_batch_tokens is None:
+        micro_cap = 0
+        if on_cuda:
+            base: Any = model.get_base_model()
+            vocab = int(base.get_output_embeddings().weight.shape[0])
+            micro_cap = _fit_micro_tokens(loss_of, params, vocab, min(cfg.max_length, max(lengths)), dev,
+                                          memory_fraction, _MAX_MICRO_TOKENS)  # fmt: skip
+    else:
+        micro_cap = max(0, micro_batch_tokens)
 
-    def batches() -> Iterator[tuple[_Batch, tuple[torch.Tensor, ...]]]:
+    def batches() -> Iterator[tuple[_Batch, int, list[tuple[torch.Tensor, ...]]]]:
         for b in plan:
-            ids, pos, tgt = _collate(b, encoded, pad_id, pin=on_cuda)
-            yield b, (ids.to(dev, non_blocking=True), pos.to(dev, non_blocking=True), tgt.to(dev, non_blocking=True))
+            micro = []
+            for m in _split(b, lengths, micro_cap):
+                ids, pos, tgt = _collate(m, encoded, pad_id, pin=on_cuda)
+                if pos.numel():
+                    micro.append((ids, pos, tgt))
+            scored = sum(int(x[1].numel()) for x in micro)
+            yield b, scored, [tuple(t.to(dev, non_blocking=True) for t in x) for x in micro]
 
     loss_acc = torch.zeros((), device=dev, dtype=torch.float32)
     n_acc = 0
     last_loss = float("nan")
     tokens = 0
     t_loop = time.perf_counter()
-    for step, (b, (ids, pos, tgt)) in enumerate(batches(), start=1):
+    for step, (b, scored, micro) in enumerate(batches(), start=1):
         if should_stop is not None and should_stop():
             raise TrainingCancelled(f"training cancelled at step {step - 1}/{total}")
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = loss_of(ids, pos, tgt)
-        loss.backward()
+        for ids, pos, tgt in micro:
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                loss = loss_of(ids, pos, tgt) / scored
+            loss.backward()
+            loss_acc += loss.detach().float()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_acc += loss.detach().float()
         n_acc += 1
         tokens += b.tokens
         if step % log_every == 0 or step == total:
@@ -415,7 +544,8 @@ def train_lora(
     return TrainResult(adapter_dir=str(out_dir), steps=total, train_tokens=tokens,
                        tokens_per_s=tokens / loop_s if loop_s > 0 else 0.0, final_loss=last_loss,
                        duration_s=time.perf_counter() - t_start, device=str(dev),
-                       dtype=str(dtype).removeprefix("torch."))  # fmt: skip
+                       dtype=str(dtype).removeprefix("torch."), micro_batch_tokens=micro_cap,
+                       setup_s=t_loop - t_start)  # fmt: skip
 
 
 def _save_adapter(model: Any, cfg: TrainingSettings, lora: LoraSettings, out: Path) -> None:
