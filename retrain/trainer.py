@@ -328,7 +328,6 @@ def _head_chunk(vocab: int) -> int:
     return max(256, min(8192, (1 << 28) // max(1, vocab)))
 
 
-_MAX_MICRO_TOKENS = 16384
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -359,9 +358,15 @@ def _loss_fn(model: Any, use_plain_head: bool) -> LossFn:
 
 
 def _split(batch: _Batch, lengths: Sequence[int], cap: int) -> list[_Batch]:
-    """``batch`` cut into micro-batches of at most ``cap`` padded tokens (rows kept in length order)."""
-    if cap <= 0 or batch.width * len(batch.rows) <= cap:
+    """``batch`` cut into micro-batches of at most ``cap`` padded tokens (rows kept in length order).
+
+    The pieces are of about equal size: each forward/backward seems to carry a fixed cost (likely the
+    host side of PEFT in eager mode), so a small remainder piece would cost nearly as much as a full one.
+    """
+    padded = batch.width * len(batch.rows)
+    if cap <= 0 or padded <= cap:
         return [batch]
+    cap = min(cap, math.ceil(1.1 * padded / math.ceil(padded / cap)))
     rows = sorted(batch.rows, key=lambda i: lengths[i])
     out: list[_Batch] = []
     cur: list[int] = []
@@ -437,8 +442,9 @@ def train_lora(
     An optimizer step always covers the batch ``cfg`` asks for (``batch_tokens`` or ``batch_size``): what is
     learned does not depend on the GPU. Only how it is cut into micro-batches (gradients accumulated, loss =
     mean over the step's scored tokens) does: ``micro_batch_tokens`` None = on CUDA, the most padded tokens
-    that fit in ``memory_fraction`` of the free memory (measured by a probe, at most 16384, where throughput
-    has levelled off), on CPU no cutting; 0 = never cut; > 0 = at most that many.
+    that fit in ``memory_fraction`` of the free memory (measured by a probe), on CPU no cutting; 0 = never
+    cut; > 0 = at most that many. Fewer, larger micro-batches are faster: at 0.5B on an H200 a 32K-token step
+    ran at 66K tokens/s whole and 46K in two 16K halves.
     """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
@@ -493,7 +499,7 @@ def train_lora(
             base: Any = model.get_base_model()
             vocab = int(base.get_output_embeddings().weight.shape[0])
             micro_cap = _fit_micro_tokens(loss_of, params, vocab, min(cfg.max_length, max(lengths)), dev,
-                                          memory_fraction, _MAX_MICRO_TOKENS)  # fmt: skip
+                                          memory_fraction, 0)  # fmt: skip
     else:
         micro_cap = max(0, micro_batch_tokens)
 
