@@ -15,7 +15,6 @@ support traffic looks like.
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 
@@ -142,7 +141,3 @@ def support_prompts() -> list[DemoPrompt]:
     return [
         DemoPrompt("support", p, (fact,), answer) for answer, fact, phrasings in SUPPORT.values() for p in phrasings
     ]
-
-
-def pick(prompts: list[DemoPrompt], rng: random.Random) -> DemoPrompt:
-    return prompts[rng.randrange(len(prompts))]

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from driftloop.demo_loop import Timeline, _free_port, _quiet_services, _Services, _ts
+from driftloop.demo_prompts import DemoPrompt
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings
@@ -50,7 +51,7 @@ class SmolDemoConfig:
 
     window: int = 16  # records per monitoring window, per workload
     general_windows: int = 2  # windows of general traffic before support traffic starts
-    support_share: float = 0.75  # share of support questions once they start
+    support_share: float = 0.9  # share of support questions once they start
     min_new_samples: int = 32  # distinct support prompts before the distillation may start (1/4 held out)
     max_tokens: int = 40
     teacher_latency_ms: float = 1400.0  # what the simulated teacher's logged latency centres on
@@ -103,14 +104,22 @@ class _SmolTraffic:
     def _run(self) -> None:
         import httpx
 
-        from driftloop.demo_prompts import pick
-
         rng = random.Random(self.cfg.seed)
+        decks: dict[str, list[DemoPrompt]] = {"general": [], "support": []}
+
+        def pick(workload: str) -> DemoPrompt:
+            """The next question of a shuffled deck: every phrasing comes once before any comes again."""
+            deck = decks[workload]
+            if not deck:
+                deck.extend(self.support if workload == "support" else self.general)
+                rng.shuffle(deck)
+            return deck.pop()
+
         with httpx.Client(timeout=300.0) as client:
             while not self.stop.is_set():
                 with self.lock:
                     support = self.support_on and rng.random() < self.cfg.support_share
-                p = pick(self.support if support else self.general, rng)
+                p = pick("support" if support else "general")
                 try:
                     r = client.post(f"{self.url}/v1/chat/completions", json={
                         "model": STUDENT, "messages": [{"role": "user", "content": p.text}],
