@@ -360,26 +360,37 @@ def _loss_fn(model: Any, use_plain_head: bool) -> LossFn:
 def _split(batch: _Batch, lengths: Sequence[int], cap: int) -> list[_Batch]:
     """``batch`` cut into micro-batches of at most ``cap`` padded tokens (rows kept in length order).
 
-    The pieces are of about equal size: each forward/backward seems to carry a fixed cost (likely the
-    host side of PEFT in eager mode), so a small remainder piece would cost nearly as much as a full one.
+    As few pieces as ``cap`` allows, of about equal size (the smallest largest piece for that count): each
+    forward/backward seems to carry a fixed cost (likely the host side of PEFT in eager mode), so a small
+    remainder piece would cost nearly as much as a full one.
     """
-    padded = batch.width * len(batch.rows)
-    if cap <= 0 or padded <= cap:
+    if cap <= 0 or batch.width * len(batch.rows) <= cap:
         return [batch]
-    cap = min(cap, math.ceil(1.1 * padded / math.ceil(padded / cap)))
     rows = sorted(batch.rows, key=lambda i: lengths[i])
-    out: list[_Batch] = []
-    cur: list[int] = []
-    width = 0
-    for i in rows:
-        w = max(width, lengths[i])
-        if cur and w * (len(cur) + 1) > cap:
-            out.append(_Batch(cur, width, sum(lengths[j] for j in cur)))
-            cur, w = [], lengths[i]
-        cur.append(i)
-        width = w
-    out.append(_Batch(cur, width, sum(lengths[j] for j in cur)))
-    return out
+
+    def greedy(limit: int) -> list[_Batch]:
+        out: list[_Batch] = []
+        cur: list[int] = []
+        width = 0
+        for i in rows:
+            w = max(width, lengths[i])
+            if cur and w * (len(cur) + 1) > limit:
+                out.append(_Batch(cur, width, sum(lengths[j] for j in cur)))
+                cur, w = [], lengths[i]
+            cur.append(i)
+            width = w
+        out.append(_Batch(cur, width, sum(lengths[j] for j in cur)))
+        return out
+
+    best = greedy(cap)
+    lo, hi = 1, cap  # the smallest limit that still gives len(best) pieces
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(greedy(mid)) <= len(best):
+            hi = mid
+        else:
+            lo = mid + 1
+    return greedy(lo) if lo < cap else best
 
 
 def _fit_micro_tokens(loss_of: LossFn, params: Sequence[torch.Tensor], vocab: int, width: int, dev: torch.device,
