@@ -35,6 +35,12 @@ os.environ.setdefault("DRIFTLOOP_PII__USER_ID_SALT", "tests-only-user-id-salt-4f
 # the embedding model's ONNX export (monitor/embeddings.py) is made once per test session, in a fresh
 # folder: a run proves the export works instead of reusing one a developer's earlier run left in ~/.cache
 os.environ.setdefault("DRIFTLOOP_CACHE_DIR", tempfile.mkdtemp(prefix="driftloop-test-cache-"))
+# One intra-op thread for torch (and onnxruntime, numpy's BLAS) in the tests and the processes they start: the
+# test models are tiny, and the suite runs beside brokers, writer processes and training subprocesses on 2
+# cores, where OpenMP's spinning threads made a toy model's build 7.7x slower (387 s vs 50 s, measured on a
+# loaded machine). Set before anything imports torch; a developer's OMP_NUM_THREADS wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 # marker -> the fixtures that provide that service; a test using any of them gets the marker
 SERVICE_FIXTURES: dict[str, frozenset[str]] = {

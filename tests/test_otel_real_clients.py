@@ -105,7 +105,10 @@ def _check_config(config: str, answered: list[dict[str, Any]], got: list[Any]) -
         where = f"{config} call {call}: {row._asdict()}"
         assert row.request_id.startswith("otel-"), where
         assert row.model_id == MODEL, where
-        assert (row.tokens_in, row.tokens_out) == (want["tokens_in"], want["tokens_out"]), where
+        # a count of 0 (the toy model may answer with EOS at once) is not recorded by openai-v2's instrumentation
+        # (its set_span_attribute skips falsy values), so the row has no count rather than a wrong one
+        assert (row.tokens_in, row.tokens_out or 0) == (want["tokens_in"], want["tokens_out"]), where
+        assert row.tokens_out is not None or want["tokens_out"] == 0, where
         assert row.finish_reason == want["finish_reason"], where
         assert row.latency_ms is not None and row.latency_ms > 0, where
         msgs = row.messages if not isinstance(row.messages, str) else json.loads(row.messages)
