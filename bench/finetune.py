@@ -270,13 +270,14 @@ def _run_driftloop(meta: dict[str, Any], rows: list[dict[str, str]], work: Path)
     from driftloop.settings.retrain import LoraSettings, TrainingSettings
 
     bt = meta["batch_tokens"]
-    cfg = TrainingSettings(epochs=1.0, learning_rate=2e-4, batch_tokens=bt, max_length=MAX_LENGTH, seed=meta["seed"])
+    cfg = TrainingSettings(epochs=1.0, learning_rate=2e-4, batch_tokens=bt, max_length=MAX_LENGTH, seed=meta["seed"],
+                           micro_batch_tokens=meta["micro_batch_tokens"])
     lora = LoraSettings(r=16, alpha=32, dropout=0.05, target_modules=list(LORA_TARGETS))
     seen: list[TrainProgress] = []
     approx_steps = max(1, sum(len(r["prompt"].split()) + len(r["response"].split()) + 1 for r in rows) // bt)
     log_every = 5 if approx_steps >= 20 else 1
     res = train_lora(meta["model_dir"], rows, str(work / "adapter"), cfg, lora, progress=seen.append,
-                     device=meta["device"], log_every=log_every, micro_batch_tokens=meta["micro_batch_tokens"])  # fmt: skip
+                     device=meta["device"], log_every=log_every)  # fmt: skip
     a, b = seen[0], seen[-1]
     if b.step == a.step:
         a = TrainProgress(step=0, total_steps=b.total_steps, epoch=0.0, loss=0.0, tokens=0, elapsed_s=0.0)

@@ -79,6 +79,10 @@ class TrainingSettings(Section):
     grad_clip: float = Field(1.0, ge=0, allow_inf_nan=False, description="max gradient norm; 0: no clipping")
     seed: int = Field(0, ge=0)
     timeout_minutes: float = Field(120.0, gt=0, description="the training subprocess is killed after this")
+    # how a step is cut into micro-batches (what is learned does not change, only memory and speed)
+    micro_batch_tokens: int | None = Field(None, ge=0, description="padded tokens per forward/backward; unset: on "
+                                           "CUDA the most that fit (probed), on CPU the whole step; 0: never cut")  # fmt: skip
+    memory_fraction: float = Field(0.85, gt=0, le=1, description="share of the free GPU memory micro-batches may fill")
 
     @field_validator("max_steps")
     @classmethod
