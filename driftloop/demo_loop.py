@@ -134,16 +134,9 @@ class _Traffic:
                 with self.lock:
                     domain = self.domain
                 prompt, answer = rng.choice(self.pairs[domain])
-                try:
-                    r = client.post(f"{self.url}/v1/completions", json={
-                        "model": self.model, "prompt": prompt, "max_tokens": 32, "temperature": 0})  # fmt: skip
-                    r.raise_for_status()
-                    body = r.json()
-                except Exception as e:  # the demo reports failures; it never hides them
-                    with self.lock:
-                        self.failed += 1
-                    log.warning("request failed: %s", e)
-                    time.sleep(0.2)
+                body = post_counted(self, client, f"{self.url}/v1/completions", {
+                    "model": self.model, "prompt": prompt, "max_tokens": 32, "temperature": 0}, pause_s=0.2)  # fmt: skip
+                if body is None:
                     continue
                 text = body["choices"][0]["text"].strip()
                 rid = body["id"]
@@ -155,6 +148,21 @@ class _Traffic:
                 with self.lock:
                     self.sent += 1
                     self.happy[domain].append(int(good))
+
+
+def post_counted(traffic: Any, client: Any, url: str, payload: dict[str, Any], pause_s: float) -> Any:
+    """POST ``payload``; the answer's JSON, or None after counting the failure on ``traffic`` (its ``lock`` and
+    ``failed``), logging it and pausing: the demo reports failed requests, it never hides them."""
+    try:
+        r = client.post(url, json=payload)
+        r.raise_for_status()
+        return r.json()
+    except Exception as e:
+        with traffic.lock:
+            traffic.failed += 1
+        log.warning("request failed: %s", e)
+        time.sleep(pause_s)
+        return None
 
 
 @dataclass
@@ -186,10 +194,19 @@ class _Services:
 def run_loop_demo(data_dir: Path = Path("driftloop-data/demo"), cfg: DemoConfig | None = None,
                   keep_running: bool = False, echo: Any = None) -> Timeline:  # fmt: skip
     """Run the live loop; return the timeline (also printed)."""
-    from driftloop.broker import LocalTansu
 
     cfg = cfg or DemoConfig()
     say = echo or _say
+    return run_session(data_dir, keep_running, say, lambda svc, tl: _run(svc, tl, data_dir, cfg, say))
+
+
+def run_session(data_dir: Path, keep_running: bool, say: Any, body: Any) -> Timeline:
+    """A fresh ``data_dir``, a broker, ``body(services, timeline)``; then (or on Ctrl-C) everything stopped.
+
+    Shared by both demos: what they start is registered on the :class:`_Services` that ``body`` gets.
+    """
+    from driftloop.broker import LocalTansu
+
     _quiet_services()
     if data_dir.exists():
         shutil.rmtree(data_dir)
@@ -197,7 +214,7 @@ def run_loop_demo(data_dir: Path = Path("driftloop-data/demo"), cfg: DemoConfig 
     tl = Timeline()
     svc = _Services(LocalTansu(log_path=str(data_dir / "tansu.log")))
     try:
-        _run(svc, tl, data_dir, cfg, say)
+        body(svc, tl)
         if keep_running:
             say("\n--keep-running: services stay up; Ctrl-C stops them")
             while True:
@@ -225,14 +242,10 @@ def _run(svc: _Services, tl: Timeline, data_dir: Path, cfg: DemoConfig, say: Any
     from driftloop.broker import ensure_topics
     from driftloop.client import DriftloopLogger
     from driftloop.retrain.toy import build_base_model
-    from driftloop.store.db import create_engine_from_url, migrate
+    from driftloop.store.db import create_engine_from_url
 
-    db_url = f"sqlite:///{data_dir / 'driftloop.db'}"
     t_start = time.time()
-    say("[1/6] starting a local Kafka-compatible broker (Tansu) and the embedded database")
-    svc.broker.start()
-    migrate(db_url)
-    say(f"      broker {svc.broker.bootstrap}, database {db_url}")
+    db_url = start_broker_and_db(svc, data_dir, say)
     say("[2/6] building a tiny GPT-2 and training it on domain A (arithmetic questions); no downloads")
     t = time.time()
     base = build_base_model(data_dir / "models" / "base", "A", n=1500, epochs=3, seed=cfg.seed)
@@ -260,6 +273,18 @@ def _run(svc: _Services, tl: Timeline, data_dir: Path, cfg: DemoConfig, say: Any
                            "order by window_index desc limit 3")).all()],
                        "total_s": round(time.time() - t_start, 1)})  # fmt: skip
     _summary(tl, say)
+
+
+def start_broker_and_db(svc: _Services, data_dir: Path, say: Any) -> str:
+    """Step 1 of both demos: the broker started, the SQLite database migrated; returns the database URL."""
+    from driftloop.store.db import migrate
+
+    db_url = f"sqlite:///{data_dir / 'driftloop.db'}"
+    say("[1/6] starting a local Kafka-compatible broker (Tansu) and the embedded database")
+    svc.broker.start()
+    migrate(db_url)
+    say(f"      broker {svc.broker.bootstrap}, database {db_url}")
+    return db_url
 
 
 def _demo_settings(cfg: DemoConfig, data_dir: Path, db_url: str, bootstrap: str, base: Any, serve_port: int,
@@ -430,13 +455,7 @@ class _Watcher:
                 say(f"  t={tl.events['watch_passed']:6.1f}s  post-promotion watch passed: {reason}"[:300])
 
     def _hot_loaded(self) -> None:
-        import httpx
-
-        if self.promoted_at is not None and "hot_loaded" not in self.tl.events:
-            models = httpx.get(f"{self.serve_url}/v1/models", timeout=5).json()
-            if any(m.get("parent") for m in models.get("data", [])):
-                self.tl.mark("hot_loaded")
-                self.say(f"  t={self.tl.events['hot_loaded']:6.1f}s  the server serves the new adapter (no restart)")
+        mark_hot_loaded(self.tl, self.say, self.serve_url, self.promoted_at)
 
     def _recovered(self, wins: list[Any]) -> bool:
         tl, promoted_at = self.tl, self.promoted_at
@@ -448,6 +467,17 @@ class _Watcher:
             tl.mark("recovered", after[0][1])
             self.say(f"  t={tl.events['recovered']:6.1f}s  quality recovered: users happy {after[0][0]:.0%}")
         return len(after) >= self.cfg.recovery_windows and "recovered" in tl.events
+
+
+def mark_hot_loaded(tl: Timeline, say: Any, serve_url: str, promoted_at: float | None) -> None:
+    """After a promotion, mark (once) the moment the server lists an adapter: it serves it, no restart."""
+    import httpx
+
+    if promoted_at is not None and "hot_loaded" not in tl.events:
+        models = httpx.get(f"{serve_url}/v1/models", timeout=5).json()
+        if any(m.get("parent") for m in models.get("data", [])):
+            tl.mark("hot_loaded")
+            say(f"  t={tl.events['hot_loaded']:6.1f}s  the server serves the new adapter (no restart)")
 
 
 def _ts(v: Any) -> float:

