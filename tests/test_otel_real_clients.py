@@ -100,6 +100,7 @@ def test_each_call_is_one_interaction_with_the_right_fields(
 
 def _check_config(config: str, answered: list[dict[str, Any]], got: list[Any]) -> None:
     assert len(got) == len(CALLS), (config, [r.request_id for r in got])  # exactly one row per call
+    assert sum(bool(w["response"]) for w in answered) >= len(CALLS) // 2, answered  # real answers to compare
     content = CONFIGS[config].content
     for call, want, row in zip(CALLS, answered, got, strict=True):
         where = f"{config} call {call}: {row._asdict()}"
@@ -117,7 +118,8 @@ def _check_config(config: str, answered: list[dict[str, Any]], got: list[Any]) -
                 {"role": "user", "content": call.user}]  # fmt: skip
             assert msgs == expected, where
             assert call.user in row.prompt, where
-            assert row.response == want["response"], where
+            # an empty answer (EOS at once) is an absent one for openai-v2's legacy choice event: no content
+            assert (row.response or "") == want["response"], where
         else:
             assert msgs in (None, []) and row.prompt == "" and row.response in (None, ""), where
             # nothing of the conversation leaks through another column

@@ -265,8 +265,14 @@ def test_broker_down_gives_503_with_retry_after_and_the_api_still_starts(topics:
                    headers=auth())  # fmt: skip
         assert r.status_code == 503 and r.headers["retry-after"] == "7" and "broker" in r.json()["detail"]
         assert 'driftloop_receiver_requests_total{format="otlp",status="503"}' in c.get("/metrics").text
-    # the app's shutdown closed the receiver: its producer is gone and its worker threads were told to end
-    assert app.state.receiver.sink._producer is None and app.state.receiver.executor._shutdown
+    # the app's shutdown closed the receiver: its producer and its worker threads are gone ...
+    rec = app.state.receiver
+    assert rec.sink._producer is None and rec._executor is None
+    with TestClient(app) as c:  # ... and a second start of the same app serves again (a fresh pool)
+        r = c.post("/v1/ingest/v1", json={"request_id": "y", "timestamp": "2024-01-01T00:00:00Z", "model_id": "m"},
+                   headers=auth())  # fmt: skip
+        assert r.status_code == 503 and r.headers["retry-after"] == "7"
+    assert rec._executor is None
 
 
 # -- end to end: the OTel SDK exporter -> uvicorn -> Kafka -> ingestion -> PostgreSQL --------------------------------

@@ -370,8 +370,23 @@ class Receiver:
                                        dict(k.producer), k.create_topics, k.topic_partitions, k.replication_factor)
                              if self.topic else None)  # fmt: skip
         self._mapping = threading.Lock()
-        #: runs :meth:`accept` for the routes (as many threads as anyio's default, started as needed)
-        self.executor = ThreadPoolExecutor(max_workers=40, thread_name_prefix="driftloop-receiver")
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """Runs :meth:`accept` for the routes (as many threads as anyio's default, started as needed).
+
+        Created on first use and again after :meth:`close`: an app may be started and stopped more than once
+        (each stop closes the receiver), and its next start must not find a shut-down pool.
+        """
+        ex = self._executor
+        if ex is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=40, thread_name_prefix="driftloop-receiver")
+                ex = self._executor
+        return ex
 
     def accept(self, fmt: str, body: bytes, gzipped: bool, content_type: str) -> Outcome:
         """Decompress, convert, check the limits and produce; raises :class:`ReceiverError` for the answer."""
@@ -434,6 +449,10 @@ class Receiver:
         return conv.skipped, messages, rejected
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False)
+        """Close the producer (flushing it) and let the worker threads end; both come back on the next request."""
+        with self._executor_lock:
+            ex, self._executor = self._executor, None
+        if ex is not None:
+            ex.shutdown(wait=False)
         if self.sink is not None:
             self.sink.close()
