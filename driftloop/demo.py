@@ -133,7 +133,10 @@ def register(app: typer.Typer) -> None:
             if data_dir == Path("driftloop-data/demo"):
                 data_dir = Path("driftloop-data/demo-smollm2")
             stl = run_smollm2_demo(data_dir, SmolDemoConfig.quick() if quick else None, keep_running=keep_running)
-            raise typer.Exit(0 if {"detected", "promoted", "hot_loaded", "recovered"} <= set(stl.events) else 1)
+            ev = set(stl.events)
+            full = {"detected", "promoted", "hot_loaded", "recovered"} <= ev
+            wired = {"detected", "retrain_started"} <= ev and bool({"gate_passed", "gate_rejected"} & ev)
+            raise typer.Exit(0 if full or (quick and wired) else 1)
         from driftloop.demo_loop import DemoConfig, run_loop_demo
 
         tl = run_loop_demo(data_dir, DemoConfig.quick() if quick else DemoConfig(), keep_running=keep_running)

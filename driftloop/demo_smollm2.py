@@ -68,7 +68,8 @@ class SmolDemoConfig:
 
     @classmethod
     def quick(cls) -> SmolDemoConfig:
-        """The wiring only (windows of 8, one epoch, short answers): the candidate may well not pass the gate."""
+        """The wiring only (windows of 8, one epoch, short answers): it ends at the gate's decision or, if the
+        candidate passes, once the server serves it; the candidate may well not pass."""
         return cls(
             window=8,
             general_windows=1,
@@ -325,6 +326,9 @@ class _SmolWatcher:
                  and w[3] >= self.promoted_at]  # fmt: skip
         if after and after[0][2] is not None and after[0][2] >= 0.5 and tl.mark("recovered", after[0][4]):
             self.say(f"  t={tl.events['recovered']:6.1f}s  support quality recovered: users happy {after[0][2]:.0%}")
+        if "gate_rejected" in tl.events and "gate_passed" not in tl.events:
+            self.say("  the gate kept the champion: the demo ends here (its reasons are above)")
+            return True
         return self.cfg.until in tl.events
 
     def quality(self) -> dict[str, float | None]:
