@@ -55,6 +55,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 KEYS = ("ratio", "strongest_baseline", "driftloop_tokens_per_s", "baseline_tokens_per_s", "mfu",
         "peak_reserved_gib", "baseline_peak_reserved_gib", "model_size")  # fmt: skip
 SETUPS = ("driftloop", "trl", "plain")
+# driftloop's own variants (diagnosis; never the headline): its earlier padded path, packed rows without CUDA
+# graphs, and packed rows with the decoder layers compiled.
+VARIANTS = {"driftloop-padded": {"packing": False}, "driftloop-eager": {"cuda_graphs": False},
+            "driftloop-compile": {"compile": True}}  # fmt: skip
 
 # Dense bf16 peak (no sparsity), FLOP/s, by device-name substring.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "GH200": 989e12, "B200": 2250e12,
@@ -264,14 +268,23 @@ def _run_hf(kind: str, meta: dict[str, Any], rows: list[dict[str, str]], batch: 
             "gradient_checkpointing": bool(trainer.args.gradient_checkpointing)}  # fmt: skip
 
 
-def _run_driftloop(meta: dict[str, Any], rows: list[dict[str, str]], work: Path) -> dict[str, Any]:
+def _run_driftloop(
+    meta: dict[str, Any], rows: list[dict[str, str]], work: Path, variant: str = "driftloop"
+) -> dict[str, Any]:
     """``retrain.trainer.train_lora`` over ``rows`` (one epoch); real tokens/s after the first report."""
     from driftloop.retrain.trainer import TrainProgress, train_lora
     from driftloop.settings.retrain import LoraSettings, TrainingSettings
 
     bt = meta["batch_tokens"]
-    cfg = TrainingSettings(epochs=1.0, learning_rate=2e-4, batch_tokens=bt, max_length=MAX_LENGTH, seed=meta["seed"],
-                           micro_batch_tokens=meta["micro_batch_tokens"])
+    cfg = TrainingSettings(
+        epochs=1.0,
+        learning_rate=2e-4,
+        batch_tokens=bt,
+        max_length=MAX_LENGTH,
+        seed=meta["seed"],
+        micro_batch_tokens=meta["micro_batch_tokens"],
+        **VARIANTS.get(variant, {}),
+    )
     lora = LoraSettings(r=16, alpha=32, dropout=0.05, target_modules=list(LORA_TARGETS))
     seen: list[TrainProgress] = []
     approx_steps = max(1, sum(len(r["prompt"].split()) + len(r["response"].split()) + 1 for r in rows) // bt)
@@ -292,8 +305,8 @@ def worker(name: str, work: Path, batch: int) -> int:
     """One setup in this process; writes ``result-<name>[-<batch>].json`` into ``work``."""
     meta = json.loads((work / "meta.json").read_text(encoding="utf-8"))
     rows = json.loads((work / "rows.json").read_text(encoding="utf-8"))
-    if name == "driftloop":
-        res, tag = _run_driftloop(meta, rows, work), name
+    if name.startswith("driftloop"):
+        res, tag = _run_driftloop(meta, rows, work, name), name
     else:
         res, tag = _run_hf(name, meta, rows, batch, work), f"{name}-{batch}"
     (work / f"result-{tag}.json").write_text(json.dumps(res), encoding="utf-8")
@@ -305,7 +318,7 @@ def worker(name: str, work: Path, batch: int) -> int:
 
 def _spawn(name: str, work: Path, batch: int, log_dir: Path | None) -> tuple[dict[str, Any] | None, str]:
     """Run one setup in a child process; ``(result or None, the error's last lines)``."""
-    tag = name if name == "driftloop" else f"{name}-{batch}"
+    tag = name if name.startswith("driftloop") else f"{name}-{batch}"
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -346,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--model-size", choices=sorted(SIZES), default="0.5b")
     ap.add_argument("--examples", type=int, default=None, help="examples generated (default 1600; tiny 96)")
-    ap.add_argument("--setups", default=",".join(SETUPS), help="comma-separated, of: " + ", ".join(SETUPS))
+    ap.add_argument(
+        "--setups", default=",".join(SETUPS), help="comma-separated, of: " + ", ".join((*SETUPS, *VARIANTS))
+    )
     ap.add_argument("--trl-batches", default="64", help="TRL per-device batch sizes tried (the fastest counts)")
     ap.add_argument("--plain-steps", type=int, default=None, help="plain Trainer steps (default: one epoch of batch 8)")
     ap.add_argument("--batch-tokens", type=int, default=None, help="driftloop token budget per optimizer step")
@@ -357,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak; default from the GPU name")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON object to this file")
     ap.add_argument("--log-dir", type=Path, default=None, help="write each setup's output there")
-    ap.add_argument("--worker", choices=SETUPS, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=(*SETUPS, *VARIANTS), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--trl-batch", type=int, default=8, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -374,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_null_result("no CUDA device")))
         return 0
     setups = [s for s in a.setups.split(",") if s]
-    if not set(setups) <= set(SETUPS):
-        ap.error(f"--setups: choose from {', '.join(SETUPS)}")
+    if not set(setups) <= {*SETUPS, *VARIANTS}:
+        ap.error(f"--setups: choose from {', '.join((*SETUPS, *VARIANTS))}")
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     peak = a.peak_tflops * 1e12 if a.peak_tflops else next((v for k, v in PEAK_BF16.items() if k in gpu), None)
     (lens, n_default, bt_default) = DATA[a.model_size]
@@ -414,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in setups:
             batches = [int(b) for b in a.trl_batches.split(",")] if name == "trl" else [8]
             for batch in batches:
-                label = name if name == "driftloop" else f"{name}-{batch}"
+                label = name if name.startswith("driftloop") else f"{name}-{batch}"
                 if name == "trl" and _version("trl") is None:
                     errors[label] = "trl is not installed"
                     print(f"{label}: skipped (trl is not installed)", flush=True)

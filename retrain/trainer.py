@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from driftloop.retrain import packed
 from driftloop.settings.retrain import LoraSettings, TrainingSettings
 
 CONFIG_FILE = "driftloop_train_config.json"
@@ -294,11 +295,13 @@ class _HeadCrossEntropy(torch.autograd.Function):
     trainer's largest buffers (the 1.5B out-of-memory). Here at most ``chunk`` rows of logits exist at a
     time, and the gradient w.r.t. ``h`` is computed in the same pass (``(softmax - onehot) @ weight``), so
     the backward re-reads nothing and the head runs two matmuls per chunk, like an unfused head. The head's
-    weight gets no gradient (LoRA leaves it frozen; the caller checks).
+    weight gets no gradient (LoRA leaves it frozen; the caller checks). ``row_w`` (optional, 0 or 1 per
+    row) masks filler rows of fixed-shape packed batches.
     """
 
     @staticmethod
-    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, tgt: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, tgt: torch.Tensor, chunk: int,
+                row_w: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         grad = torch.empty_like(h) if h.requires_grad else None
         w = weight.to(h.dtype)
@@ -306,21 +309,26 @@ class _HeadCrossEntropy(torch.autograd.Function):
             hc, tc = h[s : s + chunk], tgt[s : s + chunk]
             logits = (hc @ w.t()).float()
             lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+            nll = lse - logits.gather(1, tc[:, None]).squeeze(1)
+            if row_w is not None:
+                nll = nll * row_w[s : s + chunk]
+            total += nll.sum()
             if grad is not None:
                 probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
                 probs[torch.arange(tc.shape[0], device=tc.device), tc] -= 1.0
+                if row_w is not None:
+                    probs.mul_(row_w[s : s + chunk, None])
                 grad[s : s + chunk] = probs.to(h.dtype) @ w
             del logits
         ctx.save_for_backward(*(() if grad is None else (grad,)))
         return total
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
         if not ctx.saved_tensors:
-            return None, None, None, None
+            return None, None, None, None, None
         (grad,) = ctx.saved_tensors
-        return grad * g.to(grad.dtype), None, None, None
+        return grad * g.to(grad.dtype), None, None, None, None
 
 
 def _head_chunk(vocab: int) -> int:
@@ -355,6 +363,13 @@ def _loss_fn(model: Any, use_plain_head: bool) -> LossFn:
             return nn.functional.cross_entropy(logits.float(), tgt, reduction="sum")
 
     return loss
+
+
+def _packable(causal_lm: Any) -> bool:
+    """True when ``causal_lm`` can train on packed rows (see ``retrain/packed.py``)."""
+    head = causal_lm.get_output_embeddings()
+    return (_model_type(causal_lm) in packed.PACKABLE and isinstance(head, nn.Linear) and head.bias is None
+            and not head.weight.requires_grad)  # fmt: skip
 
 
 def _split(batch: _Batch, lengths: Sequence[int], cap: int) -> list[_Batch]:
@@ -463,7 +478,6 @@ def train_lora(
         raise ValueError("train_rows: no training examples")
     if log_every < 1:
         raise ValueError("log_every: must be >= 1")
-    micro_batch_tokens, memory_fraction = cfg.micro_batch_tokens, cfg.memory_fraction
     t_start = time.perf_counter()
     dev = _pick_device(device)
     on_cuda = dev.type == "cuda"
@@ -476,8 +490,6 @@ def train_lora(
     encoded = [encode_example(tokenizer, str(r["prompt"]), str(r["response"]), cfg.max_length) for r in train_rows]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(tokenizer.eos_token_id)
     lengths = [len(x) for x, _ in encoded]
-    plan, per_epoch = _plan(lengths, cfg)
-    total = len(plan)
 
     model = _load_base(base_model_dir, dev, dtype)
     targets = list(lora.target_modules) if lora.target_modules else default_target_modules(model)
@@ -495,52 +507,122 @@ def train_lora(
                 m.cast_input_dtype_enabled = False  # type: ignore[assignment]
     model.config.use_cache = False
     model.train()
+    base: Any = model.get_base_model()
+    vocab = int(base.get_output_embeddings().weight.shape[0])
+    packable = _packable(base)
+    packing = packable if cfg.packing is None and on_cuda else bool(cfg.packing) and packable
+    if cfg.packing and not packable:
+        raise ValueError(f"training.packing: model type {_model_type(base)!r} cannot be packed "
+                         f"(supported: {sorted(packed.PACKABLE)} with a plain LM head); unset it")  # fmt: skip
+
+    step_docs: list[list[int]] | None = None
+    if packing:
+        step_docs, per_epoch = packed.plan_steps(lengths, batch_tokens=cfg.batch_tokens, batch_size=cfg.batch_size,
+                                                 epochs=cfg.epochs, max_steps=cfg.max_steps, seed=cfg.seed)  # fmt: skip
+        total = len(step_docs)
+    else:
+        plan, per_epoch = _plan(lengths, cfg)
+        total = len(plan)
 
     opt_kw: dict[str, Any] = {"fused": True} if on_cuda else {}
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, **opt_kw)
     warmup = math.ceil(cfg.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
-    loss_of = _loss_fn(model, _model_type(model.get_base_model()) in _PLAIN_HEAD)
-    if micro_batch_tokens is None:
-        micro_cap = 0
-        if on_cuda:
-            base: Any = model.get_base_model()
-            vocab = int(base.get_output_embeddings().weight.shape[0])
-            micro_cap = _fit_micro_tokens(loss_of, params, vocab, min(cfg.max_length, max(lengths)), dev,
-                                          memory_fraction, 0)  # fmt: skip
-    else:
-        micro_cap = max(0, micro_batch_tokens)
-
-    def batches() -> Iterator[tuple[_Batch, int, list[tuple[torch.Tensor, ...]]]]:
-        for b in plan:
-            micro = []
-            for m in _split(b, lengths, micro_cap):
-                ids, pos, tgt = _collate(m, encoded, pad_id, pin=on_cuda)
-                if pos.numel():
-                    micro.append((ids, pos, tgt))
-            scored = sum(int(x[1].numel()) for x in micro)
-            yield b, scored, [tuple(t.to(dev, non_blocking=True) for t in x) for x in micro]
-
     loss_acc = torch.zeros((), device=dev, dtype=torch.float32)
+    keep_grads = False  # a captured graph adds into .grad: zero it, never drop it
+
+    if packing and step_docs is not None:
+        packed.use_varlen_attention(base)
+        enc = packed.Encoded(encoded)
+        max_seg = max(lengths)
+        head_chunk = _head_chunk(vocab)
+        micro_fn = packed.packed_loss_fn(model, _HeadCrossEntropy.apply, head_chunk, max_seg, use_bf16)
+        biggest = max(sum(lengths[i] for i in d) for d in step_docs)
+        if cfg.micro_batch_tokens:
+            fit = cfg.micro_batch_tokens
+        elif cfg.micro_batch_tokens is None and on_cuda:
+            fit = packed.fit_pack_tokens(micro_fn, params, vocab, max_seg, dev, cfg.memory_fraction)
+        else:
+            fit = biggest
+        pack_tokens = packed.pack_size(biggest, fit, max_seg)
+        micro_cap = pack_tokens
+        psteps = packed.pack_steps(step_docs, enc.lengths, enc.scored, pack_tokens)
+        shapes = packed.Shapes.of(psteps, enc.lengths, enc.scored, pack_tokens)
+        if cfg.compile and on_cuda:
+            packed.compile_layers(base)
+
+        def host_batches(st: packed.PackedStep) -> list[dict[str, torch.Tensor]]:
+            inv = torch.tensor(1.0 / max(1, st.scored), dtype=torch.float32)
+            out = []
+            for p in st.packs:
+                bt = packed.collate_pack(p, enc, shapes, pad_id)
+                bt["inv"] = inv
+                out.append({k: v.pin_memory() for k, v in bt.items()} if on_cuda else bt)
+            return out
+
+        runner: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+        if on_cuda and cfg.cuda_graphs:
+            runner = packed.GraphedMicroStep(micro_fn, host_batches(psteps[0])[0], params, dev)
+            keep_grads = True
+        else:
+
+            def runner(bt: dict[str, torch.Tensor]) -> torch.Tensor:
+                return micro_fn({k: v.to(dev, non_blocking=True) for k, v in bt.items()})
+
+        def steps() -> Iterator[tuple[int, Callable[[], None]]]:
+            for st in psteps:
+                hb = host_batches(st)
+
+                def run(hb: list[dict[str, torch.Tensor]] = hb) -> None:
+                    for bt in hb:
+                        loss_acc.add_(runner(bt))
+
+                yield st.tokens, run
+
+    else:
+        loss_of = _loss_fn(model, _model_type(base) in _PLAIN_HEAD)
+        if cfg.micro_batch_tokens is None:
+            micro_cap = 0
+            if on_cuda:
+                micro_cap = _fit_micro_tokens(loss_of, params, vocab, min(cfg.max_length, max(lengths)), dev,
+                                              cfg.memory_fraction, 0)  # fmt: skip
+        else:
+            micro_cap = max(0, cfg.micro_batch_tokens)
+
+        def steps() -> Iterator[tuple[int, Callable[[], None]]]:
+            for b in plan:
+                micro = []
+                for m in _split(b, lengths, micro_cap):
+                    ids, pos, tgt = _collate(m, encoded, pad_id, pin=on_cuda)
+                    if pos.numel():
+                        micro.append((ids, pos, tgt))
+                scored = sum(int(x[1].numel()) for x in micro)
+                on_dev = [tuple(t.to(dev, non_blocking=True) for t in x) for x in micro]
+
+                def run(on_dev: list[tuple[torch.Tensor, ...]] = on_dev, scored: int = scored) -> None:
+                    for ids, pos, tgt in on_dev:
+                        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                            loss = loss_of(ids, pos, tgt) / scored
+                        loss.backward()
+                        loss_acc.add_(loss.detach().float())
+
+                yield b.tokens, run
+
     n_acc = 0
     last_loss = float("nan")
     tokens = 0
     t_loop = time.perf_counter()
-    for step, (b, scored, micro) in enumerate(batches(), start=1):
+    for step, (step_tokens, run) in enumerate(steps(), start=1):
         if should_stop is not None and should_stop():
             raise TrainingCancelled(f"training cancelled at step {step - 1}/{total}")
-        for ids, pos, tgt in micro:
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = loss_of(ids, pos, tgt) / scored
-            loss.backward()
-            loss_acc += loss.detach().float()
+        run()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=not keep_grads)
         n_acc += 1
-        tokens += b.tokens
+        tokens += step_tokens
         if step % log_every == 0 or step == total:
             last_loss = float(loss_acc.item()) / n_acc  # the only host sync
             loss_acc.zero_()

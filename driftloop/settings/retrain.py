@@ -83,6 +83,11 @@ class TrainingSettings(Section):
     micro_batch_tokens: int | None = Field(None, ge=0, description="padded tokens per forward/backward; unset: on "
                                            "CUDA the most that fit (probed), on CPU the whole step; 0: never cut")  # fmt: skip
     memory_fraction: float = Field(0.85, gt=0, le=1, description="share of the free GPU memory micro-batches may fill")
+    # how each micro-batch is computed (again: speed only; see retrain/packed.py)
+    packing: bool | None = Field(None, description="pack examples into fixed-length rows with per-document attention; "
+                                 "unset: on CUDA, for Llama-like models")  # fmt: skip
+    cuda_graphs: bool = Field(True, description="packed steps on CUDA: capture forward/backward once, replay it")
+    compile: bool = Field(False, description="packed steps on CUDA: torch.compile the decoder layers")
 
     @field_validator("max_steps")
     @classmethod
