@@ -57,8 +57,11 @@ KEYS = ("ratio", "strongest_baseline", "driftloop_tokens_per_s", "baseline_token
 SETUPS = ("driftloop", "trl", "plain")
 # driftloop's own variants (diagnosis; never the headline): its earlier padded path, packed rows without CUDA
 # graphs, and packed rows with the decoder layers compiled.
-VARIANTS = {"driftloop-padded": {"packing": False}, "driftloop-eager": {"cuda_graphs": False},
-            "driftloop-compile": {"compile": True}}  # fmt: skip
+VARIANTS: dict[str, dict[str, Any]] = {
+    "driftloop-padded": {"packing": False}, "driftloop-nograph": {"cuda_graphs": False},
+    "driftloop-nocompile": {"compile": False}, "driftloop-16k": {"micro_batch_tokens": 16384},
+    "driftloop-24k": {"micro_batch_tokens": 24576}, "driftloop-32k": {"micro_batch_tokens": 32768},
+}  # fmt: skip
 
 # Dense bf16 peak (no sparsity), FLOP/s, by device-name substring.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "GH200": 989e12, "B200": 2250e12,
@@ -84,6 +87,17 @@ SIZES: dict[str, dict[str, Any]] = {
         "num_attention_heads": 12,
         "num_key_value_heads": 2,
     },
+    # Qwen2-7B's shape: 7.6B parameters, untied head (built and trained in bf16: driftloop only)
+    "7b": {
+        **_QWEN2,
+        "tie_word_embeddings": False,
+        "vocab_size": 152064,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+    },
     "tiny": {
         "vocab_size": 2048,
         "hidden_size": 64,
@@ -96,7 +110,7 @@ SIZES: dict[str, dict[str, Any]] = {
     },
 }
 # (median, min, max) sequence length, default examples, driftloop token budget per step
-DATA = {"0.5b": ((350, 32, 1024), 1600, 32768), "1.5b": ((350, 32, 1024), 1600, 32768),
+DATA = {"0.5b": ((350, 32, 1024), 1600, 32768), "1.5b": ((350, 32, 1024), 1600, 32768), "7b": ((350, 32, 1024), 400, 32768),
         "tiny": ((48, 16, 128), 96, 1024)}  # fmt: skip
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MAX_LENGTH = 1024
@@ -158,6 +172,8 @@ def build_model(out: Path, size: str, seed: int, device: str) -> dict[str, Any]:
     torch.manual_seed(seed)
     with torch.device(device):
         model = LlamaForCausalLM(cfg)
+    if size == "7b":  # 15 GB on disk instead of 30
+        model = model.bfloat16()
     model.save_pretrained(str(out))
     head = model.get_output_embeddings()
     shape = {"n_params": sum(p.numel() for p in model.parameters()), "n_head": head.weight.numel(),
@@ -282,8 +298,7 @@ def _run_driftloop(
         batch_tokens=bt,
         max_length=MAX_LENGTH,
         seed=meta["seed"],
-        micro_batch_tokens=meta["micro_batch_tokens"],
-        **VARIANTS.get(variant, {}),
+        **{"micro_batch_tokens": meta["micro_batch_tokens"], **VARIANTS.get(variant, {})},
     )
     lora = LoraSettings(r=16, alpha=32, dropout=0.05, target_modules=list(LORA_TARGETS))
     seen: list[TrainProgress] = []

@@ -541,14 +541,15 @@ def train_lora(
         if cfg.micro_batch_tokens:
             fit = cfg.micro_batch_tokens
         elif cfg.micro_batch_tokens is None and on_cuda:
-            fit = packed.fit_pack_tokens(micro_fn, params, vocab, max_seg, dev, cfg.memory_fraction)
+            fit = min(packed.DEFAULT_PACK_TOKENS,
+                      packed.fit_pack_tokens(micro_fn, params, vocab, max_seg, dev, cfg.memory_fraction))  # fmt: skip
         else:
             fit = biggest
         pack_tokens = packed.pack_size(biggest, fit, max_seg)
         micro_cap = pack_tokens
         psteps = packed.pack_steps(step_docs, enc.lengths, enc.scored, pack_tokens)
         shapes = packed.Shapes.of(psteps, enc.lengths, enc.scored, pack_tokens)
-        if cfg.compile and on_cuda:
+        if cfg.compile or (cfg.compile is None and on_cuda):
             packed.compile_layers(base)
 
         def host_batches(st: packed.PackedStep) -> list[dict[str, torch.Tensor]]:

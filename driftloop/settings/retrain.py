@@ -87,7 +87,7 @@ class TrainingSettings(Section):
     packing: bool | None = Field(None, description="pack examples into fixed-length rows with per-document attention; "
                                  "unset: on CUDA, for Llama-like models")  # fmt: skip
     cuda_graphs: bool = Field(True, description="packed steps on CUDA: capture forward/backward once, replay it")
-    compile: bool = Field(False, description="packed steps on CUDA: torch.compile the decoder layers")
+    compile: bool | None = Field(None, description="packed steps: torch.compile the decoder layers; unset: on CUDA")
 
     @field_validator("max_steps")
     @classmethod
