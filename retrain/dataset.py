@@ -130,9 +130,8 @@ def select_records(engine: Engine, model_id: str, data: DataSettings, now: datet
     Eligible: the request's latest scored feedback is positive (``positive_threshold``, stored for the
     view first), or it has a correction (the newest one replaces the response).
     """
-    return filter_records(
-        sft_candidates(engine, model_id, data, now, since, positive_threshold=positive_threshold), data
-    )
+    return filter_records(sft_candidates(engine, model_id, data, now, since, positive_threshold=positive_threshold),
+                          data)
 
 
 def sft_candidates(engine: Engine, model_id: str, data: DataSettings, now: datetime | None = None,
@@ -207,9 +206,8 @@ def build_snapshot(engine: Engine, model_id: str, data: DataSettings, out_root: 
     """
     now = now or datetime.now(UTC)
     records, dropped = select_records(engine, model_id, data, now, positive_threshold=positive_threshold)
-    return write_snapshot(
-        records, dropped, model_id, data, out_root, positive_threshold=positive_threshold, policy=policy, now=now
-    )
+    return write_snapshot(records, dropped, model_id, data, out_root, positive_threshold=positive_threshold,
+                          policy=policy, now=now)
 
 
 SOURCES = ("feedback", "correction", "teacher_log", "teacher_endpoint")

@@ -194,9 +194,7 @@ def score_examples(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, str]]
     for x, y in encoded:
         k = next((j for j, lab in enumerate(y) if lab != -100), len(y))  # the prompt: the unlabelled prefix
         prompts.append(list(x[:k])[-keep:] or [pad_id])
-    outputs = _generate_timed(
-        model, prompts, pad_id, tokenizer.eos_token_id, max_new_tokens, batch_size, tokenizer, tick
-    )
+    outputs = _generate_timed(model, prompts, pad_id, tokenizer.eos_token_id, max_new_tokens, batch_size, tokenizer, tick)
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     scores = []
     for (v, t), ref, g in zip(nll, refs, outputs, strict=True):

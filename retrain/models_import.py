@@ -141,8 +141,7 @@ def gguf_summary(path: Path) -> dict[str, Any]:
     return {
         "architecture": arch,
         "name": field("general.name"),
-        "file_type": gguf.LlamaFileType(ft).name
-        if ft is not None and ft in gguf.LlamaFileType._value2member_map_
+        "file_type": gguf.LlamaFileType(ft).name if ft is not None and ft in gguf.LlamaFileType._value2member_map_
         else ft,
         "tensor_types": dict(sorted(types.items())),
         "n_tensors": len(r.tensors),

@@ -165,9 +165,7 @@ class ModelRegistry:
         try:
             return policy(attempt)
         except IntegrityError:
-            raise RegistryError(
-                f"could not allocate a version label for {family!r} (concurrent registrations?)"
-            ) from None
+            raise RegistryError(f"could not allocate a version label for {family!r} (concurrent registrations?)") from None
 
     def ensure_base(self, family: str, base_model: str, actor: str = "driftloop", reason: str | None = None,
                     **lineage: Any) -> ModelVersion:  # fmt: skip

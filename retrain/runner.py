@@ -313,12 +313,8 @@ class RetrainRunner:
         self._check_cancel(job_id)  # a cancelled job or a demoted leader never promotes
         self._update(job_id, stage="promoting", progress=0.98, heartbeat_at=_now())
         t = time.perf_counter()
-        v = self.registry.promote(
-            version.id,
-            self.targets(policy),
-            actor="driftloop",
-            reason=f"gate passed (job {job_id}): " + "; ".join(decision.reasons)[:2000],
-        )
+        v = self.registry.promote(version.id, self.targets(policy), actor="driftloop",
+                                  reason=f"gate passed (job {job_id}): " + "; ".join(decision.reasons)[:2000])
         timings["promote_s"] = round(time.perf_counter() - t, 3)
         self.echo(f"job {job_id}: promoted {v.family} {v.version} to champion")
         return RunOutcome(job_id, "succeeded", v, True, gate, f"promoted {v.version}")
@@ -353,9 +349,7 @@ class RetrainRunner:
             judge = next((j for j in self.settings.quality.judges if j.name == g.judge), None)
             if judge is None:
                 names = [j.name for j in self.settings.quality.judges]
-                notes.append(
-                    f"judge_win not computed: gate.judge {g.judge!r} is not configured (quality.judges: {names})"
-                )
+                notes.append(f"judge_win not computed: gate.judge {g.judge!r} is not configured (quality.judges: {names})")
         run = JudgeRun(g.judge or "")
         jcache = AnswerCache(artifacts_dir(self.settings) / "judge-cache")
         client = None
@@ -584,14 +578,8 @@ class RetrainPolicyJob:
         if last_ok is not None:
             since = max(since, utc(last_ok))
         if policy.mode == "sft":
-            n = count_eligible(
-                self.engine,
-                policy.model_id,
-                since,
-                now,
-                policy.data,
-                positive_threshold=self.settings.feedback.positive_threshold,
-            )
+            n = count_eligible(self.engine, policy.model_id, since, now, policy.data,
+                               positive_threshold=self.settings.feedback.positive_threshold)
         else:  # distillation learns from every production prompt of the workload
             from driftloop.retrain.distill import count_prompts
 
