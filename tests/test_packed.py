@@ -75,10 +75,10 @@ def _tiny_llama(tmp: Path, tokenizer_dir: Path, model_type: str = "llama") -> Pa
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    kw = {"vocab_size": len(tok), "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
+    kw: dict[str, Any] = {"vocab_size": len(tok), "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
           "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 512}  # fmt: skip
     torch.manual_seed(0)
-    model = (Qwen2ForCausalLM(Qwen2Config(**kw)) if model_type == "qwen2" else LlamaForCausalLM(LlamaConfig(**kw)))
+    model = Qwen2ForCausalLM(Qwen2Config(**kw)) if model_type == "qwen2" else LlamaForCausalLM(LlamaConfig(**kw))
     out = tmp / model_type
     model.save_pretrained(str(out))
     for f in tokenizer_dir.iterdir():
@@ -88,7 +88,7 @@ def _tiny_llama(tmp: Path, tokenizer_dir: Path, model_type: str = "llama") -> Pa
 
 
 def _rows(n: int) -> list[dict[str, str]]:
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda"]
     return [{"prompt": " ".join(words[: 2 + i % 5]), "response": " ".join(reversed(words[: 3 + (i * 3) % 7]))}
             for i in range(n)]  # fmt: skip
 

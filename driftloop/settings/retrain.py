@@ -80,8 +80,9 @@ class TrainingSettings(Section):
     seed: int = Field(0, ge=0)
     timeout_minutes: float = Field(120.0, gt=0, description="the training subprocess is killed after this")
     # how a step is cut into micro-batches (what is learned does not change, only memory and speed)
-    micro_batch_tokens: int | None = Field(None, ge=0, description="padded tokens per forward/backward; unset: on "
-                                           "CUDA the most that fit (probed), on CPU the whole step; 0: never cut")  # fmt: skip
+    micro_batch_tokens: int | None = Field(None, ge=0, description="tokens per forward/backward (a packed row, or "
+                                           "padded rows); unset: on CUDA at most 16384 and what fits (probed), on CPU "
+                                           "the whole step; 0: never cut")  # fmt: skip
     memory_fraction: float = Field(0.85, gt=0, le=1, description="share of the free GPU memory micro-batches may fill")
     # how each micro-batch is computed (again: speed only; see retrain/packed.py)
     packing: bool | None = Field(None, description="pack examples into fixed-length rows with per-document attention; "
