@@ -321,21 +321,23 @@ def synthetic_batch(tokens: int, vocab: int, max_segment: int, device: torch.dev
             "w": torch.ones(pos.shape[0], device=device), "inv": torch.tensor(1.0 / pos.shape[0], device=device)}  # fmt: skip
 
 
-def fit_pack_tokens(fn: MicroFn, params: Sequence[torch.Tensor], vocab: int, max_segment: int, device: torch.device,
-                    memory_fraction: float) -> int:  # fmt: skip
-    """Row tokens that fit in ``memory_fraction`` of the GPU memory still free, from two probe steps (the bytes
-    per token and the fixed workspace); their gradients are discarded."""
+def fit_tokens(probe: Callable[[int], int], sizes: tuple[int, int], params: Sequence[torch.Tensor],
+               device: torch.device, memory_fraction: float) -> int:  # fmt: skip
+    """Tokens per forward/backward that fit in ``memory_fraction`` of the GPU memory still free.
+
+    ``probe(n)`` runs one forward/backward of about ``n`` tokens and returns the tokens it used; two probes give
+    the bytes per token (the slope) and the fixed workspace (the intercept); their gradients are discarded. Why
+    a probe: activation memory per token depends on the architecture, LoRA targets, attention kernel and
+    library versions, which no formula here would track.
+    """
     peaks: list[tuple[int, int]] = []
-    for n_tok in (4096, 12288):
-        n_tok = max(n_tok, 2 * max_segment)
-        batch = synthetic_batch(n_tok, vocab, max_segment, device)
+    for n in sizes:
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        fn(batch)
+        used = probe(n)
         torch.cuda.synchronize(device)
-        peaks.append((n_tok, torch.cuda.max_memory_allocated(device) - base))
-        del batch
+        peaks.append((used, torch.cuda.max_memory_allocated(device) - base))
         for p in params:
             p.grad = None
     (t1, m1), (t2, m2) = peaks
@@ -343,7 +345,19 @@ def fit_pack_tokens(fn: MicroFn, params: Sequence[torch.Tensor], vocab: int, max
     fixed = max(0.0, m1 - per_tok * t1)
     free, _total = torch.cuda.mem_get_info(device)
     avail = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return max(max_segment, int((memory_fraction * avail - fixed) / per_tok))
+    return int((memory_fraction * avail - fixed) / per_tok)
+
+
+def fit_pack_tokens(fn: MicroFn, params: Sequence[torch.Tensor], vocab: int, max_segment: int, device: torch.device,
+                    memory_fraction: float) -> int:  # fmt: skip
+    """Packed row tokens that fit (:func:`fit_tokens`, probing rows of random documents)."""
+
+    def probe(n: int) -> int:
+        n = max(n, 2 * max_segment)
+        fn(synthetic_batch(n, vocab, max_segment, device))
+        return n
+
+    return max(max_segment, fit_tokens(probe, (4096, 12288), params, device, memory_fraction))
 
 
 def compile_layers(causal_lm: Any) -> None:

@@ -413,36 +413,18 @@ def _split(batch: _Batch, lengths: Sequence[int], cap: int) -> list[_Batch]:
 
 def _fit_micro_tokens(loss_of: LossFn, params: Sequence[torch.Tensor], vocab: int, width: int, dev: torch.device,
                       memory_fraction: float, cap: int) -> int:  # fmt: skip
-    """Padded tokens per micro-batch that fit in ``memory_fraction`` of the GPU memory still free.
+    """Padded tokens per micro-batch that fit (``packed.fit_tokens``, probing ``width``-long rows, all scored)."""
 
-    Two probe forward/backward passes (``width``-long rows, all positions scored) give the bytes per token
-    (the slope) and the fixed workspace (the intercept); their gradients are discarded. Why a probe: the
-    activation memory per token depends on the architecture, LoRA targets, attention kernel and library
-    versions, which no formula here would track.
-    """
-    peaks: list[tuple[int, int]] = []
-    for n_tok in (2048, 6144):
+    def probe(n_tok: int) -> int:
         rows = max(1, n_tok // width)
         ids = torch.randint(3, vocab, (rows, width), device=dev)
         pos = torch.arange(rows * width - 1, device=dev)
-        tgt = ids.reshape(-1)[1:]
-        torch.cuda.synchronize(dev)
-        base = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-            loss = loss_of(ids, pos, tgt)
+            loss = loss_of(ids, pos, ids.reshape(-1)[1:])
         loss.backward()
-        torch.cuda.synchronize(dev)
-        peaks.append((rows * width, torch.cuda.max_memory_allocated(dev) - base))
-        del ids, pos, tgt, loss
-        for p in params:
-            p.grad = None
-    (t1, m1), (t2, m2) = peaks
-    per_tok = max(1.0, (m2 - m1) / max(1, t2 - t1))
-    fixed = max(0.0, m1 - per_tok * t1)
-    free, _total = torch.cuda.mem_get_info(dev)
-    avail = free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-    fit = int((memory_fraction * avail - fixed) / per_tok)
+        return rows * width
+
+    fit = packed.fit_tokens(probe, (2048, 6144), params, dev, memory_fraction)
     return max(width, min(cap, fit) if cap > 0 else fit)
 
 
