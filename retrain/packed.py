@@ -20,12 +20,13 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+T = TypeVar("T")
 VARLEN_ATTENTION = "driftloop_varlen"
 # Default row length on CUDA (when more fits): with the step captured as a CUDA graph, longer rows gain little
 # (H200, LoRA r=16: 0.5B 114K vs 127K tokens/s at 16K vs 32K tokens, 1.5B 52K vs 57K) for 2-3x the memory
@@ -142,13 +143,19 @@ def plan_steps(lengths: Sequence[int], *, batch_tokens: int, batch_size: int, ep
             steps.append(cur)
         return steps
 
+    return repeat_epochs(epoch, epochs, max_steps)
+
+
+def repeat_epochs(epoch: Callable[[], list[T]], epochs: float, max_steps: int) -> tuple[list[T], int]:
+    """The run's steps, freshly shuffled epochs (``epoch()``) one after another, cut at ``max_steps`` (> 0) or
+    ``epochs`` epochs; and the steps per epoch. Both of the trainer's paths plan with it."""
     first = epoch()
     per_epoch = len(first)
     total = max_steps if max_steps > 0 else max(1, math.ceil(epochs * per_epoch))
-    docs = list(first)
-    while len(docs) < total:
-        docs.extend(epoch())
-    return docs[:total], per_epoch
+    steps = list(first)
+    while len(steps) < total:
+        steps.extend(epoch())
+    return steps[:total], per_epoch
 
 
 def pack_steps(steps: Sequence[Sequence[int]], lengths: Sequence[int], scored: Sequence[int],
@@ -307,7 +314,7 @@ def pack_size(biggest: int, fit: int, max_segment: int) -> int:
     few equal rows as fit, rounded up to a multiple of 64 (never below the longest example)."""
     n = max(1, math.ceil(biggest / max(1, fit)))
     t = math.ceil(biggest / n / 64) * 64
-    return max(max_segment, min(t, max(fit, max_segment)) if n > 1 else t)
+    return max(max_segment, min(t, fit) if n > 1 else t)
 
 
 def synthetic_batch(tokens: int, vocab: int, max_segment: int, device: torch.device) -> dict[str, torch.Tensor]:

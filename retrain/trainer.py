@@ -229,13 +229,7 @@ def _plan_epoch(lengths: Sequence[int], cfg: TrainingSettings, rng: random.Rando
 def _plan(lengths: Sequence[int], cfg: TrainingSettings) -> tuple[list[_Batch], int]:
     """All optimizer steps of the run and the number of steps in one epoch."""
     rng = random.Random(cfg.seed)
-    first = _plan_epoch(lengths, cfg, rng)
-    per_epoch = len(first)
-    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * per_epoch))
-    steps = list(first)
-    while len(steps) < total:
-        steps.extend(_plan_epoch(lengths, cfg, rng))
-    return steps[:total], per_epoch
+    return packed.repeat_epochs(lambda: _plan_epoch(lengths, cfg, rng), cfg.epochs, cfg.max_steps)
 
 
 def _collate(batch: _Batch, encoded: Sequence[tuple[list[int], list[int]]], pad_id: int,
@@ -495,12 +489,11 @@ def train_lora(
     base: Any = model.get_base_model()
     vocab = int(base.get_output_embeddings().weight.shape[0])
     packable = _packable(base)
-    packing = packable if cfg.packing is None and on_cuda else bool(cfg.packing) and packable
     if cfg.packing and not packable:
         raise ValueError(f"training.packing: model type {_model_type(base)!r} cannot be packed "
                          f"(supported: {sorted(packed.PACKABLE)} with a plain LM head); unset it")  # fmt: skip
+    packing = packable and (on_cuda if cfg.packing is None else cfg.packing)
 
-    step_docs: list[list[int]] | None = None
     if packing:
         step_docs, per_epoch = packed.plan_steps(lengths, batch_tokens=cfg.batch_tokens, batch_size=cfg.batch_size,
                                                  epochs=cfg.epochs, max_steps=cfg.max_steps, seed=cfg.seed)  # fmt: skip
@@ -516,7 +509,7 @@ def train_lora(
     loss_acc = torch.zeros((), device=dev, dtype=torch.float32)
     keep_grads = False  # a captured graph adds into .grad: zero it, never drop it
 
-    if packing and step_docs is not None:
+    if packing:
         packed.use_varlen_attention(base)
         enc = packed.Encoded(encoded)
         max_seg = max(lengths)
